@@ -1,0 +1,50 @@
+"""Developer and user entry points: `nox -s demo` (the main job) and `nox -s tests` (the suite).
+
+Each session makes its own virtual environment. torch==2.13.0 (CPU build) is installed first and
+on its own, so no resolver ever pulls a CUDA build of several GB.
+"""
+import os
+import tempfile
+
+import nox
+
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+TORCH = "torch==2.13.0"
+PACKAGES = ["core", "kernels", "parallel", "models", "data", "cli"]
+TEST_DEPS = ["pytest>=8", "pytest-timeout", "hypothesis>=6.100", "transformers>=5.17", "gguf>=0.10",
+             "triton>=3.6"]
+
+
+def _install_xt(session: nox.Session, *extra: str) -> None:
+    session.install(TORCH)
+    args = []
+    for p in PACKAGES:
+        args += ["-e", f"packages/xt-{p}"]
+    session.install(*args, *extra)
+
+
+def _env() -> dict:
+    tmp = os.path.join(tempfile.gettempdir(), "xt-caches")
+    return {
+        "TORCHINDUCTOR_CACHE_DIR": os.path.join(tmp, "inductor"),
+        "TORCHELASTIC_ERROR_FILE": os.path.join(tmp, "torchelastic.json"),
+        "RAY_TMPDIR": os.path.join(tmp, "ray"),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+    }
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """Train the Qwen3-MoE demo on Shakespeare with the Qwen3 tokenizer (CPU, ~10 min)."""
+    _install_xt(session)
+    config = session.posargs[0] if session.posargs else "examples/qwen3_moe_shakespeare.toml"
+    session.run("xt", "train", config, *session.posargs[1:], env=_env())
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Install everything and run the whole suite (CI runs exactly this)."""
+    _install_xt(session, *TEST_DEPS)
+    session.run("pytest", "-q", "-rs", *session.posargs, env=_env())

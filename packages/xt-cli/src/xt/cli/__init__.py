@@ -1,0 +1,1 @@
+"""XT command line: xt train, xt convert."""

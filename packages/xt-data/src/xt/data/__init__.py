@@ -1,0 +1,1 @@
+"""XT data: sources, tokenization, chat templates, packing, resumable loaders."""

@@ -1,0 +1,1 @@
+"""XT kernels: grouped GEMM, token permutation, fused loss (Triton, torch, reference, NPU backends)."""

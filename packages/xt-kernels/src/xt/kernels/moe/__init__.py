@@ -1,0 +1,10 @@
+"""MoE kernels: grouped GEMM over expert-sorted rows and token permutation.
+
+Shape legend used throughout this sub-package:
+  T tokens, K top-k (``num_experts_per_tok``), R = T*K routed rows, E experts,
+  D hidden size, F expert intermediate size.
+"""
+from xt.kernels.moe.grouped_gemm import grouped_gemm, grouped_gemm_reference
+from xt.kernels.moe.permute import permute, unpermute, PermuteInfo
+
+__all__ = ["grouped_gemm", "grouped_gemm_reference", "permute", "unpermute", "PermuteInfo"]

@@ -1,0 +1,73 @@
+"""Grouped GEMM for MoE experts (m-grouped forward).
+
+``y[R, N] = x[R, K] @ w[e(r), K, N]`` where rows of ``x`` are sorted by expert and
+``tokens_per_expert[E]`` says how many consecutive rows belong to each expert.
+
+This module holds the public entry point and the plain-PyTorch reference backend.
+Faster backends (``torch`` via ``torch._grouped_mm``, ``triton``, ``npu``) register
+themselves in :mod:`xt.kernels.moe.backends` (issue: xt.kernels).
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = ["grouped_gemm", "grouped_gemm_reference"]
+
+
+def grouped_gemm_reference(x: torch.Tensor, w: torch.Tensor, tokens_per_expert: torch.Tensor,
+                           trans_b: bool = False) -> torch.Tensor:
+    """Plain PyTorch grouped GEMM (a loop over experts); any device, differentiable by autograd.
+
+    Args:
+        x: ``[R, K]`` rows sorted by expert (float32/bf16/fp16).
+        w: ``[E, K, N]`` (or ``[E, N, K]`` with ``trans_b=True``), same dtype as ``x``.
+        tokens_per_expert: ``[E]`` integer counts summing to ``R`` (any device).
+        trans_b: whether ``w`` is stored as ``[E, N, K]`` (the ``nn.Linear`` layout).
+
+    Returns:
+        ``[R, N]`` in ``x.dtype``; products accumulated in float32 for low-precision inputs.
+
+    Raises:
+        ValueError: if shapes disagree or counts do not sum to ``R``.
+    """
+    if x.dim() != 2 or w.dim() != 3:
+        raise ValueError(f"grouped_gemm: x must be [R, K] and w [E, K, N]; got {tuple(x.shape)} and {tuple(w.shape)}")
+    E = w.shape[0]
+    k_w = w.shape[2] if trans_b else w.shape[1]
+    if k_w != x.shape[1]:
+        raise ValueError(f"grouped_gemm: inner sizes differ: x has K={x.shape[1]}, w has K={k_w} (trans_b={trans_b})")
+    if tokens_per_expert.numel() != E:
+        raise ValueError(f"grouped_gemm: tokens_per_expert has {tokens_per_expert.numel()} entries, w has {E} experts")
+    counts = tokens_per_expert.tolist()
+    if sum(counts) != x.shape[0]:
+        raise ValueError(f"grouped_gemm: tokens_per_expert sums to {sum(counts)}, x has {x.shape[0]} rows")
+    n = w.shape[1] if trans_b else w.shape[2]
+    outs = []
+    start = 0
+    acc = torch.float32 if x.dtype in (torch.bfloat16, torch.float16) else x.dtype
+    for e, c in enumerate(counts):
+        we = w[e].t() if trans_b else w[e]
+        xe = x[start:start + c]
+        outs.append((xe.to(acc) @ we.to(acc)).to(x.dtype))
+        start += c
+    if not outs:
+        return x.new_zeros(0, n)
+    return torch.cat(outs, dim=0)
+
+
+def grouped_gemm(x: torch.Tensor, w: torch.Tensor, tokens_per_expert: torch.Tensor,
+                 trans_b: bool = False, backend: str | None = None) -> torch.Tensor:
+    """Grouped GEMM with backend dispatch; same contract as :func:`grouped_gemm_reference`.
+
+    Args:
+        backend: ``"reference"``, ``"torch"``, ``"triton"``, ``"npu"`` or ``None``/``"auto"``
+            (the process-wide choice set by :func:`xt.kernels.moe.backends.set_backend`).
+
+    Raises:
+        ValueError: unknown backend name, or bad shapes.
+    """
+    try:
+        from xt.kernels.moe import backends
+    except ImportError:  # backends registry not present yet: reference only
+        return grouped_gemm_reference(x, w, tokens_per_expert, trans_b)
+    return backends.dispatch("grouped_gemm", backend)(x, w, tokens_per_expert, trans_b)

@@ -1,0 +1,1 @@
+"""XT parallel: device meshes, FSDP2, expert and Ulysses sequence parallelism."""
