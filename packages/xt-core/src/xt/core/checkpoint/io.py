@@ -1,0 +1,154 @@
+"""Save and restore the full training state, atomically (see `xt.core.checkpoint.layout`).
+
+Model and optimizer go through torch.distributed.checkpoint (DCP) with
+`torch.distributed.checkpoint.state_dict.get_state_dict / set_state_dict`, so the same code saves
+a plain single-process model and an FSDP2-sharded one (each rank writes its shards). DCP runs
+without a process group in one process. Non-tensor state is written with `torch.save` (loaded
+with ``weights_only=True``): the step and LR-scheduler state by the main rank, the loader state
+and RNG states by every rank. The loader's `state_dict()` must therefore hold only python
+primitives, lists/tuples/dicts and tensors.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+from xt.core.checkpoint.layout import CHECKPOINTS, META, checkpoint_dir, is_complete, prune_checkpoints
+from xt.core.checkpoint.rng import get_rng_state, set_rng_state
+from xt.core.distributed import DistContext, LocalDistContext
+
+__all__ = ["save_checkpoint", "load_checkpoint"]
+
+MODEL_OPTIM = "model_optim"
+TRAINER = "trainer.pt"
+
+
+@contextlib.contextmanager
+def _quiet_single_process():
+    """Hide DCP's 'assuming ... single process' warning when no process group exists."""
+    with warnings.catch_warnings():
+        if not (dist.is_available() and dist.is_initialized()):
+            warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+        yield
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _write_trainer_state(tmp: Path, step: int, scheduler: Any) -> None:
+    torch.save({"step": step, "scheduler": scheduler.state_dict()}, tmp / TRAINER)
+
+
+def _write_rank_state(tmp: Path, rank: int, loader: Any) -> None:
+    torch.save({"loader": loader.state_dict(), "rng": get_rng_state()}, tmp / f"rank-{rank}.pt")
+
+
+def _publish(tmp: Path, final: Path, meta: dict[str, Any]) -> None:
+    """Write meta.json (the completeness marker) and rename `tmp` to `final` atomically."""
+    meta_path = tmp / META
+    with open(meta_path, "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    _fsync_dir(tmp)
+    old = final.with_name(final.name + ".old")
+    if final.exists():  # re-saving the same step: move the previous copy aside first
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_checkpoint(out_dir: str | Path, step: int, model: nn.Module,
+                    optimizer: torch.optim.Optimizer, scheduler: Any, loader: Any,
+                    dist_ctx: DistContext | None = None, keep_last: int = 0) -> Path:
+    """Save the training state after optimizer step `step` to ``out_dir/checkpoints/step-{step}``.
+
+    Everything is written into ``step-{step}.tmp``; the main rank then writes ``meta.json`` and
+    renames the folder, so an interrupted save never looks complete and the previous checkpoint
+    stays the latest. Must be called on every rank (collective).
+
+    Args:
+        out_dir: run folder.
+        step: optimizer steps completed.
+        model, optimizer: saved with DCP (sharded models save their shards).
+        scheduler: anything with `state_dict()` (the LR scheduler).
+        loader: the data loader (`state_dict()`), saved per rank.
+        dist_ctx: the layout (default single process).
+        keep_last: prune to the newest `keep_last` complete checkpoints afterwards (0 = keep all).
+
+    Returns:
+        The final checkpoint folder.
+    """
+    dist_ctx = dist_ctx or LocalDistContext()
+    final = checkpoint_dir(out_dir, step)
+    tmp = final.with_name(final.name + ".tmp")
+    if dist_ctx.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    dist_ctx.barrier()
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    with _quiet_single_process():
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / MODEL_OPTIM))
+    _write_rank_state(tmp, dist_ctx.rank, loader)
+    if dist_ctx.is_main:
+        _write_trainer_state(tmp, step, scheduler)
+    dist_ctx.barrier()
+    if dist_ctx.is_main:
+        _publish(tmp, final, {"step": step, "world_size": dist_ctx.world_size,
+                              "torch": torch.__version__, "time": time.time()})
+        prune_checkpoints(out_dir, keep_last)
+    dist_ctx.barrier()
+    return final
+
+
+def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: Any, loader: Any, dist_ctx: DistContext | None = None) -> int:
+    """Restore a state written by `save_checkpoint` into live objects; return its step.
+
+    Restores model and optimizer (DCP, resharded to the current layout if needed), scheduler,
+    this rank's loader state and RNG states. Call on every rank, after building the model,
+    optimizer and scheduler exactly as for a fresh run.
+
+    Raises:
+        ValueError: if `path` is not a complete checkpoint, or it was saved with a different
+            number of ranks (loader/RNG state is per rank).
+    """
+    dist_ctx = dist_ctx or LocalDistContext()
+    path = Path(path)
+    if not is_complete(path):
+        raise ValueError(f"{path} is not a complete checkpoint (no {META}, or not named step-N "
+                         f"under {CHECKPOINTS}/)")
+    meta = json.loads((path / META).read_text(encoding="utf-8"))
+    if meta.get("world_size") != dist_ctx.world_size:
+        raise ValueError(f"{path} was saved with world_size={meta.get('world_size')}, this run "
+                         f"has world_size={dist_ctx.world_size}; loader and RNG state are per rank")
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    with _quiet_single_process():
+        dcp.load({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(path / MODEL_OPTIM))
+    set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd)
+    trainer = torch.load(path / TRAINER, map_location="cpu", weights_only=True)
+    scheduler.load_state_dict(trainer["scheduler"])
+    rank_state = torch.load(path / f"rank-{dist_ctx.rank}.pt", map_location="cpu", weights_only=True)
+    loader.load_state_dict(rank_state["loader"])
+    set_rng_state(rank_state["rng"])
+    return int(trainer["step"])

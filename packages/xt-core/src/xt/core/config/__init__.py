@@ -1,0 +1,18 @@
+"""Typed configs: strict TOML loading with ``--set`` overrides, and the engine's sections.
+
+Public API:
+    load_config(path, cls, overrides) -> cls      read TOML + overrides, validate strictly
+    convert_config(data, cls, ...) -> cls         validate an already-parsed dict
+    ConfigStruct                                  base class for every config section
+    ConfigError, ConfigFieldError                 errors (see their docstrings)
+    OptimConfig, ScheduleConfig, TrainConfig, CheckpointConfig   the engine's sections
+"""
+from xt.core.config.base import ConfigError, ConfigFieldError, ConfigStruct, require, require_in
+from xt.core.config.loader import apply_overrides, convert_config, load_config, parse_override
+from xt.core.config.sections import CheckpointConfig, OptimConfig, ScheduleConfig, TrainConfig
+
+__all__ = [
+    "CheckpointConfig", "ConfigError", "ConfigFieldError", "ConfigStruct", "OptimConfig",
+    "ScheduleConfig", "TrainConfig", "apply_overrides", "convert_config", "load_config",
+    "parse_override", "require", "require_in",
+]

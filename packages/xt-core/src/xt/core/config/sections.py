@@ -1,0 +1,150 @@
+"""The engine's config sections: optimizer, LR schedule, training loop, checkpoints.
+
+Each is a `ConfigStruct` with defaults; `__post_init__` rejects out-of-range values with a
+`ConfigFieldError` naming the field (so a bad TOML value is reported as ``train.steps`` etc.).
+The CLI composes these with the model/data sections into one top-level struct, e.g.::
+
+    class XTConfig(ConfigStruct):
+        train: TrainConfig = TrainConfig()
+        optim: OptimConfig = OptimConfig()
+        schedule: ScheduleConfig = ScheduleConfig()
+        checkpoint: CheckpointConfig = CheckpointConfig()
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from xt.core.config.base import ConfigStruct, require
+
+__all__ = ["OptimConfig", "ScheduleConfig", "TrainConfig", "CheckpointConfig"]
+
+
+def _finite(x: float) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+class OptimConfig(ConfigStruct):
+    """AdamW hyper-parameters (decoupled weight decay; Loshchilov & Hutter 2019, torch.optim.AdamW).
+
+    Attributes:
+        lr: peak learning rate (the schedule multiplies it by a factor in [0, 1]); > 0.
+        betas: (beta1, beta2), each in [0, 1).
+        eps: denominator epsilon, > 0.
+        weight_decay: decoupled weight decay, >= 0.
+        decay_1d_params: also decay parameters with fewer than 2 dimensions (norm weights,
+            biases). False (the usual choice) puts them in a group with weight decay 0.
+        impl: AdamW implementation: "fused" (one kernel; CUDA, also CPU on torch >= 2.4),
+            "foreach" (multi-tensor), "for_loop" (per parameter), or "auto" = fused when all
+            parameters are on CUDA, else foreach.
+    """
+
+    lr: float = 3e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    decay_1d_params: bool = False
+    impl: Literal["auto", "fused", "foreach", "for_loop"] = "auto"
+
+    def __post_init__(self) -> None:
+        require(_finite(self.lr) and self.lr > 0, "lr", f"must be a number > 0, got {self.lr!r}")
+        require(all(_finite(b) and 0 <= b < 1 for b in self.betas), "betas",
+                f"must be two numbers in [0, 1), got {list(self.betas)!r}")
+        require(_finite(self.eps) and self.eps > 0, "eps", f"must be > 0, got {self.eps!r}")
+        require(_finite(self.weight_decay) and self.weight_decay >= 0, "weight_decay",
+                f"must be >= 0, got {self.weight_decay!r}")
+
+
+class ScheduleConfig(ConfigStruct):
+    """Learning-rate schedule: linear warmup, then cosine, linear or constant decay.
+
+    The factor multiplying `OptimConfig.lr` at optimizer step s (0-based), with W = warmup_steps,
+    N = total steps, r = min_lr_ratio and p = (s - W) / max(1, N - W):
+
+    - s < W: (s + 1) / W (the first step already moves; step W - 1 reaches the peak);
+    - decay="cosine": r + (1 - r) * 0.5 * (1 + cos(pi * p));
+    - decay="linear": r + (1 - r) * (1 - p);
+    - decay="constant": 1.
+
+    Attributes:
+        warmup_steps: W, >= 0.
+        decay: "cosine" | "linear" | "constant".
+        min_lr_ratio: r in [0, 1], the floor of the decay as a fraction of the peak LR.
+    """
+
+    warmup_steps: int = 0
+    decay: Literal["cosine", "linear", "constant"] = "cosine"
+    min_lr_ratio: float = 0.1
+
+    def __post_init__(self) -> None:
+        require(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        require(_finite(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1, "min_lr_ratio",
+                f"must be in [0, 1], got {self.min_lr_ratio!r}")
+
+
+class TrainConfig(ConfigStruct):
+    """The training loop.
+
+    Attributes:
+        steps: optimizer steps to run in total (a resumed run continues up to this), >= 1.
+        micro_batches_per_step: micro-batches drawn per optimizer step (gradient accumulation),
+            >= 1. The loss is normalised over the label tokens of all of them (ARCHITECTURE §4).
+        max_grad_norm: clip the global gradient L2 norm to this; 0 disables clipping (the norm is
+            still measured and logged).
+        dtype: "fp32", or "bf16" = mixed precision with `torch.autocast(dtype=torch.bfloat16)`
+            around the forward pass: parameters, gradients and AdamW state stay fp32 (master
+            weights), matmuls run in bf16. Chosen over bf16 parameters because the optimizer
+            update stays exact and checkpoints stay fp32.
+        seed: seeds python `random` and torch (CPU and CUDA) at the start of a fresh run.
+        log_every: print a metrics line every this many steps (metrics.jsonl gets every step).
+        out_dir: run folder: metrics.jsonl, loss.png, checkpoints/, hf/.
+        peak_tflops: the accelerator's peak dense TFLOP/s for MFU (per device). None = auto:
+            989 (H100/H200 bf16 dense) on CUDA; on CPU no peak is assumed and `mfu` is logged as
+            null (set it to your CPU's peak to get an estimate).
+    """
+
+    steps: int = 1000
+    micro_batches_per_step: int = 1
+    max_grad_norm: float = 1.0
+    dtype: Literal["bf16", "fp32"] = "fp32"
+    seed: int = 0
+    log_every: int = 10
+    out_dir: str = "runs/xt"
+    peak_tflops: float | None = None
+
+    def __post_init__(self) -> None:
+        require(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
+        require(self.micro_batches_per_step >= 1, "micro_batches_per_step",
+                f"must be >= 1, got {self.micro_batches_per_step}")
+        require(_finite(self.max_grad_norm) and self.max_grad_norm >= 0, "max_grad_norm",
+                f"must be >= 0 (0 = no clipping), got {self.max_grad_norm!r}")
+        require(self.log_every >= 1, "log_every", f"must be >= 1, got {self.log_every}")
+        require(bool(self.out_dir), "out_dir", "must be a non-empty path")
+        require(self.peak_tflops is None or (_finite(self.peak_tflops) and self.peak_tflops > 0),
+                "peak_tflops", f"must be > 0 or omitted, got {self.peak_tflops!r}")
+
+
+class CheckpointConfig(ConfigStruct):
+    """Checkpointing and final export.
+
+    Attributes:
+        every_steps: save every this many optimizer steps; 0 = only at the end. >= 0.
+        keep_last: keep only the newest this many checkpoints; 0 = keep all. >= 0.
+        save_final: save a checkpoint after the last step.
+        hf_export: after the last step, call the Trainer's `export_hf(model, out_dir / "hf")`
+            hook (skipped with a note when the caller gave none).
+        resume: "auto" (newest complete checkpoint in out_dir/checkpoints, or a fresh start when
+            there is none), a checkpoint folder path, or None for a fresh start.
+    """
+
+    every_steps: int = 0
+    keep_last: int = 2
+    save_final: bool = True
+    hf_export: bool = True
+    resume: str | None = None
+
+    def __post_init__(self) -> None:
+        require(self.every_steps >= 0, "every_steps", f"must be >= 0, got {self.every_steps}")
+        require(self.keep_last >= 0, "keep_last", f"must be >= 0 (0 = keep all), got {self.keep_last}")
+        require(self.resume is None or bool(self.resume), "resume",
+                "must be 'auto', a checkpoint path, or omitted")
