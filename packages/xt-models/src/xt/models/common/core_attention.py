@@ -1,0 +1,184 @@
+"""Core attention over packed documents: ``softmax(q k^T * scale + causal document mask) v``.
+
+Every backend has the same interface (an ``nn.Module`` so that ``xt.parallel`` can wrap it, e.g.
+for Ulysses sequence parallelism)::
+
+    forward(q[T, Hq, hd], k[T, Hkv, hd], v[T, Hkv, hd], cu_seqlens[D+1] int32, max_seqlen: int) -> [T, Hq, hd]
+
+Token ``t`` of document ``d`` (``cu_seqlens[d] <= t < cu_seqlens[d+1]``) attends to tokens
+``cu_seqlens[d] .. t`` only: causal inside a document, nothing across documents. ``Hq`` must be
+a multiple of ``Hkv`` (grouped-query attention, Ainslie et al. 2023, arXiv:2305.13245).
+
+Backends (``CoreAttention(backend=...)``):
+  * ``"sdpa"``: ``torch.nn.functional.scaled_dot_product_attention``; few documents -> one causal
+    call per document, many -> one call with a block-diagonal causal boolean mask. Any device.
+  * ``"flex"``: ``torch.nn.attention.flex_attention`` with a document-causal block mask.
+  * ``"varlen"``: ``torch.nn.attention.varlen.varlen_attn`` (flash attention, CUDA, bf16/fp16);
+    causal through ``window_size=(-1, 0)``.
+  * ``"flash_attn"``: ``flash_attn.flash_attn_varlen_func`` (package ``flash-attn``, CUDA).
+  * ``"auto"`` (default): per call, on CUDA with bf16/fp16 inputs ``varlen`` if torch has it, else
+    ``flash_attn`` if installed, else ``sdpa``; ``sdpa`` everywhere else.
+"""
+from __future__ import annotations
+
+import importlib.util
+import inspect
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["CoreAttention", "document_causal_mask", "BACKENDS"]
+
+BACKENDS = ("auto", "sdpa", "flex", "varlen", "flash_attn")
+# The SDPA backend loops over documents (one ``is_causal=True`` call each) when there are at most
+# this many documents or they average at least _SDPA_LOOP_MIN_AVG_LEN tokens; otherwise one call
+# with a [T, T] mask beats the per-call overhead (measured on CPU, T=2048: 256 docs loop 0.27 s
+# vs mask 0.72 s forward+backward; 1024 docs loop 1.0 s vs mask 0.78 s).
+_SDPA_LOOP_MAX_DOCS = 32
+_SDPA_LOOP_MIN_AVG_LEN = 16
+
+
+def document_causal_mask(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
+    """Boolean ``[T, T]`` mask, True where query ``i`` may attend key ``j`` (same document, ``j <= i``)."""
+    doc = _doc_ids(cu_seqlens, total)
+    idx = torch.arange(total, device=cu_seqlens.device)
+    return (doc[:, None] == doc[None, :]) & (idx[None, :] <= idx[:, None])
+
+
+def _doc_ids(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
+    """``[T]`` int64 document index of every token."""
+    idx = torch.arange(total, device=cu_seqlens.device)
+    return torch.bucketize(idx, cu_seqlens[1:].to(torch.int64), right=True)
+
+
+@lru_cache(maxsize=None)
+def _varlen_fn():
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None, False
+    return varlen_attn, "enable_gqa" in inspect.signature(varlen_attn).parameters
+
+
+@lru_cache(maxsize=None)
+def _has_flash_attn() -> bool:
+    return importlib.util.find_spec("flash_attn") is not None
+
+
+def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """``[T, Hkv, hd] -> [T, Hkv*groups, hd]`` (each kv head repeated for its query group)."""
+    return x if groups == 1 else x.repeat_interleave(groups, dim=1)
+
+
+class CoreAttention(nn.Module):
+    """Document-causal attention over a packed batch; see the module docstring for backends.
+
+    Args:
+        backend: one of :data:`BACKENDS`.
+        softmax_scale: multiplier of ``q k^T``; None means ``head_dim ** -0.5``.
+
+    Raises:
+        ValueError: unknown backend; shape mismatches; a backend that is not available here.
+    """
+
+    def __init__(self, backend: str = "auto", softmax_scale: float | None = None) -> None:
+        super().__init__()
+        if backend not in BACKENDS:
+            raise ValueError(f"attention backend {backend!r} unknown; allowed: {list(BACKENDS)}")
+        self.backend = backend
+        self.softmax_scale = softmax_scale
+
+    def extra_repr(self) -> str:
+        return f"backend={self.backend!r}, softmax_scale={self.softmax_scale}"
+
+    def resolve_backend(self, q: torch.Tensor) -> str:
+        """The concrete backend ``"auto"`` picks for tensors like ``q`` (device and dtype)."""
+        if self.backend != "auto":
+            return self.backend
+        if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
+            if _varlen_fn()[0] is not None:
+                return "varlen"
+            if _has_flash_attn():
+                return "flash_attn"
+        return "sdpa"
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
+                max_seqlen: int) -> torch.Tensor:
+        """Attend; shapes in the module docstring. Output has ``q``'s dtype."""
+        if q.dim() != 3 or k.dim() != 3 or v.shape != k.shape or q.shape[0] != k.shape[0] or q.shape[2] != k.shape[2]:
+            raise ValueError(f"core attention expects q[T,Hq,hd], k/v[T,Hkv,hd]; got {tuple(q.shape)}, "
+                             f"{tuple(k.shape)}, {tuple(v.shape)}")
+        if q.shape[1] % k.shape[1]:
+            raise ValueError(f"num_attention_heads={q.shape[1]} is not a multiple of num_key_value_heads={k.shape[1]}")
+        scale = self.softmax_scale if self.softmax_scale is not None else q.shape[-1] ** -0.5
+        backend = self.resolve_backend(q)
+        if backend == "sdpa":
+            return _sdpa(q, k, v, cu_seqlens, scale)
+        if backend == "flex":
+            return _flex(q, k, v, cu_seqlens, scale)
+        if backend == "varlen":
+            return _varlen(q, k, v, cu_seqlens, max_seqlen, scale)
+        return _flash_attn(q, k, v, cu_seqlens, max_seqlen, scale)
+
+
+def _sdpa(q, k, v, cu_seqlens, scale):
+    T, Hq, _ = q.shape
+    groups = Hq // k.shape[1]
+    k, v = _repeat_kv(k, groups), _repeat_kv(v, groups)
+    bounds = cu_seqlens.tolist()
+    num_docs = len(bounds) - 1
+    if num_docs <= _SDPA_LOOP_MAX_DOCS or T >= _SDPA_LOOP_MIN_AVG_LEN * num_docs:
+        outs = []
+        for s, e in zip(bounds[:-1], bounds[1:]):
+            if e == s:
+                continue
+            qd, kd, vd = (t[s:e].transpose(0, 1) for t in (q, k, v))
+            outs.append(F.scaled_dot_product_attention(qd, kd, vd, is_causal=True, scale=scale).transpose(0, 1))
+        return torch.cat(outs, dim=0) if outs else q.new_zeros(q.shape)
+    mask = document_causal_mask(cu_seqlens, T)
+    out = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
+                                         attn_mask=mask, scale=scale)
+    return out.transpose(0, 1)
+
+
+def _flex(q, k, v, cu_seqlens, scale):
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    T, Hq, _ = q.shape
+    groups = Hq // k.shape[1]
+    doc = _doc_ids(cu_seqlens, T)
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return (doc[q_idx] == doc[kv_idx]) & (kv_idx <= q_idx)
+
+    block_mask = create_block_mask(mask_mod, B=None, H=None, Q_LEN=T, KV_LEN=T, device=q.device)
+    out = flex_attention(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
+                         block_mask=block_mask, scale=scale, enable_gqa=groups > 1)
+    return out[0].transpose(0, 1)
+
+
+def _varlen(q, k, v, cu_seqlens, max_seqlen, scale):
+    fn, has_gqa = _varlen_fn()
+    if fn is None:
+        raise ValueError("attention backend 'varlen' needs torch.nn.attention.varlen.varlen_attn (torch >= 2.10)")
+    groups = q.shape[1] // k.shape[1]
+    kwargs = {}
+    if groups > 1:
+        if has_gqa:
+            kwargs["enable_gqa"] = True
+        else:
+            k, v = _repeat_kv(k, groups), _repeat_kv(v, groups)
+    cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
+    return fn(q, k, v, cu, cu, int(max_seqlen), int(max_seqlen), scale=scale, window_size=(-1, 0), **kwargs)
+
+
+def _flash_attn(q, k, v, cu_seqlens, max_seqlen, scale):
+    if not _has_flash_attn():
+        raise ValueError("attention backend 'flash_attn' needs the flash-attn package")
+    from flash_attn import flash_attn_varlen_func
+
+    cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
+    return flash_attn_varlen_func(q, k, v, cu, cu, int(max_seqlen), int(max_seqlen),
+                                  softmax_scale=scale, causal=True)

@@ -1,0 +1,82 @@
+"""Map stacked expert weights to HF per-expert checkpoint keys and back.
+
+HF hub checkpoints (and transformers 5 ``save_pretrained``) store MoE experts one by one::
+
+    {prefix}.experts.{e}.gate_proj.weight [F, D]
+    {prefix}.experts.{e}.up_proj.weight   [F, D]
+    {prefix}.experts.{e}.down_proj.weight [D, F]
+
+Ours (:mod:`xt.models.common.experts`): ``{prefix}.experts.gate_up_proj [E, 2F, D]`` (gate rows
+first) and ``{prefix}.experts.down_proj [E, D, F]``.
+"""
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+import torch
+
+__all__ = ["unstack_experts", "stack_experts"]
+
+_PER_EXPERT = re.compile(r"^(?P<prefix>.*)\.experts\.(?P<e>\d+)\.(?P<proj>gate_proj|up_proj|down_proj)\.weight$")
+
+
+def unstack_experts(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Replace every ``*.experts.gate_up_proj`` / ``*.experts.down_proj`` by per-expert HF keys.
+
+    Returns a new dict (tensors are views of the stacked ones); other keys pass through.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, t in state.items():
+        if key.endswith(".experts.gate_up_proj"):
+            prefix = key[: -len(".gate_up_proj")]
+            half = t.shape[1] // 2
+            for e in range(t.shape[0]):
+                out[f"{prefix}.{e}.gate_proj.weight"] = t[e, :half]
+                out[f"{prefix}.{e}.up_proj.weight"] = t[e, half:]
+        elif key.endswith(".experts.down_proj"):
+            prefix = key[: -len(".down_proj")]
+            for e in range(t.shape[0]):
+                out[f"{prefix}.{e}.down_proj.weight"] = t[e]
+        else:
+            out[key] = t
+    return out
+
+
+def stack_experts(keys: list[str], get: Callable[[str], torch.Tensor], source: str = "checkpoint"
+                  ) -> dict[str, torch.Tensor]:
+    """Build a state dict with stacked experts from checkpoint keys.
+
+    Args:
+        keys: all keys of the checkpoint.
+        get: loads one tensor by key (lets callers read shards lazily).
+        source: named in error messages.
+
+    Returns:
+        ``{key: tensor}`` where per-expert keys became ``*.experts.gate_up_proj`` and
+        ``*.experts.down_proj``; other keys pass through.
+
+    Raises:
+        ValueError: an MoE layer with a missing expert or projection (the key is named).
+    """
+    out: dict[str, torch.Tensor] = {}
+    groups: dict[str, dict[int, dict[str, str]]] = {}
+    for key in keys:
+        m = _PER_EXPERT.match(key)
+        if m is None:
+            out[key] = get(key)
+            continue
+        groups.setdefault(m["prefix"], {}).setdefault(int(m["e"]), {})[m["proj"]] = key
+    for prefix, experts in groups.items():
+        n = max(experts) + 1
+        gate_up, down = [], []
+        for e in range(n):
+            projs = experts.get(e, {})
+            for proj in ("gate_proj", "up_proj", "down_proj"):
+                if proj not in projs:
+                    raise ValueError(f"{source}: missing key {prefix}.experts.{e}.{proj}.weight")
+            gate_up.append(torch.cat([get(projs["gate_proj"]), get(projs["up_proj"])], dim=0))
+            down.append(get(projs["down_proj"]))
+        out[f"{prefix}.experts.gate_up_proj"] = torch.stack(gate_up)
+        out[f"{prefix}.experts.down_proj"] = torch.stack(down)
+    return out

@@ -1,0 +1,128 @@
+"""Top-k softmax router and the router auxiliary losses (all in float32).
+
+Shape legend: T tokens, D hidden size, E experts, K top-k (``num_experts_per_tok``), L MoE layers.
+
+Load-balancing loss (Switch Transformer, Fedus et al. 2021, arXiv:2101.03961, eqs. 4-6), with the
+normalisation of HF transformers' ``load_balancing_loss_func`` (Mixtral/Qwen3-MoE): over the L MoE
+layers of one forward pass,
+
+    f_e = (sum_l #{(t, k): topk_ids_l[t, k] = e}) / (L * T)     (sums to K over e)
+    P_e = (sum_l sum_t softmax(logits_l[t])_e) / (L * T)
+    aux = E * sum_e f_e * P_e
+
+(``f`` carries no gradient; ``P`` does.) Router z-loss (Zoph et al. 2022, ST-MoE, arXiv:2202.08906,
+eq. 5): the mean over layers and tokens of ``logsumexp(logits_l[t])**2``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["RouterOutput", "RouterStats", "TopKRouter", "router_stats", "load_balancing_loss", "z_loss"]
+
+
+@dataclass
+class RouterOutput:
+    """What a router returns.
+
+    Attributes:
+        logits: ``[T, E]`` float32 router logits.
+        probs: ``[T, E]`` float32 scores the auxiliary loss uses (softmax of ``logits``).
+        topk_ids: ``[T, K]`` int64 chosen experts.
+        topk_weights: ``[T, K]`` float32 combine weights.
+    """
+    logits: torch.Tensor
+    probs: torch.Tensor
+    topk_ids: torch.Tensor
+    topk_weights: torch.Tensor
+
+
+@dataclass
+class RouterStats:
+    """Per-layer sums for the auxiliary losses and metrics (over the layer's T tokens).
+
+    Attributes:
+        tokens_per_expert: ``[E]`` float32 number of routed slots per expert (no gradient).
+        prob_sum: ``[E]`` float32 sum over tokens of router probabilities (differentiable).
+        z_sum: scalar float32 sum over tokens of ``logsumexp(logits)**2`` (differentiable).
+        num_tokens: T.
+    """
+    tokens_per_expert: torch.Tensor
+    prob_sum: torch.Tensor
+    z_sum: torch.Tensor
+    num_tokens: int
+
+
+class TopKRouter(nn.Module):
+    """Softmax top-k router (Qwen3-MoE / Mixtral style); the HF key is ``mlp.gate.weight``.
+
+    Args:
+        hidden_size: D.
+        num_experts: E (``weight`` is ``[E, D]``, like ``nn.Linear(D, E, bias=False)``).
+        top_k: K (``num_experts_per_tok``).
+        norm_topk_prob: renormalise the K chosen probabilities to sum to 1.
+
+    Raises:
+        ValueError: ``top_k`` not in ``[1, num_experts]``.
+    """
+
+    def __init__(self, hidden_size: int, num_experts: int, top_k: int, norm_topk_prob: bool) -> None:
+        super().__init__()
+        if not 1 <= top_k <= num_experts:
+            raise ValueError(f"num_experts_per_tok={top_k} must be in [1, num_experts={num_experts}]")
+        self.num_experts = num_experts
+        self.top_k = top_k
+        self.norm_topk_prob = norm_topk_prob
+        self.weight = nn.Parameter(torch.empty(num_experts, hidden_size))
+        nn.init.normal_(self.weight, std=0.02)
+
+    def forward(self, x: torch.Tensor) -> RouterOutput:
+        """Route ``x[T, D]`` (any float dtype; the logits are computed in float32)."""
+        logits = F.linear(x.float(), self.weight.float())
+        probs = torch.softmax(logits, dim=-1)
+        topk_weights, topk_ids = torch.topk(probs, self.top_k, dim=-1)
+        if self.norm_topk_prob:
+            topk_weights = topk_weights / topk_weights.sum(dim=-1, keepdim=True)
+        return RouterOutput(logits, probs, topk_ids, topk_weights)
+
+    def extra_repr(self) -> str:
+        return f"num_experts={self.num_experts}, top_k={self.top_k}, norm_topk_prob={self.norm_topk_prob}"
+
+
+def router_stats(out: RouterOutput, num_experts: int) -> RouterStats:
+    """Sums over the tokens of one layer (see :class:`RouterStats`)."""
+    counts = torch.zeros(num_experts, dtype=torch.float32, device=out.topk_ids.device)
+    counts.index_add_(0, out.topk_ids.reshape(-1), torch.ones(out.topk_ids.numel(), device=counts.device))
+    z = torch.logsumexp(out.logits, dim=-1).pow(2).sum()
+    return RouterStats(counts, out.probs.sum(dim=0), z, out.logits.shape[0])
+
+
+def load_balancing_loss(stats: list[RouterStats]) -> torch.Tensor:
+    """Switch-style aux loss over the MoE layers of one forward pass (formula in the module docstring).
+
+    Returns a float32 scalar **without** the ``router_aux_loss_coef`` factor; 0 for no tokens.
+
+    Raises:
+        ValueError: empty ``stats``.
+    """
+    if not stats:
+        raise ValueError("load_balancing_loss needs the stats of at least one MoE layer")
+    rows = sum(s.num_tokens for s in stats)
+    num_experts = stats[0].prob_sum.shape[0]
+    if rows == 0:
+        return stats[0].prob_sum.sum() * 0.0
+    f = torch.stack([s.tokens_per_expert for s in stats]).sum(0) / rows
+    p = torch.stack([s.prob_sum for s in stats]).sum(0) / rows
+    return num_experts * (f * p).sum()
+
+
+def z_loss(stats: list[RouterStats]) -> torch.Tensor:
+    """Router z-loss: mean over layers and tokens of ``logsumexp(logits)**2`` (float32, no coefficient)."""
+    if not stats:
+        raise ValueError("z_loss needs the stats of at least one MoE layer")
+    rows = sum(s.num_tokens for s in stats)
+    total = torch.stack([s.z_sum for s in stats]).sum()
+    return total / rows if rows else total * 0.0

@@ -1,0 +1,137 @@
+"""Read and write HF-style safetensors checkpoints: one ``model.safetensors`` or shards
+``model-0000i-of-0000n.safetensors`` with ``model.safetensors.index.json`` (``{"metadata":
+{"total_size": bytes}, "weight_map": {key: file}}``), as transformers' ``save_pretrained`` does.
+
+Every file is written to a temporary name in the target folder and renamed into place
+(``os.replace``), so a reader never sees a half-written file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+__all__ = ["parse_size", "CheckpointReader", "write_safetensors", "atomic_write_text"]
+
+SINGLE = "model.safetensors"
+INDEX = "model.safetensors.index.json"
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_size(size: int | str) -> int:
+    """``5_000_000`` or ``"5GB"``/``"500MiB"`` -> bytes.
+
+    Raises:
+        ValueError: unparsable or non-positive size.
+    """
+    if isinstance(size, int):
+        n = size
+    else:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)\s*", str(size).upper())
+        if m is None or m[2] not in _UNITS:
+            raise ValueError(f"max_shard_size: cannot parse {size!r}; use bytes or e.g. '5GB', '500MiB'")
+        n = int(float(m[1]) * _UNITS[m[2]])
+    if n <= 0:
+        raise ValueError(f"max_shard_size must be > 0; got {size!r}")
+    return n
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class CheckpointReader:
+    """Lazy reader of a folder's safetensors weights (single file or index + shards).
+
+    Raises:
+        FileNotFoundError: no ``model.safetensors`` nor index in ``path``.
+        ValueError: an index that names a missing shard.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        index = self.path / INDEX
+        if index.is_file():
+            weight_map = json.loads(index.read_text())["weight_map"]
+            self.weight_map: dict[str, str] = dict(weight_map)
+        elif (self.path / SINGLE).is_file():
+            with safe_open(self.path / SINGLE, "pt") as f:
+                self.weight_map = {k: SINGLE for k in f.keys()}
+        else:
+            raise FileNotFoundError(f"no {SINGLE} or {INDEX} in {self.path}")
+        for fname in set(self.weight_map.values()):
+            if not (self.path / fname).is_file():
+                raise ValueError(f"{index}: shard {fname} is missing")
+        self._handles: dict[str, Any] = {}
+
+    def keys(self) -> list[str]:
+        """All tensor names."""
+        return list(self.weight_map)
+
+    def get(self, key: str) -> torch.Tensor:
+        """Load one tensor (CPU)."""
+        fname = self.weight_map[key]
+        if fname not in self._handles:
+            self._handles[fname] = safe_open(self.path / fname, "pt")
+        return self._handles[fname].get_tensor(key)
+
+    def close(self) -> None:
+        """Release the open files."""
+        self._handles.clear()
+
+
+def _shards(state: dict[str, torch.Tensor], max_bytes: int) -> Iterator[dict[str, torch.Tensor]]:
+    cur: dict[str, torch.Tensor] = {}
+    size = 0
+    for key, t in state.items():
+        n = t.numel() * t.element_size()
+        if cur and size + n > max_bytes:
+            yield cur
+            cur, size = {}, 0
+        cur[key] = t
+        size += n
+    if cur:
+        yield cur
+
+
+def write_safetensors(state: dict[str, torch.Tensor], path: str | Path, max_shard_size: int | str = "5GB") -> list[str]:
+    """Write ``state`` to ``path`` (created if needed), sharded above ``max_shard_size``.
+
+    Tied duplicates must be dropped first (each key is written as its own copy). Stale weight files of an earlier
+    save in the same folder are removed after the new ones are in place.
+
+    Returns:
+        The names of the files written.
+    """
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    shards = list(_shards(state, parse_size(max_shard_size)))
+    n = len(shards)
+    names = [SINGLE] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+    for name, shard in zip(names, shards):
+        tmp = out / f".{name}.tmp-{os.getpid()}"
+        # copy per shard: views of one stacked tensor must not share storage in safetensors
+        save_file({k: v.detach().to("cpu", copy=True).contiguous() for k, v in shard.items()}, str(tmp),
+                  metadata={"format": "pt"})
+        os.replace(tmp, out / name)
+    written = list(names)
+    if n > 1:
+        index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
+                 "weight_map": {k: name for name, shard in zip(names, shards) for k in shard}}
+        atomic_write_text(out / INDEX, json.dumps(index, indent=2, sort_keys=True) + "\n")
+        written.append(INDEX)
+    stale = [p for p in out.iterdir() if p.name not in written
+             and (p.name == SINGLE or p.name == INDEX or re.fullmatch(r"model-\d+-of-\d+\.safetensors", p.name))]
+    for p in stale:
+        p.unlink()
+    return written
