@@ -3,9 +3,10 @@
 ``y[R, N] = x[R, K] @ w[e(r), K, N]`` where rows of ``x`` are sorted by expert and
 ``tokens_per_expert[E]`` says how many consecutive rows belong to each expert.
 
-This module holds the public entry point and the plain-PyTorch reference backend.
-Faster backends (``torch`` via ``torch._grouped_mm``, ``triton``, ``npu``) register
-themselves in :mod:`xt.kernels.moe.backends` (issue: xt.kernels).
+This module holds the public entry point and the plain-PyTorch reference backend (a loop over
+experts, differentiable by autograd). The fast backends (``torch`` via ``torch._grouped_mm``,
+``triton``, ``npu``) live in ``gg_torch``/``gg_triton``/``gg_npu`` behind the custom op of
+:mod:`xt.kernels.moe.gg_op`; :mod:`xt.kernels.moe.backends` chooses among them.
 """
 from __future__ import annotations
 
@@ -59,15 +60,24 @@ def grouped_gemm(x: torch.Tensor, w: torch.Tensor, tokens_per_expert: torch.Tens
                  trans_b: bool = False, backend: str | None = None) -> torch.Tensor:
     """Grouped GEMM with backend dispatch; same contract as :func:`grouped_gemm_reference`.
 
+    Differentiable (forward m-grouped, dX m-grouped, dW k-grouped; experts without rows get exact
+    zero weight gradient). The ``torch``/``triton``/``npu`` backends run as the custom op
+    ``torch.ops.xt_kernels.grouped_mm`` (traceable by ``torch.compile``) and keep
+    ``tokens_per_expert`` on the device (no host synchronisation).
+
     Args:
-        backend: ``"reference"``, ``"torch"``, ``"triton"``, ``"npu"`` or ``None``/``"auto"``
+        x: ``[R, K]`` rows sorted by expert.
+        w: ``[E, K, N]`` (or ``[E, N, K]`` with ``trans_b=True``), same dtype as ``x``.
+        tokens_per_expert: ``[E]`` integer counts summing to ``R``, on ``x``'s device.
+        trans_b: layout of ``w``.
+        backend: ``"reference"``, ``"torch"``, ``"triton"``, ``"npu"``, ``"auto"`` or ``None``
             (the process-wide choice set by :func:`xt.kernels.moe.backends.set_backend`).
 
+    Returns:
+        ``[R, N]`` in ``x.dtype``.
+
     Raises:
-        ValueError: unknown backend name, or bad shapes.
+        ValueError: unknown backend name, bad shapes, or a dtype/alignment the backend lacks.
     """
-    try:
-        from xt.kernels.moe import backends
-    except ImportError:  # backends registry not present yet: reference only
-        return grouped_gemm_reference(x, w, tokens_per_expert, trans_b)
+    from xt.kernels.moe import backends
     return backends.dispatch("grouped_gemm", backend)(x, w, tokens_per_expert, trans_b)

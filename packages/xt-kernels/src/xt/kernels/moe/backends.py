@@ -1,0 +1,176 @@
+"""Backend registry of the kernels: which implementation runs each op.
+
+Ops: ``"grouped_gemm"``, ``"permute"``, ``"unpermute"``, ``"loss"`` (the fused linear
+cross-entropy). Backend names: ``"auto"``, ``"triton"``, ``"torch"``, ``"reference"``, ``"npu"``.
+
+* ``reference``: plain PyTorch, any device and dtype (float64 too); the tests' ground truth.
+* ``torch``: built-in fused ops (``torch._grouped_mm``; chunked torch ops for the loss). For
+  permute/unpermute the torch ops *are* the reference, so ``torch`` means ``reference`` there.
+* ``triton``: our Triton kernels (CUDA; CPU only under ``TRITON_INTERPRET=1``).
+* ``npu``: ``torch_npu`` (imported only when chosen; untested on hardware). For permute/unpermute
+  and the loss it runs the torch implementation on the NPU device.
+* ``auto``: per call, from the tensors' device. For the grouped GEMM on CUDA it times every
+  usable kernel set once per (GPU, dtype, layout, K, N, E, rows-per-expert bucket) on the first
+  call's real inputs, separately for the m-grouped products (forward, dX) and the k-grouped weight
+  gradient, and caches the fastest pair (e.g. ``"triton/torch"``). While ``torch.compile`` traces
+  or a CUDA graph is captured it cannot time; then it uses a cached choice or the static default
+  below (from our H200 measurements, ``benchmarks/results/kernels-*.json``).
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+from typing import Callable
+
+import torch
+
+from xt.kernels._triton_support import triton_usable_on
+
+__all__ = ["OPS", "BACKENDS", "set_backend", "get_backend", "dispatch", "choose_grouped_gemm",
+           "auto_choices"]
+
+OPS = ("grouped_gemm", "permute", "unpermute", "loss")
+BACKENDS = ("auto", "triton", "torch", "reference", "npu")
+_selected: dict[str, str] = {op: "auto" for op in OPS}
+_auto_cache: dict[tuple, str] = {}
+# Default kernel sets when auto cannot time (under torch.compile tracing / CUDA-graph capture).
+STATIC_CUDA_DEFAULT = "torch/torch"
+
+
+def _check(op: str, name: str) -> None:
+    if op not in OPS:
+        raise ValueError(f"kernels: unknown op {op!r}; expected one of {OPS}")
+    if name not in BACKENDS:
+        raise ValueError(f"kernels.{op}: unknown backend {name!r}; expected one of {BACKENDS}")
+
+
+def set_backend(op: str, name: str) -> None:
+    """Set the process-wide backend of ``op`` (``"permute"`` sets ``"unpermute"`` too).
+
+    Raises:
+        ValueError: unknown op or backend name.
+    """
+    _check(op, name)
+    _selected[op] = name
+    if op == "permute":
+        _selected["unpermute"] = name
+
+
+def get_backend(op: str) -> str:
+    """The process-wide backend name of ``op`` (``"auto"`` unless set)."""
+    _check(op, "auto")
+    return _selected[op]
+
+
+def auto_choices() -> dict[tuple, str]:
+    """A copy of the grouped-GEMM choices ``auto`` has measured so far (key -> ``"m/k"`` pair)."""
+    return dict(_auto_cache)
+
+
+def _candidates(x: torch.Tensor) -> list[str]:
+    from xt.kernels.moe import gg_torch
+    out = []
+    if x.device.type == "cuda" and triton_usable_on(x.device):
+        out.append("triton")
+    if gg_torch.available(x):
+        out.append("torch")
+    return out
+
+
+def _time_ms(fn: Callable[[], object], reps: int = 3) -> float:
+    fn()  # warm-up (also triggers Triton autotuning)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / reps
+
+
+def choose_grouped_gemm(x: torch.Tensor, w: torch.Tensor, tokens_per_expert: torch.Tensor,
+                        trans_b: bool) -> str:
+    """The kernel-set pair ``"m/k"`` that ``auto`` uses for these inputs (see module docstring)."""
+    dev = x.device
+    if dev.type == "npu":
+        return "npu"
+    cands = _candidates(x)
+    if dev.type != "cuda":
+        return "torch" if "torch" in cands else "loop"
+    if not cands:
+        return "loop"
+    E, N = w.shape[0], (w.shape[1] if trans_b else w.shape[2])
+    bucket = max(1, x.shape[0] // max(E, 1)).bit_length()
+    key = (torch.cuda.get_device_name(dev), x.dtype, trans_b, x.shape[1], N, E, bucket)
+    if key in _auto_cache:
+        return _auto_cache[key]
+    if len(cands) == 1:
+        _auto_cache[key] = f"{cands[0]}/{cands[0]}"
+        return _auto_cache[key]
+    capturing = torch.cuda.is_current_stream_capturing()
+    if torch.compiler.is_compiling() or capturing or x.shape[0] == 0:
+        return STATIC_CUDA_DEFAULT
+    from xt.kernels.moe.gg_op import kernel_set
+    with torch.no_grad():
+        y = torch.randn(x.shape[0], N, dtype=x.dtype, device=dev)
+        t_m = {c: _time_ms(lambda c=c: kernel_set(c).mgrouped(x, w, tokens_per_expert, trans_b)) for c in cands}
+        t_k = {c: _time_ms(lambda c=c: kernel_set(c).kgrouped(x, y, tokens_per_expert)) for c in cands}
+    choice = f"{min(t_m, key=t_m.get)}/{min(t_k, key=t_k.get)}"
+    _auto_cache[key] = choice
+    return choice
+
+
+def _gg_impl(name: str) -> Callable:
+    from xt.kernels.moe import gg_op
+    from xt.kernels.moe.grouped_gemm import grouped_gemm_reference
+    if name == "reference":
+        return grouped_gemm_reference
+    if name == "auto":
+        def auto(x, w, tokens_per_expert, trans_b=False):
+            choice = choose_grouped_gemm(x, w, tokens_per_expert, trans_b)
+            return gg_op.grouped_mm(x, w, tokens_per_expert, trans_b, choice)
+        return auto
+    return functools.partial(_gg_fixed, name=name)
+
+
+def _gg_fixed(x, w, tokens_per_expert, trans_b=False, *, name):
+    from xt.kernels.moe import gg_op
+    return gg_op.grouped_mm(x, w, tokens_per_expert, trans_b, name)
+
+
+def _permute_impl(op: str, name: str) -> Callable:
+    ref = importlib.import_module("xt.kernels.moe.permute")  # the package re-exports a function of that name
+    if name == "auto":
+        def auto(*args, **kw):
+            x = args[0]
+            fast = triton_usable_on(x.device) and x.device.type == "cuda"
+            return _permute_impl(op, "triton" if fast else "reference")(*args, **kw)
+        return auto
+    if name == "triton":
+        from xt.kernels.moe import permute_triton
+        return getattr(permute_triton, op)
+    return getattr(ref, f"{op}_reference")
+
+
+def _loss_impl(name: str) -> Callable:
+    from xt.kernels.loss import linear_ce
+    return functools.partial(linear_ce.linear_cross_entropy_backend, backend=name)
+
+
+def dispatch(op: str, backend: str | None = None) -> Callable:
+    """The callable implementing ``op`` with ``backend`` (``None``: the process-wide choice).
+
+    Signatures: grouped_gemm ``(x, w, tokens_per_expert, trans_b=False)``; permute
+    ``(x, topk_ids, num_experts)``; unpermute ``(y_sorted, info, topk_weights)``; loss as
+    :func:`xt.kernels.loss.linear_cross_entropy` without ``backend``.
+
+    Raises:
+        ValueError: unknown op or backend name.
+    """
+    name = backend or _selected.get(op, "auto")
+    _check(op, name)
+    if op == "grouped_gemm":
+        return _gg_impl(name)
+    if op in ("permute", "unpermute"):
+        return _permute_impl(op, name)
+    return _loss_impl(name)
