@@ -1,1 +1,20 @@
-"""XT data: sources, tokenization, chat templates, packing, resumable loaders."""
+"""XT data: sources, tokenization, chat templates, packing, resumable loaders.
+
+Main entry points (see packages/xt-data/README.md):
+- `DataConfig` / `data_config_from_dict`: the ``[data]`` config section.
+- `build_loader(cfg, dp_rank, dp_size)` → `PackedLoader` of contract micro-batches with
+  `state_dict()` / `load_state_dict()`.
+- `asset_path(name)`, `load_tokenizer(name_or_path)`: pinned real assets and tokenizers.
+"""
+from xt.data.assets import ASSETS, asset_path, cache_dir
+from xt.data.config import DataConfig, data_config_from_dict
+from xt.data.dataset import TokenizedDataset, build_dataset, tokenize_source
+from xt.data.errors import AssetError, ChecksumError, DataError
+from xt.data.loader import PackedLoader, build_loader
+from xt.data.packing import IGNORE_INDEX, make_batch, pack_boundaries, split_documents
+from xt.data.tokenizer import load_tokenizer
+
+__all__ = ["ASSETS", "AssetError", "ChecksumError", "DataConfig", "DataError", "IGNORE_INDEX",
+           "PackedLoader", "TokenizedDataset", "asset_path", "build_dataset", "build_loader",
+           "cache_dir", "data_config_from_dict", "load_tokenizer", "make_batch", "pack_boundaries",
+           "split_documents", "tokenize_source"]

@@ -1,0 +1,68 @@
+"""Loading a real tokenizer by built-in name, local folder or hub id.
+
+Built-in names map to pinned registry assets (`xt.data.assets`): ``"qwen3"`` (Qwen3 tokenizer and
+chat template, 151,669 tokens) and ``"llama3"``. A local folder with ``tokenizer.json`` /
+``tokenizer_config.json`` and any other string go to ``transformers.AutoTokenizer``, so users with
+a hub use hub ids the same way.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+from pathlib import Path
+
+from xt.data.assets import asset_path
+from xt.data.errors import DataError
+
+BUILTIN_TOKENIZERS = {"qwen3": "qwen3-tokenizer", "llama3": "llama3-tokenizer"}
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                    "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja")
+
+
+def resolve_tokenizer(name_or_path: str) -> str:
+    """Map a built-in name to its cached asset folder (fetching it); return other strings unchanged."""
+    if name_or_path in BUILTIN_TOKENIZERS:
+        return str(asset_path(BUILTIN_TOKENIZERS[name_or_path]))
+    return name_or_path
+
+
+@functools.lru_cache(maxsize=8)
+def load_tokenizer(name_or_path: str):
+    """Load a tokenizer: ``"qwen3"``/``"llama3"`` (cached registry asset), a local folder, or a hub id.
+
+    Returns a `transformers.PreTrainedTokenizerBase` (a fast tokenizer for the built-ins; its
+    ``chat_template`` is the model's own). Cached per name within the process.
+
+    Raises:
+        DataError: a path that does not exist, or a tokenizer that transformers cannot load
+        (the message names `name_or_path`).
+    """
+    from transformers import AutoTokenizer
+
+    target = resolve_tokenizer(name_or_path)
+    looks_local = target.startswith((".", "/", "~")) or Path(target).expanduser().exists()
+    if looks_local and not Path(target).expanduser().is_dir():
+        raise DataError(f"tokenizer: {name_or_path!r} is not a folder (expected a folder with "
+                        f"tokenizer.json, a built-in name {sorted(BUILTIN_TOKENIZERS)} or a hub id)")
+    try:
+        return AutoTokenizer.from_pretrained(str(Path(target).expanduser()) if looks_local else target)
+    except Exception as e:  # transformers raises OSError/ValueError/HF errors: name the input
+        raise DataError(f"tokenizer: cannot load {name_or_path!r}: {type(e).__name__}: {e}") from e
+
+
+def tokenizer_fingerprint(name_or_path: str) -> str:
+    """A hex digest that changes when the tokenizer changes (hash of its files for local folders
+    and built-ins; of the loaded vocabulary and chat template for hub ids). Used as a cache key."""
+    target = Path(resolve_tokenizer(name_or_path)).expanduser()
+    h = hashlib.sha256()
+    if target.is_dir():
+        for fname in _TOKENIZER_FILES:
+            if (target / fname).is_file():
+                h.update(fname.encode() + b"\0" + (target / fname).read_bytes())
+        return h.hexdigest()
+    tok = load_tokenizer(name_or_path)
+    h.update(name_or_path.encode())
+    backend = getattr(tok, "backend_tokenizer", None)
+    h.update(backend.to_str().encode() if backend is not None else repr(sorted(tok.get_vocab().items())).encode())
+    h.update(str(getattr(tok, "chat_template", "")).encode())
+    return h.hexdigest()
