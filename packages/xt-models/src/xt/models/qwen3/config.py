@@ -56,6 +56,8 @@ class Qwen3Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     pad_token_id: int | None = None
 
     def __post_init__(self) -> None:
+        if self.rope_parameters is None:
+            self.rope_parameters = {"rope_type": "default"}
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         if self.head_dim is None and self.num_attention_heads > 0:
@@ -73,7 +75,7 @@ class Qwen3Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ConfigError(f"head_dim must be even (RoPE); got {self.head_dim}")
         if not self.rope_theta > 0:
             raise ConfigError(f"rope_theta must be > 0; got {self.rope_theta}")
-        rope_type = (self.rope_parameters or {}).get("rope_type", "default")
+        rope_type = self.rope_parameters.get("rope_type", "default")
         if rope_type not in ROPE_INIT_FUNCTIONS:
             raise ConfigError(f"rope_parameters.rope_type={rope_type!r} not supported; allowed: {sorted(ROPE_INIT_FUNCTIONS)}")
         if not self.rms_norm_eps > 0:
@@ -153,7 +155,7 @@ class Qwen3Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         """The HF ``config.json`` dict (transformers 5 form: ``rope_parameters`` holds ``rope_theta``)."""
         d = msgspec.to_builtins(self)
         d.pop("rope_theta")
-        d["rope_parameters"] = {**(self.rope_parameters or {"rope_type": "default"}), "rope_theta": self.rope_theta}
+        d["rope_parameters"] = {**self.rope_parameters, "rope_theta": self.rope_theta}
         d["architectures"] = [_ARCH[self.model_type]]
         if self.num_experts == 0:
             for k in ("num_experts", "num_experts_per_tok", "moe_intermediate_size", "norm_topk_prob",
