@@ -71,8 +71,8 @@ class DeepseekV3Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     mtp_loss_weight: float = 0.3
 
     def __post_init__(self) -> None:
-        if self.num_key_value_heads is None:
-            self.num_key_value_heads = self.num_attention_heads
+        # MLA expands per-head keys and values from the latent: key/value heads = attention heads.
+        self.num_key_value_heads = self.num_attention_heads
         check_common(self)
         E, K = self.n_routed_experts, self.num_experts_per_tok
         if not 0 < K <= E:

@@ -1,0 +1,264 @@
+"""DeepSeek-V3 / Kimi K2 causal LM (HF ``DeepseekV3ForCausalLM``) with optional multi-token prediction.
+
+Module tree (HF names; experts stacked, see :mod:`xt.models.deepseek_v3.state_dict`)::
+
+    model.embed_tokens
+    model.layers[i].input_layernorm / post_attention_layernorm     RMSNorm
+    model.layers[i].self_attn                                      MultiHeadLatentAttention
+    model.layers[i].mlp      SwiGLUMLP (i < first_k_dense_replace) or
+                             DeepseekV3MoE(gate=SigmoidGroupRouter, experts=GroupedExperts,
+                                           dispatcher, shared_experts=SwiGLUMLP)
+    model.norm, lm_head
+    mtp[k]                   DeepseekV3MTPLayer (hub keys ``model.layers.{L+k}.*``), only if mtp_layers > 0
+
+Reference: DeepSeek-V3 Technical Report (arXiv:2412.19437); numerics follow HF transformers'
+``DeepseekV3ForCausalLM`` (the parity tests compare against it).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from xt.models.common.experts import GroupedExperts
+from xt.models.common.flops import causal_lm_flops_per_token
+from xt.models.common.mla import MultiHeadLatentAttention
+from xt.models.common.mlp import SwiGLUMLP
+from xt.models.common.moe import MoEBlock
+from xt.models.common.norm import RMSNorm
+from xt.models.common.output import CausalLMOutput, pack_inputs
+from xt.models.common.router import RouterStats, router_stats
+from xt.models.common.sigmoid_router import SigmoidGroupRouter, sequence_balance_loss
+from xt.models.common.sinks_attention import packed_doc_positions
+from xt.models.common.yarn import rope_cos_sin, rope_inv_freq
+from xt.models.deepseek_v3.config import DeepseekV3Config
+from xt.models.llama.model import lm_loss_sum
+
+__all__ = ["DeepseekV3MoE", "DeepseekV3DecoderLayer", "DeepseekV3Model", "DeepseekV3ForCausalLM"]
+
+
+class DeepseekV3MoE(MoEBlock):
+    """DeepSeekMoE block: sigmoid group-limited router, routed SwiGLU experts, shared experts.
+
+    ``forward(x[T, D], doc_ids[T] | None, num_docs) -> (y[T, D], RouterStats, seq_loss | None)``:
+    ``seq_loss`` is :func:`~xt.models.common.sigmoid_router.sequence_balance_loss` (no alpha) when
+    ``doc_ids`` is given.
+    """
+
+    def forward(self, x: torch.Tensor, doc_ids: torch.Tensor | None = None, num_docs: int = 0):  # noqa: D102
+        route = self.gate(x)
+        x_sorted, tokens_per_expert, ctx = self.dispatcher.dispatch(x, route.topk_ids, route.topk_weights)
+        y = self.dispatcher.combine(self.experts(x_sorted, tokens_per_expert), ctx)
+        if self.shared_experts is not None:
+            y = y + self.shared_experts(x)
+        seq = None if doc_ids is None else sequence_balance_loss(route.probs, route.topk_ids, doc_ids, num_docs)
+        return y, router_stats(route, self.gate.num_experts), seq
+
+
+def _build_moe(c: DeepseekV3Config, expert_backend: str | None) -> DeepseekV3MoE:
+    gate = SigmoidGroupRouter(c.hidden_size, c.n_routed_experts, c.num_experts_per_tok, c.n_group, c.topk_group,
+                              c.routed_scaling_factor, c.norm_topk_prob)
+    experts = GroupedExperts(c.n_routed_experts, c.hidden_size, c.moe_intermediate_size, backend=expert_backend)
+    shared = (SwiGLUMLP(c.hidden_size, c.moe_intermediate_size * c.n_shared_experts)
+              if c.n_shared_experts > 0 else None)
+    return DeepseekV3MoE(gate, experts, shared_experts=shared)
+
+
+class DeepseekV3DecoderLayer(nn.Module):
+    """Pre-norm block with MLA and a dense or MoE feed-forward.
+
+    ``forward(h[T, D], cos, sin [T, Dr/2], cu_seqlens, max_seqlen, doc_ids, num_docs)`` returns
+    ``(h, RouterStats | None, seq_loss | None)``.
+    """
+
+    def __init__(self, config: DeepseekV3Config, layer_idx: int, attn_backend: str = "auto",
+                 expert_backend: str | None = None) -> None:
+        super().__init__()
+        c = config
+        self.layer_idx = layer_idx
+        self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+        self.self_attn = MultiHeadLatentAttention(c.hidden_size, c.num_attention_heads, c.q_lora_rank, c.kv_lora_rank,
+                                                  c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim,
+                                                  c.rope_parameters, c.rope_interleave, c.attention_bias, attn_backend)
+        self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+        if layer_idx >= c.first_k_dense_replace:
+            self.mlp = _build_moe(c, expert_backend)
+        else:
+            self.mlp = SwiGLUMLP(c.hidden_size, c.intermediate_size, c.hidden_act)
+
+    def forward(self, h, cos, sin, cu_seqlens, max_seqlen, doc_ids=None, num_docs=0):  # noqa: D102
+        h = h + self.self_attn(self.input_layernorm(h), cos, sin, cu_seqlens, max_seqlen)
+        x = self.post_attention_layernorm(h)
+        if isinstance(self.mlp, DeepseekV3MoE):
+            y, stats, seq = self.mlp(x, doc_ids, num_docs)
+            return h + y, stats, seq
+        return h + self.mlp(x), None, None
+
+
+class DeepseekV3Model(nn.Module):
+    """Embeddings, decoder layers, final norm (HF ``model.model``)."""
+
+    def __init__(self, config: DeepseekV3Config, attn_backend: str = "auto", expert_backend: str | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DeepseekV3DecoderLayer(config, i, attn_backend, expert_backend)
+                                    for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def rope(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """``cos, sin [T, qk_rope_head_dim / 2]`` for ``position_ids[T]`` (YaRN attention factor applied)."""
+        c = self.config
+        inv_freq, factor = rope_inv_freq(c.rope_parameters, c.qk_rope_head_dim, c.max_position_embeddings)
+        return rope_cos_sin(position_ids, inv_freq, factor, dtype)
+
+    def forward(self, input_ids, position_ids, cu_seqlens, max_seqlen, doc_ids=None, num_docs=0):
+        """Packed ``input_ids[T]`` -> ``(hidden[T, D] after the final norm, stats list, seq-loss list, cos, sin)``."""
+        h = self.embed_tokens(input_ids)
+        cos, sin = self.rope(position_ids, h.dtype)
+        stats: list[RouterStats] = []
+        seq: list[torch.Tensor] = []
+        for layer in self.layers:
+            h, s, q = layer(h, cos, sin, cu_seqlens, max_seqlen, doc_ids, num_docs)
+            if s is not None:
+                stats.append(s)
+            if q is not None:
+                seq.append(q)
+        return self.norm(h), stats, seq, cos, sin
+
+
+class DeepseekV3ForCausalLM(nn.Module):
+    """DeepSeek-V3 / Kimi K2 causal LM following ``docs/contracts.md``.
+
+    Args:
+        config: :class:`~xt.models.deepseek_v3.config.DeepseekV3Config`.
+        attn_backend: core attention backend; expert_backend: ``grouped_gemm`` backend.
+        init_std: normal init std (HF: 0.02).
+
+    Load balancing: call :meth:`post_optimizer_step` after every optimizer step (see there).
+    """
+
+    def __init__(self, config: DeepseekV3Config, attn_backend: str = "auto", expert_backend: str | None = None,
+                 init_std: float = 0.02) -> None:
+        super().__init__()
+        from xt.models.deepseek_v3.mtp import DeepseekV3MTPLayer
+
+        self.config = config
+        self.model = DeepseekV3Model(config, attn_backend, expert_backend)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.mtp = nn.ModuleList(DeepseekV3MTPLayer(config, config.num_hidden_layers + k, attn_backend, expert_backend)
+                                 for k in range(config.mtp_layers))
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, std=init_std)
+                if getattr(m, "bias", None) is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, GroupedExperts):
+                m.init_std = init_std
+                m.reset_parameters()
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def routers(self) -> list[SigmoidGroupRouter]:
+        """The MoE routers of the main layers, then of the MTP layers (the rows of :meth:`expert_load`)."""
+        layers = list(self.model.layers) + list(self.mtp)
+        return [lyr.mlp.gate for lyr in layers if isinstance(lyr.mlp, DeepseekV3MoE)]
+
+    def expert_load(self) -> torch.Tensor:
+        """``[L_moe, E]`` float32 routed-slot counts accumulated (training mode) since the last update."""
+        return torch.stack([r.load_acc for r in self.routers()])
+
+    @torch.no_grad()
+    def post_optimizer_step(self, expert_load: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Auxiliary-loss-free balancing: move every ``e_score_correction_bias`` towards equal load.
+
+        The engine calls this once after each optimizer step. For data parallelism it must pass the
+        global load: ``load = model.expert_load(); all_reduce(load, SUM); model.post_optimizer_step(load)``;
+        with ``expert_load=None`` the local counts are used. Counts are then reset.
+
+        Args:
+            expert_load: ``[L_moe, E]`` routed-slot counts of the step over the global batch, or None.
+
+        Returns:
+            ``{"expert_load_max_violation": [L_moe]}``: ``max_e load / mean load - 1`` per layer.
+
+        Raises:
+            ValueError: ``expert_load`` of the wrong shape.
+        """
+        routers = self.routers()
+        if not routers:
+            return {}
+        load = self.expert_load() if expert_load is None else expert_load
+        if tuple(load.shape) != (len(routers), self.config.n_routed_experts):
+            raise ValueError(f"expert_load must be [L_moe={len(routers)}, E={self.config.n_routed_experts}]; "
+                             f"got {tuple(load.shape)}")
+        for r, row in zip(routers, load):
+            if self.config.bias_update_speed:
+                r.update_bias(row, self.config.bias_update_speed)
+            r.load_acc.zero_()
+        load = load.float()
+        return {"expert_load_max_violation": load.max(1).values / load.mean(1).clamp(min=1e-9) - 1}
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, cu_seqlens: torch.Tensor | None = None,
+                max_seqlen: int | None = None, attention_mask: torch.Tensor | None = None,
+                return_logits: bool = True) -> CausalLMOutput:
+        """Run the model (packed ``[T]`` + ``cu_seqlens`` or batched ``[B, S]``; labels pre-shifted).
+
+        Returns:
+            ``CausalLMOutput``: ``loss_sum`` (float32 CE sum of the main head); ``aux_loss`` =
+            ``seq_aux_loss_coef`` x sum over MoE layers of the sequence-wise loss (documents are the
+            sequences) + ``mtp_loss_weight / mtp_layers`` x sum over depths of the mean MTP
+            cross-entropy (None when both are off); ``metrics``: ``expert_load [L_moe, E]``
+            (fractions), ``mtp_loss`` (when MTP runs); ``logits``.
+
+        Raises:
+            ValueError: inputs that break the batch contract.
+        """
+        c = self.config
+        p = pack_inputs(input_ids, labels, position_ids, cu_seqlens, max_seqlen, attention_mask)
+        T = p.input_ids.shape[0]
+        need_docs = c.seq_aux_loss_coef > 0 or (c.mtp_layers > 0 and p.labels is not None)
+        doc_ids = packed_doc_positions(p.cu_seqlens, T)[0] if need_docs else None
+        num_docs = p.cu_seqlens.numel() - 1
+        seq_docs = doc_ids if c.seq_aux_loss_coef > 0 else None
+        hidden, stats, seq, cos, sin = self.model(p.input_ids, p.position_ids, p.cu_seqlens, p.max_seqlen,
+                                                  seq_docs, num_docs)
+        logits = self.lm_head(hidden)
+        out = CausalLMOutput()
+        aux = []
+        if p.labels is not None:
+            out.loss_sum = lm_loss_sum(logits, p.labels)
+            if c.mtp_layers > 0:
+                from xt.models.deepseek_v3.mtp import mtp_loss
+
+                mtp, mtp_stats, mtp_seq = mtp_loss(self, hidden, p, cos, sin, doc_ids, seq_docs, num_docs)
+                out.metrics["mtp_loss"] = mtp.detach()
+                aux.append(c.mtp_loss_weight * mtp)
+                stats, seq = stats + mtp_stats, seq + mtp_seq
+        if p.labels is None or return_logits:
+            out.logits = p.unpack(logits)
+        if seq:
+            aux.append(c.seq_aux_loss_coef * torch.stack(seq).sum())
+        if aux:
+            out.aux_loss = torch.stack(aux).sum()
+        if stats:
+            load = torch.stack([s.tokens_per_expert for s in stats])
+            out.metrics["expert_load"] = load / load.sum(dim=1, keepdim=True).clamp(min=1)
+        return out
+
+    def active_params(self) -> int:
+        """Non-embedding parameters touched per token (top-k routed experts only), LM head included."""
+        c = self.config
+        total = 0
+        for name, prm in self.named_parameters():
+            if "embed_tokens" in name or name.startswith("mtp."):
+                continue
+            frac = c.num_experts_per_tok / c.n_routed_experts if ".mlp.experts." in name else 1.0
+            total += int(prm.numel() * frac)
+        return total + (c.vocab_size * c.hidden_size if c.tie_word_embeddings else 0)
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token (ARCHITECTURE.md section 6; MLA counted with ``qk_head_dim``)."""
+        c = self.config
+        return causal_lm_flops_per_token(self.active_params(), c.num_hidden_layers, c.num_attention_heads,
+                                         c.qk_head_dim, seq_len)

@@ -1,0 +1,92 @@
+"""DeepSeek-V3 multi-token prediction (MTP) modules and their loss.
+
+Depth k (1..D) at position i predicts token ``t_{i+k+1}`` of the same document:
+``h^k_i = Block_k(eh_proj([enorm(Emb(t_{i+k})); hnorm(h^{k-1}_i)]))`` and
+``logits^k_i = lm_head(shared_head.norm(h^k_i))``; ``h^0`` is the main model's final-normed output.
+The embedding and output head are the main model's (shared). Loss:
+``L_MTP = (lambda / D) * sum_k mean_i CE(logits^k_i, t_{i+k+1})`` over positions whose target exists
+in the same document and whose (pre-shifted) label is not -100.
+
+Reference: DeepSeek-V3 Technical Report (arXiv:2412.19437) §2.2, eqs. 21-25. The concatenation order
+(embedding first) and the hub key names (``model.layers.{L+k}.{enorm,hnorm,eh_proj,shared_head.norm}``)
+follow the released DeepSeek-V3 checkpoint.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from xt.models.common.norm import RMSNorm
+from xt.models.deepseek_v3.config import DeepseekV3Config
+from xt.models.deepseek_v3.model import DeepseekV3DecoderLayer
+
+__all__ = ["DeepseekV3MTPLayer", "shift_in_document", "mtp_loss"]
+
+
+class _SharedHead(nn.Module):
+    def __init__(self, hidden_size: int, eps: float) -> None:
+        super().__init__()
+        self.norm = RMSNorm(hidden_size, eps)
+
+
+class DeepseekV3MTPLayer(DeepseekV3DecoderLayer):
+    """One MTP depth: a decoder block (MoE, as layer index >= ``first_k_dense_replace``) plus
+    ``enorm``, ``hnorm`` (RMSNorm), ``eh_proj`` (``Linear(2D, D)``) and ``shared_head.norm``."""
+
+    def __init__(self, config: DeepseekV3Config, layer_idx: int, attn_backend: str = "auto",
+                 expert_backend: str | None = None) -> None:
+        super().__init__(config, layer_idx, attn_backend, expert_backend)
+        D, eps = config.hidden_size, config.rms_norm_eps
+        self.enorm, self.hnorm = RMSNorm(D, eps), RMSNorm(D, eps)
+        self.eh_proj = nn.Linear(2 * D, D, bias=False)
+        self.shared_head = _SharedHead(D, eps)
+
+    def step(self, h_prev: torch.Tensor, emb: torch.Tensor, cos, sin, cu_seqlens, max_seqlen, doc_ids=None,
+             num_docs: int = 0):
+        """``h_prev, emb [T, D] -> (h^k [T, D], RouterStats | None, seq_loss | None)``."""
+        x = self.eh_proj(torch.cat([self.enorm(emb), self.hnorm(h_prev)], dim=-1))
+        return super().forward(x, cos, sin, cu_seqlens, max_seqlen, doc_ids, num_docs)
+
+
+def shift_in_document(x: torch.Tensor, k: int, doc_ids: torch.Tensor, fill: int) -> torch.Tensor:
+    """``y[i] = x[i + k]`` when token ``i + k`` is in the same document as ``i``, else ``fill``.
+
+    ``x, doc_ids``: ``[T]``; returns ``[T]`` like ``x``.
+    """
+    T = x.shape[0]
+    y = torch.full_like(x, fill)
+    if k < T:
+        same = doc_ids[k:] == doc_ids[:T - k]
+        y[:T - k] = torch.where(same, x[k:], torch.full_like(x[k:], fill))
+    return y
+
+
+def mtp_loss(model, hidden: torch.Tensor, p, cos, sin, doc_ids, seq_docs, num_docs):
+    """Run the MTP depths of ``model`` (a ``DeepseekV3ForCausalLM``) on packed input ``p``.
+
+    Args:
+        hidden: ``[T, D]`` main-model output after the final norm (``h^0``).
+        p: :class:`~xt.models.common.output.PackedInput` with labels.
+        cos, sin: rope of the packed positions; doc_ids: ``[T]``; seq_docs/num_docs: for the
+            sequence-wise balance loss (None to skip).
+
+    Returns:
+        ``(mean over depths of the mean CE (float32 scalar), router stats list, seq-loss list)``;
+        the caller multiplies by ``mtp_loss_weight``.
+    """
+    from xt.models.llama.model import lm_loss_sum
+
+    losses, stats, seq = [], [], []
+    h = hidden
+    for k, layer in enumerate(model.mtp, start=1):
+        emb = model.model.embed_tokens(shift_in_document(p.input_ids, k, doc_ids, 0))
+        h, s, q = layer.step(h, emb, cos, sin, p.cu_seqlens, p.max_seqlen, seq_docs, num_docs)
+        target = shift_in_document(p.labels, k, doc_ids, -100)
+        logits = model.lm_head(layer.shared_head.norm(h))
+        n = (target != -100).sum().clamp(min=1)
+        losses.append(lm_loss_sum(logits, target) / n)
+        if s is not None:
+            stats.append(s)
+        if q is not None:
+            seq.append(q)
+    return torch.stack(losses).mean(), stats, seq

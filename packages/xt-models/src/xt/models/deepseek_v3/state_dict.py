@@ -1,0 +1,91 @@
+"""DeepSeek-V3 / Kimi K2 HF checkpoint key mapping (both ways).
+
+HF hub layout (what ``save_pretrained`` writes and the hub checkpoints hold), MoE layer ``l``:
+``model.layers.l.mlp.experts.{e}.{gate,up,down}_proj.weight`` (per expert, ``[F, D]``/``[D, F]``),
+``mlp.gate.weight [E, D]``, ``mlp.gate.e_score_correction_bias [E]``,
+``mlp.shared_experts.{gate,up,down}_proj.weight``. transformers' in-memory fused
+``mlp.experts.gate_up_proj [E, 2F, D]`` / ``down_proj [E, D, F]`` is accepted on input too.
+XT layout: ``mlp.experts.gate_up_proj [E, 2F, D]`` (gate rows then up rows), ``down_proj [E, D, F]``.
+MTP depth k (XT ``mtp.{k}.*``) is hub ``model.layers.{num_hidden_layers + k}.*``; the hub copies of the
+shared embedding / head (``.embed_tokens.weight``, ``.shared_head.head.weight``) are written on save
+and skipped on load.
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+
+from xt.models.deepseek_v3.config import DeepseekV3Config
+
+__all__ = ["hf_to_xt", "xt_to_hf"]
+
+_PER_EXPERT = re.compile(r"^(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(gate|up|down)_proj\.weight$")
+_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.*)$")
+
+
+def hf_to_xt(sd: dict[str, torch.Tensor], config: DeepseekV3Config) -> dict[str, torch.Tensor]:
+    """HF DeepSeek-V3 state dict -> XT state dict.
+
+    MTP layers (``model.layers.{L+k}``) are kept only for ``k < config.mtp_layers``.
+
+    Raises:
+        ValueError: an MoE layer with missing experts (names the layer and expert).
+    """
+    L, E = config.num_hidden_layers, config.n_routed_experts
+    out: dict[str, torch.Tensor] = {}
+    experts: dict[str, dict[int, dict[str, torch.Tensor]]] = {}
+    for k, v in sd.items():
+        m = _PER_EXPERT.match(k)
+        if m:
+            experts.setdefault(m.group(1), {}).setdefault(int(m.group(2)), {})[m.group(3)] = v
+            continue
+        lm = _LAYER.match(k)
+        if lm and int(lm.group(1)) >= L:
+            depth = int(lm.group(1)) - L
+            rest = lm.group(2)
+            if depth >= config.mtp_layers or rest in ("embed_tokens.weight", "shared_head.head.weight"):
+                continue
+            k = f"mtp.{depth}.{rest}"
+            m2 = re.match(r"^(mtp\.\d+\.mlp\.experts)\.(\d+)\.(gate|up|down)_proj\.weight$", k)
+            if m2:
+                experts.setdefault(m2.group(1), {}).setdefault(int(m2.group(2)), {})[m2.group(3)] = v
+                continue
+        out[k] = v
+    for prefix, per in experts.items():
+        for e in range(E):
+            if e not in per or len(per[e]) != 3:
+                raise ValueError(f"checkpoint: {prefix}.{e} is missing gate/up/down_proj weights")
+        out[f"{prefix}.gate_up_proj"] = torch.stack([torch.cat([per[e]["gate"], per[e]["up"]], 0) for e in range(E)])
+        out[f"{prefix}.down_proj"] = torch.stack([per[e]["down"] for e in range(E)])
+    if config.tie_word_embeddings:
+        out["lm_head.weight"] = out["model.embed_tokens.weight"]
+    return out
+
+
+def xt_to_hf(sd: dict[str, torch.Tensor], config: DeepseekV3Config) -> dict[str, torch.Tensor]:
+    """XT state dict -> HF hub layout (per-expert keys; MTP as ``model.layers.{L+k}``)."""
+    L = config.num_hidden_layers
+    out: dict[str, torch.Tensor] = {}
+    for k, v in sd.items():
+        mm = re.match(r"^mtp\.(\d+)\.(.*)$", k)
+        if mm:
+            depth = int(mm.group(1))
+            k = f"model.layers.{L + depth}.{mm.group(2)}"
+            out[f"model.layers.{L + depth}.embed_tokens.weight"] = sd["model.embed_tokens.weight"]
+            out[f"model.layers.{L + depth}.shared_head.head.weight"] = sd["lm_head.weight"]
+        if k.endswith(".mlp.experts.gate_up_proj"):
+            prefix = k[: -len(".gate_up_proj")]
+            F = v.shape[1] // 2
+            for e in range(v.shape[0]):
+                out[f"{prefix}.{e}.gate_proj.weight"] = v[e, :F].contiguous()
+                out[f"{prefix}.{e}.up_proj.weight"] = v[e, F:].contiguous()
+        elif k.endswith(".mlp.experts.down_proj"):
+            prefix = k[: -len(".down_proj")]
+            for e in range(v.shape[0]):
+                out[f"{prefix}.{e}.down_proj.weight"] = v[e].contiguous()
+        else:
+            out[k] = v
+    if config.tie_word_embeddings:
+        out.pop("lm_head.weight", None)
+    return out
