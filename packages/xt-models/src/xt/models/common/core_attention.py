@@ -12,7 +12,8 @@ a multiple of ``Hkv`` (grouped-query attention, Ainslie et al. 2023, arXiv:2305.
 Backends (``CoreAttention(backend=...)``):
   * ``"sdpa"``: ``torch.nn.functional.scaled_dot_product_attention``; few documents -> one causal
     call per document, many -> one call with a block-diagonal causal boolean mask. Any device.
-  * ``"flex"``: ``torch.nn.attention.flex_attention`` with a document-causal block mask.
+  * ``"flex"``: ``torch.nn.attention.flex_attention`` with a document-causal block mask
+    (compiled with ``torch.compile`` on CUDA, eager elsewhere).
   * ``"varlen"``: ``torch.nn.attention.varlen.varlen_attn`` (flash attention, CUDA, bf16/fp16);
     causal through ``window_size=(-1, 0)``.
   * ``"flash_attn"``: ``flash_attn.flash_attn_varlen_func`` (package ``flash-attn``, CUDA).
@@ -143,6 +144,13 @@ def _sdpa(q, k, v, cu_seqlens, scale):
     return out.transpose(0, 1)
 
 
+@lru_cache(maxsize=None)
+def _compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
 def _flex(q, k, v, cu_seqlens, scale):
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
@@ -154,7 +162,8 @@ def _flex(q, k, v, cu_seqlens, scale):
         return (doc[q_idx] == doc[kv_idx]) & (kv_idx <= q_idx)
 
     block_mask = create_block_mask(mask_mod, B=None, H=None, Q_LEN=T, KV_LEN=T, device=q.device)
-    out = flex_attention(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
+    fn = _compiled_flex() if q.is_cuda else flex_attention
+    out = fn(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
                          block_mask=block_mask, scale=scale, enable_gqa=groups > 1)
     return out[0].transpose(0, 1)
 
