@@ -1,0 +1,181 @@
+"""KV-cache generation (greedy, or sampling with temperature and top-p) for every zoo causal LM.
+
+Works with any model whose attention layers call a swappable ``core_attention`` module as
+``core_attention(q[T, H, Dq], k[T, G, Dq], v[T, G, Dv], cu_seqlens, max_seqlen, **kw)`` (keywords
+``sliding_window``/``sinks`` optional) and whose ``forward(input_ids[T], position_ids=,
+cu_seqlens=, max_seqlen=)`` returns ``.logits [T, V]`` (Qwen3, Llama, DeepSeek-V3, GPT-OSS). During
+:func:`generate` every ``core_attention`` is temporarily replaced by a :class:`CachedCoreAttention`
+that appends the new keys/values to a per-layer cache and attends over the cache; the model code
+is unchanged. Prompts of different lengths need no padding: each step is a packed batch of the new
+tokens of every sequence.
+
+Shape legend: B sequences, T new tokens of a step (sum over sequences), Lc cache capacity,
+H/G query/key-value heads, Dq/Dv head dims, V vocabulary.
+
+Sampling: temperature scaling then nucleus (top-p) filtering (Holtzman et al. 2020,
+"The Curious Case of Neural Text Degeneration", arXiv:1904.09751).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from xt.models.common.sinks_attention import core_attention, document_mask, packed_doc_positions
+
+__all__ = ["DecodeState", "CachedCoreAttention", "use_kv_cache", "sample_next", "generate"]
+
+
+class DecodeState:
+    """Cache bookkeeping shared by all layers: ``lengths [B]`` cached tokens per sequence before the
+    current step, the step's ``cu_seqlens`` and capacity ``Lc``."""
+
+    def __init__(self, batch: int, capacity: int, device: torch.device) -> None:
+        self.capacity = capacity
+        self.lengths = torch.zeros(batch, dtype=torch.int64, device=device)
+        self.cu_seqlens: torch.Tensor | None = None
+
+    def positions(self, cu_seqlens: torch.Tensor) -> torch.Tensor:
+        """``[T]`` cache slot (= rotary position) of each new token of a step."""
+        doc, pos = packed_doc_positions(cu_seqlens, int(cu_seqlens[-1]))
+        return self.lengths[doc] + pos
+
+    def advance(self, cu_seqlens: torch.Tensor) -> None:
+        """Count the step's new tokens as cached."""
+        self.lengths += (cu_seqlens[1:] - cu_seqlens[:-1]).to(self.lengths)
+
+
+class CachedCoreAttention(nn.Module):
+    """Core attention over a KV cache; drop-in for a layer's ``core_attention`` during decoding.
+
+    Args:
+        state: the shared :class:`DecodeState`.
+        softmax_scale: the replaced core's scale (None: ``Dq ** -0.5``).
+
+    ``forward(q[T, H, Dq], k[T, G, Dq], v[T, G, Dv], cu_seqlens[B+1], max_seqlen, sliding_window=None,
+    sinks=None) -> [T, H, Dv]``: writes k/v to slots ``lengths[b] + i`` of sequence b, then every new
+    token attends to its own sequence's cached slots up to itself (and within the window).
+    """
+
+    def __init__(self, state: DecodeState, softmax_scale: float | None) -> None:
+        super().__init__()
+        self.state, self.softmax_scale = state, softmax_scale
+        self.k_cache: torch.Tensor | None = None
+        self.v_cache: torch.Tensor | None = None
+
+    def forward(self, q, k, v, cu_seqlens, max_seqlen, sliding_window=None, sinks=None):  # noqa: D102
+        st = self.state
+        B = st.lengths.numel()
+        if self.k_cache is None:
+            self.k_cache = k.new_zeros(B, st.capacity, *k.shape[1:])
+            self.v_cache = v.new_zeros(B, st.capacity, *v.shape[1:])
+        doc, pos = packed_doc_positions(cu_seqlens, q.shape[0])
+        slot = st.lengths[doc] + pos
+        if int(slot.max()) >= st.capacity:
+            raise ValueError(f"KV cache capacity {st.capacity} exceeded")
+        self.k_cache[doc, slot] = k
+        self.v_cache[doc, slot] = v
+        used = int((st.lengths + (cu_seqlens[1:] - cu_seqlens[:-1])).max())
+        keys = self.k_cache[:, :used].reshape(B * used, *k.shape[1:])
+        vals = self.v_cache[:, :used].reshape(B * used, *v.shape[1:])
+        k_doc = torch.arange(B, device=q.device).repeat_interleave(used)
+        k_pos = torch.arange(used, device=q.device).repeat(B)
+        mask = document_mask(doc, slot, k_doc, k_pos, sliding_window)
+        scale = self.softmax_scale if self.softmax_scale is not None else q.shape[-1] ** -0.5
+        return core_attention(q[None], keys[None], vals[None], mask[None], scale, sinks)[0]
+
+
+@contextmanager
+def use_kv_cache(model: nn.Module, state: DecodeState):
+    """Swap every ``core_attention`` attribute of ``model``'s modules for a :class:`CachedCoreAttention`
+    for the duration of the context (restored afterwards, also on error)."""
+    swapped = []
+    for mod in model.modules():
+        core = getattr(mod, "core_attention", None)
+        if isinstance(core, nn.Module) and not isinstance(core, CachedCoreAttention):
+            swapped.append((mod, core))
+            mod.core_attention = CachedCoreAttention(state, getattr(core, "softmax_scale", None))
+    try:
+        yield
+    finally:
+        for mod, core in swapped:
+            mod.core_attention = core
+
+
+def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_p: float = 1.0,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Pick one token per row of ``logits [B, V]``.
+
+    ``temperature == 0``: argmax (greedy). Otherwise softmax(logits / temperature) restricted to the
+    smallest set of tokens whose probability reaches ``top_p`` (the most likely token always kept),
+    renormalised, sampled with ``generator``. Returns ``[B]`` int64.
+
+    Raises:
+        ValueError: ``temperature < 0`` or ``top_p`` outside ``(0, 1]``.
+    """
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise ValueError(f"temperature must be >= 0 and top_p in (0, 1]; got {temperature}, {top_p}")
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1:
+        sp, idx = probs.sort(dim=-1, descending=True)
+        drop = (sp.cumsum(-1) - sp) >= top_p
+        sp = sp.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, idx, sp)
+    return torch.multinomial(probs / probs.sum(-1, keepdim=True), 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(model: nn.Module, prompts: list[list[int]] | list[torch.Tensor], max_new_tokens: int,
+             temperature: float = 0.0, top_p: float = 1.0, eos_token_id: int | list[int] | None = None,
+             generator: torch.Generator | None = None) -> list[list[int]]:
+    """Continue each prompt by up to ``max_new_tokens`` tokens with a KV cache.
+
+    Args:
+        model: a zoo causal LM (see the module docstring); run in eval mode here (mode restored).
+        prompts: B token lists (lengths may differ, each >= 1).
+        max_new_tokens: tokens to add per sequence.
+        temperature, top_p, generator: see :func:`sample_next` (temperature 0 = greedy).
+        eos_token_id: stop a sequence after it emits this token (or any of these tokens).
+
+    Returns:
+        B lists of new tokens (the eos token included when emitted).
+
+    Raises:
+        ValueError: an empty prompt.
+    """
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("generate: every prompt needs at least one token")
+    dev = next(model.parameters()).device
+    eos = set([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []))
+    B = len(prompts)
+    lengths = [len(p) for p in prompts]
+    state = DecodeState(B, max(lengths) + max_new_tokens, dev)
+    ids = torch.cat([torch.as_tensor(p, dtype=torch.int64) for p in prompts]).to(dev)
+    cu = torch.zeros(B + 1, dtype=torch.int32, device=dev)
+    cu[1:] = torch.tensor(lengths, device=dev).cumsum(0)
+    out: list[list[int]] = [[] for _ in range(B)]
+    done = [False] * B
+    was_training = model.training
+    model.eval()
+    try:
+        with use_kv_cache(model, state):
+            for _ in range(max_new_tokens):
+                pos = state.positions(cu)
+                logits = model(input_ids=ids, position_ids=pos, cu_seqlens=cu,
+                               max_seqlen=int((cu[1:] - cu[:-1]).max())).logits
+                state.advance(cu)
+                nxt = sample_next(logits[cu[1:].long() - 1], temperature, top_p, generator)
+                for b, t in enumerate(nxt.tolist()):
+                    if not done[b]:
+                        out[b].append(t)
+                        done[b] = t in eos
+                if all(done):
+                    break
+                ids = nxt
+                cu = torch.arange(B + 1, dtype=torch.int32, device=dev)
+    finally:
+        model.train(was_training)
+    return out
