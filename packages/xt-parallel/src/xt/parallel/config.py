@@ -1,0 +1,88 @@
+"""`ParallelConfig`: the `parallel` section of an XT config (FSDP2 / HSDP, EP, Ulysses SP, AC).
+
+Rank layout (see :mod:`xt.parallel.mesh` for the meshes built from it)::
+
+    world_size = hsdp_replicate * fsdp_size          # dense (non-expert) parameters
+    fsdp_size  = edp_shard * ep_size                  # experts: E sliced over ep, FSDP over edp
+    world_size = dp_size * sp_size                    # data: dp streams, each split over sp ranks
+
+Expert parallelism lives inside the FSDP ranks (as in XTuner V1): it needs no extra devices.
+Sequence-parallel ranks also take part in FSDP sharding (they hold the same parameters).
+"""
+from __future__ import annotations
+
+import math
+
+from xt.core.config.base import ConfigStruct, require, require_in
+
+__all__ = ["ParallelConfig", "DTYPE_NAMES"]
+
+#: dtype names accepted by `param_dtype` / `reduce_dtype` (None keeps the parameters' dtype).
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+
+
+class ParallelConfig(ConfigStruct):
+    """How the model is spread over `world_size` ranks (all sizes are numbers of ranks).
+
+    Attributes:
+        fsdp_size: ranks that shard each dense parameter; None = ``world_size // hsdp_replicate``.
+        hsdp_replicate: HSDP replica groups (1 = plain FSDP); ``hsdp_replicate * fsdp_size`` must
+            equal the world size.
+        ep_size: expert-parallel ranks; experts are sliced over them (``num_experts % ep_size == 0``),
+            must divide `fsdp_size`.
+        sp_size: Ulysses sequence-parallel ranks; must divide the world size and
+            ``num_attention_heads``.
+        activation_checkpointing: share of decoder layers recomputed in backward, in [0, 1]
+            (0 = off, 1 = every layer); the checkpointed layers are spread evenly.
+        activation_checkpointing_every_n: alternative to the share: checkpoint layers
+            ``n-1, 2n-1, ...`` (0 = use the share).
+        cpu_offload: keep sharded parameters, gradients and optimizer state in host memory
+            (FSDP2 `CPUOffloadPolicy`).
+        reshard_after_forward: free gathered parameters after each layer's forward (ZeRO-3);
+            False keeps them until backward (ZeRO-2-like, more memory, fewer all-gathers).
+        param_dtype: compute dtype of gathered parameters (`MixedPrecisionPolicy.param_dtype`),
+            one of ``DTYPE_NAMES`` or None (keep the stored dtype).
+        reduce_dtype: dtype of the gradient reduce-scatter / all-reduce, or None (= param_dtype).
+        capacity_factor: None = dropless expert parallelism. A number > 0 caps every expert at
+            ``ceil(capacity_factor * T * K / num_experts)`` rows per source rank; excess rows are
+            dropped (contribute zero) with a warning and a counted metric.
+        grad_clip_norm: not here (the trainer's optimizer section owns it); see
+            :func:`xt.parallel.clip.clip_grad_norm_`.
+    """
+
+    fsdp_size: int | None = None
+    hsdp_replicate: int = 1
+    ep_size: int = 1
+    sp_size: int = 1
+    activation_checkpointing: float = 0.0
+    activation_checkpointing_every_n: int = 0
+    cpu_offload: bool = False
+    reshard_after_forward: bool = True
+    param_dtype: str | None = "bfloat16"
+    reduce_dtype: str | None = "float32"
+    capacity_factor: float | None = None
+
+    def __post_init__(self) -> None:
+        """Range checks that need no world size (the layout is checked by `validate_layout`)."""
+        require(self.fsdp_size is None or self.fsdp_size >= 1, "fsdp_size", f"must be >= 1 or unset, got {self.fsdp_size}")
+        for name in ("hsdp_replicate", "ep_size", "sp_size"):
+            value = getattr(self, name)
+            require(value >= 1, name, f"must be >= 1, got {value}")
+        require(0.0 <= self.activation_checkpointing <= 1.0, "activation_checkpointing",
+                f"is a share of layers and must lie in [0, 1], got {self.activation_checkpointing}")
+        require(self.activation_checkpointing_every_n >= 0, "activation_checkpointing_every_n",
+                f"must be >= 0 (0 = off), got {self.activation_checkpointing_every_n}")
+        require(not (self.activation_checkpointing_every_n and self.activation_checkpointing),
+                "activation_checkpointing_every_n",
+                "and `activation_checkpointing` (share) are exclusive: set only one of them")
+        if self.param_dtype is not None:
+            require_in(self.param_dtype, DTYPE_NAMES, "param_dtype")
+        if self.reduce_dtype is not None:
+            require_in(self.reduce_dtype, DTYPE_NAMES, "reduce_dtype")
+        if self.capacity_factor is not None:
+            require(math.isfinite(self.capacity_factor) and self.capacity_factor > 0, "capacity_factor",
+                    f"must be a finite number > 0 or unset (dropless), got {self.capacity_factor}")
+
+    def resolved_fsdp_size(self, world_size: int) -> int:
+        """`fsdp_size`, or ``world_size // hsdp_replicate`` when unset."""
+        return self.fsdp_size if self.fsdp_size is not None else max(world_size // self.hsdp_replicate, 1)

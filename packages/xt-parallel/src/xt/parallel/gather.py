@@ -1,0 +1,50 @@
+"""Gather sharded parameters (FSDP2 DTensors, EP expert slices) back to full tensors.
+
+Used to compare with single-process runs and to export a full state dict (e.g. HF
+``save_pretrained``). Collective: every rank must call it; every rank gets the full tensors.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.tensor import DTensor
+
+from xt.parallel.fsdp import EP_ATTR
+
+__all__ = ["full_tensor", "gather_full"]
+
+
+def full_tensor(t: torch.Tensor, ep_group: dist.ProcessGroup | None = None) -> torch.Tensor:
+    """Unshard `t` (a DTensor becomes its full tensor); with `ep_group`, concatenate the EP slices on dim 0.
+
+    Returns:
+        A plain tensor (detached).
+    """
+    full = t.full_tensor() if isinstance(t, DTensor) else t
+    full = full.detach()
+    if ep_group is not None and dist.get_world_size(ep_group) > 1:
+        n = dist.get_world_size(ep_group)
+        out = full.new_empty((n * full.shape[0], *full.shape[1:]))
+        dist.all_gather_into_tensor(out, full.contiguous(), group=ep_group)
+        full = out
+    return full
+
+
+def gather_full(model: nn.Module, ep_group: dist.ProcessGroup | None = None, grads: bool = False) -> dict[str, torch.Tensor]:
+    """Full parameters (or their gradients, with `grads=True`) keyed by ``named_parameters`` names.
+
+    Parameters of modules marked by :func:`xt.parallel.fsdp.shard_experts_` are also gathered over
+    `ep_group`. A missing gradient is returned as zeros of the full shape.
+    """
+    out = {}
+    for mod_name, module in model.named_modules():
+        group = ep_group if hasattr(module, EP_ATTR) else None
+        for name, p in module.named_parameters(recurse=False):
+            key = f"{mod_name}.{name}" if mod_name else name
+            if grads:
+                g = p.grad if p.grad is not None else torch.zeros_like(p)
+                out[key] = full_tensor(g, group)
+            else:
+                out[key] = full_tensor(p, group)
+    return out

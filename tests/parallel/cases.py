@@ -1,0 +1,105 @@
+"""Test cases run identically by the single-process reference and by every rank of a pool.
+
+A spec (dict) holds: ``model`` (ToyConfig kwargs), ``seed``, ``skew``, ``docs[step][dp]`` (document
+lengths of each data-parallel rank's micro-batch per step), ``layout`` (ParallelConfig kwargs),
+``lr``, ``max_norm``. Both sides return ``{"loss": [...], "grad_norm": [...], "grads": {...}
+(step 0, full tensors), "params": {...} (after the last step)}``.
+"""
+from __future__ import annotations
+
+import torch
+
+from xt.parallel.sp_batch import IGNORE_INDEX
+
+
+def make_batch(seed: int, doc_lens: list[int], vocab: int) -> dict:
+    """Packed batch per docs/contracts.md: pre-shifted labels, -100 at each document's last token
+    and on ~1/4 of the other tokens (masked turns)."""
+    g = torch.Generator().manual_seed(seed)
+    ids, labels, pos = [], [], []
+    for n in doc_lens:
+        doc = torch.randint(0, vocab, (n + 1,), generator=g)
+        lab = doc[1:].clone()
+        lab[torch.rand(n, generator=g) < 0.25] = IGNORE_INDEX
+        lab[-1] = IGNORE_INDEX
+        ids.append(doc[:-1]); labels.append(lab); pos.append(torch.arange(n))
+    cu = torch.zeros(len(doc_lens) + 1, dtype=torch.int32)
+    cu[1:] = torch.tensor(doc_lens).cumsum(0)
+    return {"input_ids": torch.cat(ids), "labels": torch.cat(labels), "position_ids": torch.cat(pos),
+            "cu_seqlens": cu, "max_seqlen": max(doc_lens)}
+
+
+def _batches(spec: dict, step: int) -> list[dict]:
+    return [make_batch(spec["seed"] * 1000 + step * 10 + r, lens, spec["model"]["vocab_size"])
+            for r, lens in enumerate(spec["docs"][step])]
+
+
+def _optimizer(model, spec):
+    return torch.optim.AdamW(model.parameters(), lr=spec["lr"], betas=(0.9, 0.95), weight_decay=0.1)
+
+
+def reference_toy(spec: dict) -> dict:
+    """Single process, no torch.distributed: every dp micro-batch of a step accumulated."""
+    from toy_moe import ToyConfig, build_toy
+    model = build_toy(ToyConfig(**spec["model"]), spec["seed"], spec["skew"])
+    opt = _optimizer(model, spec)
+    out = {"loss": [], "grad_norm": []}
+    for step in range(len(spec["docs"])):
+        batches = _batches(spec, step)
+        n_tok = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in batches)
+        total = 0.0
+        for b in batches:
+            loss = model(**b).loss_sum / max(n_tok, 1)
+            loss.backward()
+            total += loss.item()
+        out["loss"].append(total)
+        if step == 0:
+            out["grads"] = {k: p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
+                            for k, p in model.named_parameters()}
+        out["grad_norm"].append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), spec["max_norm"])))
+        opt.step()
+        opt.zero_grad()
+    out["params"] = {k: p.detach().clone() for k, p in model.named_parameters()}
+    return out
+
+
+def _meshes(spec: dict, state: dict):
+    from xt.parallel import ParallelConfig, build_meshes
+    cfg = ParallelConfig(**spec["layout"])
+    key = (cfg.fsdp_size, cfg.hsdp_replicate, cfg.ep_size, cfg.sp_size)
+    if key not in state.setdefault("meshes", {}):
+        m = spec["model"]
+        state["meshes"][key] = build_meshes(cfg, "cpu", num_experts=m["num_experts"],
+                                            num_attention_heads=m["num_attention_heads"],
+                                            num_key_value_heads=m["num_key_value_heads"])
+    meshes = state["meshes"][key]
+    meshes.cfg = cfg  # same ranks, this case's AC / precision options
+    return cfg, meshes
+
+
+def run_toy(spec: dict, state: dict) -> dict:
+    """One rank of the distributed run of `spec` (collective over the pool's world)."""
+    import torch.distributed as dist
+
+    from toy_moe import ToyConfig, build_toy
+    from xt.parallel import parallelize
+    from xt.parallel.gather import gather_full
+    cfg, meshes = _meshes(spec, state)
+    model = build_toy(ToyConfig(**spec["model"]), spec["seed"], spec["skew"])
+    model, ctx = parallelize(model, cfg, device_type="cpu", meshes=meshes)
+    opt = _optimizer(model, spec)
+    out = {"loss": [], "grad_norm": []}
+    for step in range(len(spec["docs"])):
+        batch = ctx.shard_batch(_batches(spec, step)[ctx.dp_rank])
+        n_tok = ctx.all_reduce_sum((batch["labels"] != IGNORE_INDEX).sum())
+        loss = model(**batch).loss_sum / n_tok.clamp(min=1).float()
+        loss.backward()
+        out["loss"].append(float(ctx.all_reduce_sum(loss.detach().clone())))
+        if step == 0:
+            out["grads"] = gather_full(model, meshes.ep_group, grads=True)
+        out["grad_norm"].append(float(ctx.clip_grad_norm_(model.parameters(), spec["max_norm"])))
+        opt.step()
+        opt.zero_grad()
+    out["params"] = gather_full(model, meshes.ep_group)
+    dist.barrier()
+    return out

@@ -1,0 +1,94 @@
+"""A persistent pool of gloo ranks that runs many test cases (spawning costs seconds; do it once).
+
+The parent writes ``job-N.pt`` (a picklable spec); every rank runs ``fn(spec, ctx)`` where ``fn`` is
+``module:function`` importable in the child; rank 0 writes ``result-N.pt``; a rank that raises writes
+``error-N-RANK.txt`` and exits (the pool is then broken and every later call fails fast). Results come
+back through files, never a multiprocessing queue (large payloads deadlock: ENVIRONMENT.md).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import torch
+import torch.multiprocessing as mp
+
+_HERE = str(Path(__file__).resolve().parent)
+
+
+def _worker(rank: int, world: int, root: str) -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    sys.path.insert(0, _HERE)
+    import datetime
+
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"file://{root}/pg", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=120))
+    state: dict = {}
+    n = 0
+    rootp = Path(root)
+    while True:
+        job = rootp / f"job-{n}.pt"
+        while not job.exists():
+            if (rootp / "stop").exists():
+                dist.destroy_process_group()
+                return
+            time.sleep(0.003)
+        try:
+            spec = torch.load(job, weights_only=False)
+            mod, fn = spec["fn"].split(":")
+            result = getattr(importlib.import_module(mod), fn)(spec, state)
+            if rank == 0:
+                tmp = rootp / f".result-{n}.pt"
+                torch.save(result, tmp)
+                tmp.rename(rootp / f"result-{n}.pt")
+        except BaseException:
+            (rootp / f"error-{n}-{rank}.txt").write_text(traceback.format_exc())
+            os._exit(1)
+        n += 1
+
+
+class Pool:
+    """``Pool(world)`` spawns ``world`` gloo ranks; ``pool.run(spec)`` returns rank 0's result."""
+
+    def __init__(self, world: int) -> None:
+        self.world = world
+        self.root = tempfile.mkdtemp(prefix=f"xt-pool{world}-")
+        self.ctx = mp.start_processes(_worker, args=(world, self.root), nprocs=world, join=False,
+                                      start_method="spawn")
+        self.n = 0
+        self.broken: str | None = None
+
+    def run(self, spec: dict, timeout: float = 180.0):
+        if self.broken:
+            raise RuntimeError(f"pool broken by an earlier case:\n{self.broken}")
+        root = Path(self.root)
+        tmp = root / f".job-{self.n}.pt"
+        torch.save(spec, tmp)
+        tmp.rename(root / f"job-{self.n}.pt")
+        result = root / f"result-{self.n}.pt"
+        t0 = time.time()
+        while not result.exists():
+            errs = sorted(root.glob(f"error-{self.n}-*.txt"))
+            if errs or time.time() - t0 > timeout:
+                time.sleep(0.5)
+                msg = "\n".join(e.read_text() for e in sorted(root.glob(f"error-{self.n}-*.txt"))) or "timeout"
+                self.broken = msg
+                raise RuntimeError(f"case {self.n} failed on the workers:\n{msg}")
+            time.sleep(0.003)
+        out = torch.load(result, weights_only=False)
+        self.n += 1
+        return out
+
+    def close(self) -> None:
+        (Path(self.root) / "stop").write_text("")
+        for p in self.ctx.processes:
+            p.join(timeout=20)
+            if p.is_alive():
+                p.kill()
