@@ -60,6 +60,10 @@ class PackedInput:
         return full.view(B, S, *x.shape[1:])
 
 
+# A pytree node, so FSDP2 hooks, activation checkpointing and torch.compile see the tensors inside.
+torch.export.register_dataclass(CausalLMOutput)
+
+
 def _positions_from_cu(cu: torch.Tensor, total: int) -> torch.Tensor:
     idx = torch.arange(total, device=cu.device)
     doc = torch.bucketize(idx, cu[1:].to(torch.int64), right=True)

@@ -56,6 +56,11 @@ class RouterStats:
     num_tokens: int
 
 
+# Pytree nodes, so FSDP2 / activation-checkpoint hooks see the tensors a layer returns inside them.
+torch.export.register_dataclass(RouterOutput)
+torch.export.register_dataclass(RouterStats)
+
+
 class TopKRouter(nn.Module):
     """Softmax top-k router (Qwen3-MoE / Mixtral style); the HF key is ``mlp.gate.weight``.
 
