@@ -39,7 +39,7 @@ def from_pretrained(path: str | Path, *, dtype: torch.dtype | None = None, devic
     path = Path(path)
     d = read_config_json(path)
     spec = get_spec(d)
-    model = build_model(d | {}, device="meta", attn_backend=attn_backend)
+    model = build_model(d, device="meta", attn_backend=attn_backend)
     config = model.config
     reader = CheckpointReader(path)
     try:
