@@ -46,11 +46,11 @@ class TinyLM(nn.Module):
     def forward(self, input_ids, labels, position_ids=None, cu_seqlens=None, max_seqlen=None):
         h = self.emb(input_ids)
         if cu_seqlens is None:
-            cu_seqlens = torch.tensor([0, input_ids.numel()])
+            cu_seqlens = torch.tensor([0, input_ids.numel()], device=input_ids.device)
         segs = []
         for a, b in zip(cu_seqlens[:-1].tolist(), cu_seqlens[1:].tolist()):
             seg = h[a:b]
-            n = torch.arange(1, b - a + 1, dtype=seg.dtype).unsqueeze(-1)
+            n = torch.arange(1, b - a + 1, dtype=seg.dtype, device=seg.device).unsqueeze(-1)
             segs.append(seg.cumsum(0) / n)
         h = torch.cat(segs) if segs else h
         h = self.norm(h + self.drop(torch.tanh(self.mix(h))))
@@ -97,11 +97,13 @@ class StatefulLoader:
         vocab: token range.
         docs_per_batch: documents per micro-batch, lengths drawn in [2, 9].
         limit: number of batches before it is exhausted (None: endless).
+        repeat: serve the same batch every time.
     """
 
     def __init__(self, vocab: int = 23, docs_per_batch: int = 3, seed: int = 7,
-                 limit: int | None = None) -> None:
+                 limit: int | None = None, repeat: bool = False) -> None:
         self.vocab, self.docs, self.seed, self.limit = vocab, docs_per_batch, seed, limit
+        self.repeat = repeat  # always serve batch 0 (to check that the loss falls)
         self.index = 0
         self.served: list[int] = []
 
@@ -111,7 +113,7 @@ class StatefulLoader:
     def __next__(self) -> dict:
         if self.limit is not None and self.index >= self.limit:
             raise StopIteration
-        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.index)
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + (0 if self.repeat else self.index))
         lens = torch.randint(2, 10, (self.docs,), generator=gen).tolist()
         batch = pack([make_doc(gen, n, self.vocab) for n in lens])
         self.served.append(self.index)
