@@ -25,7 +25,8 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from xt.core.checkpoint.layout import CHECKPOINTS, META, checkpoint_dir, is_complete, prune_checkpoints
+from xt.core.checkpoint.layout import (CHECKPOINTS, META, checkpoint_dir, is_complete,
+                                       prune_checkpoints)
 from xt.core.checkpoint.rng import get_rng_state, set_rng_state
 from xt.core.distributed import DistContext, LocalDistContext
 

@@ -110,7 +110,8 @@ class MetricsWriter:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if keep_up_to_step is not None and self.path.exists():
-            kept = [r for r in read_metrics(self.path, strict=False) if r.get("step", 0) <= keep_up_to_step]
+            rows = read_metrics(self.path, strict=False)
+            kept = [r for r in rows if r.get("step", 0) <= keep_up_to_step]
             self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         elif keep_up_to_step is None:
             self.path.write_text("")

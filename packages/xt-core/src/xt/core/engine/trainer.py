@@ -239,7 +239,8 @@ class Trainer:
                     last_ckpt = self.save()
         if writer:
             writer.close()
-        if self.ckpt_cfg.save_final and (last_ckpt is None or last_ckpt.name != f"step-{self.step}"):
+        saved_now = last_ckpt is not None and last_ckpt.name == f"step-{self.step}"
+        if self.ckpt_cfg.save_final and not saved_now:
             last_ckpt = self.save()
         hf_path = self._export() if self.step >= cfg.steps or early else None
         plot_path = None
