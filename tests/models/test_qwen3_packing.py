@@ -102,8 +102,8 @@ def test_packed_model_equals_documents_alone(lengths, seed):
     docs = [torch.randint(0, 64, (n,), generator=g) for n in lengths]
     batch = pack(docs)
     with torch.no_grad():
-        out = m(**batch)
-        alone = [m(d, labels=b["labels"]) for d, b in ((d, pack([d])) for d in docs)]
+        out = m(**batch, return_logits=True)
+        alone = [m(d, labels=b["labels"], return_logits=True) for d, b in ((d, pack([d])) for d in docs)]
     assert rel_err(out.logits, torch.cat([a.logits for a in alone])) <= 1e-5
     # the loss sum is additive over documents (labels are pre-shifted per document)
     assert rel_err(out.loss_sum, sum(a.loss_sum for a in alone)) <= 1e-5
@@ -114,7 +114,7 @@ def test_packed_defaults_and_contract_errors():
     docs = [torch.randint(0, 64, (n,)) for n in (4, 6)]
     b = pack(docs)
     with torch.no_grad():
-        full = m(**b).logits
+        full = m(**b, return_logits=True).logits
         no_pos = m(b["input_ids"], cu_seqlens=b["cu_seqlens"]).logits  # positions derived from cu_seqlens
     assert torch.equal(full, no_pos)
     with pytest.raises(ValueError, match="cu_seqlens"):

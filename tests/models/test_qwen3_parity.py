@@ -34,7 +34,7 @@ def test_packed_documents_match_hf_run_alone(tmp_path, variant):
     docs = [torch.randint(0, VOCAB, (n,)) for n in (7, 1, 12, 4)]
     batch = pack(docs)
     with torch.no_grad():
-        out = ours(**batch)
+        out = ours(**batch, return_logits=True)
         ref = torch.cat([hf(d[None]).logits[0] for d in docs])
     assert rel_err(out.logits, ref) <= 1e-5
     # loss_sum: float32 sum of CE over labels != -100, from HF's logits of each document
@@ -94,3 +94,20 @@ def test_attention_mask_drops_padding(tmp_path):
         ref0, ref1 = hf(ids[:1]).logits[0], hf(ids[1:, :6]).logits[0]
     assert rel_err(got[0], ref0) <= 1e-5 and rel_err(got[1, :6], ref1) <= 1e-5
     assert torch.all(got[1, 6:] == 0)
+
+
+def test_fused_loss_path_equals_logits_path(tmp_path):
+    """Default with labels: no logits, fused chunked CE; same loss and gradients as full logits."""
+    _, ours = hf_and_ours(tmp_path, moe=True, tied=True)
+    docs = [torch.randint(0, VOCAB, (n,)) for n in (9, 14)]
+    batch = pack(docs)
+    fused = ours(**batch)
+    assert fused.logits is None
+    (fused.loss_sum + fused.aux_loss).backward()
+    g_fused = {n: p.grad.clone() for n, p in ours.named_parameters()}
+    ours.zero_grad()
+    full = ours(**batch, return_logits=True)
+    (full.loss_sum + full.aux_loss).backward()
+    assert rel_err(fused.loss_sum, full.loss_sum) <= 1e-6
+    for n, p in ours.named_parameters():
+        assert rel_err(g_fused[n], p.grad) <= 1e-5, n

@@ -17,11 +17,11 @@ Reference: Qwen3 technical report (arXiv:2505.09388); HF ``Qwen3ForCausalLM`` /
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from xt.models.common.attention import Attention
 from xt.models.common.flops import causal_lm_flops_per_token
+from xt.models.common.lm_loss import lm_head_and_loss
 from xt.models.common.mlp import SwiGLUMLP
 from xt.models.common.moe import MoEBlock
 from xt.models.common.norm import RMSNorm
@@ -133,7 +133,7 @@ class Qwen3ForCausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, cu_seqlens: torch.Tensor | None = None,
                 max_seqlen: int | None = None, attention_mask: torch.Tensor | None = None,
-                return_logits: bool = True) -> CausalLMOutput:
+                return_logits: bool | None = None) -> CausalLMOutput:
         """Run the model.
 
         Args:
@@ -145,7 +145,9 @@ class Qwen3ForCausalLM(nn.Module):
             max_seqlen: longest document (optional).
             attention_mask: ``[B, S]`` (batched only), 1 = real token; padding is dropped before
                 the model runs, so it affects neither attention nor the router losses.
-            return_logits: when False (and labels are given) ``logits`` is None.
+            return_logits: compute ``logits``; default: only when no ``labels`` are given (with
+                labels and no logits, the loss uses the fused chunked
+                ``xt.kernels.loss.linear_cross_entropy`` and never builds ``[T, V]``).
 
         Returns:
             :class:`~xt.models.common.output.CausalLMOutput`: ``loss_sum`` (float32 sum of CE),
@@ -158,12 +160,10 @@ class Qwen3ForCausalLM(nn.Module):
         """
         p = pack_inputs(input_ids, labels, position_ids, cu_seqlens, max_seqlen, attention_mask)
         hidden, stats = self.model(p.input_ids, p.position_ids, p.cu_seqlens, p.max_seqlen)
-        logits = self.lm_head(hidden)
-        out = CausalLMOutput()
-        if p.labels is not None:
-            out.loss_sum = F.cross_entropy(logits.float(), p.labels, ignore_index=-100, reduction="sum")
-        if p.labels is None or return_logits:
-            out.logits = p.unpack(logits)
+        if return_logits is None:
+            return_logits = p.labels is None
+        loss_sum, logits = lm_head_and_loss(hidden, self.lm_head, p.labels, return_logits)
+        out = CausalLMOutput(loss_sum=loss_sum, logits=None if logits is None else p.unpack(logits))
         if stats:
             c = self.config
             aux = c.router_aux_loss_coef * load_balancing_loss(stats)
