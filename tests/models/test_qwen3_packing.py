@@ -121,3 +121,31 @@ def test_packed_defaults_and_contract_errors():
         m(b["input_ids"], cu_seqlens=torch.tensor([0, 4, 9], dtype=torch.int32))
     with pytest.raises(ValueError, match="labels"):
         m(b["input_ids"], labels=b["labels"][:-1])
+
+
+def test_sequence_parallel_shard_accepts_global_cu_seqlens():
+    """A shard of T tokens with the global cu_seqlens (n*T) is accepted when position_ids come along
+    (xt.parallel's Ulysses wrapper restores the full sequence inside core attention)."""
+    m = _tiny_moe()
+    b = pack([torch.randint(0, 64, (n,)) for n in (5, 3)])
+    seen = {}
+
+    class Spy(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, q, k, v, cu_seqlens, max_seqlen):
+            seen["cu"] = cu_seqlens.tolist()
+            return q  # shape-preserving stand-in
+    attn = m.model.layers[0].self_attn
+    old = attn.core_attention
+    attn.core_attention = Spy(old)
+    try:
+        with torch.no_grad():
+            m(b["input_ids"][:4], position_ids=b["position_ids"][:4], cu_seqlens=b["cu_seqlens"], max_seqlen=5)
+    finally:
+        attn.core_attention = old
+    assert seen["cu"] == [0, 5, 8]
+    with pytest.raises(ValueError, match="cu_seqlens"):  # without position_ids it is an error
+        m(b["input_ids"][:4], cu_seqlens=b["cu_seqlens"])

@@ -77,7 +77,8 @@ def pack_inputs(input_ids: torch.Tensor, labels: torch.Tensor | None = None,
 
     Packed: ``input_ids[T]`` (+ ``labels[T]``, ``position_ids[T]``, ``cu_seqlens[D+1]``); without
     ``cu_seqlens`` the whole row is one document; without ``position_ids`` they restart at 0 per
-    document. Batched: ``input_ids[B, S]`` is B documents of S tokens; an ``attention_mask[B, S]``
+    document. A sequence-parallel shard may pass the global ``cu_seqlens`` (ending at a multiple
+    of T) together with its ``position_ids``. Batched: ``input_ids[B, S]`` is B documents of S tokens; an ``attention_mask[B, S]``
     (1 = real token) drops padding tokens before packing (positions count real tokens only).
 
     Raises:
@@ -119,7 +120,11 @@ def pack_inputs(input_ids: torch.Tensor, labels: torch.Tensor | None = None,
     if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2 or cu_seqlens.is_floating_point():
         raise ValueError(f"cu_seqlens must be a 1-D integer tensor [D+1]; got {tuple(cu_seqlens.shape)} {cu_seqlens.dtype}")
     bounds = cu_seqlens.tolist()
-    if bounds[0] != 0 or bounds[-1] != T or any(b > a for a, b in zip(bounds[1:], bounds[:-1])):
+    # A sequence-parallel shard (xt.parallel) holds T of the n*T tokens that the *global*
+    # cu_seqlens describes; its position_ids come with the batch.
+    sp_shard = position_ids is not None and T > 0 and bounds[-1] > T and bounds[-1] % T == 0
+    if (bounds[0] != 0 or (bounds[-1] != T and not sp_shard)
+            or any(b > a for a, b in zip(bounds[1:], bounds[:-1]))):
         raise ValueError(f"cu_seqlens must rise from 0 to T={T}; got {bounds[:8]}{'...' if len(bounds) > 8 else ''}")
     cu_seqlens = cu_seqlens.to(torch.int32)
     for name, t in (("labels", labels), ("position_ids", position_ids)):
