@@ -22,7 +22,7 @@ def full_tensor(t: torch.Tensor, ep_group: dist.ProcessGroup | None = None) -> t
         A plain tensor (detached).
     """
     full = t.full_tensor() if isinstance(t, DTensor) else t
-    full = full.detach()
+    full = full.detach().clone()  # never alias live parameters or gradients
     if ep_group is not None and dist.get_world_size(ep_group) > 1:
         n = dist.get_world_size(ep_group)
         out = full.new_empty((n * full.shape[0], *full.shape[1:]))

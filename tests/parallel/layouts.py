@@ -1,0 +1,49 @@
+"""Enumerate valid layouts and compare distributed results with the single-process reference."""
+from __future__ import annotations
+
+import torch
+
+TOL = 1e-5  # fp32 relative error ||a - b|| / ||b|| (ARCHITECTURE.md §4)
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def valid_layouts(world: int, num_experts: int, heads: int, kv_heads: int) -> list[dict]:
+    """Every (hsdp_replicate, fsdp_size, ep_size, sp_size) that `validate_layout` accepts."""
+    out = []
+    for r in divisors(world):
+        fsdp = world // r
+        for ep in divisors(fsdp):
+            if num_experts % ep:
+                continue
+            for sp in divisors(world):
+                if heads % sp or (kv_heads % sp and sp % kv_heads):
+                    continue
+                out.append(dict(hsdp_replicate=r, fsdp_size=fsdp, ep_size=ep, sp_size=sp))
+    return out
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    nb = b.norm().item()
+    return (a - b).norm().item() / nb if nb > 0 else (a - b).norm().item()
+
+
+def mismatches(got: dict, ref: dict, tol: float = TOL) -> list[str]:
+    """Human-readable list of every quantity whose relative error exceeds `tol`."""
+    bad = []
+    for key in ("loss", "grad_norm"):
+        for i, (a, b) in enumerate(zip(got[key], ref[key], strict=True)):
+            if abs(a - b) > tol * max(abs(b), 1e-12):
+                bad.append(f"{key}[{i}]: {a} vs {b}")
+    for group in ("grads", "params"):
+        assert set(got[group]) == set(ref[group]), (sorted(got[group]), sorted(ref[group]))
+        for name, b in ref[group].items():
+            a = got[group][name]
+            if a.shape != b.shape:
+                bad.append(f"{group}.{name}: shape {tuple(a.shape)} vs {tuple(b.shape)}")
+            elif (e := rel_err(a, b)) > tol:
+                bad.append(f"{group}.{name}: rel err {e:.2e}")
+    return bad
