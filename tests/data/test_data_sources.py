@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from xt.core.config import ConfigError
 
 from xt.data.config import DataConfig, data_config_from_dict
 from xt.data.corpora import brown_to_text, chitchat_to_messages, read_corpus
@@ -25,7 +26,7 @@ BAD_LINES = [
 
 
 def files_cfg(paths, **kw) -> DataConfig:
-    return DataConfig(source="files", paths=[str(p) for p in paths], cache=False, **kw)
+    return DataConfig(source="files", paths=tuple(str(p) for p in paths), cache=False, **kw)
 
 
 @pytest.mark.parametrize("line,reason", BAD_LINES)
@@ -84,20 +85,21 @@ def test_missing_paths_and_text_in_chat_mode(tmp_path, qwen3):
         build_dataset(files_cfg([tmp_path / "p.jsonl"], mode="pretrain"), qwen3)
 
 
-@pytest.mark.parametrize("raw,match", [
-    ({"source": "files"}, "data.paths"),
-    ({"source": "wikipedia"}, "data.source: 'wikipedia' is not allowed; use one of .*'shakespeare'"),
-    ({"tokens_per_micro_batch": 1}, "data.tokens_per_micro_batch: must be >= 2"),
-    ({"max_seq_len": 0}, "data.max_seq_len"),
-    ({"encoding": "klingon-8"}, "data.encoding: unknown encoding"),
-    ({"on_error": "ignore"}, "data.on_error"),
-    ({"tokens_per_micro_batch": "many"}, "data.tokens_per_micro_batch"),
-    ({"shuffel": True}, "shuffel"),
-    ({"source": "sotu", "paths": ["x"]}, "data.paths: only used with source='files'"),
+@pytest.mark.parametrize("raw,key,match", [
+    ({"source": "files"}, "data.paths", "at least one file or folder"),
+    ({"source": "wikipedia"}, "data.source", r"must be one of \[.*'shakespeare'.*\] or 'files'"),
+    ({"tokens_per_micro_batch": 1}, "data.tokens_per_micro_batch", "must be >= 2, got 1"),
+    ({"max_seq_len": 0}, "data.max_seq_len", "must be >= 2 or unset"),
+    ({"encoding": "klingon-8"}, "data.encoding", "codec name such as 'utf-8'"),
+    ({"on_error": "ignore"}, "data.on_error", "one of 'raise', 'skip'"),
+    ({"tokens_per_micro_batch": "many"}, "data.tokens_per_micro_batch", "Expected `int`"),
+    ({"shuffel": True}, "data.shuffel", "allowed keys in \\[data\\]: .*shuffle"),
+    ({"source": "sotu", "paths": ["x"]}, "data.paths", "only used with source='files'"),
 ])
-def test_config_validation_names_the_field(raw, match):
-    with pytest.raises(DataError, match=match):
+def test_config_validation_names_the_field(raw, key, match):
+    with pytest.raises(ConfigError, match=match) as e:
         data_config_from_dict(raw)
+    assert e.value.key == key
 
 
 def test_config_chunk_len():

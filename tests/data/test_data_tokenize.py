@@ -34,7 +34,7 @@ THINK = "<think>\n\n</think>\n\n"
 def test_pretrain_tokens_equal_autotokenizer(tmp_path, qwen3, hf_qwen3):
     for i, t in enumerate(TEXTS):
         (tmp_path / f"{i}.txt").write_text(t, encoding="utf-8")
-    ds = build_dataset(DataConfig(source="files", paths=[str(tmp_path)], cache=False), qwen3)
+    ds = build_dataset(DataConfig(source="files", paths=(str(tmp_path),), cache=False), qwen3)
     for i, t in enumerate(TEXTS):
         doc = ds.tokens[ds.doc_offsets[i]:ds.doc_offsets[i + 1]].tolist()
         assert doc == hf_qwen3(t)["input_ids"] + [hf_qwen3.eos_token_id]
@@ -85,7 +85,7 @@ def test_chat_labels_in_batches_are_the_assistant_text(tmp_path, qwen3):
 
     path = tmp_path / "chat.jsonl"
     path.write_text("\n".join(json.dumps({"messages": c}) for c in CHATS) + "\n")
-    cfg = DataConfig(source="files", paths=[str(path)], tokens_per_micro_batch=4096, shuffle=False,
+    cfg = DataConfig(source="files", paths=(str(path),), tokens_per_micro_batch=4096, shuffle=False,
                      cache=False)
     b = next(build_loader(cfg, tokenizer=qwen3))
     cu = b["cu_seqlens"].tolist()
@@ -121,7 +121,7 @@ def test_token_cache_reused_and_keyed_by_content(tmp_path, monkeypatch, qwen3_di
     monkeypatch.setenv("XT_CACHE", str(tmp_path / "cache"))
     data = tmp_path / "d.txt"
     data.write_text("Friends, Romans, countrymen")
-    cfg = DataConfig(source="files", paths=[str(data)], tokenizer=str(qwen3_dir))
+    cfg = DataConfig(source="files", paths=(str(data),), tokenizer=str(qwen3_dir))
     first = build_dataset(cfg)
     assert len(list((tmp_path / "cache" / "tokens").glob("*.pt"))) == 1
     monkeypatch.setattr(dataset, "tokenize_source", lambda *a: pytest.fail("cache not used"))

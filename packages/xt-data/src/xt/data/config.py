@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 import codecs
-from typing import Literal
+from typing import Any, Literal
 
-import msgspec
-
+from xt.core.config import ConfigStruct, convert_config, require
 from xt.data.corpora import CORPORA
-from xt.data.errors import DataError
 
 
-class DataConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class DataConfig(ConfigStruct):
     """Where the training text comes from and how it is tokenized and packed.
 
     Attributes:
@@ -35,7 +33,7 @@ class DataConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """
 
     source: str = "shakespeare"
-    paths: list[str] = []
+    paths: tuple[str, ...] = ()
     format: Literal["auto", "jsonl", "text"] = "auto"
     mode: Literal["auto", "pretrain", "chat"] = "auto"
     encoding: str = "utf-8"
@@ -50,30 +48,32 @@ class DataConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     cache: bool = True
 
     def __post_init__(self) -> None:
-        """Check values and combinations; raises `DataError` naming the field and what is allowed."""
-        if self.source != "files" and self.source not in CORPORA:
-            raise DataError(f"data.source: {self.source!r} is not allowed; use one of "
-                            f"{sorted(CORPORA)} or 'files' (with data.paths)")
-        if self.source == "files" and not self.paths:
-            raise DataError("data.paths: source='files' needs at least one file or folder")
-        if self.source != "files" and self.paths:
-            raise DataError(f"data.paths: only used with source='files', not the built-in corpus "
-                            f"{self.source!r}")
-        if self.tokens_per_micro_batch < 2:
-            raise DataError(f"data.tokens_per_micro_batch: must be >= 2, got {self.tokens_per_micro_batch}")
-        if self.max_seq_len is not None and self.max_seq_len < 2:
-            raise DataError(f"data.max_seq_len: must be >= 2 or unset, got {self.max_seq_len}")
-        if self.max_documents is not None and self.max_documents < 1:
-            raise DataError(f"data.max_documents: must be >= 1 or unset, got {self.max_documents}")
-        if self.seed < 0:
-            raise DataError(f"data.seed: must be >= 0, got {self.seed}")
+        """Check values and combinations.
+
+        Raises:
+            xt.core.config.ConfigFieldError: naming the field and what is allowed (`load_config`
+            reports it as ``data.FIELD`` with file and line).
+        """
+        require(self.source == "files" or self.source in CORPORA, "source",
+                f"must be one of {sorted(CORPORA)} or 'files' (with paths), got {self.source!r}")
+        require(self.source != "files" or bool(self.paths), "paths",
+                "must name at least one file or folder when source='files'")
+        require(self.source == "files" or not self.paths, "paths",
+                f"is only used with source='files', not with the built-in corpus {self.source!r}")
+        require(self.tokens_per_micro_batch >= 2, "tokens_per_micro_batch",
+                f"must be >= 2, got {self.tokens_per_micro_batch}")
+        require(self.max_seq_len is None or self.max_seq_len >= 2, "max_seq_len",
+                f"must be >= 2 or unset, got {self.max_seq_len}")
+        require(self.max_documents is None or self.max_documents >= 1, "max_documents",
+                f"must be >= 1 or unset, got {self.max_documents}")
+        require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
         try:
             codecs.lookup(self.encoding)
         except LookupError:
-            raise DataError(f"data.encoding: unknown encoding {self.encoding!r} "
-                            f"(e.g. 'utf-8', 'latin-1')") from None
-        if not self.tokenizer:
-            raise DataError("data.tokenizer: must be a built-in name ('qwen3', 'llama3'), a folder or a hub id")
+            require(False, "encoding", f"must be a Python codec name such as 'utf-8' or 'latin-1', "
+                                       f"got {self.encoding!r}")
+        require(bool(self.tokenizer), "tokenizer",
+                "must be a built-in name ('qwen3', 'llama3'), a folder or a hub id")
 
     @property
     def chunk_len(self) -> int:
@@ -83,14 +83,15 @@ class DataConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         return min(self.tokens_per_micro_batch, self.max_seq_len)
 
 
-def data_config_from_dict(raw: dict) -> DataConfig:
-    """Build a `DataConfig` from a plain dict (e.g. a TOML ``[data]`` table).
+class _DataSection(ConfigStruct):
+    data: DataConfig
+
+
+def data_config_from_dict(raw: dict[str, Any]) -> DataConfig:
+    """Build a `DataConfig` from a plain dict (e.g. a TOML ``[data]`` table), strictly.
 
     Raises:
-        DataError: unknown keys, wrong types or bad values, with msgspec's path (``data.KEY``).
+        xt.core.config.ConfigError: unknown keys, wrong types or bad values, naming the key as
+        ``data.KEY`` and what is allowed.
     """
-    try:
-        return msgspec.convert(raw, DataConfig)
-    except msgspec.ValidationError as e:
-        msg = str(e).replace("`$.", "`data.").replace("- at `$`", "in [data]")
-        raise DataError(f"data config: {msg}") from None
+    return convert_config({"data": dict(raw)}, _DataSection).data
