@@ -50,8 +50,9 @@ class SigmoidGroupRouter(nn.Module):
 
     ``forward(x[T, D]) -> RouterOutput`` with ``logits`` (pre-sigmoid), ``probs`` = ``s`` (sigmoid
     affinities, float32), ``topk_ids [T, K]`` and ``topk_weights [T, K]`` float32. In training mode
-    the routed-slot counts are added to the non-persistent buffer ``load_acc [E]`` (read and reset
-    by the model's ``post_optimizer_step``).
+    the routed-slot counts are added to the attribute ``load_acc [E]`` float32 (not a buffer, not in
+    the state dict; None until the first training forward; read and reset by the model's
+    ``post_optimizer_step``).
     """
 
     def __init__(self, hidden_size: int, num_experts: int, top_k: int, n_group: int = 1, topk_group: int = 1,
@@ -65,7 +66,7 @@ class SigmoidGroupRouter(nn.Module):
         self.weight = nn.Parameter(torch.empty(num_experts, hidden_size))
         nn.init.normal_(self.weight, std=0.02)
         self.register_buffer("e_score_correction_bias", torch.zeros(num_experts, dtype=torch.float32))
-        self.register_buffer("load_acc", torch.zeros(num_experts, dtype=torch.float32), persistent=False)
+        self.load_acc: torch.Tensor | None = None  # created lazily on the routing device
 
     def forward(self, x: torch.Tensor) -> RouterOutput:
         """Route ``x[T, D]``; see the class docstring."""
@@ -83,7 +84,8 @@ class SigmoidGroupRouter(nn.Module):
                                             float("-inf"))
             topk_ids = choice.topk(self.top_k, dim=-1).indices
             if self.training:
-                self.load_acc += torch.bincount(topk_ids.reshape(-1), minlength=self.num_experts).float()
+                counts = torch.bincount(topk_ids.reshape(-1), minlength=self.num_experts).float()
+                self.load_acc = counts if self.load_acc is None else self.load_acc.to(counts.device) + counts
         w = scores.gather(1, topk_ids)
         if self.norm_topk_prob:
             w = w / (w.sum(dim=-1, keepdim=True) + 1e-20)

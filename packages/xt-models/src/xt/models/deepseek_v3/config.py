@@ -124,3 +124,22 @@ class DeepseekV3Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
                 d.pop(k)
         d.update(overrides)
         return hf_config_to_struct(cls, d, 10000.0, src)
+
+    @classmethod
+    def from_hf_dict(cls, d: dict[str, Any], source: str = "config.json") -> "DeepseekV3Config":
+        """Registry entry point (:mod:`xt.models.registry`): :meth:`from_hf`, errors prefixed by ``source``."""
+        try:
+            return cls.from_hf(d)
+        except ValueError as e:
+            msg = str(e)
+            raise ValueError(msg if msg.startswith(source) else f"{source}: {msg}") from None
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """The HF ``config.json`` dict (transformers 5 form; ``architectures``/``model_type`` set)."""
+        d = msgspec.to_builtins(self)
+        for k in ("bias_update_speed", "seq_aux_loss_coef", "mtp_loss_weight"):
+            d.pop(k)
+        d["num_nextn_predict_layers"] = d.pop("mtp_layers")
+        d["architectures"] = ["DeepseekV3ForCausalLM"]
+        d["model_type"] = "deepseek_v3"
+        return d

@@ -165,7 +165,10 @@ class DeepseekV3ForCausalLM(nn.Module):
 
     def expert_load(self) -> torch.Tensor:
         """``[L_moe, E]`` float32 routed-slot counts accumulated (training mode) since the last update."""
-        return torch.stack([r.load_acc for r in self.routers()])
+        routers = self.routers()
+        dev = self.lm_head.weight.device
+        return torch.stack([r.load_acc.to(dev) if r.load_acc is not None
+                            else torch.zeros(r.num_experts, device=dev) for r in routers])
 
     @torch.no_grad()
     def post_optimizer_step(self, expert_load: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -194,7 +197,7 @@ class DeepseekV3ForCausalLM(nn.Module):
         for r, row in zip(routers, load):
             if self.config.bias_update_speed:
                 r.update_bias(row, self.config.bias_update_speed)
-            r.load_acc.zero_()
+            r.load_acc = None
         load = load.float()
         return {"expert_load_max_violation": load.max(1).values / load.mean(1).clamp(min=1e-9) - 1}
 

@@ -92,3 +92,19 @@ class GptOssConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             d["rope_parameters"] = _default_yarn()
         d.update(overrides)
         return hf_config_to_struct(cls, d, 150000.0, src)
+
+    @classmethod
+    def from_hf_dict(cls, d: dict[str, Any], source: str = "config.json") -> "GptOssConfig":
+        """Registry entry point (:mod:`xt.models.registry`): :meth:`from_hf`, errors prefixed by ``source``."""
+        try:
+            return cls.from_hf(d)
+        except ValueError as e:
+            msg = str(e)
+            raise ValueError(msg if msg.startswith(source) else f"{source}: {msg}") from None
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """The HF ``config.json`` dict (transformers 5 form; ``architectures``/``model_type`` set)."""
+        d = msgspec.to_builtins(self)
+        d["architectures"] = ["GptOssForCausalLM"]
+        d["model_type"] = "gpt_oss"
+        return d

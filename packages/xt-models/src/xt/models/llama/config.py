@@ -76,6 +76,20 @@ def read_hf_config(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{p}: invalid JSON at line {e.lineno}: {e.msg}") from None
 
 
+def check_common(c: Any) -> None:
+    """Validate the fields every zoo config shares; raises ValueError naming the field."""
+    for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads"):
+        if getattr(c, name) <= 0:
+            raise ValueError(f"{name} must be > 0, got {getattr(c, name)}")
+    kv = getattr(c, "num_key_value_heads", None)
+    if kv is not None and (kv <= 0 or c.num_attention_heads % kv):
+        raise ValueError(f"num_key_value_heads={kv} must divide num_attention_heads={c.num_attention_heads}")
+    if getattr(c, "hidden_act", "silu") != "silu":
+        raise ValueError(f"hidden_act={c.hidden_act!r} is not supported (allowed: 'silu')")
+    if "rope_theta" not in c.rope_parameters:
+        raise ValueError("rope_parameters must contain 'rope_theta'")
+
+
 class LlamaConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Llama architecture (HF ``LlamaConfig`` names).
 
@@ -116,15 +130,18 @@ class LlamaConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         return hf_config_to_struct(cls, d if isinstance(d, dict) else read_hf_config(d), 10000.0, src)
 
 
-def check_common(c: Any) -> None:
-    """Validate the fields every zoo config shares; raises ValueError naming the field."""
-    for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads"):
-        if getattr(c, name) <= 0:
-            raise ValueError(f"{name} must be > 0, got {getattr(c, name)}")
-    kv = getattr(c, "num_key_value_heads", None)
-    if kv is not None and (kv <= 0 or c.num_attention_heads % kv):
-        raise ValueError(f"num_key_value_heads={kv} must divide num_attention_heads={c.num_attention_heads}")
-    if getattr(c, "hidden_act", "silu") != "silu":
-        raise ValueError(f"hidden_act={c.hidden_act!r} is not supported (allowed: 'silu')")
-    if "rope_theta" not in c.rope_parameters:
-        raise ValueError("rope_parameters must contain 'rope_theta'")
+    @classmethod
+    def from_hf_dict(cls, d: dict[str, Any], source: str = "config.json") -> "LlamaConfig":
+        """Registry entry point (:mod:`xt.models.registry`): :meth:`from_hf`, errors prefixed by ``source``."""
+        try:
+            return cls.from_hf(d)
+        except ValueError as e:
+            msg = str(e)
+            raise ValueError(msg if msg.startswith(source) else f"{source}: {msg}") from None
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """The HF ``config.json`` dict (transformers 5 form; ``architectures``/``model_type`` set)."""
+        d = msgspec.to_builtins(self)
+        d["architectures"] = ["LlamaForCausalLM"]
+        d["model_type"] = "llama"
+        return d
