@@ -34,7 +34,8 @@ BACKENDS = ("auto", "triton", "torch", "reference", "npu")
 _selected: dict[str, str] = {op: "auto" for op in OPS}
 _auto_cache: dict[tuple, str] = {}
 # Default kernel sets when auto cannot time (under torch.compile tracing / CUDA-graph capture).
-STATIC_CUDA_DEFAULT = "torch/torch"
+# On the H200 the Triton kernels won or tied at most benchmark shapes (README: measured numbers).
+STATIC_CUDA_DEFAULT = "triton/triton"
 
 
 def _check(op: str, name: str) -> None:
@@ -77,7 +78,7 @@ def _candidates(x: torch.Tensor) -> list[str]:
     return out
 
 
-def _time_ms(fn: Callable[[], object], reps: int = 3) -> float:
+def _time_ms(fn: Callable[[], object], reps: int = 5) -> float:
     fn()  # warm-up (also triggers Triton autotuning)
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
@@ -109,7 +110,7 @@ def choose_grouped_gemm(x: torch.Tensor, w: torch.Tensor, tokens_per_expert: tor
         return _auto_cache[key]
     capturing = torch.cuda.is_current_stream_capturing()
     if torch.compiler.is_compiling() or capturing or x.shape[0] == 0:
-        return STATIC_CUDA_DEFAULT
+        return STATIC_CUDA_DEFAULT if "triton" in cands else f"{cands[0]}/{cands[0]}"
     from xt.kernels.moe.gg_op import kernel_set
     with torch.no_grad():
         y = torch.randn(x.shape[0], N, dtype=x.dtype, device=dev)
