@@ -35,9 +35,9 @@ def test_cuda_backend_matches_sdpa_forward_backward(backend):
         grads.append([t.grad.clone() for t in (q, k, v)])
         for t in (q, k, v):
             t.grad = None
-    assert rel_err(outs[0], outs[1]) <= 1e-2
-    for a, b in zip(*grads):
-        assert rel_err(a, b) <= 1e-2
+    errs = [rel_err(outs[0], outs[1])] + [rel_err(a, b) for a, b in zip(*grads)]
+    print(f"{backend} vs sdpa bf16 rel err: out {errs[0]:.2e}, dq/dk/dv {errs[1]:.2e} {errs[2]:.2e} {errs[3]:.2e}")
+    assert max(errs) <= 1e-2
 
 
 def test_auto_picks_flash_varlen_for_bf16():
@@ -62,10 +62,13 @@ def test_bf16_model_on_cuda_matches_fp32_cpu():
     docs = [torch.randint(0, 256, (n,)) for n in LENGTHS]
     batch = pack(docs)
     with torch.no_grad():
-        ref = cpu(**batch)
-        out = gpu(**{k: v.cuda() for k, v in batch.items()})
+        ref = cpu(**batch, return_logits=True)
+        out = gpu(**{k: v.cuda() for k, v in batch.items()}, return_logits=True)
+    assert gpu.model.layers[0].self_attn.core_attention.resolve_backend(
+        torch.zeros(1, 8, 64, device="cuda", dtype=torch.bfloat16)) in ("varlen", "flash_attn", "sdpa")
     assert rel_err(out.logits.float().cpu(), ref.logits) <= 3e-2
     assert rel_err(out.loss_sum.cpu(), ref.loss_sum) <= 1e-2
-    out = gpu(**{k: v.cuda() for k, v in batch.items()})
+    out = gpu(**{k: v.cuda() for k, v in batch.items()})  # fused CE path
+    assert out.logits is None and rel_err(out.loss_sum.cpu(), ref.loss_sum) <= 1e-2
     (out.loss_sum + out.aux_loss).backward()
     assert all(torch.isfinite(p.grad).all() for p in gpu.parameters() if p.grad is not None)
