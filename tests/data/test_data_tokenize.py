@@ -141,10 +141,31 @@ def test_shakespeare_loader_real_batches(qwen3):
     t0 = time.perf_counter()
     loader = build_loader(cfg, tokenizer=qwen3)
     startup = time.perf_counter() - t0
-    print(f"shakespeare loader startup (cached): {startup:.2f}s, {loader.dataset.num_tokens} tokens, "
-          f"{loader.num_chunks} chunks, {loader.batches_in_epoch(0)} micro-batches/epoch")
+    info = loader.summary()
+    print(f"shakespeare loader startup (cached): {startup:.2f}s, {info}")
+    n_files = len(list(asset_path("shakespeare").glob("*_gut.txt")))
+    assert info["documents"] == n_files - info["empty"] and info["skipped"] == 0
+    assert info["tokens"] == int(loader.chunk_lengths.sum())
     for _ in range(3):
         b = next(loader)
         lengths = (b["cu_seqlens"][1:] - b["cu_seqlens"][:-1]).tolist()
         assert len(b["input_ids"]) <= 2048 and max(lengths) <= 512 == b["max_seqlen"]
         assert qwen3.decode(b["input_ids"][:512]).strip()
+
+
+def test_tokenizer_names_route_to_the_right_place(tmp_path, monkeypatch, qwen3_dir, hf_qwen3):
+    """Built-in name → cached asset folder; a local folder loads as is; anything else is handed
+    to AutoTokenizer as a hub id; a missing local path is a clear error."""
+    from transformers import AutoTokenizer
+
+    from xt.data.errors import DataError
+    from xt.data.tokenizer import load_tokenizer
+
+    text = "O Romeo, Romeo! wherefore art thou Romeo?"
+    assert load_tokenizer(str(qwen3_dir))(text)["input_ids"] == hf_qwen3(text)["input_ids"]
+    assert load_tokenizer("qwen3").name_or_path == str(qwen3_dir)
+    seen = []
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", lambda name, **kw: seen.append(name) or "tok")
+    assert load_tokenizer("xt-test/hub-routing") == "tok" and seen == ["xt-test/hub-routing"]
+    with pytest.raises(DataError, match="is not a folder"):
+        load_tokenizer(str(tmp_path / "missing"))

@@ -125,6 +125,15 @@ class PackedLoader:
         self._pos = (int(state["epoch"]), int(state["index"]))
         self.steps, self.epoch = int(state["steps"]), int(state["last_epoch"])
 
+    def summary(self) -> dict:
+        """Facts for the run log: documents, tokens, chunks, micro-batches in epoch 0, the budget,
+        bad records skipped (with the first reasons) and empty records skipped."""
+        return {"documents": self.dataset.num_documents, "tokens": self.dataset.num_tokens,
+                "chunks": self.num_chunks, "micro_batches_per_epoch": self.batches_in_epoch(0),
+                "tokens_per_micro_batch": self.budget, "max_seq_len": self.chunk_len,
+                "skipped": self.dataset.skipped, "skipped_examples": list(self.dataset.skipped_examples),
+                "empty": self.dataset.empty}
+
     @property
     def skipped(self) -> int:
         """Bad records skipped while reading (``on_error="skip"``); report it at the end of a run."""
