@@ -62,6 +62,19 @@ def test_sharded_save_and_load(tmp_path):
     assert sorted(p.name for p in (tmp_path / "sh").iterdir()) == ["config.json", "model.safetensors"]
 
 
+def test_save_explicit_full_state_dict_and_bf16(tmp_path):
+    """save_pretrained(state_dict=...) (what a sharded run passes after gathering) in bf16."""
+    from transformers import AutoModelForCausalLM
+
+    hf, ours = hf_and_ours(tmp_path, moe=True)
+    full = {k: v.to(torch.bfloat16) for k, v in ours.state_dict().items()}
+    save_pretrained(ours, tmp_path / "bf16", state_dict=full)
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["dtype"] == "bfloat16"
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "bf16", dtype=torch.float32)
+    for k, v in hf.state_dict().items():
+        assert torch.equal(back.state_dict()[k], v.to(torch.bfloat16).float()), k
+
+
 def test_transformers_sharded_checkpoint_loads(tmp_path):
     hf, _ = hf_and_ours(tmp_path, moe=True, tied=True)
     hf.save_pretrained(tmp_path / "hfsh", max_shard_size="20KB")

@@ -62,12 +62,17 @@ def from_pretrained(path: str | Path, *, dtype: torch.dtype | None = None, devic
     return model.to(device=device or "cpu", dtype=dtype)
 
 
-def save_pretrained(model: nn.Module, path: str | Path, *, max_shard_size: int | str = "5GB") -> list[str]:
+def save_pretrained(model: nn.Module, path: str | Path, *, max_shard_size: int | str = "5GB",
+                    state_dict: dict[str, torch.Tensor] | None = None) -> list[str]:
     """Write ``config.json`` and the weights of ``model`` (HF keys) into folder ``path``.
 
     Weights larger than ``max_shard_size`` (bytes or ``"5GB"``-style) are split into shards with
     an index. Files are written atomically (temporary name, then rename). With tied embeddings
     only ``model.embed_tokens.weight`` is written.
+
+    For a sharded (FSDP2/EP) model pass ``state_dict``: the full, unsharded state dict with our
+    keys (e.g. ``torch.distributed.checkpoint.state_dict.get_model_state_dict(model,
+    options=StateDictOptions(full_state_dict=True, cpu_offload=True))``), and call this on one rank.
 
     Returns:
         The file names written.
@@ -82,8 +87,9 @@ def save_pretrained(model: nn.Module, path: str | Path, *, max_shard_size: int |
     spec = get_spec(hf)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    dtype = next(model.parameters()).dtype
+    state = model.state_dict() if state_dict is None else state_dict
+    dtype = next(t for t in state.values() if t.is_floating_point()).dtype
     hf["dtype"] = str(dtype).removeprefix("torch.")
-    files = write_safetensors(spec.to_hf(model.state_dict(), config), path, max_shard_size)
+    files = write_safetensors(spec.to_hf(state, config), path, max_shard_size)
     atomic_write_text(path / "config.json", json.dumps(hf, indent=2, sort_keys=True) + "\n")
     return files + ["config.json"]
