@@ -85,3 +85,14 @@ def test_cache_dir_from_env(tmp_path, monkeypatch):
     assert cache_dir() == tmp_path / "c"
     monkeypatch.delenv("XT_CACHE")
     assert cache_dir().parts[-2:] == (".cache", "xt")
+
+
+def test_missing_pip_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("XT_CACHE", str(tmp_path))
+
+    class NoPip:
+        returncode, stdout, stderr = 1, "", "/usr/bin/python: No module named pip"
+
+    monkeypatch.setattr(assets.subprocess, "run", lambda *a, **k: NoPip())
+    with pytest.raises(AssetError, match=r"chitchat-dataset==0.9.0.*is pip installed"):
+        asset_path("chitchat")

@@ -145,3 +145,15 @@ def test_builtin_corpora_read_from_real_assets():
         assert [m["role"] for m in msgs] == ["user", "assistant"] * (len(msgs) // 2)
     with pytest.raises(DataError, match="does not fit corpus 'chitchat'"):
         next(iter(read_corpus("chitchat", "pretrain", "raise", SourceStats())))
+
+
+def test_bom_json_suffix_and_bad_eos(tmp_path, qwen3):
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + json.dumps({"text": "with BOM"}).encode() + b"\n")
+    ds = build_dataset(files_cfg([bom]), qwen3)
+    assert ds.tokens.tolist() == qwen3("with BOM")["input_ids"] + [qwen3.eos_token_id]
+    (tmp_path / "x.json").write_text("[]")
+    with pytest.raises(DataError, match="x.json: .json files are not read"):
+        build_dataset(files_cfg([tmp_path / "x.json"]), qwen3)
+    with pytest.raises(DataError, match="data.eos_token: '<nope>' is not a token"):
+        build_dataset(files_cfg([bom], eos_token="<nope>"), qwen3)

@@ -73,9 +73,13 @@ def expand_paths(paths: list[str]) -> list[Path]:
 
 
 def file_format(path: Path, fmt: str) -> str:
-    """``"jsonl"`` or ``"text"``: `fmt` unless it is ``"auto"``, then by suffix (``.jsonl`` → jsonl)."""
+    """``"jsonl"`` or ``"text"``: `fmt` unless it is ``"auto"``, then by suffix (``.jsonl`` → jsonl,
+    ``.json`` → `DataError`, anything else plain text)."""
     if fmt != "auto":
         return fmt
+    if path.suffix.lower() == ".json":
+        raise DataError(f"{path}: .json files are not read (one JSON document); write JSONL, one "
+                        f"record per line, or set data.format to 'jsonl'/'text'")
     return "jsonl" if path.suffix.lower() == ".jsonl" else "text"
 
 
@@ -110,6 +114,8 @@ def read_jsonl(path: Path, mode: str, encoding: str, on_error: str, stats: Sourc
             where = f"{path}:{lineno}"
             if not raw.strip():
                 continue
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf") and encoding.lower().replace("-", "") == "utf8":
+                raw = raw[3:]  # UTF-8 byte-order mark
             try:
                 line = raw.decode(encoding)
                 obj = msgspec.json.decode(line)
