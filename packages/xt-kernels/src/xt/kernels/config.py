@@ -1,37 +1,50 @@
-"""`KernelsConfig`: the ``[kernels]`` section of a training config (backend per op)."""
+"""``[kernels]`` config section: which backend runs each kernel op (see :mod:`xt.kernels.moe.backends`).
+
+Example (TOML)::
+
+    [kernels]
+    grouped_gemm = "auto"   # auto | triton | torch | reference | npu
+    permute = "auto"        # also sets unpermute
+    loss = "auto"           # fused linear cross-entropy
+"""
 from __future__ import annotations
 
 from typing import Literal
 
-from xt.core.config import ConfigStruct
-from xt.kernels.moe.backends import set_backend
+import msgspec
+
+from xt.kernels.moe.backends import BACKENDS, set_backend
 
 __all__ = ["KernelsConfig", "apply_kernels_config"]
 
 Backend = Literal["auto", "triton", "torch", "reference", "npu"]
 
 
-class KernelsConfig(ConfigStruct):
-    """Which implementation runs each kernel op (see :mod:`xt.kernels.moe.backends`).
+class KernelsConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Backend per op. Each field is one of ``auto``, ``triton``, ``torch``, ``reference``, ``npu``.
 
     Attributes:
-        grouped_gemm: MoE expert grouped GEMM: "auto" (fastest measured on the device),
-            "triton", "torch" (``torch._grouped_mm``), "reference" (plain PyTorch loop), "npu".
-        permute: token permute/unpermute backend (same names).
-        loss: fused linear cross-entropy backend (same names).
-    """
+        grouped_gemm: MoE expert grouped GEMM (``auto`` times Triton vs ``torch._grouped_mm`` on CUDA).
+        permute: token permute/unpermute (``auto``: Triton on CUDA, torch ops elsewhere).
+        loss: fused linear cross-entropy (``auto``: Triton chunk step on CUDA, torch ops elsewhere).
 
+    Raises:
+        ValueError: (at construction) a field that is not a known backend name; decoding with
+            msgspec raises ``msgspec.ValidationError`` naming the field (``$.kernels.grouped_gemm``).
+    """
     grouped_gemm: Backend = "auto"
     permute: Backend = "auto"
     loss: Backend = "auto"
 
+    def __post_init__(self) -> None:
+        for field in self.__struct_fields__:
+            value = getattr(self, field)
+            if value not in BACKENDS:
+                raise ValueError(f"kernels.{field}: unknown backend {value!r}; expected one of {BACKENDS}")
+
 
 def apply_kernels_config(cfg: KernelsConfig) -> None:
-    """Set the process-wide backends from `cfg`.
-
-    Raises:
-        ValueError: an op or backend name the registry does not know.
-    """
+    """Make ``cfg``'s choices the process-wide backends (``xt.kernels.moe.backends.set_backend``)."""
     set_backend("grouped_gemm", cfg.grouped_gemm)
     set_backend("permute", cfg.permute)
     set_backend("loss", cfg.loss)

@@ -112,10 +112,12 @@ def choose_grouped_gemm(x: torch.Tensor, w: torch.Tensor, tokens_per_expert: tor
     if torch.compiler.is_compiling() or capturing or x.shape[0] == 0:
         return STATIC_CUDA_DEFAULT if "triton" in cands else f"{cands[0]}/{cands[0]}"
     from xt.kernels.moe.gg_op import kernel_set
-    with torch.no_grad():
+    with torch.no_grad():  # time the orientations the forward and backward really use
         y = torch.randn(x.shape[0], N, dtype=x.dtype, device=dev)
-        t_m = {c: _time_ms(lambda c=c: kernel_set(c).mgrouped(x, w, tokens_per_expert, trans_b)) for c in cands}
-        t_k = {c: _time_ms(lambda c=c: kernel_set(c).kgrouped(x, y, tokens_per_expert)) for c in cands}
+        t_m = {c: _time_ms(lambda c=c: kernel_set(c).mgrouped(x, w, tokens_per_expert, trans_b))
+               + _time_ms(lambda c=c: kernel_set(c).mgrouped(y, w, tokens_per_expert, not trans_b)) for c in cands}
+        t_k = {c: _time_ms(lambda c=c: (kernel_set(c).kgrouped(y, x, tokens_per_expert) if trans_b
+                                        else kernel_set(c).kgrouped(x, y, tokens_per_expert))) for c in cands}
     choice = f"{min(t_m, key=t_m.get)}/{min(t_k, key=t_k.get)}"
     _auto_cache[key] = choice
     return choice

@@ -207,6 +207,8 @@ _kgrouped_tuned = triton.autotune(_K_CONFIGS + _SMALL, key=["P", "Q", "M_BUCKET"
                                   prune_configs_by={"early_config_prune": _prune})(_kgrouped_kernel)
 # Small fixed blocks for the CPU interpreter (tests): autotuning there would only cost time.
 _INTERP = {"BM": 16, "BN": 16, "BK": 16, "GROUP_M": 2, "num_warps": 4}
+# Whether this module's kernels were created by Triton's interpreter (decided when it is imported).
+_INTERPRETED = interpreter_active()
 # Tests flip this to run the tensor-descriptor (TMA) code path in the interpreter too.
 INTERPRETER_USE_TMA = False
 
@@ -239,7 +241,7 @@ def mgrouped(x: torch.Tensor, w: torch.Tensor, counts: torch.Tensor, trans_b: bo
     E, e_pow2, sms, bucket, prec = _common(x, counts)
     ensure_allocator(x.device)
     args = (x, w, y, counts, R, N, K, E, bucket)
-    if interpreter_active():
+    if _INTERPRETED:
         tma = INTERPRETER_USE_TMA and _tma_ok(x, w)
         kw = dict(_INTERP, USE_TMA=tma, EPI_TMA=tma)
         grid = (min(sms, (triton.cdiv(R, kw["BM"]) + E) * triton.cdiv(N, kw["BN"])),)
@@ -270,7 +272,7 @@ def kgrouped(a: torch.Tensor, b: torch.Tensor, counts: torch.Tensor) -> torch.Te
     E, e_pow2, sms, bucket, prec = _common(a, counts)
     ensure_allocator(a.device)
     args = (a, b, c, counts, R, P, Q, E, bucket)
-    if interpreter_active():
+    if _INTERPRETED:
         tma = INTERPRETER_USE_TMA and _tma_ok(a, b)
         kw = dict(_INTERP, USE_TMA=tma, EPI_TMA=tma)
         grid = (min(sms, E * triton.cdiv(P, kw["BM"]) * triton.cdiv(Q, kw["BN"])),)
