@@ -5,6 +5,8 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from xt.core.config import TrainConfig
 from xt.core.engine import Trainer, forward_backward
@@ -130,3 +132,27 @@ def test_bad_model_output_is_reported():
     with pytest.raises(KeyError, match="labels"):
         forward_backward(TinyLM(), [{"input_ids": torch.zeros(3, dtype=torch.long)}],
                          LocalDistContext(), torch.device("cpu"))
+
+
+@settings(max_examples=12, deadline=None)
+@given(lengths=st.lists(st.integers(1, 10), min_size=1, max_size=7),
+       cuts=st.lists(st.booleans(), min_size=6, max_size=6), seed=st.integers(0, 2**16))
+def test_any_split_gives_same_loss_and_grads(lengths, cuts, seed):
+    """Random documents (length 1 has no label at all) and random micro-batch boundaries."""
+    torch.manual_seed(0)
+    model = TinyLM()
+    gen = torch.Generator().manual_seed(seed)
+    docs = [make_doc(gen, n, 23, ignore_p=0.3) for n in lengths]
+    groups, cur = [], [docs[0]]
+    for doc, cut in zip(docs[1:], cuts):
+        if cut:
+            groups.append(cur)
+            cur = []
+        cur.append(doc)
+    groups.append(cur)
+    s1, g1 = _run(model, [pack(docs)])
+    sk, gk = _run(model, [pack(g) for g in groups])
+    assert s1.loss_tokens == sk.loss_tokens
+    assert float(sk.loss) == pytest.approx(float(s1.loss), rel=1e-6, abs=1e-12)
+    for name in g1:
+        assert torch.allclose(gk[name], g1[name], rtol=1e-5, atol=1e-7), name
