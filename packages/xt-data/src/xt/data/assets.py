@@ -134,18 +134,31 @@ def _run_client(asset: Asset, workdir: Path) -> Path:
     return out
 
 
-def _archive_members(archive: Path) -> list[tuple[str, bytes]]:
-    """Return (member path, bytes) for every regular file in a .tgz/.tar.gz or zip (.whl) archive."""
-    out = []
+def _extract(archive: Path, patterns: tuple[str, ...], dest: Path) -> int:
+    """Write the regular files of a .tgz/.tar.gz or zip (.whl) archive whose member path matches
+    one of `patterns` into `dest`, flat by basename (no member path is trusted). Returns the count."""
+    kept = 0
     if archive.name.endswith((".tgz", ".tar.gz")):
         with tarfile.open(archive, "r:gz") as tf:
             for m in tf.getmembers():
-                if m.isfile():
-                    out.append((m.name, tf.extractfile(m).read()))
+                if m.isfile() and any(fnmatch.fnmatchcase(m.name, p) for p in patterns):
+                    (dest / Path(m.name).name).write_bytes(tf.extractfile(m).read())
+                    kept += 1
     else:
         with zipfile.ZipFile(archive) as zf:
-            out = [(n, zf.read(n)) for n in zf.namelist() if not n.endswith("/")]
-    return out
+            for n in zf.namelist():
+                if not n.endswith("/") and any(fnmatch.fnmatchcase(n, p) for p in patterns):
+                    (dest / Path(n).name).write_bytes(zf.read(n))
+                    kept += 1
+    return kept
+
+
+def _is_complete(target: Path, sha256: str) -> bool:
+    """True when `target` holds a finished unpack of the archive with checksum `sha256`."""
+    try:
+        return json.loads((target / _MARKER).read_text()).get("sha256") == sha256
+    except (OSError, ValueError):
+        return False
 
 
 def _download(asset: Asset, downloads: Path) -> Path:
@@ -181,34 +194,25 @@ def asset_path(name: str) -> Path:
     root = cache_dir()
     version = asset.spec.replace("==", "@").rsplit("@", 1)[1]
     target = root / "assets" / f"{name}-{version}"
-    marker = target / _MARKER
-    if marker.is_file():
-        try:
-            if json.loads(marker.read_text()).get("sha256") == asset.sha256:
-                return target
-        except (OSError, ValueError):
-            pass
+    if _is_complete(target, asset.sha256):
+        return target
     archive = _download(asset, root / "downloads")
     (root / "assets").mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root / "assets", prefix=f".{name}-") as tmp:
         staging = Path(tmp) / "out"
         staging.mkdir()
-        kept = 0
-        for member, data in _archive_members(archive):
-            if any(fnmatch.fnmatchcase(member, pat) for pat in asset.members):
-                (staging / Path(member).name).write_bytes(data)
-                kept += 1
+        kept = _extract(archive, asset.members, staging)
         if kept == 0:
             raise AssetError(f"asset {name!r}: no member of {archive} matches {asset.members}")
         (staging / _MARKER).write_text(json.dumps({"spec": asset.spec, "sha256": asset.sha256,
                                                    "files": kept}))
-        if target.exists():  # a stale or concurrent unpack: replace it only if it is not complete
-            if marker.is_file():
-                return target
+        if _is_complete(target, asset.sha256):  # another process finished first
+            return target
+        if target.exists():  # a stale or interrupted unpack
             shutil.rmtree(target)
         try:
             os.rename(staging, target)
         except OSError:
-            if not marker.is_file():  # lost a race with another process only if it finished
+            if not _is_complete(target, asset.sha256):  # lost a race only if the winner finished
                 raise
     return target
