@@ -5,7 +5,8 @@ import msgspec
 import pytest
 
 from xt.core.config import (CheckpointConfig, ConfigError, ConfigFieldError, ConfigStruct,
-                            OptimConfig, ScheduleConfig, TrainConfig, load_config, parse_override)
+                            OptimConfig, ScheduleConfig, TrainConfig, dump_config, load_config,
+                            parse_override)
 
 
 class ModelSection(ConfigStruct):
@@ -189,3 +190,22 @@ def test_sections_that_accept_unknown_keys_are_refused():
 
     with pytest.raises(TypeError, match="Loose"):
         load_config(None, Bad, [])
+
+
+def test_dump_config_round_trips(tmp_path):
+    class Extra(ConfigStruct):
+        tags: dict[str, int] = {}
+        top_level_value: float = 0.5
+
+    class WithExtra(Top):
+        extra: Extra = Extra()
+        note: str = ""
+
+    cfg = load_config(_write(tmp_path, GOOD), WithExtra, [
+        'note="a \\"quoted\\" ü"', "extra.tags={a = 1, b-c = 2}", "train.peak_tflops=12.5",
+        "optim.betas=[0.5, 0.25]", "checkpoint.resume=auto"])
+    text = dump_config(cfg)
+    again = load_config(_write(tmp_path, text, "dumped.toml"), WithExtra, [])
+    assert again == cfg
+    assert cfg.note == 'a "quoted" ü' and cfg.extra.tags == {"a": 1, "b-c": 2}
+    assert dump_config(load_config(None, Top, ["model.name=x"])).count("[train]") == 1
