@@ -130,12 +130,15 @@ def test_gradients_match_hf(tmp_path, tied):
         assert rel_err(p.grad, hf_grads[name].grad) <= 1e-5, name
 
 
-def test_bf16_logits_close_to_hf_fp32(tmp_path):
+def test_bf16_error_no_worse_than_hf_bf16(tmp_path):
+    """Against the fp32 reference, our bf16 logits are at least as accurate as HF's own bf16 run."""
     # F=16: torch._grouped_mm (the kernels' CPU choice) needs 16-byte aligned rows in bf16
     hf, ours = hf_and_ours(tmp_path, moe=True, moe_intermediate_size=16)
     ids = torch.randint(0, VOCAB, (2, 16))
     with torch.no_grad():
         ref = hf(ids).logits
+        hf_bf16 = hf.to(torch.bfloat16)(ids).logits
         got = ours.to(torch.bfloat16)(ids).logits
     assert got.dtype == torch.bfloat16
-    assert rel_err(got, ref) <= 1e-2
+    assert rel_err(got, ref) <= 1.1 * rel_err(hf_bf16, ref)
+    assert rel_err(got, hf_bf16) <= 2e-2
