@@ -105,6 +105,8 @@ def test_keep_last_and_explicit_resume_errors(tmp_path):
         resolve_resume(tmp_path / "checkpoints" / "step-1", tmp_path)
     assert resolve_resume("auto", tmp_path / "elsewhere") is None
     assert resolve_resume(None, tmp_path) is None
+    with pytest.raises(FileExistsError, match="resume='auto'"):  # a fresh run would mix steps
+        _trainer(tmp_path, steps=5).fit()
 
 
 def test_resave_same_step_replaces_it(tmp_path):

@@ -23,7 +23,8 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from xt.core.checkpoint import load_checkpoint, resolve_resume, save_checkpoint, seed_everything
+from xt.core.checkpoint import (latest_checkpoint, load_checkpoint, resolve_resume,
+                                save_checkpoint, seed_everything)
 from xt.core.config import CheckpointConfig, OptimConfig, ScheduleConfig, TrainConfig
 from xt.core.distributed import DistContext, LocalDistContext
 from xt.core.engine.metrics import (MetricsWriter, default_peak_tflops, max_memory_gib, mfu,
@@ -207,6 +208,8 @@ class Trainer:
         Raises:
             FloatingPointError: on a non-finite gradient norm (see `train_step`).
             FileNotFoundError / ValueError: for a bad explicit resume path.
+            FileExistsError: on a fresh start in an `out_dir` that already holds checkpoints
+                (their steps would mix with this run's under resume="auto").
         """
         t_start = time.perf_counter()
         cfg, main = self.train_cfg, self.dist.is_main
@@ -214,7 +217,14 @@ class Trainer:
         if path is not None:
             self.load(path)
         else:
+            old = latest_checkpoint(self.out_dir)
+            if old is not None:
+                raise FileExistsError(
+                    f"{self.out_dir} already holds checkpoints (latest {old.name}) from an earlier "
+                    "run; resume it with resume='auto' (--resume auto) or use another "
+                    "train.out_dir")
             seed_everything(cfg.seed)
+        self.model.train()
         metrics_path = self.out_dir / "metrics.jsonl"
         writer = MetricsWriter(metrics_path, self.step if path else None) if main else None
         last_ckpt: Path | None = path
@@ -222,23 +232,25 @@ class Trainer:
         stop = min(cfg.steps, until_step if until_step is not None else cfg.steps)
         every, early = self.ckpt_cfg.every_steps, False
         it = iter(self.loader)
-        with ProgressReporter(stop, self.step, cfg.log_every, main, self.console) as rep:
-            if path is not None:
-                rep.print(f"resumed from {path} at step {self.step}")
-            while self.step < stop:
-                mbs = self._draw(it)
-                if mbs is None:
-                    early = True
-                    rep.print(f"loader exhausted after step {self.step}; stopping")
-                    break
-                last = self.train_step(mbs)
-                if writer:
-                    writer.write(last)
-                rep.update(self.step, last)
-                if every and self.step % every == 0:
-                    last_ckpt = self.save()
-        if writer:
-            writer.close()
+        try:
+            with ProgressReporter(stop, self.step, cfg.log_every, main, self.console) as rep:
+                if path is not None:
+                    rep.print(f"resumed from {path} at step {self.step}")
+                while self.step < stop:
+                    mbs = self._draw(it)
+                    if mbs is None:
+                        early = True
+                        rep.print(f"loader exhausted after step {self.step}; stopping")
+                        break
+                    last = self.train_step(mbs)
+                    if writer:
+                        writer.write(last)
+                    rep.update(self.step, last)
+                    if every and self.step % every == 0:
+                        last_ckpt = self.save()
+        finally:
+            if writer:
+                writer.close()
         saved_now = last_ckpt is not None and last_ckpt.name == f"step-{self.step}"
         if self.ckpt_cfg.save_final and not saved_now:
             last_ckpt = self.save()
