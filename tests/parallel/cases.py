@@ -35,6 +35,13 @@ def _batches(spec: dict, step: int) -> list[dict]:
 
 
 def _optimizer(model, spec):
+    """AdamW by default. ``spec["optim"] == "sgd"``: SGD with momentum, whose update is linear in the
+    gradient. Adam's first steps are ~lr * sign(grad) per element, so an element whose true gradient
+    is ~0 (up to fp32 rounding of a cancelling sum) can move by a visible amount in either run:
+    randomly drawn cases (e.g. a first step with no label tokens) use SGD to keep the 1e-5 bound
+    meaningful; fixed cases and the HF test use AdamW."""
+    if spec.get("optim", "adamw") == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=spec["lr"], momentum=0.9, weight_decay=0.1)
     return torch.optim.AdamW(model.parameters(), lr=spec["lr"], betas=(0.9, 0.95), weight_decay=0.1)
 
 
@@ -93,6 +100,98 @@ def run_toy(spec: dict, state: dict) -> dict:
         batch = ctx.shard_batch(_batches(spec, step)[ctx.dp_rank])
         n_tok = ctx.all_reduce_sum((batch["labels"] != IGNORE_INDEX).sum())
         loss = model(**batch).loss_sum / n_tok.clamp(min=1).float()
+        loss.backward()
+        out["loss"].append(float(ctx.all_reduce_sum(loss.detach().clone())))
+        if step == 0:
+            out["grads"] = gather_full(model, meshes.ep_group, grads=True)
+        out["grad_norm"].append(float(ctx.clip_grad_norm_(model.parameters(), spec["max_norm"])))
+        opt.step()
+        opt.zero_grad()
+    out["params"] = gather_full(model, meshes.ep_group)
+    dist.barrier()
+    return out
+
+
+# --- Hugging Face transformers Qwen3MoeForCausalLM (reuse outside XT) --------------------------------
+
+def build_hf(spec: dict):
+    """Tiny HF Qwen3-MoE, fp32, eager attention (the stock reference)."""
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+    cfg = Qwen3MoeConfig(**spec["hf_config"], attn_implementation="eager")
+    torch.manual_seed(spec["seed"])
+    return Qwen3MoeForCausalLM(cfg).float()
+
+
+def _hf_loss_sum(model, batch: dict, packed_kwargs: dict | None) -> torch.Tensor:
+    """Summed CE. Without `packed_kwargs` (stock HF) each document runs as its own sequence: stock
+    transformers does not mask attention between documents packed into one row."""
+    if packed_kwargs is not None:
+        logits = model(**packed_kwargs).logits[0].float()
+        return torch.nn.functional.cross_entropy(logits, batch["labels"], ignore_index=IGNORE_INDEX, reduction="sum")
+    cu = batch["cu_seqlens"].tolist()
+    total = 0.0
+    for s, e in zip(cu[:-1], cu[1:]):
+        logits = model(input_ids=batch["input_ids"][None, s:e], position_ids=batch["position_ids"][None, s:e]).logits[0]
+        total = total + torch.nn.functional.cross_entropy(logits.float(), batch["labels"][s:e], ignore_index=IGNORE_INDEX,
+                                                          reduction="sum")
+    return total
+
+
+def _hf_batches(spec: dict, step: int) -> list[dict]:
+    return [make_batch(spec["seed"] * 1000 + step * 10 + r, lens, spec["hf_config"]["vocab_size"])
+            for r, lens in enumerate(spec["docs"][step])]
+
+
+def reference_hf(spec: dict) -> dict:
+    """Stock HF model (eager attention, per-expert loop) in one process, document by document."""
+    model = build_hf(spec)
+    opt = _optimizer(model, spec)
+    out = {"loss": [], "grad_norm": []}
+    for step in range(len(spec["docs"])):
+        batches = _hf_batches(spec, step)
+        n_tok = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in batches)
+        total = 0.0
+        for b in batches:
+            loss = _hf_loss_sum(model, b, None) / max(n_tok, 1)
+            loss.backward()
+            total += loss.item()
+        out["loss"].append(total)
+        if step == 0:
+            out["grads"] = {k: p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
+                            for k, p in model.named_parameters()}
+        out["grad_norm"].append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), spec["max_norm"])))
+        opt.step()
+        opt.zero_grad()
+    out["params"] = {k: p.detach().clone() for k, p in model.named_parameters()}
+    return out
+
+
+def run_hf(spec: dict, state: dict) -> dict:
+    """HF model with xt.parallel applied from outside: experts adapter + EP, Ulysses, AC, FSDP2."""
+    import torch.distributed as dist
+
+    from xt.parallel import ParallelConfig, build_meshes, parallelize
+    from xt.parallel.gather import gather_full
+    from xt.parallel.hf_qwen3_moe import adapt_hf_moe_experts, enable_varlen_attention, hf_packed_inputs
+    cfg = ParallelConfig(**spec["layout"])
+    model = build_hf(spec)
+    key = ("hf", cfg.fsdp_size, cfg.hsdp_replicate, cfg.ep_size, cfg.sp_size)
+    if key not in state.setdefault("meshes", {}):
+        c = model.config
+        state["meshes"][key] = build_meshes(cfg, "cpu", num_experts=c.num_experts,
+                                            num_attention_heads=c.num_attention_heads,
+                                            num_key_value_heads=c.num_key_value_heads)
+    meshes = state["meshes"][key]
+    meshes.cfg = cfg
+    adapt_hf_moe_experts(model)
+    enable_varlen_attention(model)
+    model, ctx = parallelize(model, cfg, device_type="cpu", meshes=meshes)
+    opt = _optimizer(model, spec)
+    out = {"loss": [], "grad_norm": []}
+    for step in range(len(spec["docs"])):
+        batch = ctx.shard_batch(_hf_batches(spec, step)[ctx.dp_rank])
+        n_tok = ctx.all_reduce_sum((batch["labels"] != IGNORE_INDEX).sum())
+        loss = _hf_loss_sum(model, batch, hf_packed_inputs(batch)) / n_tok.clamp(min=1).float()
         loss.backward()
         out["loss"].append(float(ctx.all_reduce_sum(loss.detach().clone())))
         if step == 0:

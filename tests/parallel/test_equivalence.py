@@ -5,7 +5,8 @@ For world sizes 1, 2 and 4, a persistent process group runs many cases. Each cas
 packed micro-batches with random document lengths per data-parallel rank and a routing skew
 (none / all tokens to one expert / half the experts empty = a whole EP rank idle), then compares
 with a single-process run on the same data: loss, global grad norm, every gradient gathered to full
-(step 1) and every parameter after two AdamW steps with gradient clipping (rel err <= 1e-5).
+(step 1) and every parameter after two optimizer steps with gradient clipping (AdamW for the
+layout sweep, SGD with momentum for drawn cases: see `cases._optimizer`), rel err <= 1e-5.
 """
 from __future__ import annotations
 
@@ -29,8 +30,8 @@ def _model(kv_heads: int, num_experts: int, top_k: int) -> dict:
                 num_experts_per_tok=top_k, moe_intermediate_size=8)
 
 
-def _spec(model: dict, layout: dict, ac: float, skew: str, docs, seed: int) -> dict:
-    return dict(fn="cases:run_toy", model=model, seed=seed, skew=skew, docs=docs, lr=1e-2, max_norm=0.5,
+def _spec(model: dict, layout: dict, ac: float, skew: str, docs, seed: int, optim: str = "adamw") -> dict:
+    return dict(fn="cases:run_toy", model=model, seed=seed, skew=skew, docs=docs, lr=1e-2, max_norm=0.5, optim=optim,
                 layout=dict(layout, activation_checkpointing=ac, param_dtype=None, reduce_dtype=None))
 
 
@@ -42,7 +43,8 @@ def cases(draw, world: int):
     doc = st.lists(st.integers(1, 12), min_size=1, max_size=4)
     docs = [[draw(doc) for _ in range(dp)] for _ in range(2)]
     return _spec(model, layout, draw(st.sampled_from(AC)),
-                 draw(st.sampled_from(["none", "one_expert", "empty_experts"])), docs, draw(st.integers(0, 10**6)))
+                 draw(st.sampled_from(["none", "one_expert", "empty_experts"])), docs, draw(st.integers(0, 10**6)),
+                 optim="sgd")
 
 
 def _check(pools, world: int, spec: dict) -> None:

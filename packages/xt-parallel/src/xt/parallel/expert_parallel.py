@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed._functional_collectives import all_to_all_single_autograd
+
+from xt.parallel.comm import all_to_all
 
 from xt.kernels.moe import PermuteInfo, permute, unpermute
 
@@ -148,7 +149,7 @@ class AllToAllDispatcher(nn.Module):
             x_sorted = x_sorted.index_select(0, keep_index)
         regroup_index = None
         if P > 1:
-            x_recv = all_to_all_single_autograd(x_sorted.contiguous(), recv_splits, send_splits, self.ep_group)
+            x_recv = all_to_all(x_sorted.contiguous(), recv_splits, send_splits, self.ep_group)
             c = recv_counts.view(P, El)
             tokens_per_local_expert = c.sum(0)
             if El > 1:
@@ -169,7 +170,7 @@ class AllToAllDispatcher(nn.Module):
         if self.ep_size > 1:
             if ctx.regroup_index is not None:
                 y = torch.zeros_like(y).index_copy(0, ctx.regroup_index, y)
-            y = all_to_all_single_autograd(y.contiguous(), ctx.send_splits, ctx.recv_splits, self.ep_group)
+            y = all_to_all(y.contiguous(), ctx.send_splits, ctx.recv_splits, self.ep_group)
         if ctx.keep_index is not None:
             y = y.new_zeros(ctx.num_rows, y.shape[-1]).index_copy(0, ctx.keep_index, y)
         return unpermute(y.contiguous(), ctx.info, ctx.topk_weights)

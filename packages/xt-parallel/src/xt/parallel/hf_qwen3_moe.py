@@ -84,6 +84,9 @@ def _hf_attention(module, query, key, value, attention_mask, scaling=None, dropo
     """transformers attention-interface function: ``query [B=1, Hq, S, d]`` -> ``([1, S, Hq, d], None)``."""
     if query.shape[0] != 1:
         raise ValueError(f"{ATTN_NAME} attention needs packed input (batch 1); got batch {query.shape[0]}")
+    if key.shape[2] != query.shape[2]:
+        raise ValueError(f"{ATTN_NAME} attention is for training: keys ({key.shape[2]}) and queries ({query.shape[2]}) "
+                         "must cover the same tokens (call the model with use_cache=False)")
     if kwargs.get("sliding_window") is not None:
         raise NotImplementedError(f"{ATTN_NAME} attention does not implement sliding windows")
     cu = kwargs.get("cu_seq_lens_q")
@@ -131,11 +134,13 @@ def hf_packed_inputs(batch: dict) -> dict:
 
     Returns:
         ``input_ids [1, T]``, ``position_ids [1, T]``, ``cu_seq_lens_q/k [D+1]`` int32,
-        ``max_length_q/k`` int (global when the batch came from ``shard_batch_for_sp``).
+        ``max_length_q/k`` int (global when the batch came from ``shard_batch_for_sp``),
+        ``use_cache=False`` (a KV cache would grow again during activation-checkpointing recomputation).
     """
     cu = batch["cu_seqlens"].to(torch.int32)
     max_len = batch.get("max_seqlen")
     if max_len is None:
         max_len = int((cu[1:] - cu[:-1]).max())
     return {"input_ids": batch["input_ids"].unsqueeze(0), "position_ids": batch["position_ids"].unsqueeze(0),
-            "cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": max_len, "max_length_k": max_len}
+            "cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": max_len, "max_length_k": max_len,
+            "use_cache": False}

@@ -16,7 +16,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed._functional_collectives import all_to_all_single_autograd
+
+from xt.parallel.comm import all_to_all
 
 __all__ = ["UlyssesAttention", "seq_to_heads", "heads_to_seq", "kv_repeat_for_sp"]
 
@@ -31,13 +32,13 @@ def seq_to_heads(x: torch.Tensor, group: dist.ProcessGroup, sp_size: int) -> tor
     if h % sp_size:
         raise ValueError(f"Ulysses: {h} heads cannot be split over sp_size={sp_size}")
     send = x.reshape(tl, sp_size, h // sp_size, d).transpose(0, 1).contiguous().view(sp_size * tl, h // sp_size, d)
-    return all_to_all_single_autograd(send, None, None, group)
+    return all_to_all(send, None, None, group)
 
 
 def heads_to_seq(x: torch.Tensor, group: dist.ProcessGroup, sp_size: int) -> torch.Tensor:
     """Inverse of :func:`seq_to_heads`: ``[P*Tl, H/P, d]`` -> ``[Tl, H, d]``."""
     t, hp, d = x.shape
-    recv = all_to_all_single_autograd(x.contiguous(), None, None, group)
+    recv = all_to_all(x.contiguous(), None, None, group)
     tl = t // sp_size
     return recv.view(sp_size, tl, hp, d).transpose(0, 1).reshape(tl, sp_size * hp, d)
 
