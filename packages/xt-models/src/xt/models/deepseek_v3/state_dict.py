@@ -27,7 +27,8 @@ _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.*)$")
 def hf_to_xt(sd: dict[str, torch.Tensor], config: DeepseekV3Config) -> dict[str, torch.Tensor]:
     """HF DeepSeek-V3 state dict -> XT state dict.
 
-    MTP layers (``model.layers.{L+k}``) are kept only for ``k < config.mtp_layers``.
+    MTP layers (``model.layers.{L+k}``) are kept only for ``k < config.mtp_layers`` (``mtp_layers`` is an
+    XT option, 0 unless set: hub configs announce ``num_nextn_predict_layers`` with or without weights).
 
     Raises:
         ValueError: an MoE layer with missing experts (names the layer and expert).
@@ -36,11 +37,11 @@ def hf_to_xt(sd: dict[str, torch.Tensor], config: DeepseekV3Config) -> dict[str,
     out: dict[str, torch.Tensor] = {}
     experts: dict[str, dict[int, dict[str, torch.Tensor]]] = {}
     for k, v in sd.items():
+        lm = _LAYER.match(k)
         m = _PER_EXPERT.match(k)
-        if m:
+        if m and int(lm.group(1)) < L:
             experts.setdefault(m.group(1), {}).setdefault(int(m.group(2)), {})[m.group(3)] = v
             continue
-        lm = _LAYER.match(k)
         if lm and int(lm.group(1)) >= L:
             depth = int(lm.group(1)) - L
             rest = lm.group(2)
