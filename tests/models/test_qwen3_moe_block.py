@@ -28,7 +28,7 @@ def _dense_reference(block: MoEBlock, x: torch.Tensor) -> torch.Tensor:
 
 
 @settings(max_examples=15, deadline=None)
-@given(T=st.integers(1, 9), skew=st.booleans(), norm=st.booleans())
+@given(T=st.integers(0, 9), skew=st.booleans(), norm=st.booleans())
 def test_moe_block_matches_per_token_loop(T, skew, norm):
     torch.manual_seed(T)
     block = MoEBlock.swiglu_topk(D, FF, E, K, norm_topk_prob=norm, init_std=0.5).double()
