@@ -137,16 +137,17 @@ class AllToAllDispatcher(nn.Module):
         send_splits, recv_splits = host[:P], host[P:2 * P]
         kept_host = host[2 * P:2 * P + E]
         keep_index = None
-        if dropped_dev is not None and int(host[-1]):
+        if dropped_dev is not None:
+            dropped = int(host[-1])
             if not _in_backward():  # not an activation-checkpointing recomputation: count once
-                self.last_dropped_rows = int(host[-1])
-                self.dropped_rows += self.last_dropped_rows
-                log.warning("MoE capacity_factor=%s dropped %d of %d routed rows on this rank (total so far %d)",
-                            self.capacity_factor, self.last_dropped_rows, R, self.dropped_rows)
-        elif dropped_dev is not None and not _in_backward():
-            self.last_dropped_rows = 0
-            keep_index = block_gather_index(_exclusive_cumsum(counts), kept, sum(kept_host))
-            x_sorted = x_sorted.index_select(0, keep_index)
+                self.last_dropped_rows = dropped
+                self.dropped_rows += dropped
+                if dropped:
+                    log.warning("MoE capacity_factor=%s dropped %d of %d routed rows on this rank (total so far %d)",
+                                self.capacity_factor, dropped, R, self.dropped_rows)
+            if dropped:
+                keep_index = block_gather_index(_exclusive_cumsum(counts), kept, sum(kept_host))
+                x_sorted = x_sorted.index_select(0, keep_index)
         regroup_index = None
         if P > 1:
             x_recv = all_to_all(x_sorted.contiguous(), recv_splits, send_splits, self.ep_group)
