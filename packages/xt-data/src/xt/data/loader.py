@@ -126,10 +126,13 @@ class PackedLoader:
         self.steps, self.epoch = int(state["steps"]), int(state["last_epoch"])
 
     def summary(self) -> dict:
-        """Facts for the run log: documents, tokens, chunks, micro-batches in epoch 0, the budget,
-        bad records skipped (with the first reasons) and empty records skipped."""
+        """Facts for the run log: documents, tokens, chunks, micro-batches in epoch 0, packing fill
+        (tokens / (micro-batches * budget)), the budget, bad records skipped (with the first
+        reasons) and empty records skipped."""
+        n = self.batches_in_epoch(0)
         return {"documents": self.dataset.num_documents, "tokens": self.dataset.num_tokens,
-                "chunks": self.num_chunks, "micro_batches_per_epoch": self.batches_in_epoch(0),
+                "chunks": self.num_chunks, "micro_batches_per_epoch": n,
+                "fill": round(self.dataset.num_tokens / (n * self.budget), 4),
                 "tokens_per_micro_batch": self.budget, "max_seq_len": self.chunk_len,
                 "skipped": self.dataset.skipped, "skipped_examples": list(self.dataset.skipped_examples),
                 "empty": self.dataset.empty}
