@@ -1,0 +1,101 @@
+"""Build the pieces of a run from an :class:`~xt.cli.config.XTConfig`: model, loader, layout."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from xt.cli.config import ModelSection, XTConfig
+from xt.core.distributed import DistContext, LocalDistContext
+from xt.data import build_loader, load_tokenizer
+from xt.kernels.config import apply_kernels_config
+from xt.models import build_model, from_pretrained
+from xt.models.common.hf_config import read_config_json
+
+__all__ = ["build_run_model", "build_run_loader", "want_distributed", "apply_layout", "device_for_run"]
+
+
+def device_for_run() -> torch.device:
+    """``cuda:LOCAL_RANK`` when CUDA is available, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def _hf_dict(section: ModelSection) -> dict[str, Any]:
+    if section.config is not None:
+        d = dict(section.config)
+    else:
+        d = read_config_json(Path(section.hf_config or section.init_from))
+    d.update(section.overrides)
+    return d
+
+
+def build_run_model(section: ModelSection, device: torch.device) -> nn.Module:
+    """The model of `section`: random weights (seeded beforehand) or loaded from an HF checkpoint.
+
+    Raises:
+        xt.models.ConfigError: bad or unknown HF config fields (named).
+        FileNotFoundError / ValueError: `init_from` lacks weights or they do not match.
+    """
+    if section.init_from:
+        if section.overrides:
+            raise ValueError("model.overrides cannot change the shape of a pretrained checkpoint "
+                             "(model.init_from); remove them")
+        from xt.cli.convert import is_xt_weights, load_xt_weights
+        if is_xt_weights(section.init_from):
+            return load_xt_weights(section.init_from, device=device, attn_backend=section.attn_backend)
+        return from_pretrained(section.init_from, device=device, attn_backend=section.attn_backend)
+    return build_model(_hf_dict(section), device=device, attn_backend=section.attn_backend)
+
+
+def build_run_loader(cfg: XTConfig, dist: DistContext):
+    """The packed, resumable loader of `cfg.data`, sharded over data-parallel ranks."""
+    dp_rank = getattr(dist, "dp_rank", 0)
+    dp_size = getattr(dist, "dp_size", 1)
+    loader = build_loader(cfg.data, dp_rank=dp_rank, dp_size=dp_size)
+    if getattr(dist, "sp_size", 1) > 1:
+        return SequenceShardedLoader(loader, dist)
+    return loader
+
+
+class SequenceShardedLoader:
+    """Wraps a loader so each micro-batch is cut to this rank's Ulysses slice (`dist.shard_batch`).
+
+    The state is the wrapped loader's: all SP ranks of one data-parallel group read the same
+    micro-batches and keep only their slice.
+    """
+
+    def __init__(self, loader, dist) -> None:
+        self.loader, self.dist = loader, dist
+
+    def __iter__(self):
+        for batch in self.loader:
+            yield self.dist.shard_batch(batch)
+
+    def state_dict(self) -> dict:
+        """The wrapped loader's state."""
+        return self.loader.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the wrapped loader's state."""
+        self.loader.load_state_dict(state)
+
+
+def want_distributed(cfg: XTConfig) -> bool:
+    """True under torchrun (``WORLD_SIZE`` set) or when the config asks for a parallel layout."""
+    p = cfg.parallel
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 or "RANK" in os.environ or \
+        p.ep_size > 1 or p.sp_size > 1
+
+
+def apply_layout(model: nn.Module, cfg: XTConfig, device: torch.device) -> tuple[nn.Module, DistContext]:
+    """Apply kernel backends, then (under torchrun) FSDP2 / EP / Ulysses / AC from `cfg.parallel`."""
+    apply_kernels_config(cfg.kernels)
+    if not want_distributed(cfg):
+        return model, LocalDistContext()
+    from xt.parallel import parallelize
+    return parallelize(model, cfg.parallel, device_type=device.type)

@@ -1,0 +1,89 @@
+"""`xt train`: compose config, data, model, parallel layout and the engine into one run."""
+from __future__ import annotations
+
+import functools
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from rich.console import Console
+
+from xt.cli.build import apply_layout, build_run_loader, build_run_model, device_for_run
+from xt.cli.config import XTConfig, load_xt_config
+from xt.cli.export import export_hf
+from xt.core.checkpoint import seed_everything
+from xt.core.engine import Trainer, TrainResult
+from xt.data import load_tokenizer
+from xt.models import from_pretrained, generate
+
+__all__ = ["run_train", "greedy_sample"]
+
+
+def greedy_sample(model, tokenizer, prompt: str, max_new_tokens: int, chat: bool = False) -> str:
+    """Greedy continuation of `prompt` (wrapped in the chat template when `chat`), decoded."""
+    if chat:
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=True,
+                                            add_generation_prompt=True, enable_thinking=False)
+        if hasattr(ids, "keys"):
+            ids = ids["input_ids"]
+    else:
+        ids = tokenizer.encode(prompt, add_special_tokens=False)
+    device = next(model.parameters()).device
+    prompt_ids = torch.tensor(ids, dtype=torch.long, device=device)
+    out = generate(model, prompt_ids, max_new_tokens, eos_token_id=tokenizer.eos_token_id)
+    return tokenizer.decode(out[len(ids):].tolist(), skip_special_tokens=True)
+
+
+def run_train(config: str | Path | None, overrides: Sequence[str] = (), resume: str | None = None,
+              console: Console | None = None) -> TrainResult:
+    """Train as `config` says (see :mod:`xt.cli.config`); returns the engine's `TrainResult`.
+
+    Prints where the outputs are (metrics JSONL, loss-curve PNG, checkpoints, HF export) and a
+    greedy sample from the exported model.
+
+    Raises:
+        xt.core.config.ConfigError: bad config (named key, file and line).
+    """
+    console = console or Console()
+    cfg: XTConfig = load_xt_config(config, overrides)
+    t0 = time.perf_counter()
+    device = device_for_run()
+    seed_everything(cfg.train.seed)
+    model = build_run_model(cfg.model, device)
+    model, dist = apply_layout(model, cfg, device)
+    is_main = getattr(dist, "is_main", True)
+    n_params = sum(p.numel() for p in model.parameters())
+    loader = build_run_loader(cfg, dist)
+    if is_main:
+        console.print(f"[bold]xt train[/bold] {config}: {type(model).__name__}, "
+                      f"{n_params / 1e6:.1f}M parameters (this rank), device {device}, "
+                      f"world size {getattr(dist, 'world_size', 1)}; setup {time.perf_counter() - t0:.1f}s")
+    trainer = Trainer(model, loader, cfg.train, cfg.optim, cfg.schedule, cfg.checkpoint, dist=dist,
+                      export_hf=functools.partial(export_hf, dist=dist), console=console)
+    result = trainer.fit(resume=resume if resume is not None else cfg.checkpoint.resume)
+    skipped = getattr(loader, "skipped", 0)
+    if is_main:
+        _report(console, cfg, result, skipped)
+    return result
+
+
+def _report(console: Console, cfg: XTConfig, result: TrainResult, skipped: int) -> None:
+    out = Path(cfg.train.out_dir)
+    console.print(f"\n[bold]done[/bold]: {result.step} steps in {result.wall_s:.0f}s"
+                  + (" (data ran out)" if result.stopped_early else ""))
+    if skipped:
+        console.print(f"skipped {skipped} bad records (data.on_error = 'skip')")
+    console.print(f"  metrics     {result.metrics_path}")
+    if result.plot_path:
+        console.print(f"  loss curve  {result.plot_path}")
+    if result.checkpoint:
+        console.print(f"  checkpoint  {result.checkpoint}")
+    if result.hf_path:
+        console.print(f"  HF model    {result.hf_path}")
+    if cfg.sample.max_new_tokens and result.hf_path:
+        tok = load_tokenizer(cfg.data.tokenizer)
+        model = from_pretrained(result.hf_path)
+        text = greedy_sample(model, tok, cfg.sample.prompt, cfg.sample.max_new_tokens, cfg.sample.chat)
+        console.print(f"  sample      {cfg.sample.prompt!r} -> {text!r}")
+    console.print(f"  (run folder {out})")
