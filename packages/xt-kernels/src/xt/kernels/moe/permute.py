@@ -90,7 +90,7 @@ def unpermute_reference(y_sorted: torch.Tensor, info: PermuteInfo, topk_weights:
         row_of_slot = torch.empty_like(info.sorted_row_ids)
         row_of_slot[info.sorted_row_ids] = torch.arange(T * K, device=row_of_slot.device)
     acc = torch.promote_types(y_sorted.dtype, torch.float32)
-    y_tk = y_sorted.index_select(0, row_of_slot).view(T, K, -1).to(acc)
+    y_tk = y_sorted.index_select(0, row_of_slot).view(T, K, y_sorted.shape[1]).to(acc)
     return (y_tk * topk_weights.to(acc).unsqueeze(-1)).sum(dim=1).to(y_sorted.dtype)
 
 
