@@ -189,7 +189,7 @@ _M_CONFIGS = [_cfg(128, 256, 64, 8, 3, 8), _cfg(128, 128, 64, 8, 4, 8), _cfg(128
               _cfg(128, 128, 64, 8, 4, 8, epi=True), _cfg(128, 256, 64, 8, 3, 8, epi=True, ws=True),
               _cfg(128, 128, 64, 8, 4, 4, epi=True, ws=True)]
 _K_CONFIGS = [_cfg(128, 256, 64, 8, 3, 8), _cfg(128, 128, 64, 8, 4, 8), _cfg(128, 128, 64, 8, 4, 4),
-              _cfg(128, 256, 32, 8, 4, 8), _cfg(128, 256, 64, 8, 4, 8), _cfg(128, 256, 64, 8, 3, 8, epi=True),
+              _cfg(128, 256, 32, 8, 4, 8), _cfg(128, 256, 64, 8, 3, 8, epi=True),
               _cfg(128, 128, 64, 8, 4, 4, epi=True), _cfg(128, 256, 64, 8, 3, 8, epi=True, ws=True)]
 _SMALL = [_cfg(64, 64, 32, 4, 3, 4)]  # 4-byte inputs: the 16-bit tiles would not fit in shared memory
 
