@@ -59,6 +59,9 @@ def run_train(config: str | Path | None, overrides: Sequence[str] = (), resume: 
         console.print(f"[bold]xt train[/bold] {config}: {type(model).__name__}, "
                       f"{n_params / 1e6:.1f}M parameters (this rank), device {device}, "
                       f"world size {getattr(dist, 'world_size', 1)}; setup {time.perf_counter() - t0:.1f}s")
+        summary = getattr(getattr(loader, "loader", loader), "summary", None)
+        if callable(summary):
+            console.print(f"data: {summary()}")
     trainer = Trainer(model, loader, cfg.train, cfg.optim, cfg.schedule, cfg.checkpoint, dist=dist,
                       export_hf=functools.partial(export_hf, dist=dist), console=console)
     result = trainer.fit(resume=resume if resume is not None else cfg.checkpoint.resume)
