@@ -202,3 +202,70 @@ def run_hf(spec: dict, state: dict) -> dict:
     out["params"] = gather_full(model, meshes.ep_group)
     dist.barrier()
     return out
+
+
+# --- the all-to-all dispatcher alone ------------------------------------------------------------------
+
+def dispatch_inputs(spec: dict, rank: int):
+    """Rank `rank`'s tokens ``x [T_r, D]``, ``ids [T_r, K]``, ``w [T_r, K]`` fp32 and output probe."""
+    g = torch.Generator().manual_seed(spec["seed"] * 100 + rank)
+    T, K, E, D = spec["tokens"][rank], spec["top_k"], spec["num_experts"], spec["hidden"]
+    x = torch.randn(T, D, generator=g)
+    if spec["skew"] == "one_expert":  # every token's first choice is expert 0
+        rows = [torch.cat([torch.zeros(1, dtype=torch.long), torch.randperm(E - 1, generator=g)[:K - 1] + 1])
+                for _ in range(T)]
+    else:
+        rows = [torch.randperm(E, generator=g)[:K] for _ in range(T)]
+    ids = torch.stack(rows) if rows else torch.zeros(0, K, dtype=torch.long)
+    w = torch.rand(T, K, generator=g)
+    probe = torch.randn(T, D, generator=g)
+    return x, ids, w, probe
+
+
+def expert_weights(spec: dict) -> torch.Tensor:
+    g = torch.Generator().manual_seed(spec["seed"])
+    return torch.randn(spec["num_experts"], spec["hidden"], spec["hidden"], generator=g)
+
+
+def _experts(x, W, counts):
+    from xt.kernels.moe import grouped_gemm
+    return grouped_gemm(x, W, counts)
+
+
+def reference_dispatch(spec: dict, world: int) -> dict:
+    """Each rank's tokens through a local dispatcher with all experts (capacity applies per source rank)."""
+    from xt.parallel.expert_parallel import AllToAllDispatcher
+    W = expert_weights(spec).requires_grad_(True)
+    ys, xgrads = [], []
+    for r in range(world):
+        x, ids, w, probe = dispatch_inputs(spec, r)
+        x.requires_grad_(True)
+        d = AllToAllDispatcher(spec["num_experts"], None, spec["capacity_factor"])
+        xs, counts, ctx = d.dispatch(x, ids, w)
+        y = d.combine(_experts(xs, W, counts), ctx)
+        (y * probe).sum().backward()
+        ys.append(y.detach())
+        xgrads.append(x.grad if x.grad is not None else torch.zeros_like(x))
+    return {"y": ys, "x_grad": xgrads, "w_grad": W.grad}
+
+
+def run_dispatch(spec: dict, state: dict) -> dict:
+    """EP over the whole world: each rank owns E / world experts."""
+    import torch.distributed as dist
+
+    from xt.parallel.expert_parallel import AllToAllDispatcher
+    rank, world = dist.get_rank(), dist.get_world_size()
+    El = spec["num_experts"] // world
+    W = expert_weights(spec)[rank * El:(rank + 1) * El].clone().requires_grad_(True)
+    x, ids, w, probe = dispatch_inputs(spec, rank)
+    x.requires_grad_(True)
+    d = AllToAllDispatcher(spec["num_experts"], dist.group.WORLD, spec["capacity_factor"])
+    xs, counts, ctx = d.dispatch(x, ids, w)
+    y = d.combine(_experts(xs, W, counts), ctx)
+    (y * probe).sum().backward()
+    mine = {"y": y.detach(), "x_grad": x.grad if x.grad is not None else torch.zeros_like(x),
+            "w_grad": W.grad if W.grad is not None else torch.zeros_like(W), "dropped": d.dropped_rows}
+    every = [None] * world
+    dist.all_gather_object(every, mine)
+    return {"y": [e["y"] for e in every], "x_grad": [e["x_grad"] for e in every],
+            "w_grad": torch.cat([e["w_grad"] for e in every]), "dropped": [e["dropped"] for e in every]}

@@ -89,6 +89,6 @@ class Pool:
     def close(self) -> None:
         (Path(self.root) / "stop").write_text("")
         for p in self.ctx.processes:
-            p.join(timeout=20)
+            p.join(timeout=3)
             if p.is_alive():
                 p.kill()
