@@ -68,6 +68,11 @@ def auto_choices() -> dict[tuple, str]:
     return dict(_auto_cache)
 
 
+@functools.cache
+def _device_name(dev: torch.device) -> str:
+    return torch.cuda.get_device_name(dev)
+
+
 def _candidates(x: torch.Tensor) -> list[str]:
     from xt.kernels.moe import gg_torch
     out = []
@@ -95,6 +100,11 @@ def choose_grouped_gemm(x: torch.Tensor, w: torch.Tensor, tokens_per_expert: tor
     dev = x.device
     if dev.type == "npu":
         return "npu"
+    if dev.type == "cuda" and torch.compiler.is_compiling():
+        # No timing (or device queries) while tracing: the static choice from our measurements.
+        if triton_usable_on(dev):
+            return STATIC_CUDA_DEFAULT
+        return "torch/torch" if x.dtype == torch.bfloat16 else "loop"
     cands = _candidates(x)
     if dev.type != "cuda":
         return "torch" if "torch" in cands else "loop"
@@ -102,14 +112,13 @@ def choose_grouped_gemm(x: torch.Tensor, w: torch.Tensor, tokens_per_expert: tor
         return "loop"
     E, N = w.shape[0], (w.shape[1] if trans_b else w.shape[2])
     bucket = max(1, x.shape[0] // max(E, 1)).bit_length()
-    key = (torch.cuda.get_device_name(dev), x.dtype, trans_b, x.shape[1], N, E, bucket)
+    key = (_device_name(dev), x.dtype, trans_b, x.shape[1], N, E, bucket)
     if key in _auto_cache:
         return _auto_cache[key]
     if len(cands) == 1:
         _auto_cache[key] = f"{cands[0]}/{cands[0]}"
         return _auto_cache[key]
-    capturing = torch.cuda.is_current_stream_capturing()
-    if torch.compiler.is_compiling() or capturing or x.shape[0] == 0:
+    if torch.cuda.is_current_stream_capturing() or x.shape[0] == 0:
         return STATIC_CUDA_DEFAULT if "triton" in cands else f"{cands[0]}/{cands[0]}"
     from xt.kernels.moe.gg_op import kernel_set
     with torch.no_grad():  # time the orientations the forward and backward really use
