@@ -200,3 +200,18 @@ def test_mtp_loss_matches_reference_from_hf_modules():
     assert rel_err(out.metrics["mtp_loss"], total / count) <= 1e-5
     assert rel_err(out.aux_loss, 0.3 * total / count) <= 1e-5
     assert out.metrics["expert_load"].shape == (L - cfg.first_k_dense_replace + 1, cfg.n_routed_experts)
+
+
+def test_correction_bias_stays_float32_in_a_bf16_model():
+    cfg = DeepseekV3Config.from_hf(hf_config("deepseek_v3").to_dict(), bias_update_speed=1e-3)
+    model = DeepseekV3ForCausalLM(cfg, attn_backend="sdpa").to(torch.bfloat16)
+    r = model.routers()[0]
+    assert r.weight.dtype == torch.bfloat16 and r.e_score_correction_bias.dtype == torch.float32
+    with torch.no_grad():
+        r.e_score_correction_bias.fill_(0.5)
+    load = torch.zeros(len(model.routers()), cfg.n_routed_experts)
+    load[:, 0] = 10.0  # expert 0 overloaded, the others under the mean
+    model.post_optimizer_step(load)
+    # 0.5 - 1e-3 is not representable in bf16 (it would round back to 0.5)
+    assert float(r.e_score_correction_bias[0]) == pytest.approx(0.499, abs=1e-7)
+    assert float(r.e_score_correction_bias[1]) == pytest.approx(0.501, abs=1e-7)

@@ -64,7 +64,12 @@ class CachedCoreAttention(nn.Module):
         self.k_cache: torch.Tensor | None = None
         self.v_cache: torch.Tensor | None = None
 
-    def forward(self, q, k, v, cu_seqlens, max_seqlen, sliding_window=None, sinks=None):  # noqa: D102
+    def forward(self, q, k, v, cu_seqlens, max_seqlen, sliding_window=None, sinks=None):
+        """Cache the step's keys/values and attend over the cache (shapes in the class docstring).
+
+        Raises:
+            ValueError: when the cache capacity would be exceeded.
+        """
         st = self.state
         B = st.lengths.numel()
         if self.k_cache is None:

@@ -91,6 +91,14 @@ class SigmoidGroupRouter(nn.Module):
             w = w / (w.sum(dim=-1, keepdim=True) + 1e-20)
         return RouterOutput(logits, scores, topk_ids, w * self.routed_scaling_factor)
 
+    def _apply(self, fn, recurse: bool = True):
+        """Like ``nn.Module._apply`` but ``e_score_correction_bias`` stays float32 (as HF keeps it):
+        bias steps of ~1e-3 would vanish in bf16."""
+        super()._apply(fn, recurse)
+        if self.e_score_correction_bias.dtype != torch.float32:
+            self.e_score_correction_bias = self.e_score_correction_bias.float()
+        return self
+
     @torch.no_grad()
     def update_bias(self, expert_load: torch.Tensor, speed: float) -> None:
         """Apply :func:`aux_free_bias_update` in place with the step's global ``expert_load [E]``."""

@@ -44,7 +44,8 @@ class DeepseekV3MoE(MoEBlock):
     ``doc_ids`` is given.
     """
 
-    def forward(self, x: torch.Tensor, doc_ids: torch.Tensor | None = None, num_docs: int = 0):  # noqa: D102
+    def forward(self, x: torch.Tensor, doc_ids: torch.Tensor | None = None, num_docs: int = 0):
+        """``x[T, D]`` (+ ``doc_ids[T]`` int64 of ``num_docs`` documents) -> ``(y[T, D], stats, seq_loss)``."""
         route = self.gate(x)
         x_sorted, tokens_per_expert, ctx = self.dispatcher.dispatch(x, route.topk_ids, route.topk_weights)
         y = self.dispatcher.combine(self.experts(x_sorted, tokens_per_expert), ctx)
@@ -85,7 +86,8 @@ class DeepseekV3DecoderLayer(nn.Module):
         else:
             self.mlp = SwiGLUMLP(c.hidden_size, c.intermediate_size, c.hidden_act)
 
-    def forward(self, h, cos, sin, cu_seqlens, max_seqlen, doc_ids=None, num_docs=0):  # noqa: D102
+    def forward(self, h, cos, sin, cu_seqlens, max_seqlen, doc_ids=None, num_docs=0):
+        """``h[T, D] -> (h[T, D], RouterStats | None, seq_loss | None)`` (see the class docstring)."""
         h = h + self.self_attn(self.input_layernorm(h), cos, sin, cu_seqlens, max_seqlen)
         x = self.post_attention_layernorm(h)
         if isinstance(self.mlp, DeepseekV3MoE):

@@ -14,15 +14,6 @@ import msgspec
 
 __all__ = ["LlamaConfig", "hf_config_to_struct", "read_hf_config", "normalize_rope_parameters"]
 
-# HF bookkeeping keys that carry no architecture information; ignored when reading config.json.
-HF_IGNORED_KEYS = frozenset({
-    "architectures", "model_type", "transformers_version", "dtype", "torch_dtype", "use_cache",
-    "bos_token_id", "pad_token_id", "initializer_range", "pretraining_tp", "attention_dropout",
-    "output_router_logits", "auto_map", "quantization_config", "_name_or_path", "tie_word_embeddings",
-    "rope_theta", "rope_scaling", "num_mtp_layers", "qk_head_dim", "generation_config",
-})
-
-
 def normalize_rope_parameters(d: dict[str, Any], default_theta: float) -> dict[str, Any]:
     """One ``rope_parameters`` dict from either the transformers-5 key or the legacy ``rope_theta`` +
     ``rope_scaling`` keys (older hub checkpoints); ``rope_type`` defaults to ``"default"``."""
@@ -39,9 +30,8 @@ def hf_config_to_struct(cls: type, d: dict[str, Any], default_theta: float = 100
                         source: str = "config.json") -> Any:
     """Build the msgspec config ``cls`` from an HF ``config.json`` dict.
 
-    Keys that ``cls`` does not have are ignored when they are HF bookkeeping (:data:`HF_IGNORED_KEYS`)
-    and rejected otherwise only if ``cls.STRICT_HF_KEYS`` is True (default False: hub configs carry
-    many inference-only keys). ``rope_theta``/``rope_scaling`` are folded into ``rope_parameters``.
+    Keys that ``cls`` does not have are ignored (hub configs carry many bookkeeping and
+    inference-only keys); ``rope_theta``/``rope_scaling`` are folded into ``rope_parameters``.
 
     Raises:
         ValueError: a value of the wrong type or an invalid combination, naming the field and ``source``.
@@ -52,9 +42,6 @@ def hf_config_to_struct(cls: type, d: dict[str, Any], default_theta: float = 100
         picked["rope_parameters"] = normalize_rope_parameters(d, default_theta)
     if "tie_word_embeddings" in fields and "tie_word_embeddings" in d:
         picked["tie_word_embeddings"] = bool(d["tie_word_embeddings"])
-    for hf_key, ours in getattr(cls, "HF_ALIASES", {}).items():
-        if hf_key in d and ours not in picked:
-            picked[ours] = d[hf_key]
     try:
         return msgspec.convert(picked, cls)
     except msgspec.ValidationError as e:
