@@ -37,10 +37,14 @@ def _env() -> dict:
 
 @nox.session
 def demo(session: nox.Session) -> None:
-    """Train the Qwen3-MoE demo on Shakespeare with the Qwen3 tokenizer (CPU, ~10 min)."""
+    """Train the Qwen3-MoE demo on Shakespeare with the Qwen3 tokenizer (CPU, ~10 min).
+
+    `--resume auto`: a second invocation continues (or just re-reports) the same run.
+    Other configs: `nox -s demo -- examples/OTHER.toml [--set k=v ...]`.
+    """
     _install_xt(session)
     config = session.posargs[0] if session.posargs else "examples/qwen3_moe_shakespeare.toml"
-    session.run("xt", "train", config, *session.posargs[1:], env=_env())
+    session.run("xt", "train", config, "--resume", "auto", *session.posargs[1:], env=_env())
 
 
 @nox.session

@@ -31,7 +31,7 @@ def train(config: str, overrides: tuple[str, ...], resume: str | None) -> None:
     from xt.cli.train import run_train
     try:
         run_train(config, list(overrides), resume)
-    except ConfigError as e:
+    except (ConfigError, FileExistsError) as e:
         raise click.ClickException(str(e)) from None
 
 
