@@ -79,7 +79,8 @@ def test_bad_inputs_raise_clear_errors():
                      backend="torch")
 
 
-def test_torch_compile_fullgraph_traces_the_custom_op():
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_torch_compile_fullgraph_traces_the_custom_op(backend):
     """Dynamo + AOT autograd trace through ``xt_kernels::grouped_mm`` without graph breaks."""
     torch._dynamo.reset()
     g = torch.Generator().manual_seed(0)
@@ -88,7 +89,7 @@ def test_torch_compile_fullgraph_traces_the_custom_op():
     w = torch.randn(3, 24, 16, generator=g, requires_grad=True)
 
     def f(x, w, c):
-        return grouped_gemm(torch.relu(x), w, c, trans_b=True, backend="torch").square().sum()
+        return grouped_gemm(torch.relu(x), w, c, trans_b=True, backend=backend).square().sum()
 
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
     out = compiled(x, w, c)

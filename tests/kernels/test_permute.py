@@ -79,3 +79,15 @@ def test_bad_shapes_raise():
     xs, info = permute(torch.randn(3, 4), torch.zeros(3, 2, dtype=torch.int64), 2)
     with pytest.raises(ValueError, match="topk_weights"):
         unpermute(xs, info, torch.rand(3, 1))
+
+
+def test_unpermute_accepts_info_without_inverse_index():
+    """A PermuteInfo built with the original four fields (no ``row_of_slot``) still unpermutes."""
+    from xt.kernels.moe import PermuteInfo
+    ids = torch.tensor([[2, 0], [0, 1], [2, 2]])
+    x = torch.randn(3, 5, dtype=torch.float64)
+    xs, info = permute(x, ids, 3, backend="reference")
+    w = torch.rand(3, 2, dtype=torch.float64)
+    bare = PermuteInfo(info.sorted_row_ids, info.tokens_per_expert, info.num_tokens, info.top_k)
+    assert torch.equal(unpermute(xs, bare, w, backend="reference"), unpermute(xs, info, w, backend="reference"))
+    assert rel(unpermute(xs, info, w), (x * w.sum(1, keepdim=True))) <= 1e-12
