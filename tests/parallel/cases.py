@@ -85,23 +85,37 @@ def _meshes(spec: dict, state: dict):
 
 
 def run_toy(spec: dict, state: dict) -> dict:
-    """One rank of the distributed run of `spec` (collective over the pool's world)."""
+    """One rank of the distributed run of `spec` (collective over the pool's world).
+
+    With ``spec["micro"] = M`` each data-parallel rank takes micro-batches ``docs[step][dp*M:(dp+1)*M]``
+    and accumulates them with gradient sync off for all but the last (as the engine does); the loss
+    follows the engine's convention (``xt.core.engine.loss``).
+    """
     import torch.distributed as dist
 
     from toy_moe import ToyConfig, build_toy
+    from xt.core.distributed import DistContext
+    from xt.core.engine.loss import count_label_tokens, micro_batch_objective
     from xt.parallel import parallelize
     from xt.parallel.gather import gather_full
     cfg, meshes = _meshes(spec, state)
     model = build_toy(ToyConfig(**spec["model"]), spec["seed"], spec["skew"])
     model, ctx = parallelize(model, cfg, device_type="cpu", meshes=meshes)
+    assert isinstance(ctx, DistContext)
     opt = _optimizer(model, spec)
+    micro = spec.get("micro", 1)
     out = {"loss": [], "grad_norm": []}
     for step in range(len(spec["docs"])):
-        batch = ctx.shard_batch(_batches(spec, step)[ctx.dp_rank])
-        n_tok = ctx.all_reduce_sum((batch["labels"] != IGNORE_INDEX).sum())
-        loss = model(**batch).loss_sum / n_tok.clamp(min=1).float()
-        loss.backward()
-        out["loss"].append(float(ctx.all_reduce_sum(loss.detach().clone())))
+        mine = _batches(spec, step)[ctx.dp_rank * micro:(ctx.dp_rank + 1) * micro]
+        mbs = [ctx.shard_batch(b) for b in mine]
+        n_tok = ctx.all_reduce_sum(count_label_tokens(mbs, torch.device("cpu")))
+        total = torch.zeros(())
+        for m, mb in enumerate(mbs):
+            ctx.set_grad_sync(model, m == micro - 1)
+            loss = micro_batch_objective(model(**mb), n_tok, micro, ctx.world_size)
+            loss.backward()
+            total += loss.detach()
+        out["loss"].append(float(ctx.all_reduce_sum(total)))
         if step == 0:
             out["grads"] = gather_full(model, meshes.ep_group, grads=True)
         out["grad_norm"].append(float(ctx.clip_grad_norm_(model.parameters(), spec["max_norm"])))

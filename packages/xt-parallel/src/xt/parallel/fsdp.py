@@ -100,7 +100,8 @@ def apply_fsdp(model: nn.Module, layers: Sequence[nn.Module], meshes: ParallelMe
     """
     cfg = meshes.cfg
     kwargs = dict(mp_policy=mixed_precision_policy(cfg), reshard_after_forward=cfg.reshard_after_forward,
-                  offload_policy=CPUOffloadPolicy() if cfg.cpu_offload else OffloadPolicy())
+                  offload_policy=CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if cfg.cpu_offload
+                  else OffloadPolicy())
     for ex in expert_modules:
         ex.register_forward_hook(_zero_rows_keep_grad)
         fully_shard(ex, mesh=meshes.expert_fsdp_mesh, **kwargs)

@@ -42,7 +42,7 @@ def validate_layout(cfg: ParallelConfig, world_size: int, *, num_experts: int | 
     Args:
         cfg: the `parallel` section.
         world_size: number of ranks (``torchrun --nproc-per-node`` × nodes).
-        num_experts: experts per MoE layer (None: model has no MoE, EP must be 1).
+        num_experts: experts per MoE layer (None or 0: dense model, EP must be 1).
         num_attention_heads / num_key_value_heads: attention heads (None: SP must be 1).
 
     Raises:
@@ -64,8 +64,9 @@ def validate_layout(cfg: ParallelConfig, world_size: int, *, num_experts: int | 
             f"parallel.ep_size ({cfg.ep_size}) must divide parallel.fsdp_size ({fsdp}): expert parallelism is laid "
             f"inside the FSDP shard group; valid ep_size: {_divisors(fsdp)}")
     if cfg.ep_size > 1 or cfg.capacity_factor is not None:
-        if num_experts is None:
-            raise LayoutError("parallel.ep_size > 1 or capacity_factor set, but the model has no MoE layers (num_experts unknown)")
+        if not num_experts:
+            raise LayoutError(f"parallel.ep_size ({cfg.ep_size}) > 1 or parallel.capacity_factor set, but the model has no "
+                              f"MoE layers (num_experts={num_experts}); use ep_size = 1 and no capacity_factor")
         if num_experts % cfg.ep_size:
             ok = [d for d in _divisors(fsdp) if num_experts % d == 0]
             raise LayoutError(f"num_experts ({num_experts}) is not divisible by parallel.ep_size ({cfg.ep_size}); "
