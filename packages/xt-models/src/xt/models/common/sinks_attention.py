@@ -20,6 +20,8 @@ from torch import nn
 
 __all__ = ["document_mask", "packed_doc_positions", "core_attention", "SinksCoreAttention"]
 
+_LOOP_MAX_DOCS = 8
+
 
 def packed_doc_positions(cu_seqlens: torch.Tensor, total: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Document id and in-document position of each packed token.
@@ -115,8 +117,9 @@ class SinksCoreAttention(nn.Module):
         forward(q[T, H, Dq], k[T, G, Dq], v[T, G, Dv], cu_seqlens[D+1], max_seqlen,
                 sliding_window=None, sinks=None) -> [T, H, Dv]
 
-    Builds the ``[T, T]`` mask with :func:`document_mask` (memory grows with T**2: a reference
-    backend for CPU, tests and moderate sequence lengths).
+    Up to 8 documents are attended one by one (an ``[n, n]`` block each), more with one ``[T, T]``
+    mask from :func:`document_mask`; scores are materialised, so memory grows with the square of
+    the document length: a reference backend for CPU, tests and moderate sequence lengths.
 
     Args:
         softmax_scale: multiplier of ``q k^T``; None means ``Dq ** -0.5``.
@@ -129,9 +132,19 @@ class SinksCoreAttention(nn.Module):
     def forward(self, q, k, v, cu_seqlens: torch.Tensor, max_seqlen: int, sliding_window: int | None = None,
                 sinks: torch.Tensor | None = None) -> torch.Tensor:
         """Attend over the packed documents; shapes in the class docstring."""
+        scale = self.softmax_scale if self.softmax_scale is not None else q.shape[-1] ** -0.5
+        bounds = cu_seqlens.tolist()
+        if len(bounds) - 1 <= _LOOP_MAX_DOCS:  # one [n, n] block per document: T**2 / D memory
+            outs = []
+            for s, e in zip(bounds[:-1], bounds[1:]):
+                if e > s:
+                    idx = torch.arange(e - s, device=q.device)
+                    zero = torch.zeros_like(idx)
+                    mask = document_mask(zero, idx, zero, idx, sliding_window)
+                    outs.append(core_attention(q[None, s:e], k[None, s:e], v[None, s:e], mask[None], scale, sinks)[0])
+            return torch.cat(outs) if outs else q.new_zeros(*q.shape[:2], v.shape[-1])
         doc, pos = packed_doc_positions(cu_seqlens, q.shape[0])
         mask = document_mask(doc, pos, doc, pos, sliding_window)
-        scale = self.softmax_scale if self.softmax_scale is not None else q.shape[-1] ** -0.5
         return core_attention(q[None], k[None], v[None], mask[None], scale, sinks)[0]
 
     def extra_repr(self) -> str:
