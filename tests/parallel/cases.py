@@ -45,10 +45,20 @@ def _optimizer(model, spec):
     return torch.optim.AdamW(model.parameters(), lr=spec["lr"], betas=(0.9, 0.95), weight_decay=0.1)
 
 
+def build_model(spec: dict):
+    """The test toy (``spec["builder"]`` "toy", default) or XT's own Qwen3-MoE ("xt_qwen3")."""
+    if spec.get("builder", "toy") == "xt_qwen3":
+        from xt.models.qwen3.config import Qwen3Config
+        from xt.models.qwen3.model import Qwen3ForCausalLM
+        torch.manual_seed(spec["seed"])
+        return Qwen3ForCausalLM(Qwen3Config(**spec["model"])).float()
+    from toy_moe import ToyConfig, build_toy
+    return build_toy(ToyConfig(**spec["model"]), spec["seed"], spec["skew"])
+
+
 def reference_toy(spec: dict) -> dict:
     """Single process, no torch.distributed: every dp micro-batch of a step accumulated."""
-    from toy_moe import ToyConfig, build_toy
-    model = build_toy(ToyConfig(**spec["model"]), spec["seed"], spec["skew"])
+    model = build_model(spec)
     opt = _optimizer(model, spec)
     out = {"loss": [], "grad_norm": []}
     for step in range(len(spec["docs"])):
@@ -93,13 +103,12 @@ def run_toy(spec: dict, state: dict) -> dict:
     """
     import torch.distributed as dist
 
-    from toy_moe import ToyConfig, build_toy
     from xt.core.distributed import DistContext
     from xt.core.engine.loss import count_label_tokens, micro_batch_objective
     from xt.parallel import parallelize
     from xt.parallel.gather import gather_full
     cfg, meshes = _meshes(spec, state)
-    model = build_toy(ToyConfig(**spec["model"]), spec["seed"], spec["skew"])
+    model = build_model(spec)
     model, ctx = parallelize(model, cfg, device_type="cpu", meshes=meshes)
     assert isinstance(ctx, DistContext)
     opt = _optimizer(model, spec)

@@ -35,12 +35,17 @@ def gather_full(model: nn.Module, ep_group: dist.ProcessGroup | None = None, gra
     """Full parameters (or their gradients, with `grads=True`) keyed by ``named_parameters`` names.
 
     Parameters of modules marked by :func:`xt.parallel.fsdp.shard_experts_` are also gathered over
-    `ep_group`. A missing gradient is returned as zeros of the full shape.
+    `ep_group`. A missing gradient is returned as zeros of the full shape. Tied parameters appear once,
+    under their first name (as in ``named_parameters()``).
     """
     out = {}
+    seen: set[int] = set()
     for mod_name, module in model.named_modules():
         group = ep_group if hasattr(module, EP_ATTR) else None
         for name, p in module.named_parameters(recurse=False):
+            if id(p) in seen:  # tied weights: first name only, like named_parameters()
+                continue
+            seen.add(id(p))
             key = f"{mod_name}.{name}" if mod_name else name
             if grads:
                 g = p.grad if p.grad is not None else torch.zeros_like(p)
