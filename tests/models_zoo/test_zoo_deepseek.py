@@ -215,3 +215,23 @@ def test_correction_bias_stays_float32_in_a_bf16_model():
     # 0.5 - 1e-3 is not representable in bf16 (it would round back to 0.5)
     assert float(r.e_score_correction_bias[0]) == pytest.approx(0.499, abs=1e-7)
     assert float(r.e_score_correction_bias[1]) == pytest.approx(0.501, abs=1e-7)
+
+
+def test_bias_updates_alone_balance_the_load():
+    """With frozen weights and a badly skewed start (two experts favoured by +0.5), repeated
+    aux-loss-free updates on the same data move the load back towards uniform."""
+    cfg = DeepseekV3Config.from_hf(hf_config("deepseek_v3").to_dict(), bias_update_speed=0.01)
+    model = DeepseekV3ForCausalLM(cfg, attn_backend="sdpa").train()
+    with torch.no_grad():
+        for r in model.routers():
+            r.weight.normal_(0, 0.2)
+            r.e_score_correction_bias[:2] = 0.5
+    batch = pack(random_docs([32, 32], seed=9))
+    violations = []
+    with torch.no_grad():
+        for _ in range(60):
+            model(**batch)
+            violations.append(model.post_optimizer_step()["expert_load_max_violation"].max().item())
+    E, K = cfg.n_routed_experts, cfg.num_experts_per_tok
+    assert violations[0] == pytest.approx(E / K - 1)  # both favoured experts take every token
+    assert max(violations[-10:]) < 0.25 * violations[0]

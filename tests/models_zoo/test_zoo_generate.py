@@ -89,3 +89,17 @@ def test_sampled_generation_is_reproducible_and_can_differ_from_greedy(tmp_path)
     assert a == b and a != greedy
     with pytest.raises(ValueError, match="top_p"):
         generate(ours, [prompt], 2, temperature=1.0, top_p=0.0)
+
+
+def test_logprobs_of_sampled_tokens_equal_hf_forward(tmp_path):
+    hf, ours = hf_and_ours(tmp_path, "deepseek_v3")
+    prompts = [p.tolist() for p in random_docs([5, 8], seed=15)]
+    toks, logps = generate(ours, prompts, 6, temperature=1.0, generator=torch.Generator().manual_seed(1),
+                           return_logprobs=True)
+    for p, t, lp in zip(prompts, toks, logps):
+        seq = torch.tensor(p + t)
+        with torch.no_grad():
+            ref = torch.log_softmax(hf(seq[None]).logits[0].float(), -1)
+        want = ref[len(p) - 1: len(seq) - 1].gather(1, torch.tensor(t)[:, None])[:, 0]
+        assert len(lp) == len(t) == 6
+        assert torch.allclose(torch.tensor(lp), want, atol=1e-5)

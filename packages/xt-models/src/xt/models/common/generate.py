@@ -135,7 +135,8 @@ def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_p: float = 1
 @torch.no_grad()
 def generate(model: nn.Module, prompts: list[list[int]] | list[torch.Tensor], max_new_tokens: int,
              temperature: float = 0.0, top_p: float = 1.0, eos_token_id: int | list[int] | None = None,
-             generator: torch.Generator | None = None) -> list[list[int]]:
+             generator: torch.Generator | None = None, return_logprobs: bool = False
+             ) -> list[list[int]] | tuple[list[list[int]], list[list[float]]]:
     """Continue each prompt by up to ``max_new_tokens`` tokens with a KV cache.
 
     Args:
@@ -144,9 +145,12 @@ def generate(model: nn.Module, prompts: list[list[int]] | list[torch.Tensor], ma
         max_new_tokens: tokens to add per sequence.
         temperature, top_p, generator: see :func:`sample_next` (temperature 0 = greedy).
         eos_token_id: stop a sequence after it emits this token (or any of these tokens).
+        return_logprobs: also return, per new token, its log-probability under the model
+            (``log_softmax`` of the raw logits in float32: temperature 1, no top-p), e.g. for RL.
 
     Returns:
-        B lists of new tokens (the eos token included when emitted).
+        B lists of new tokens (the eos token included when emitted); with ``return_logprobs`` a pair
+        ``(tokens, logprobs)`` of equally shaped lists.
 
     Raises:
         ValueError: an empty prompt.
@@ -162,6 +166,7 @@ def generate(model: nn.Module, prompts: list[list[int]] | list[torch.Tensor], ma
     cu = torch.zeros(B + 1, dtype=torch.int32, device=dev)
     cu[1:] = torch.tensor(lengths, device=dev).cumsum(0)
     out: list[list[int]] = [[] for _ in range(B)]
+    logps: list[list[float]] = [[] for _ in range(B)]
     done = [False] * B
     was_training = model.training
     model.eval()
@@ -172,10 +177,14 @@ def generate(model: nn.Module, prompts: list[list[int]] | list[torch.Tensor], ma
                 logits = model(input_ids=ids, position_ids=pos, cu_seqlens=cu,
                                max_seqlen=int((cu[1:] - cu[:-1]).max())).logits
                 state.advance(cu)
-                nxt = sample_next(logits[cu[1:].long() - 1], temperature, top_p, generator)
+                last = logits[cu[1:].long() - 1]
+                nxt = sample_next(last, temperature, top_p, generator)
+                lp = torch.log_softmax(last.float(), -1).gather(1, nxt[:, None])[:, 0].tolist() if return_logprobs else None
                 for b, t in enumerate(nxt.tolist()):
                     if not done[b]:
                         out[b].append(t)
+                        if lp is not None:
+                            logps[b].append(lp[b])
                         done[b] = t in eos
                 if all(done):
                     break
@@ -183,4 +192,4 @@ def generate(model: nn.Module, prompts: list[list[int]] | list[torch.Tensor], ma
                 cu = torch.arange(B + 1, dtype=torch.int32, device=dev)
     finally:
         model.train(was_training)
-    return out
+    return (out, logps) if return_logprobs else out
