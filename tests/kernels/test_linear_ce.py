@@ -86,3 +86,25 @@ def test_bad_inputs_raise():
         linear_cross_entropy(h, W, torch.zeros(3, dtype=torch.int64), reduction="avg")
     with pytest.raises(ValueError, match="weight"):
         linear_cross_entropy(h, torch.randn(5, 3), torch.zeros(3, dtype=torch.int64))
+
+
+def test_fused_loss_under_autocast_matches_autocast_reference():
+    """Under CPU bf16 autocast the fused loss equals an nn.Linear head + F.cross_entropy under the
+    same autocast (loss and fp32 gradients), and never builds a dtype-mismatched product."""
+    import torch.nn.functional as F
+    from xt.kernels.loss import linear_cross_entropy
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(37, 16, generator=g, requires_grad=True)
+    w = torch.randn(101, 16, generator=g, requires_grad=True)
+    labels = torch.randint(0, 101, (37,), generator=g)
+    labels[::5] = -100
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = F.cross_entropy((h @ w.t()).float(), labels, ignore_index=-100, reduction="sum")
+    gh_ref, gw_ref = torch.autograd.grad(ref, (h, w))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = linear_cross_entropy(h, w, labels, reduction="sum", chunk_size=8, backend="torch")
+    gh, gw = torch.autograd.grad(got, (h, w))
+    assert gh.dtype == torch.float32 and gw.dtype == torch.float32
+    assert abs(got.item() - ref.item()) / abs(ref.item()) < 1e-2
+    assert (gh - gh_ref).norm() / gh_ref.norm() < 2e-2
+    assert (gw - gw_ref).norm() / gw_ref.norm() < 2e-2

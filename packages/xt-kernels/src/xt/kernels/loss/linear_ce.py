@@ -11,7 +11,8 @@ one chunk of logits ever exists; backward just scales the stored gradients by th
 The per-chunk softmax/gradient step runs as one Triton kernel (in place over the logits chunk)
 when the ``triton`` backend is chosen, else as torch ops.
 
-Numerics: logits in the input dtype (like an ``nn.Linear`` head), softmax/lse/loss in float32
+Numerics: logits in the input dtype, or in autocast's dtype when autocast is on (like an
+``nn.Linear`` head; gradients are returned in the input dtype), softmax/lse/loss in float32
 (float64 for float64 inputs). ``dweight`` accumulates across chunks in the weight dtype with
 ``addmm_`` (float32 accumulation inside each product, one rounding per chunk).
 """
@@ -57,12 +58,22 @@ def _step(kind: str):
     return _step_torch
 
 
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    """The dtype the LM-head product runs in: autocast's when autocast is on for ``t``'s device
+    (as for an ``nn.Linear`` head under autocast), else ``t.dtype``."""
+    dev = t.device.type
+    if dev in ("cpu", "cuda") and torch.is_autocast_enabled(dev) and t.dtype == torch.float32:
+        return torch.get_autocast_dtype(dev)
+    return t.dtype
+
+
 class _LinearCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, labels, ignore_index, z_coef, denom, chunk, kind, grad_enabled):
         T, D = hidden.shape
         V = weight.shape[0]
         acc = torch.promote_types(hidden.dtype, torch.float32)
+        compute = _compute_dtype(hidden)
         need_h = grad_enabled and ctx.needs_input_grad[0]
         need_w = grad_enabled and ctx.needs_input_grad[1]
         grad_h = torch.empty_like(hidden) if need_h else None
@@ -71,17 +82,25 @@ class _LinearCE(torch.autograd.Function):
         loss_sum = torch.zeros((), dtype=acc, device=hidden.device)
         z_sum = torch.zeros((), dtype=acc, device=hidden.device)
         step = _step(kind)
-        for s in range(0, T, chunk):
-            h = hidden[s:s + chunk]
-            logits = h @ weight.t()
-            loss, z, g = step(logits, labels[s:s + chunk], ignore_index, z_coef, scale)
-            loss_sum += loss.sum()
-            z_sum += z.sum()
-            if need_h:
-                torch.mm(g, weight, out=grad_h[s:s + chunk])
-            if need_w:
-                grad_w.addmm_(g.t(), h)
-            del logits, g
+        w_c = weight.to(compute)
+        with torch.autocast(hidden.device.type, enabled=False):
+            for s in range(0, T, chunk):
+                h = hidden[s:s + chunk].to(compute)
+                logits = h @ w_c.t()
+                loss, z, g = step(logits, labels[s:s + chunk], ignore_index, z_coef, scale)
+                loss_sum += loss.sum()
+                z_sum += z.sum()
+                if need_h:
+                    if compute == hidden.dtype:
+                        torch.mm(g, w_c, out=grad_h[s:s + chunk])
+                    else:
+                        grad_h[s:s + chunk] = g @ w_c
+                if need_w:
+                    if compute == weight.dtype:
+                        grad_w.addmm_(g.t(), h)
+                    else:
+                        grad_w += g.t() @ h
+                del logits, g
         total = (loss_sum + z_coef * z_sum) * scale
         ctx.save_for_backward(grad_h, grad_w)
         z_loss = (z_coef * z_sum * scale).float()

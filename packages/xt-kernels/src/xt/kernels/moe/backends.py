@@ -73,9 +73,13 @@ def _device_name(dev: torch.device) -> str:
     return torch.cuda.get_device_name(dev)
 
 
-def _candidates(x: torch.Tensor) -> list[str]:
+def _candidates(x: torch.Tensor, w: torch.Tensor, trans_b: bool) -> list[str]:
+    """Fast kernel sets usable for these inputs; none when K or N is not 16-byte aligned
+    (then ``auto`` falls back to the per-expert loop instead of raising)."""
     from xt.kernels.moe import gg_torch
     out = []
+    if not gg_torch.aligned(x, w, trans_b):
+        return out
     if x.device.type == "cuda" and triton_usable_on(x.device):
         out.append("triton")
     if gg_torch.available(x):
@@ -100,12 +104,14 @@ def choose_grouped_gemm(x: torch.Tensor, w: torch.Tensor, tokens_per_expert: tor
     dev = x.device
     if dev.type == "npu":
         return "npu"
+    cands = _candidates(x, w, trans_b)
     if dev.type == "cuda" and torch.compiler.is_compiling():
         # No timing (or device queries) while tracing: the static choice from our measurements.
+        if not cands:
+            return "loop"
         if triton_usable_on(dev):
             return STATIC_CUDA_DEFAULT
         return "torch/torch" if x.dtype == torch.bfloat16 else "loop"
-    cands = _candidates(x)
     if dev.type != "cuda":
         return "torch" if "torch" in cands else "loop"
     if not cands:

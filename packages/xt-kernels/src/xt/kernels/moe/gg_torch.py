@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["available", "mgrouped", "kgrouped"]
+__all__ = ["available", "aligned", "mgrouped", "kgrouped"]
 
 
 def available(x: torch.Tensor) -> bool:
@@ -22,6 +22,14 @@ def available(x: torch.Tensor) -> bool:
     if x.device.type == "cuda":
         return x.dtype == torch.bfloat16
     return x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
+
+
+def aligned(x: torch.Tensor, w: torch.Tensor, trans_b: bool) -> bool:
+    """Whether the inner and output sizes K, N are 16-byte multiples (what ``torch._grouped_mm``
+    and our Triton kernels need for every product of the forward and backward)."""
+    align = 16 // x.element_size()
+    k, n = (w.shape[2], w.shape[1]) if trans_b else (w.shape[1], w.shape[2])
+    return k % align == 0 and n % align == 0
 
 
 def _offsets(counts: torch.Tensor, device: torch.device) -> torch.Tensor:
