@@ -235,3 +235,38 @@ def test_bias_updates_alone_balance_the_load():
     E, K = cfg.n_routed_experts, cfg.num_experts_per_tok
     assert violations[0] == pytest.approx(E / K - 1)  # both favoured experts take every token
     assert max(violations[-10:]) < 0.25 * violations[0]
+
+
+def test_fp8_block_quantised_checkpoint_dequantises_like_transformers():
+    """DeepSeek-V3 / Kimi K2 hub weights are float8_e4m3 with per-block float32 scales."""
+    from transformers.integrations.finegrained_fp8 import _dequantize_fp8_weight
+
+    from xt.models.deepseek_v3.state_dict import dequantize_fp8_blocks
+
+    hf = hf_model("deepseek_v3")
+    cfg = DeepseekV3Config.from_hf(hf.config.to_dict())
+    hub = xt_to_hf(hf_to_xt(hf.state_dict(), cfg), cfg)  # per-expert hub layout
+    block = (8, 16)
+    quant = {}
+    for k, v in hub.items():
+        if k.endswith("proj.weight") and v.dim() == 2:
+            n, m = v.shape
+            s = torch.rand(-(-n // block[0]), -(-m // block[1])) * 0.01 + 0.001
+            full = s.repeat_interleave(block[0], 0)[:n].repeat_interleave(block[1], 1)[:, :m]
+            quant[k] = (v / full).clamp(-448, 448).to(torch.float8_e4m3fn)
+            quant[k + "_scale_inv"] = s
+            got = dequantize_fp8_blocks(quant[k], s, block)
+            exact = (quant[k].double() * full.double()).to(torch.bfloat16)  # one rounding, from float64
+            assert torch.equal(got, exact), k
+            # transformers multiplies in bf16 (two roundings): equal within bf16 precision
+            assert rel_err(got, _dequantize_fp8_weight(quant[k], s, list(block), torch.bfloat16)) <= 1e-2, k
+        else:
+            quant[k] = v
+    ours = hf_to_xt(quant, cfg, fp8_block_size=block)
+    w = ours["model.layers.1.mlp.experts.gate_up_proj"]
+    assert w.dtype == torch.bfloat16 and w.shape == (cfg.n_routed_experts, 2 * cfg.moe_intermediate_size, cfg.hidden_size)
+    assert rel_err(w, hf.model.layers[1].mlp.experts.gate_up_proj) < 0.07  # fp8 e4m3 has a 3-bit mantissa
+    model = DeepseekV3ForCausalLM(cfg, attn_backend="sdpa")
+    model.load_state_dict({k: v.float() for k, v in ours.items()})
+    with pytest.raises(ValueError, match="needs scales"):
+        dequantize_fp8_blocks(quant["model.layers.0.self_attn.o_proj.weight"], torch.ones(1, 1), block)
