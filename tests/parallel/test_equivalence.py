@@ -64,7 +64,7 @@ def test_every_layout_once(pools, world):
         _check(pools, world, _spec(model, layout, AC[i % 3], skews[i % 3], docs, seed=i))
 
 
-@pytest.mark.parametrize("world,examples", [(1, 10), (2, 25), (4, 40)])
+@pytest.mark.parametrize("world,examples", [(1, 10), (2, 40), (4, 60)])
 def test_random_cases(pools, world, examples):
     """Hypothesis-drawn models, layouts, packings and skews."""
     @settings(max_examples=examples, **_SETTINGS)

@@ -41,8 +41,11 @@ class ParallelConfig(ConfigStruct):
         reshard_after_forward: free gathered parameters after each layer's forward (ZeRO-3);
             False keeps them until backward (ZeRO-2-like, more memory, fewer all-gathers).
         param_dtype: compute dtype of gathered parameters (`MixedPrecisionPolicy.param_dtype`),
-            one of ``DTYPE_NAMES`` or None (keep the stored dtype).
-        reduce_dtype: dtype of the gradient reduce-scatter / all-reduce, or None (= param_dtype).
+            one of ``DTYPE_NAMES``; unset keeps the stored dtype, so a run under torchrun computes
+            like the single-process run (the engine's ``train.dtype = "bf16"`` autocast applies to
+            both). ``"bfloat16"`` = fp32 master weights sharded, bf16 gathered copies.
+        reduce_dtype: dtype of the gradient reduce-scatter / all-reduce (default float32), or unset
+            (= param_dtype).
         capacity_factor: None = dropless expert parallelism. A number > 0 caps every expert at
             ``ceil(capacity_factor * T * K / num_experts)`` rows per source rank; excess rows are
             dropped (contribute zero) with a warning and a counted metric.
@@ -58,7 +61,7 @@ class ParallelConfig(ConfigStruct):
     activation_checkpointing_every_n: int = 0
     cpu_offload: bool = False
     reshard_after_forward: bool = True
-    param_dtype: str | None = "bfloat16"
+    param_dtype: str | None = None
     reduce_dtype: str | None = "float32"
     capacity_factor: float | None = None
 
