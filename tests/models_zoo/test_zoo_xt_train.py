@@ -1,5 +1,6 @@
-"""`xt train` runs every zoo architecture from its examples/ config for a few CPU steps, and the
-Kimi K2 example config is the structure the scaled-down parity test checks."""
+"""`xt train` runs every zoo architecture from its examples/ config for a few CPU steps; the full-size
+example configs (Kimi K2, gpt-oss-20b) and DeepSeek-V3 build with their published parameter counts,
+and the Kimi K2 example is the structure the scaled-down parity test checks."""
 from __future__ import annotations
 
 import json
@@ -75,3 +76,17 @@ def test_full_size_configs_have_the_published_parameter_counts():
         counts[name] = (sum(p.numel() for p in m.parameters()) / 1e9, m.active_params() / 1e9)
     assert 670.5 < counts["deepseek_v3"][0] < 671.5 and 36 < counts["deepseek_v3"][1] < 38
     assert 1000 < counts["kimi_k2"][0] < 1040 and 31 < counts["kimi_k2"][1] < 33
+
+
+def test_gpt_oss_20b_example_has_the_published_parameter_counts():
+    """gpt-oss model card: gpt-oss-20b has 20.9B parameters, 3.6B active per token."""
+    import torch
+
+    from xt.models.gpt_oss import GptOssConfig, GptOssForCausalLM
+
+    cfg = GptOssConfig.from_hf(tomllib.loads((EXAMPLES / "gpt_oss_20b.toml").read_text())["model"]["config"])
+    assert cfg.layer_types[:2] == ["sliding_attention", "full_attention"] and cfg.rope_parameters["factor"] == 32.0
+    with torch.device("meta"):
+        m = GptOssForCausalLM(cfg)
+    assert 20.8 < sum(p.numel() for p in m.parameters()) / 1e9 < 21.0
+    assert 3.55 < m.active_params() / 1e9 < 3.65
