@@ -57,17 +57,15 @@ def test_kimi_k2_example_is_the_tested_structure():
 
 
 def test_full_size_configs_have_the_published_parameter_counts():
-    """Built on the meta device: DeepSeek-V3 has 671B parameters and 37B activated per token (its
+    """Built on the meta device: DeepSeek-V3 (examples/deepseek_v3.toml) has 671B parameters and 37B activated per token (its
     report, arXiv:2412.19437, main model without MTP); Kimi K2 (examples/kimi_k2.toml) 1T total,
     32B activated (Moonshot's model card). Activated here = non-embedding incl. LM head, top-k experts."""
     import torch
 
     from xt.models.deepseek_v3 import DeepseekV3ForCausalLM
 
-    ds = DeepseekV3Config(vocab_size=129280, hidden_size=7168, intermediate_size=18432, moe_intermediate_size=2048,
-                          num_hidden_layers=61, num_attention_heads=128, n_shared_experts=1, n_routed_experts=256,
-                          num_experts_per_tok=8, n_group=8, topk_group=4, kv_lora_rank=512, q_lora_rank=1536,
-                          qk_rope_head_dim=64, qk_nope_head_dim=128, v_head_dim=128, first_k_dense_replace=3)
+    ds = DeepseekV3Config.from_hf(tomllib.loads((EXAMPLES / "deepseek_v3.toml").read_text())["model"]["config"],
+                                  mtp_layers=0)  # the published 671B count is the main model
     k2 = DeepseekV3Config.from_hf(tomllib.loads((EXAMPLES / "kimi_k2.toml").read_text())["model"]["config"])
     counts = {}
     for name, cfg in (("deepseek_v3", ds), ("kimi_k2", k2)):
