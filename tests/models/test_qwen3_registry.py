@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from qwen3_helpers import VOCAB, hf_and_ours
-from xt.models import build_model, generate
+from xt.models import build_model, generate_no_cache as generate
 from xt.models.qwen3 import Qwen3ForCausalLM
 
 CFG = dict(vocab_size=64, hidden_size=16, intermediate_size=24, num_hidden_layers=3, num_attention_heads=4,

@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import torch
 from rich.console import Console
 
 from xt.cli.build import apply_layout, build_run_loader, build_run_model, device_for_run
@@ -29,10 +28,8 @@ def greedy_sample(model, tokenizer, prompt: str, max_new_tokens: int, chat: bool
             ids = ids["input_ids"]
     else:
         ids = tokenizer.encode(prompt, add_special_tokens=False)
-    device = next(model.parameters()).device
-    prompt_ids = torch.tensor(ids, dtype=torch.long, device=device)
-    out = generate(model, prompt_ids, max_new_tokens, eos_token_id=tokenizer.eos_token_id)
-    return tokenizer.decode(out[len(ids):].tolist(), skip_special_tokens=True)
+    new = generate(model, [list(ids)], max_new_tokens, eos_token_id=tokenizer.eos_token_id)[0]
+    return tokenizer.decode(new, skip_special_tokens=True)
 
 
 def run_train(config: str | Path | None, overrides: Sequence[str] = (), resume: str | None = None,

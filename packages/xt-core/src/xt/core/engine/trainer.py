@@ -146,11 +146,29 @@ class Trainer:
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.scheduler.step()
+        hook_metrics = self._post_optimizer_step()
         self.step += 1
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         dt = time.perf_counter() - t0
-        return self._metrics(stats, grad_norm, lr, dt)
+        return {**self._metrics(stats, grad_norm, lr, dt), **hook_metrics}
+
+    def _post_optimizer_step(self) -> dict[str, Any]:
+        """Call the model's optional ``post_optimizer_step(expert_load)`` after each optimizer step.
+
+        Models with a rule that updates state from the step's routing (DeepSeek-V3's
+        auxiliary-loss-free balancing bias) expose ``expert_load() -> Tensor`` (local routed-slot
+        counts) and ``post_optimizer_step(load) -> dict[str, Tensor]``. The engine sums the load
+        over all ranks first, so the rule sees the global batch. Returned tensors are logged.
+        """
+        hook = getattr(self.model, "post_optimizer_step", None)
+        if not callable(hook):
+            return {}
+        load_fn = getattr(self.model, "expert_load", None)
+        load = self.dist.all_reduce_sum(load_fn().detach().clone()) if callable(load_fn) else None
+        out = hook(load) or {}
+        return {k: (v.detach().cpu().tolist() if torch.is_tensor(v) and v.ndim else float(v))
+                for k, v in out.items()}
 
     def _metrics(self, stats: StepStats, grad_norm: float, lr: float, dt: float) -> dict[str, Any]:
         tokens_per_s = stats.num_tokens / dt if dt > 0 else None
