@@ -33,17 +33,24 @@ def default_chunk_size(num_tokens: int, vocab_size: int) -> int:
 
 
 def _step_torch(logits, labels, ignore_index, z_coef, scale):
-    """Rows' (loss, z) and the logits gradient (scaled by ``scale``, zero on ignored rows)."""
+    """Rows' (loss, z) and the logits gradient (scaled by ``scale``, zero on ignored rows).
+
+    One pass of ``exp`` over the chunk: ``e = exp(l - max)``, ``lse = max + log Σe``,
+    ``softmax = e / Σe`` (the chunk buffer is reused in place).
+    """
     acc = torch.promote_types(logits.dtype, torch.float32)
     lf = logits.to(acc)
-    lse = torch.logsumexp(lf, dim=-1)
     valid = labels != ignore_index
     safe = torch.where(valid, labels, 0)
     tgt = lf.gather(1, safe[:, None])[:, 0]
+    row_max = lf.amax(dim=-1, keepdim=True)
+    g = lf.sub_(row_max).exp_()
+    denom = g.sum(dim=-1)
+    lse = row_max[:, 0] + denom.log()
     vf = valid.to(acc)
     loss = (lse - tgt) * vf
     z = lse * lse * vf
-    g = torch.exp(lf.sub_(lse[:, None]))  # softmax, reusing the upcast buffer
+    g.div_(denom[:, None])  # softmax
     if z_coef:
         g.mul_((1.0 + 2.0 * z_coef * lse)[:, None])
     g.scatter_add_(1, safe[:, None], -torch.ones_like(g[:, :1]))
