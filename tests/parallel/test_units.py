@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from xt.core.config.base import ConfigFieldError
 from xt.parallel import LayoutError, ParallelConfig, shard_batch_for_sp, validate_layout
 from xt.parallel.checkpointing import checkpointed_layer_ids
-from xt.parallel.expert_parallel import AllToAllDispatcher, block_gather_index
+from xt.parallel.expert_parallel import AllToAllDispatcher, block_gather_index, capacity_metrics
 from xt.parallel.ulysses import kv_repeat_for_sp
 from xt.parallel.varlen_attention import varlen_attention
 
@@ -109,6 +109,7 @@ def test_capacity_factor_drops_counts_and_warns(caplog):
         xs, counts, ctx = disp.dispatch(x, ids, w)
     assert counts.tolist() == [5, 4, 3, 3] and disp.last_dropped_rows == 5 and disp.dropped_rows == 5
     assert "dropped 5 of 20" in caplog.text
+    assert capacity_metrics(torch.nn.ModuleList([disp])) == {"moe_dropped_rows": 5, "moe_dropped_rows_last": 5}
     ys = torch.cat([xs[s:s + c] @ W[e] for e, (s, c) in enumerate(zip([0, 5, 9, 12], counts.tolist()))])
     y = disp.combine(ys, ctx)
     x_ref = x.detach().clone().requires_grad_(True)

@@ -9,7 +9,7 @@ Flow (forward; autograd reverses every step):
   2. optional capacity: keep the first ``cap`` rows of each expert (per source rank);
   3. exchange counts with one ``all_to_all_single`` of E integers, then one host copy of the
      split sizes (the only host synchronisation);
-  4. ``all_to_all_single_autograd`` sends each row to the rank owning its expert;
+  4. a differentiable ``all_to_all_single`` (:mod:`xt.parallel.comm`) sends each row to its expert's rank;
   5. re-group the received ``[source rank, local expert]`` blocks expert-major for the grouped GEMM;
   6. ``combine`` undoes 5, 4, 2 and finishes with the fp32 weighted `unpermute`.
 Reference: the dispatch/combine design of DeepSpeed-MoE / Megatron-Core's ``MoEAlltoAllTokenDispatcher``
@@ -29,7 +29,7 @@ from xt.parallel.comm import all_to_all
 
 from xt.kernels.moe import PermuteInfo, permute, unpermute
 
-__all__ = ["AllToAllDispatcher", "DispatchContext", "block_gather_index"]
+__all__ = ["AllToAllDispatcher", "DispatchContext", "block_gather_index", "capacity_metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -175,3 +175,19 @@ class AllToAllDispatcher(nn.Module):
         if ctx.keep_index is not None:
             y = y.new_zeros(ctx.num_rows, y.shape[-1]).index_copy(0, ctx.keep_index, y)
         return unpermute(y.contiguous(), ctx.info, ctx.topk_weights)
+
+
+def capacity_metrics(model: nn.Module) -> dict[str, int]:
+    """Capacity-drop counters summed over every :class:`AllToAllDispatcher` in `model` (this rank).
+
+    Returns:
+        ``{"moe_dropped_rows": cumulative dropped routed rows, "moe_dropped_rows_last": rows
+        dropped in the latest forward of each layer, summed}``; zeros when dropless. Sum over ranks
+        with ``dist_ctx.all_reduce_sum`` for a global count.
+    """
+    total = last = 0
+    for m in model.modules():
+        if isinstance(m, AllToAllDispatcher):
+            total += m.dropped_rows
+            last += m.last_dropped_rows
+    return {"moe_dropped_rows": total, "moe_dropped_rows_last": last}
