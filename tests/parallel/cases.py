@@ -57,8 +57,17 @@ def build_model(spec: dict):
 
 
 def reference_toy(spec: dict) -> dict:
-    """Single process, no torch.distributed: every dp micro-batch of a step accumulated."""
+    """Single process, no torch.distributed: every dp micro-batch of a step accumulated.
+
+    ``spec["layout"]["capacity_factor"]`` applies per micro-batch here, which is what EP does per
+    source rank when ``sp_size == 1`` (each rank's tokens are one micro-batch)."""
+    from xt.parallel.expert_parallel import AllToAllDispatcher, capacity_metrics
     model = build_model(spec)
+    cf = spec["layout"].get("capacity_factor")
+    if cf is not None:
+        for m in model.modules():
+            if hasattr(m, "dispatcher"):
+                m.dispatcher = AllToAllDispatcher(m.dispatcher.num_experts, None, cf)
     opt = _optimizer(model, spec)
     out = {"loss": [], "grad_norm": []}
     for step in range(len(spec["docs"])):
@@ -77,6 +86,7 @@ def reference_toy(spec: dict) -> dict:
         opt.step()
         opt.zero_grad()
     out["params"] = {k: p.detach().clone() for k, p in model.named_parameters()}
+    out["dropped"] = capacity_metrics(model)["moe_dropped_rows"]
     return out
 
 
@@ -131,6 +141,8 @@ def run_toy(spec: dict, state: dict) -> dict:
         opt.step()
         opt.zero_grad()
     out["params"] = gather_full(model, meshes.ep_group)
+    from xt.parallel.expert_parallel import capacity_metrics
+    out["dropped"] = int(ctx.all_reduce_sum(torch.tensor(capacity_metrics(model)["moe_dropped_rows"])))
     dist.barrier()
     return out
 

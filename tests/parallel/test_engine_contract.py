@@ -1,5 +1,5 @@
 """xt.parallel under the engine's conventions: gradient accumulation with grad sync off, bf16
-mixed precision (fp32 reduce) and CPU offload, each against the single-process fp32 run."""
+mixed precision (fp32 reduce), CPU offload and capacity dropping, each against the single-process run."""
 from __future__ import annotations
 
 import pytest
@@ -41,4 +41,17 @@ def test_bf16_mixed_precision_close_to_fp32(pools):
 def test_cpu_offload_matches(pools):
     spec = _spec(dict(ep_size=2, cpu_offload=True), [[[6, 3], [9]], [[4, 4], [7, 2]]])
     bad = mismatches(pools(2).run(spec), reference_toy(spec))
+    assert not bad, "\n".join(bad[:20])
+
+
+@pytest.mark.parametrize("ac", [0.0, 1.0])
+def test_capacity_factor_matches_per_rank_reference(pools, ac):
+    """Capacity drops under EP equal a per-micro-batch capacity in one process; activation
+    checkpointing recomputation does not count drops twice."""
+    spec = _spec(dict(ep_size=2, capacity_factor=1.0, activation_checkpointing=ac),
+                 [[[9, 7], [12, 4]], [[5, 11], [8, 8]]])
+    spec["skew"] = "one_expert"
+    got, ref = pools(2).run(spec), reference_toy(spec)
+    assert ref["dropped"] > 0 and got["dropped"] == ref["dropped"]
+    bad = mismatches(got, ref)
     assert not bad, "\n".join(bad[:20])

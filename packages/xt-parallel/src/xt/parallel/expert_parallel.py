@@ -56,7 +56,8 @@ def block_gather_index(src_starts: torch.Tensor, sizes: torch.Tensor, total: int
 
 def _in_backward() -> bool:
     """True while autograd runs a backward (e.g. an activation-checkpointing recomputation)."""
-    return torch._C._current_graph_task_id() != -1
+    task_id = getattr(torch._C, "_current_graph_task_id", None)
+    return task_id is not None and task_id() != -1
 
 
 @dataclass
