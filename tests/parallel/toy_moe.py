@@ -22,6 +22,8 @@ from xt.parallel.varlen_attention import VarlenAttention
 
 @dataclass
 class ToyConfig:
+    """Sizes with HF names (hidden_size, num_experts, ...); all small."""
+
     vocab_size: int = 32
     hidden_size: int = 16
     num_hidden_layers: int = 2
@@ -47,6 +49,8 @@ def _rope(x, pos):  # x [T, H, d]
 
 
 class Attention(nn.Module):
+    """GQA attention with RoPE from position_ids; the core attention is a swappable submodule."""
+
     def __init__(self, c: ToyConfig):
         super().__init__()
         self.c = c
@@ -65,6 +69,8 @@ class Attention(nn.Module):
 
 
 class Router(nn.Module):
+    """Softmax over all experts in fp32 (+ fixed ``logit_bias`` for skews), top-k without renormalising."""
+
     def __init__(self, c: ToyConfig):
         super().__init__()
         self.top_k = c.num_experts_per_tok
@@ -79,6 +85,8 @@ class Router(nn.Module):
 
 
 class Experts(nn.Module):
+    """SwiGLU experts, ``w_gate_up [E, 2F, D]``, ``w_down [E, D, F]``, via ``xt.kernels`` grouped GEMM."""
+
     def __init__(self, c: ToyConfig):
         super().__init__()
         F_, D, E = c.moe_intermediate_size, c.hidden_size, c.num_experts
@@ -92,6 +100,8 @@ class Experts(nn.Module):
 
 
 class MoE(nn.Module):
+    """Router -> dispatcher.dispatch -> experts -> dispatcher.combine (docs/contracts.md)."""
+
     def __init__(self, c: ToyConfig):
         super().__init__()
         self.gate = Router(c)
@@ -105,6 +115,8 @@ class MoE(nn.Module):
 
 
 class Layer(nn.Module):
+    """Pre-norm decoder layer: x + attn(rms(x)); x + moe(rms(x))."""
+
     def __init__(self, c: ToyConfig):
         super().__init__()
         self.input_layernorm = nn.Parameter(torch.ones(c.hidden_size))
@@ -118,6 +130,8 @@ class Layer(nn.Module):
 
 
 class Inner(nn.Module):
+    """Embeddings, layers, final norm weight (HF ``model.model``)."""
+
     def __init__(self, c: ToyConfig):
         super().__init__()
         self.embed_tokens = nn.Embedding(c.vocab_size, c.hidden_size)
@@ -126,6 +140,8 @@ class Inner(nn.Module):
 
 
 class ToyMoEForCausalLM(nn.Module):
+    """Causal LM over a packed batch; returns ``loss_sum`` (fp32 CE summed over labels != -100)."""
+
     def __init__(self, c: ToyConfig):
         super().__init__()
         self.config = c

@@ -122,18 +122,22 @@ class ParallelMeshes:
 
     @property
     def ep_group(self) -> dist.ProcessGroup:
+        """Process group of this rank's ``ep`` row (the ranks that exchange tokens in MoE layers)."""
         return self.expert.get_group("ep")
 
     @property
     def ep_rank(self) -> int:
+        """Index in the EP group: this rank owns experts ``[ep_rank * El, (ep_rank + 1) * El)``."""
         return self.expert.get_local_rank("ep")
 
     @property
     def sp_group(self) -> dist.ProcessGroup:
+        """Process group of this rank's ``sp`` row (the ranks sharing one packed sequence)."""
         return self.data.get_group("sp")
 
     @property
     def sp_rank(self) -> int:
+        """Index in the SP group: which slice of each packed sequence this rank holds."""
         return self.data.get_local_rank("sp")
 
     @property
@@ -143,6 +147,7 @@ class ParallelMeshes:
 
     @property
     def dp_size(self) -> int:
+        """Number of distinct data streams, ``world_size // sp_size``."""
         return self.world_size // self.cfg.sp_size
 
 
