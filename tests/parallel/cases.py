@@ -304,3 +304,43 @@ def run_dispatch(spec: dict, state: dict) -> dict:
     dist.all_gather_object(every, mine)
     return {"y": [e["y"] for e in every], "x_grad": [e["x_grad"] for e in every],
             "w_grad": torch.cat([e["w_grad"] for e in every]), "dropped": [e["dropped"] for e in every]}
+
+
+# --- distributed checkpoint (DCP) round trip across layouts -----------------------------------------
+
+def run_dcp(spec: dict, state: dict) -> dict:
+    """Train one step under layout A, save model + optimizer with DCP (as xt.core does), load into a
+    fresh model under layout B, then take one more identical step with both; return full params."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    from xt.parallel import parallelize
+    from xt.parallel.gather import gather_full
+
+    def build(layout):
+        cfg, meshes = _meshes(dict(spec, layout=layout), state)
+        model, ctx = parallelize(build_model(spec), cfg, device_type="cpu", meshes=meshes)
+        return model, ctx, _optimizer(model, spec), meshes
+
+    def step(model, ctx, opt, s):
+        batch = ctx.shard_batch(_batches(spec, s)[ctx.dp_rank])
+        n_tok = ctx.all_reduce_sum((batch["labels"] != IGNORE_INDEX).sum())
+        (model(**batch).loss_sum / n_tok.clamp(min=1).float()).backward()
+        opt.step()
+        opt.zero_grad()
+
+    model_a, ctx_a, opt_a, meshes_a = build(spec["layout_a"])
+    step(model_a, ctx_a, opt_a, 0)
+    msd, osd = get_state_dict(model_a, opt_a)
+    dcp.save({"model": msd, "optim": osd}, checkpoint_id=spec["dir"])
+    model_b, ctx_b, opt_b, meshes_b = build(spec["layout_b"])
+    msd_b, osd_b = get_state_dict(model_b, opt_b)
+    dcp.load({"model": msd_b, "optim": osd_b}, checkpoint_id=spec["dir"])
+    set_state_dict(model_b, opt_b, model_state_dict=msd_b, optim_state_dict=osd_b)
+    out = {"saved": gather_full(model_a), "loaded": gather_full(model_b)}
+    step(model_a, ctx_a, opt_a, 1)
+    step(model_b, ctx_b, opt_b, 1)
+    out["next_a"], out["next_b"] = gather_full(model_a), gather_full(model_b)
+    dist.barrier()
+    return out

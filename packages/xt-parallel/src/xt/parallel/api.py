@@ -141,7 +141,7 @@ def parallelize(model: nn.Module, cfg: ParallelConfig, *, device_type: str | Non
         owner.dispatcher = AllToAllDispatcher(num_experts, meshes.ep_group if cfg.ep_size > 1 else None,
                                               cfg.capacity_factor)
         if cfg.ep_size > 1:
-            shard_experts_(experts, num_experts, meshes.ep_rank, cfg.ep_size)
+            shard_experts_(experts, num_experts, meshes.expert["ep"])
             expert_modules.append(experts)
     if cfg.sp_size > 1:
         for layer in layers:
@@ -149,5 +149,4 @@ def parallelize(model: nn.Module, cfg: ParallelConfig, *, device_type: str | Non
     if cfg.activation_checkpointing or cfg.activation_checkpointing_every_n:
         apply_activation_checkpointing(layers, cfg.activation_checkpointing, cfg.activation_checkpointing_every_n)
     apply_fsdp(model, layers, meshes, expert_modules)
-    expert_ids = {id(p) for ex in expert_modules for p in ex.parameters()}
-    return model, ParallelDistContext(meshes, expert_ids)
+    return model, ParallelDistContext(meshes)

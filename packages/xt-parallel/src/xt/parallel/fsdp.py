@@ -15,7 +15,9 @@ from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+from torch.distributed.tensor import DTensor, Shard
 
 from xt.parallel.config import ParallelConfig
 from xt.parallel.mesh import ParallelMeshes
@@ -35,31 +37,70 @@ def mixed_precision_policy(cfg: ParallelConfig) -> MixedPrecisionPolicy:
     return MixedPrecisionPolicy(param_dtype=_dtype(cfg.param_dtype), reduce_dtype=_dtype(cfg.reduce_dtype))
 
 
-def shard_experts_(experts: nn.Module, num_experts: int, ep_rank: int, ep_size: int) -> list[str]:
-    """Keep only EP rank `ep_rank`'s experts: slice every direct parameter whose dim 0 is `num_experts`.
+def shard_experts_(experts: nn.Module, num_experts: int, ep_mesh: DeviceMesh) -> list[str]:
+    """Keep only this EP rank's experts, as DTensors ``Shard(0)`` over `ep_mesh` (global shape ``[E, ...]``).
 
-    Rank ``p`` keeps experts ``[p * El, (p + 1) * El)`` with ``El = num_experts // ep_size`` (new
-    ``nn.Parameter`` objects; must run before `fully_shard` and before the optimizer is built).
+    Every direct parameter whose dim 0 is `num_experts` becomes a DTensor parameter whose local
+    tensor is rank ``p``'s experts ``[p * El, (p + 1) * El)`` (``El = num_experts // ep_size``). Its
+    global shape stays ``[E, ...]``, so distributed checkpoints (DCP), ``full_tensor()`` and the
+    gradient norm see every expert exactly once; `fully_shard` on the expert mesh then adds FSDP over
+    ``edp_shard`` (a 2-D spec, as for FSDP + tensor parallel). The module's ``forward`` sees plain local
+    tensors (:class:`_LocalExpertViews`). Must run before `fully_shard` and before the optimizer is built.
 
     Returns:
         Names of the sliced parameters.
 
     Raises:
-        ValueError: `num_experts` not divisible by `ep_size`, or no parameter has dim 0 == num_experts.
+        ValueError: `num_experts` not divisible by the EP size, or no parameter has dim 0 == num_experts.
     """
+    ep_size, ep_rank = ep_mesh.size(), ep_mesh.get_local_rank()
     if num_experts % ep_size:
         raise ValueError(f"num_experts ({num_experts}) is not divisible by ep_size ({ep_size})")
     n_local = num_experts // ep_size
     sliced = []
     for name, p in list(experts.named_parameters(recurse=False)):
-        if p.dim() >= 1 and p.shape[0] == num_experts:
+        if p.dim() >= 1 and p.shape[0] == num_experts and not isinstance(p, DTensor):
             local = p.detach()[ep_rank * n_local:(ep_rank + 1) * n_local].clone()
-            setattr(experts, name, nn.Parameter(local, requires_grad=p.requires_grad))
+            dt = DTensor.from_local(local, ep_mesh, [Shard(0)], run_check=False, shape=p.shape, stride=p.stride())
+            setattr(experts, name, nn.Parameter(dt, requires_grad=p.requires_grad))
             sliced.append(name)
     if not sliced:
         raise ValueError(f"{type(experts).__name__} has no parameter with dim 0 == num_experts ({num_experts})")
     setattr(experts, EP_ATTR, (ep_rank, ep_size, num_experts))
+    views = _LocalExpertViews(sliced)
+    experts.register_forward_pre_hook(views.pre)
+    experts.register_forward_hook(views.post, prepend=True)
     return sliced
+
+
+class _LocalExpertViews:
+    """Forward hooks: expose the EP rank's local expert tensors (``DTensor.to_local()``, differentiable)
+    to the module's ``forward`` and put the DTensor parameters back afterwards. When the module got no
+    rows, its output is tied to the weights with a zero factor so every rank produces a (zero)
+    gradient and FSDP's reduce-scatter stays collective."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+
+    def pre(self, module: nn.Module, args) -> None:
+        saved = {}
+        for name in self.names:
+            p = module._parameters[name]
+            if isinstance(p, DTensor):
+                saved[name] = p
+                module._parameters[name] = p.to_local()
+        module._xt_saved_params = saved
+
+    def post(self, module: nn.Module, args, output):
+        x = args[0] if args else None
+        if isinstance(x, torch.Tensor) and x.shape[0] == 0 and torch.is_grad_enabled():
+            tie = sum(module._parameters[n].reshape(-1)[:1].sum() for n in self.names
+                      if module._parameters[n].requires_grad)
+            output = output + 0.0 * tie
+        for name, p in getattr(module, "_xt_saved_params", {}).items():
+            module._parameters[name] = p
+        module._xt_saved_params = {}
+        return output
 
 
 def _sum_gradients(module: FSDPModule) -> None:
@@ -70,16 +111,6 @@ def _sum_gradients(module: FSDPModule) -> None:
         module.set_gradient_divide_factor(1.0)
     else:  # older torch
         module.set_reduce_scatter_divide_factor(1.0)
-
-
-def _zero_rows_keep_grad(module: nn.Module, args, output):
-    """Forward hook: when an expert module got no rows, tie its output to its parameters with a zero
-    factor, so every rank produces a (zero) gradient and FSDP's reduce-scatter stays collective."""
-    x = args[0] if args else None
-    if not isinstance(x, torch.Tensor) or x.shape[0] != 0 or not torch.is_grad_enabled():
-        return output
-    tie = sum(p.reshape(-1)[:1].sum() for p in module.parameters() if p.requires_grad)
-    return output + 0.0 * tie
 
 
 def apply_fsdp(model: nn.Module, layers: Sequence[nn.Module], meshes: ParallelMeshes,
@@ -103,7 +134,6 @@ def apply_fsdp(model: nn.Module, layers: Sequence[nn.Module], meshes: ParallelMe
                   offload_policy=CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if cfg.cpu_offload
                   else OffloadPolicy())
     for ex in expert_modules:
-        ex.register_forward_hook(_zero_rows_keep_grad)
         fully_shard(ex, mesh=meshes.expert_fsdp_mesh, **kwargs)
     for layer in layers:
         fully_shard(layer, mesh=meshes.dense_fsdp_mesh, **kwargs)

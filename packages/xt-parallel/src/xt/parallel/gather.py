@@ -5,6 +5,8 @@ Used to compare with single-process runs and to export a full state dict (e.g. H
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -16,13 +18,22 @@ __all__ = ["full_tensor", "gather_full"]
 
 
 def full_tensor(t: torch.Tensor, ep_group: dist.ProcessGroup | None = None) -> torch.Tensor:
-    """Unshard `t` (a DTensor becomes its full tensor); with `ep_group`, concatenate the EP slices on dim 0.
+    """Unshard `t`: a DTensor becomes its full tensor (FSDP shards and, for experts distributed by
+    :func:`xt.parallel.fsdp.shard_experts_`, all EP ranks' experts). A plain tensor holding one EP
+    rank's slice is concatenated over `ep_group` on dim 0.
 
     Returns:
         A plain tensor (detached).
     """
-    full = t.full_tensor() if isinstance(t, DTensor) else t
-    full = full.detach().clone()  # never alias live parameters or gradients
+    if isinstance(t, DTensor):
+        quiet = logging.getLogger("torch.distributed.tensor._redistribute")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)  # 2-D expert specs gather in two steps: expected, not a problem here
+        try:
+            return t.full_tensor().detach().clone()
+        finally:
+            quiet.setLevel(level)
+    full = t.detach().clone()  # never alias live parameters or gradients
     if ep_group is not None and dist.get_world_size(ep_group) > 1:
         n = dist.get_world_size(ep_group)
         out = full.new_empty((n * full.shape[0], *full.shape[1:]))
