@@ -1,10 +1,12 @@
 """Gradient norm and clipping over parameters that live on different meshes (dense FSDP, EP experts).
 
 Each rank holds shards: a dense DTensor gradient is split over its FSDP mesh and replicated over
-HSDP replicas; an expert gradient is split over ``edp_shard`` (FSDP) *and* over ``ep`` (each EP rank
-owns different experts). Every local shard's squared norm is weighted by ``1 / (number of ranks
-holding an identical copy)`` and one ``all_reduce`` over the world sums them, which is the squared
-norm of the full, unsharded gradient (each element counted once).
+HSDP replicas; an expert gradient is a DTensor split over ``edp_shard`` (FSDP) *and* ``ep`` (each EP
+rank owns different experts). Every local shard's squared norm is weighted by ``1 / (number of ranks
+holding an identical copy)`` (ranks outside the tensor's mesh, and its Replicate dimensions) and one
+``all_reduce`` over the world sums them: the squared norm of the full, unsharded gradient, each
+element counted once. Plain tensors are taken as replicated on every rank, except those listed in
+``expert_params`` (one EP rank's slice, for EP applied without DTensors).
 """
 from __future__ import annotations
 

@@ -25,10 +25,9 @@ class ParallelDistContext:
         meshes: the layout's meshes. rank / world_size / is_main: global.
         dp_rank / dp_size: shard the data loader with these (SP ranks of one group read the same data).
         sp_rank / sp_size: this rank's slice of each packed batch (:meth:`shard_batch`).
-        expert_param_ids: ``id()`` of the EP-sliced parameters (for the global gradient norm).
     """
 
-    def __init__(self, meshes: ParallelMeshes, expert_param_ids: set[int] = frozenset()) -> None:
+    def __init__(self, meshes: ParallelMeshes) -> None:
         self.meshes = meshes
         self.rank = meshes.rank
         self.world_size = meshes.world_size
@@ -36,7 +35,6 @@ class ParallelDistContext:
         self.dp_rank, self.dp_size = meshes.dp_rank, meshes.dp_size
         self.sp_rank, self.sp_size = meshes.sp_rank, meshes.cfg.sp_size
         self.ep_size = meshes.cfg.ep_size
-        self.expert_param_ids = set(expert_param_ids)
 
     def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
         """Sum `t` over all ranks in place and return it."""
@@ -45,7 +43,7 @@ class ParallelDistContext:
 
     def clip_grad_norm_(self, params: Iterable[nn.Parameter], max_norm: float) -> torch.Tensor:
         """Clip to `max_norm` with the true global L2 norm over dense and expert meshes (:mod:`xt.parallel.clip`)."""
-        return clip_grad_norm_(params, max_norm, self.expert_param_ids, self.ep_size)
+        return clip_grad_norm_(params, max_norm)
 
     def set_grad_sync(self, model: nn.Module, enabled: bool) -> None:
         """FSDP2 ``set_requires_gradient_sync`` on every FSDP unit (off during gradient accumulation)."""
