@@ -6,7 +6,6 @@ import logging
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from xt.core.config.base import ConfigFieldError
 from xt.parallel import LayoutError, ParallelConfig, shard_batch_for_sp, validate_layout
@@ -125,3 +124,19 @@ def test_capacity_factor_drops_counts_and_warns(caplog):
     y.sum().backward()
     ref.sum().backward()
     assert torch.allclose(x.grad, x_ref.grad, atol=1e-6)
+
+
+def test_clip_without_process_group_matches_torch():
+    """One process: the global norm and the clipping equal torch.nn.utils.clip_grad_norm_ (float64)."""
+    from xt.parallel.clip import clip_grad_norm_
+    g = torch.Generator().manual_seed(4)
+    ps = [torch.nn.Parameter(torch.randn(5, 3, generator=g, dtype=torch.float64)) for _ in range(3)]
+    qs = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+    for p, q in zip(ps, qs):
+        p.grad = torch.randn(p.shape, generator=g, dtype=torch.float64)
+        q.grad = p.grad.clone()
+    norm = clip_grad_norm_(ps, 0.5)
+    ref = torch.nn.utils.clip_grad_norm_(qs, 0.5)
+    assert abs(norm.item() - ref.item()) <= 1e-6 * ref.item()
+    for p, q in zip(ps, qs):
+        assert torch.allclose(p.grad, q.grad, rtol=1e-6)
