@@ -95,3 +95,10 @@ def test_console_script_runs(tiny_run: Path):
     exe = Path(sys.executable).with_name("xt")
     r = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "train" in r.stdout
+
+
+def test_unused_model_keys_are_reported(tiny_run: Path):
+    from xt.cli.build import unused_model_keys
+    cfg = load_xt_config(tiny_run, ["model.config.num_expert=8", "model.config.transformers_version='5.0'"])
+    assert unused_model_keys(cfg.model) == ["num_expert"]
+    assert unused_model_keys(load_xt_config(tiny_run).model) == []

@@ -15,7 +15,7 @@ from xt.kernels.config import apply_kernels_config
 from xt.models import build_model, from_pretrained
 from xt.models.common.hf_config import read_config_json
 
-__all__ = ["build_run_model", "build_run_loader", "want_distributed", "apply_layout", "device_for_run"]
+__all__ = ["unused_model_keys", "build_run_model", "build_run_loader", "want_distributed", "apply_layout", "device_for_run"]
 
 
 def device_for_run() -> torch.device:
@@ -32,6 +32,26 @@ def _hf_dict(section: ModelSection) -> dict[str, Any]:
         d = read_config_json(Path(section.hf_config or section.init_from))
     d.update(section.overrides)
     return d
+
+
+# HF config.json keys that carry no model structure (or are read under another name) and are
+# therefore never reported as unused.
+_HF_BOOKKEEPING = {"architectures", "model_type", "transformers_version", "torch_dtype", "dtype", "use_cache",
+                   "rope_theta", "rope_scaling", "rope_parameters", "num_experts", "num_local_experts",
+                   "initializer_range", "bos_token_id", "eos_token_id", "pad_token_id", "output_router_logits",
+                   "attention_dropout", "quantization_config", "auto_map", "scoring_func", "topk_method"}
+
+
+def unused_model_keys(section: ModelSection) -> list[str]:
+    """Keys of an inline ``[model.config]`` (or ``model.overrides``) that the chosen model family
+    does not read: most often a typo (``num_expert``), which would otherwise be silently ignored."""
+    import msgspec
+    from xt.models.registry import get_spec
+    written = dict(section.config or {}) | dict(section.overrides)
+    if not written:
+        return []
+    fields = {f.name for f in msgspec.structs.fields(get_spec(_hf_dict(section)).config_cls)}
+    return sorted(k for k in written if k not in fields and k not in _HF_BOOKKEEPING)
 
 
 def build_run_model(section: ModelSection, device: torch.device) -> nn.Module:

@@ -8,7 +8,8 @@ from typing import Sequence
 
 from rich.console import Console
 
-from xt.cli.build import apply_layout, build_run_loader, build_run_model, device_for_run
+from xt.cli.build import (apply_layout, build_run_loader, build_run_model, device_for_run,
+                          unused_model_keys)
 from xt.cli.config import XTConfig, load_xt_config
 from xt.cli.export import export_hf
 from xt.core.checkpoint import seed_everything
@@ -47,6 +48,10 @@ def run_train(config: str | Path | None, overrides: Sequence[str] = (), resume: 
     t0 = time.perf_counter()
     device = device_for_run()
     seed_everything(cfg.train.seed)
+    unused = unused_model_keys(cfg.model)
+    if unused:
+        console.print(f"[yellow]warning[/yellow]: {config}: [model.config] keys that this model family does "
+                      f"not read (a typo?): {', '.join(unused)}")
     model = build_run_model(cfg.model, device)
     model, dist = apply_layout(model, cfg, device)
     is_main = getattr(dist, "is_main", True)
