@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import Pool  # noqa: E402
+from parallel_harness import Pool  # noqa: E402
 
 _POOLS: dict[int, Pool] = {}
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from cases import reference_hf
-from layouts import mismatches
+from parallel_cases import reference_hf
+from parallel_layouts import mismatches
 
 pytest.importorskip("transformers")
 pytestmark = pytest.mark.dist
@@ -30,7 +30,7 @@ HF_CONFIG = dict(vocab_size=48, hidden_size=32, intermediate_size=48, moe_interm
 def test_hf_qwen3_moe_matches_single_process(pools, world, layout):
     dp = world // layout.get("sp_size", 1)
     docs = [[[5, 9, 2], [13], [4, 4, 3], [7, 1]][:dp], [[11, 3], [6, 6], [9], [2, 8]][:dp]]
-    spec = dict(fn="cases:run_hf", hf_config=HF_CONFIG, seed=7, docs=docs, lr=1e-2, max_norm=1.0,
+    spec = dict(fn="parallel_cases:run_hf", hf_config=HF_CONFIG, seed=7, docs=docs, lr=1e-2, max_norm=1.0,
                 layout=dict(layout, param_dtype=None, reduce_dtype=None))
     got = pools(world).run(spec)
     ref = reference_hf(spec)

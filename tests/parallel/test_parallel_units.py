@@ -14,7 +14,7 @@ from xt.parallel.expert_parallel import AllToAllDispatcher, block_gather_index, 
 from xt.parallel.ulysses import kv_repeat_for_sp
 from xt.parallel.varlen_attention import varlen_attention
 
-from cases import make_batch
+from parallel_cases import make_batch
 
 
 @pytest.mark.parametrize("kwargs,world,sizes,needle", [

@@ -6,7 +6,7 @@ packed micro-batches with random document lengths per data-parallel rank and a r
 (none / all tokens to one expert / half the experts empty = a whole EP rank idle), then compares
 with a single-process run on the same data: loss, global grad norm, every gradient gathered to full
 (step 1) and every parameter after two optimizer steps with gradient clipping (AdamW for the
-layout sweep, SGD with momentum for drawn cases: see `cases._optimizer`), rel err <= 1e-5.
+layout sweep, SGD with momentum for drawn cases: see `parallel_cases._optimizer`), rel err <= 1e-5.
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cases import reference_toy
-from layouts import mismatches, valid_layouts
+from parallel_cases import reference_toy
+from parallel_layouts import mismatches, valid_layouts
 
 pytestmark = pytest.mark.dist
 
@@ -31,7 +31,7 @@ def _model(kv_heads: int, num_experts: int, top_k: int) -> dict:
 
 
 def _spec(model: dict, layout: dict, ac: float, skew: str, docs, seed: int, optim: str = "adamw") -> dict:
-    return dict(fn="cases:run_toy", model=model, seed=seed, skew=skew, docs=docs, lr=1e-2, max_norm=0.5, optim=optim,
+    return dict(fn="parallel_cases:run_toy", model=model, seed=seed, skew=skew, docs=docs, lr=1e-2, max_norm=0.5, optim=optim,
                 layout=dict(layout, activation_checkpointing=ac, param_dtype=None, reduce_dtype=None))
 
 

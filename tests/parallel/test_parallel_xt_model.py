@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from cases import reference_toy
-from layouts import mismatches
+from parallel_cases import reference_toy
+from parallel_layouts import mismatches
 
 pytest.importorskip("xt.models.qwen3.model")
 pytestmark = pytest.mark.dist
@@ -26,7 +26,7 @@ MODEL = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_lay
 def test_xt_qwen3_moe_matches_single_process(pools, world, layout, tie):
     dp = world // layout.get("sp_size", 1)
     docs = [[[5, 9, 2], [13], [4, 4, 3], [7, 1]][:dp], [[11, 3], [6, 6], [9], [2, 8]][:dp]]
-    spec = dict(fn="cases:run_toy", builder="xt_qwen3", model=dict(MODEL, tie_word_embeddings=tie), seed=5, skew="none", docs=docs, lr=1e-2,
+    spec = dict(fn="parallel_cases:run_toy", builder="xt_qwen3", model=dict(MODEL, tie_word_embeddings=tie), seed=5, skew="none", docs=docs, lr=1e-2,
                 max_norm=1.0, layout=dict(layout, param_dtype=None, reduce_dtype=None))
     bad = mismatches(pools(world).run(spec), reference_toy(spec))
     assert not bad, "\n".join(bad[:20])

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cases import reference_toy
-from layouts import TOL, rel_err
+from parallel_cases import reference_toy
+from parallel_layouts import TOL, rel_err
 
 pytestmark = pytest.mark.dist
 
@@ -24,7 +24,7 @@ def test_dcp_round_trip_across_layouts(pools, tmp_path, layout_a, layout_b):
     """Same sp_size on both sides, so both runs see the same per-rank batches."""
     dp = 4 // layout_a.get("sp_size", 1)
     docs = [[9, 7], [12, 4], [5, 5], [6]][:dp]
-    spec = dict(fn="cases:run_dcp", model=MODEL, seed=2, skew="none", lr=1e-2, max_norm=1.0, docs=[docs, docs],
+    spec = dict(fn="parallel_cases:run_dcp", model=MODEL, seed=2, skew="none", lr=1e-2, max_norm=1.0, docs=[docs, docs],
                 layout_a=dict(layout_a, **FP32), layout_b=dict(layout_b, **FP32), dir=str(tmp_path / "ckpt"))
     got = pools(4).run(spec)
     ref_one = reference_toy(dict(spec, docs=[docs], layout=spec["layout_a"]))["params"]

@@ -52,7 +52,7 @@ def build_model(spec: dict):
         from xt.models.qwen3.model import Qwen3ForCausalLM
         torch.manual_seed(spec["seed"])
         return Qwen3ForCausalLM(Qwen3Config(**spec["model"])).float()
-    from toy_moe import ToyConfig, build_toy
+    from parallel_toy_moe import ToyConfig, build_toy
     return build_toy(ToyConfig(**spec["model"]), spec["seed"], spec["skew"])
 
 

@@ -8,7 +8,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cases import reference_dispatch
+from parallel_cases import reference_dispatch
 
 pytestmark = pytest.mark.dist
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.dist
 @st.composite
 def specs(draw, world: int):
     E = world * draw(st.sampled_from([1, 2, 3]))
-    return dict(fn="cases:run_dispatch", seed=draw(st.integers(0, 10**6)), num_experts=E, hidden=8,
+    return dict(fn="parallel_cases:run_dispatch", seed=draw(st.integers(0, 10**6)), num_experts=E, hidden=8,
                 top_k=draw(st.integers(1, min(E, 3))), tokens=[draw(st.integers(0, 9)) for _ in range(world)],
                 skew=draw(st.sampled_from(["none", "one_expert"])),
                 capacity_factor=draw(st.sampled_from([None, None, 0.5, 1.0])))
@@ -41,7 +41,7 @@ def test_all_to_all_dispatch_matches_local(pools, world, examples):
 
 def test_zero_tokens_everywhere_and_one_expert(pools):
     """Rank 0 sends nothing; every token of rank 1 goes to expert 0 (rank 0's)."""
-    spec = dict(fn="cases:run_dispatch", seed=3, num_experts=4, hidden=8, top_k=1, tokens=[0, 7],
+    spec = dict(fn="parallel_cases:run_dispatch", seed=3, num_experts=4, hidden=8, top_k=1, tokens=[0, 7],
                 skew="one_expert", capacity_factor=None)
     got = pools(2).run(spec)
     ref = reference_dispatch(spec, 2)

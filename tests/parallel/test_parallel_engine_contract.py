@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cases import reference_toy
-from layouts import mismatches
+from parallel_cases import reference_toy
+from parallel_layouts import mismatches
 
 pytestmark = pytest.mark.dist
 
@@ -14,7 +14,7 @@ MODEL = dict(vocab_size=32, hidden_size=16, num_hidden_layers=2, num_attention_h
 
 
 def _spec(layout, docs, micro=1, **kw):
-    return dict(fn="cases:run_toy", model=MODEL, seed=11, skew="none", docs=docs, lr=1e-2, max_norm=0.5,
+    return dict(fn="parallel_cases:run_toy", model=MODEL, seed=11, skew="none", docs=docs, lr=1e-2, max_norm=0.5,
                 micro=micro, layout=dict(dict(param_dtype=None, reduce_dtype=None), **layout), **kw)
 
 
