@@ -47,6 +47,10 @@ def _optimizer(model, spec):
 
 def build_model(spec: dict):
     """The test toy (``spec["builder"]`` "toy", default) or XT's own Qwen3-MoE ("xt_qwen3")."""
+    if spec.get("builder") == "xt_registry":  # any XT family from an HF config dict
+        from xt.models.registry import build_model as build_registered
+        torch.manual_seed(spec["seed"])
+        return build_registered(spec["model"]).float()
     if spec.get("builder", "toy") == "xt_qwen3":
         from xt.models.qwen3.config import Qwen3Config
         from xt.models.qwen3.model import Qwen3ForCausalLM
@@ -96,9 +100,10 @@ def _meshes(spec: dict, state: dict):
     key = (cfg.fsdp_size, cfg.hsdp_replicate, cfg.ep_size, cfg.sp_size)
     if key not in state.setdefault("meshes", {}):
         m = spec["model"]
-        state["meshes"][key] = build_meshes(cfg, "cpu", num_experts=m["num_experts"],
+        experts = m.get("num_experts") or m.get("n_routed_experts") or m.get("num_local_experts")
+        state["meshes"][key] = build_meshes(cfg, "cpu", num_experts=experts,
                                             num_attention_heads=m["num_attention_heads"],
-                                            num_key_value_heads=m["num_key_value_heads"])
+                                            num_key_value_heads=m.get("num_key_value_heads"))
     meshes = state["meshes"][key]
     meshes.cfg = cfg  # same ranks, this case's AC / precision options
     return cfg, meshes

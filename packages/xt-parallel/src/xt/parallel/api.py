@@ -71,10 +71,17 @@ def find_layers(model: nn.Module) -> nn.ModuleList:
 
 
 def model_sizes(model: nn.Module) -> dict:
-    """``num_experts``, ``num_attention_heads``, ``num_key_value_heads`` from ``model.config`` (None if absent)."""
+    """``num_experts``, ``num_attention_heads``, ``num_key_value_heads`` from ``model.config`` (None if absent).
+
+    E is read from ``num_experts``, ``n_routed_experts`` (DeepSeek) or ``num_local_experts`` (GPT-OSS,
+    Mixtral).
+    """
     cfg = getattr(model, "config", None)
     heads = getattr(cfg, "num_attention_heads", None)
-    return {"num_experts": getattr(cfg, "num_experts", None), "num_attention_heads": heads,
+    experts = None
+    for name in ("num_experts", "n_routed_experts", "num_local_experts"):
+        experts = experts or getattr(cfg, name, None)
+    return {"num_experts": experts, "num_attention_heads": heads,
             "num_key_value_heads": getattr(cfg, "num_key_value_heads", None) or heads}
 
 

@@ -19,7 +19,11 @@ from torch import nn
 
 from xt.parallel.comm import all_to_all
 
-__all__ = ["UlyssesAttention", "seq_to_heads", "heads_to_seq", "kv_repeat_for_sp"]
+__all__ = ["UlyssesAttention", "seq_to_heads", "heads_to_seq", "kv_repeat_for_sp", "PER_HEAD_KWARGS"]
+
+#: keyword arguments of a core attention that hold one value per query head (dim 0 = Hq), e.g. the
+#: learned attention sinks of GPT-OSS; Ulysses passes each rank its heads' slice.
+PER_HEAD_KWARGS = ("sinks",)
 
 
 def seq_to_heads(x: torch.Tensor, group: dist.ProcessGroup, sp_size: int) -> torch.Tensor:
@@ -71,7 +75,9 @@ class UlyssesAttention(nn.Module):
         sp_group: the ``sp`` process group (mesh ``data["sp"]``).
 
     Forward takes this rank's ``q[Tl, Hq, d]``, ``k/v[Tl, Hkv, d]`` and the *global* ``cu_seqlens``
-    ``[D+1]`` int32 (``cu_seqlens[-1] == P*Tl``) and returns ``[Tl, Hq, d]``.
+    ``[D+1]`` int32 (``cu_seqlens[-1] == P*Tl``) and returns ``[Tl, Hq, d]``. Other keywords go to
+    `inner` unchanged (e.g. ``sliding_window``), except per-head tensors (:data:`PER_HEAD_KWARGS`,
+    ``[Hq]``), which are cut to this rank's heads.
 
     Raises:
         ValueError: heads not divisible (see :func:`kv_repeat_for_sp`), or ``cu_seqlens[-1]`` is not
@@ -96,5 +102,11 @@ class UlyssesAttention(nn.Module):
             if int(cu_seqlens[-1]) != p * q.shape[0]:
                 raise ValueError(f"Ulysses: global cu_seqlens[-1]={int(cu_seqlens[-1])} but sp_size*local tokens = "
                                  f"{p}*{q.shape[0]}; shard the batch with shard_batch_for_sp")
+        hq_local = q.shape[1] // p
+        rank = dist.get_rank(self.sp_group)
+        for name in PER_HEAD_KWARGS:
+            t = kwargs.get(name)
+            if isinstance(t, torch.Tensor) and t.dim() >= 1 and t.shape[0] == q.shape[1]:
+                kwargs[name] = t[rank * hq_local:(rank + 1) * hq_local]
         out = self.inner(q2, k2, v2, cu_seqlens, max_seqlen, **kwargs)
         return heads_to_seq(out, self.sp_group, p)
