@@ -26,6 +26,7 @@ from parallel_cases import make_batch
     (dict(sp_size=4), 4, dict(num_attention_heads=12, num_key_value_heads=6), "num_key_value_heads (6) must be a multiple"),
     (dict(ep_size=2), 2, {}, "has no MoE layers"),
     (dict(ep_size=2), 2, dict(num_experts=0), "has no MoE layers"),
+    (dict(sp_size=2), 2, dict(num_attention_heads=4, mtp_layers=1), "not supported with multi-token prediction"),
 ])
 def test_invalid_layouts_say_why(kwargs, world, sizes, needle):
     with pytest.raises(LayoutError) as err:

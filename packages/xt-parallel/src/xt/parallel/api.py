@@ -71,7 +71,7 @@ def find_layers(model: nn.Module) -> nn.ModuleList:
 
 
 def model_sizes(model: nn.Module) -> dict:
-    """``num_experts``, ``num_attention_heads``, ``num_key_value_heads`` from ``model.config`` (None if absent).
+    """``num_experts``, ``num_attention_heads``, ``num_key_value_heads``, ``mtp_layers`` from ``model.config``.
 
     E is read from ``num_experts``, ``n_routed_experts`` (DeepSeek) or ``num_local_experts`` (GPT-OSS,
     Mixtral).
@@ -82,7 +82,8 @@ def model_sizes(model: nn.Module) -> dict:
     for name in ("num_experts", "n_routed_experts", "num_local_experts"):
         experts = experts or getattr(cfg, name, None)
     return {"num_experts": experts, "num_attention_heads": heads,
-            "num_key_value_heads": getattr(cfg, "num_key_value_heads", None) or heads}
+            "num_key_value_heads": getattr(cfg, "num_key_value_heads", None) or heads,
+            "mtp_layers": getattr(cfg, "mtp_layers", 0) or 0}
 
 
 def _moe_parts(layer: nn.Module):

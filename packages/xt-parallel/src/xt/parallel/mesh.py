@@ -36,7 +36,8 @@ def _divisors(n: int) -> list[int]:
 
 
 def validate_layout(cfg: ParallelConfig, world_size: int, *, num_experts: int | None = None,
-                    num_attention_heads: int | None = None, num_key_value_heads: int | None = None) -> int:
+                    num_attention_heads: int | None = None, num_key_value_heads: int | None = None,
+                    mtp_layers: int = 0) -> int:
     """Check a layout before any work; return the resolved ``fsdp_size``.
 
     Args:
@@ -44,12 +45,15 @@ def validate_layout(cfg: ParallelConfig, world_size: int, *, num_experts: int | 
         world_size: number of ranks (``torchrun --nproc-per-node`` × nodes).
         num_experts: experts per MoE layer (None or 0: dense model, EP must be 1).
         num_attention_heads / num_key_value_heads: attention heads (None: SP must be 1).
+        mtp_layers: multi-token-prediction modules (DeepSeek-V3); they read the next token, which
+            lies on another rank at an SP slice boundary, so they exclude ``sp_size > 1``.
 
     Raises:
         LayoutError: world size not ``hsdp_replicate × fsdp_size``; ``ep_size`` not dividing
             ``fsdp_size`` or ``num_experts``; ``sp_size`` not dividing the world size or
             ``num_attention_heads``; ``num_key_value_heads`` neither a multiple nor a divisor of
-            ``sp_size``. The message names the field and the valid choices.
+            ``sp_size``; multi-token prediction with ``sp_size > 1``. The message names the field and
+            the valid choices.
     """
     if world_size < 1:
         raise LayoutError(f"world_size must be >= 1, got {world_size}")
@@ -81,6 +85,10 @@ def validate_layout(cfg: ParallelConfig, world_size: int, *, num_experts: int | 
             ok = [d for d in _divisors(world_size) if num_attention_heads % d == 0]
             raise LayoutError(f"num_attention_heads ({num_attention_heads}) is not divisible by parallel.sp_size "
                               f"({cfg.sp_size}): Ulysses gives each SP rank whole heads; valid sp_size: {ok}")
+        if mtp_layers:
+            raise LayoutError(f"parallel.sp_size ({cfg.sp_size}) > 1 is not supported with multi-token prediction "
+                              f"(mtp_layers={mtp_layers}): it needs the next token across SP slices; use sp_size = 1 "
+                              "or mtp_layers = 0")
         hkv = num_key_value_heads or num_attention_heads
         if hkv % cfg.sp_size and cfg.sp_size % hkv:
             raise LayoutError(f"num_key_value_heads ({hkv}) must be a multiple of parallel.sp_size ({cfg.sp_size}) or "
@@ -159,7 +167,7 @@ def build_meshes(cfg: ParallelConfig, device_type: str, **model_sizes: int | Non
     Args:
         cfg: the layout.
         device_type: ``"cuda"`` (NCCL) or ``"cpu"`` (gloo).
-        **model_sizes: ``num_experts``, ``num_attention_heads``, ``num_key_value_heads`` passed to
+        **model_sizes: ``num_experts``, ``num_attention_heads``, ``num_key_value_heads``, ``mtp_layers`` passed to
             :func:`validate_layout`.
 
     Raises:
