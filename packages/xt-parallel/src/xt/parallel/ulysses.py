@@ -97,11 +97,11 @@ class UlyssesAttention(nn.Module):
         if rep > 1:
             k = k.repeat_interleave(rep, dim=1)
             v = v.repeat_interleave(rep, dim=1)
-        q2, k2, v2 = (seq_to_heads(t, self.sp_group, p) for t in (q, k, v))
         if not torch.compiler.is_compiling() and cu_seqlens.numel() and cu_seqlens.device.type == "cpu":
-            if int(cu_seqlens[-1]) != p * q.shape[0]:
+            if int(cu_seqlens[-1]) != p * q.shape[0]:  # checked before any collective
                 raise ValueError(f"Ulysses: global cu_seqlens[-1]={int(cu_seqlens[-1])} but sp_size*local tokens = "
                                  f"{p}*{q.shape[0]}; shard the batch with shard_batch_for_sp")
+        q2, k2, v2 = (seq_to_heads(t, self.sp_group, p) for t in (q, k, v))
         hq_local = q.shape[1] // p
         rank = dist.get_rank(self.sp_group)
         for name in PER_HEAD_KWARGS:
