@@ -11,7 +11,7 @@ layout sweep, SGD with momentum for drawn cases: see `parallel_cases._optimizer`
 from __future__ import annotations
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from parallel_cases import reference_toy
@@ -78,7 +78,8 @@ def test_random_cases(pools, world, examples):
 @pytest.mark.parametrize("world", [2, 4])
 def test_random_cases_slow(pools, world):
     """The `slow` profile: many more drawn cases."""
-    @settings(max_examples=120, **_SETTINGS)
+    @settings(max_examples=120, **dict(_SETTINGS, derandomize=False))
+    @seed(20261129)  # fixed, but other draws than the derandomised CI examples
     @given(spec=cases(world))
     def prop(spec):
         _check(pools, world, spec)
