@@ -150,7 +150,8 @@ def run_one(name, cfg, args, device):
            "docs": args.docs}
     torch.manual_seed(0)
     cls = DeepseekV3ForCausalLM if name == "deepseek_v3" else GptOssForCausalLM
-    model = cls(cfg).to(device)
+    with torch.device(device):  # initialise on the GPU: billions of parameters, no host init
+        model = cls(cfg)
     res["params"] = sum(p.numel() for p in model.parameters())
     res["active_params"] = model.active_params()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
@@ -176,7 +177,8 @@ def run_one(name, cfg, args, device):
 
         hf_cfg = AutoConfig.for_model(**cfg.to_hf_dict())
         impl = "eager" if name == "gpt_oss" else "sdpa"
-        hf = AutoModelForCausalLM.from_config(hf_cfg, attn_implementation=impl).to(device)
+        with torch.device(device):
+            hf = AutoModelForCausalLM.from_config(hf_cfg, attn_implementation=impl)
         hf.load_state_dict(state, strict=False)
         opt = torch.optim.AdamW(hf.parameters(), lr=1e-5, fused=device.type == "cuda")
         if device.type == "cuda":
@@ -226,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = gpt_oss_config(args.oss_layers, args.oss_experts, args.tiny)
             args.tokens = args.oss_tokens if not args.tiny else base_tokens
         results.append(run_one(name, cfg, args, device))
+        print(f"{name}: {json.dumps({k: results[-1].get(k) for k in ('xt', 'hf')}, default=str)}", flush=True)
     ceiling = dense_ceiling_tflops(device, 8192 if not args.tiny else 256)
     env = {"gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
            "torch": torch.__version__, "python": platform.python_version(),

@@ -230,6 +230,8 @@ class Trainer:
                 (their steps would mix with this run's under resume="auto").
         """
         t_start = time.perf_counter()
+        if self.device.type == "cuda":  # max_memory_gib is this run's peak, not the process's
+            torch.cuda.reset_peak_memory_stats(self.device)
         cfg, main = self.train_cfg, self.dist.is_main
         path = resolve_resume(resume if resume is not None else self.ckpt_cfg.resume, self.out_dir)
         if path is not None:
