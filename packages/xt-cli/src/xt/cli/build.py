@@ -15,7 +15,7 @@ from xt.kernels.config import apply_kernels_config
 from xt.models import build_model, from_pretrained
 from xt.models.common.hf_config import read_config_json
 
-__all__ = ["unused_model_keys", "build_run_model", "build_run_loader", "want_distributed", "apply_layout", "device_for_run"]
+__all__ = ["check_layout", "unused_model_keys", "build_run_model", "build_run_loader", "want_distributed", "apply_layout", "device_for_run"]
 
 
 def device_for_run() -> torch.device:
@@ -110,6 +110,25 @@ def want_distributed(cfg: XTConfig) -> bool:
     p = cfg.parallel
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 or "RANK" in os.environ or \
         p.ep_size > 1 or p.sp_size > 1
+
+
+def check_layout(cfg: XTConfig) -> None:
+    """Validate the ``[parallel]`` layout against the world size and the model's sizes before any
+    model is built (a bad layout then costs nothing).
+
+    Raises:
+        xt.parallel.LayoutError: the layout cannot work; the message says why and what is valid.
+    """
+    if not want_distributed(cfg):
+        return
+    from types import SimpleNamespace
+
+    from xt.models import config_from_hf
+    from xt.parallel import validate_layout
+    from xt.parallel.api import model_sizes
+    d = _hf_dict(cfg.model) if not cfg.model.init_from else read_config_json(Path(cfg.model.init_from))
+    sizes = model_sizes(SimpleNamespace(config=config_from_hf(d)))
+    validate_layout(cfg.parallel, int(os.environ.get("WORLD_SIZE", "1")), **sizes)
 
 
 def apply_layout(model: nn.Module, cfg: XTConfig, device: torch.device) -> tuple[nn.Module, DistContext]:

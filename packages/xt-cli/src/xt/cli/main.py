@@ -29,9 +29,10 @@ def cli() -> None:
 def train(config: str, overrides: tuple[str, ...], resume: str | None) -> None:
     """Train the model described by CONFIG (a TOML file; see examples/)."""
     from xt.cli.train import run_train
+    from xt.parallel import LayoutError
     try:
         run_train(config, list(overrides), resume)
-    except (ConfigError, FileExistsError) as e:
+    except (ConfigError, FileExistsError, LayoutError) as e:
         raise click.ClickException(str(e)) from None
 
 

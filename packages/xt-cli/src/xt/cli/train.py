@@ -8,8 +8,8 @@ from typing import Sequence
 
 from rich.console import Console
 
-from xt.cli.build import (apply_layout, build_run_loader, build_run_model, device_for_run,
-                          unused_model_keys)
+from xt.cli.build import (apply_layout, build_run_loader, build_run_model, check_layout,
+                          device_for_run, unused_model_keys)
 from xt.cli.config import XTConfig, load_xt_config
 from xt.cli.export import export_hf
 from xt.core.checkpoint import seed_everything
@@ -42,9 +42,11 @@ def run_train(config: str | Path | None, overrides: Sequence[str] = (), resume: 
 
     Raises:
         xt.core.config.ConfigError: bad config (named key, file and line).
+        xt.parallel.LayoutError: a ``[parallel]`` layout that cannot work (before any model is built).
     """
     console = console or Console()
     cfg: XTConfig = load_xt_config(config, overrides)
+    check_layout(cfg)
     t0 = time.perf_counter()
     device = device_for_run()
     seed_everything(cfg.train.seed)
