@@ -9,16 +9,16 @@ Kimi K2 (Moonshot AI, 2025) uses the same architecture at its own sizes.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import msgspec
 
-from xt.models.llama.config import check_common, hf_config_to_struct, read_hf_config
+from xt.models.common.zoo_config import HFConfigMixin, check_common, hf_config_to_struct, read_hf_config
 
 __all__ = ["DeepseekV3Config"]
 
 
-class DeepseekV3Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+class DeepseekV3Config(HFConfigMixin, msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """DeepSeek-V3 architecture (HF names) and XT training options.
 
     Architecture (as in HF ``config.json``): ``n_routed_experts`` (E), ``num_experts_per_tok`` (K),
@@ -34,6 +34,9 @@ class DeepseekV3Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     ``seq_aux_loss_coef`` (alpha of the sequence-wise balance loss; 0 disables it), ``mtp_layers``
     (multi-token-prediction depth D; 0 = none) and ``mtp_loss_weight`` (lambda).
     """
+
+    HF_ARCHITECTURE: ClassVar[str] = "DeepseekV3ForCausalLM"
+    HF_MODEL_TYPE: ClassVar[str] = "deepseek_v3"
 
     vocab_size: int
     hidden_size: int
@@ -125,21 +128,10 @@ class DeepseekV3Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
         d.update(overrides)
         return hf_config_to_struct(cls, d, 10000.0, src)
 
-    @classmethod
-    def from_hf_dict(cls, d: dict[str, Any], source: str = "config.json") -> "DeepseekV3Config":
-        """Registry entry point (:mod:`xt.models.registry`): :meth:`from_hf`, errors prefixed by ``source``."""
-        try:
-            return cls.from_hf(d)
-        except ValueError as e:
-            msg = str(e)
-            raise ValueError(msg if msg.startswith(source) else f"{source}: {msg}") from None
-
-    def to_hf_dict(self) -> dict[str, Any]:
-        """The HF ``config.json`` dict (transformers 5 form; ``architectures``/``model_type`` set)."""
-        d = msgspec.to_builtins(self)
+    def _hf_extra(self, d: dict[str, Any]) -> dict[str, Any]:
+        """Drop XT-only training options; MTP depth goes out as HF's ``num_nextn_predict_layers``."""
         for k in ("bias_update_speed", "seq_aux_loss_coef", "mtp_loss_weight"):
             d.pop(k)
         d["num_nextn_predict_layers"] = d.pop("mtp_layers")
-        d["architectures"] = ["DeepseekV3ForCausalLM"]
-        d["model_type"] = "deepseek_v3"
         return d
+

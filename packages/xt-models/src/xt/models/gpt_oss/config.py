@@ -7,11 +7,11 @@ with biases and a clamped SwiGLU (``alpha`` 1.702, ``limit`` 7), YaRN rope (fact
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import msgspec
 
-from xt.models.llama.config import check_common, hf_config_to_struct, read_hf_config
+from xt.models.common.zoo_config import HFConfigMixin, check_common, hf_config_to_struct, read_hf_config
 
 __all__ = ["GptOssConfig", "LAYER_TYPES"]
 
@@ -23,7 +23,7 @@ def _default_yarn() -> dict[str, Any]:
             "original_max_position_embeddings": 4096, "rope_theta": 150000.0}
 
 
-class GptOssConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+class GptOssConfig(HFConfigMixin, msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """GPT-OSS architecture (HF names).
 
     ``num_local_experts`` is E (also readable as :attr:`num_experts`), ``num_experts_per_tok`` K,
@@ -32,6 +32,9 @@ class GptOssConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     sliding on even layers; ``router_aux_loss_coef`` multiplies the Switch load-balancing loss
     (pooled over all layers, as HF computes it; 0 disables it).
     """
+
+    HF_ARCHITECTURE: ClassVar[str] = "GptOssForCausalLM"
+    HF_MODEL_TYPE: ClassVar[str] = "gpt_oss"
 
     vocab_size: int
     hidden_size: int
@@ -93,18 +96,3 @@ class GptOssConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         d.update(overrides)
         return hf_config_to_struct(cls, d, 150000.0, src)
 
-    @classmethod
-    def from_hf_dict(cls, d: dict[str, Any], source: str = "config.json") -> "GptOssConfig":
-        """Registry entry point (:mod:`xt.models.registry`): :meth:`from_hf`, errors prefixed by ``source``."""
-        try:
-            return cls.from_hf(d)
-        except ValueError as e:
-            msg = str(e)
-            raise ValueError(msg if msg.startswith(source) else f"{source}: {msg}") from None
-
-    def to_hf_dict(self) -> dict[str, Any]:
-        """The HF ``config.json`` dict (transformers 5 form; ``architectures``/``model_type`` set)."""
-        d = msgspec.to_builtins(self)
-        d["architectures"] = ["GptOssForCausalLM"]
-        d["model_type"] = "gpt_oss"
-        return d
