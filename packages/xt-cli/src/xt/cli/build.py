@@ -10,7 +10,7 @@ from torch import nn
 
 from xt.cli.config import ModelSection, XTConfig
 from xt.core.distributed import DistContext, LocalDistContext
-from xt.data import build_loader, load_tokenizer
+from xt.data import build_loader
 from xt.kernels.config import apply_kernels_config
 from xt.models import build_model, from_pretrained
 from xt.models.common.hf_config import read_config_json

@@ -78,7 +78,6 @@ class _LinearCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, labels, ignore_index, z_coef, denom, chunk, kind, grad_enabled):
         T, D = hidden.shape
-        V = weight.shape[0]
         acc = torch.promote_types(hidden.dtype, torch.float32)
         compute = _compute_dtype(hidden)
         need_h = grad_enabled and ctx.needs_input_grad[0]

@@ -30,6 +30,7 @@ from xt.models.common.router import RouterStats, router_stats
 from xt.models.common.sigmoid_router import SigmoidGroupRouter, sequence_balance_loss
 from xt.models.common.sinks_attention import packed_doc_positions
 from xt.models.common.yarn import rope_cos_sin, rope_inv_freq
+from xt.models.common.init import expert_load_fractions
 from xt.models.deepseek_v3.config import DeepseekV3Config
 from xt.models.llama.model import lm_loss_sum
 
@@ -247,8 +248,7 @@ class DeepseekV3ForCausalLM(nn.Module):
         if aux:
             out.aux_loss = torch.stack(aux).sum()
         if stats:
-            load = torch.stack([s.tokens_per_expert for s in stats])
-            out.metrics["expert_load"] = load / load.sum(dim=1, keepdim=True).clamp(min=1)
+            out.metrics["expert_load"] = expert_load_fractions(stats)
         return out
 
     def active_params(self) -> int:

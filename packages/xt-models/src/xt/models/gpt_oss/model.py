@@ -26,6 +26,7 @@ from xt.models.common.output import CausalLMOutput, pack_inputs
 from xt.models.common.rope import RotaryEmbedding, apply_rotary
 from xt.models.common.router import RouterStats, load_balancing_loss
 from xt.models.common.sinks_attention import SinksCoreAttention
+from xt.models.common.init import expert_load_fractions, init_linear_and_embedding_
 from xt.models.gpt_oss.config import GptOssConfig
 from xt.models.gpt_oss.moe import GptOssExperts, GptOssRouter
 from xt.models.llama.model import lm_loss_sum
@@ -127,12 +128,9 @@ class GptOssForCausalLM(nn.Module):
         self.config = config
         self.model = GptOssModel(config, expert_backend)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        init_linear_and_embedding_(self, init_std)
         for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(m.weight, std=init_std)
-                if getattr(m, "bias", None) is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, (GptOssAttention, GptOssRouter)):
+            if isinstance(m, (GptOssAttention, GptOssRouter)):
                 nn.init.normal_(m.sinks if isinstance(m, GptOssAttention) else m.bias, std=init_std)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
@@ -161,8 +159,7 @@ class GptOssForCausalLM(nn.Module):
             out.logits = p.unpack(logits)
         if self.config.router_aux_loss_coef:
             out.aux_loss = self.config.router_aux_loss_coef * load_balancing_loss(stats)
-        load = torch.stack([s.tokens_per_expert for s in stats])
-        out.metrics["expert_load"] = load / load.sum(dim=1, keepdim=True).clamp(min=1)
+        out.metrics["expert_load"] = expert_load_fractions(stats)
         return out
 
     def active_params(self) -> int:

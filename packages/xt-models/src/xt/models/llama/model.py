@@ -26,6 +26,7 @@ from xt.models.common.mlp import SwiGLUMLP
 from xt.models.common.norm import RMSNorm
 from xt.models.common.output import CausalLMOutput, pack_inputs
 from xt.models.common.rope import RotaryEmbedding
+from xt.models.common.init import init_linear_and_embedding_
 from xt.models.llama.config import LlamaConfig
 
 __all__ = ["LlamaDecoderLayer", "LlamaModel", "LlamaForCausalLM", "lm_loss_sum"]
@@ -93,11 +94,7 @@ class LlamaForCausalLM(nn.Module):
         self.config = config
         self.model = LlamaModel(config, attn_backend)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(m.weight, std=init_std)
-                if getattr(m, "bias", None) is not None:
-                    nn.init.zeros_(m.bias)
+        init_linear_and_embedding_(self, init_std)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 

@@ -28,6 +28,7 @@ from xt.models.common.norm import RMSNorm
 from xt.models.common.output import CausalLMOutput, pack_inputs
 from xt.models.common.rope import RotaryEmbedding
 from xt.models.common.router import RouterStats, load_balancing_loss, z_loss
+from xt.models.common.init import expert_load_fractions, init_linear_and_embedding_
 from xt.models.qwen3.config import Qwen3Config
 
 __all__ = ["Qwen3DecoderLayer", "Qwen3Model", "Qwen3ForCausalLM"]
@@ -118,15 +119,11 @@ class Qwen3ForCausalLM(nn.Module):
     def reset_parameters(self) -> None:
         """HF-style init: Linear/Embedding/router/experts normal(0, initializer_range), biases 0, norms 1."""
         std = self.config.initializer_range
+        init_linear_and_embedding_(self, std)  # the router gate is an nn.Linear too
         for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(m.weight, std=std)
-                if getattr(m, "bias", None) is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, RMSNorm):
+            if isinstance(m, RMSNorm):
                 m.reset_parameters()
             elif isinstance(m, MoEBlock):
-                nn.init.normal_(m.gate.weight, std=std)
                 m.experts.init_std = std
                 m.experts.reset_parameters()
 
@@ -170,8 +167,7 @@ class Qwen3ForCausalLM(nn.Module):
             if c.router_z_loss_coef:
                 aux = aux + c.router_z_loss_coef * z_loss(stats)
             out.aux_loss = aux
-            load = torch.stack([s.tokens_per_expert for s in stats])
-            out.metrics["expert_load"] = load / load.sum(dim=1, keepdim=True).clamp(min=1)
+            out.metrics["expert_load"] = expert_load_fractions(stats)
         return out
 
     def flops_per_token(self, seq_len: int) -> float:
