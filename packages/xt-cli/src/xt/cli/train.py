@@ -44,7 +44,7 @@ def run_train(config: str | Path | None, overrides: Sequence[str] = (), resume: 
         xt.core.config.ConfigError: bad config (named key, file and line).
         xt.parallel.LayoutError: a ``[parallel]`` layout that cannot work (before any model is built).
     """
-    console = console or Console()
+    console = console or Console(soft_wrap=True)  # piped logs keep one line per step
     cfg: XTConfig = load_xt_config(config, overrides)
     check_layout(cfg)
     t0 = time.perf_counter()
@@ -60,7 +60,8 @@ def run_train(config: str | Path | None, overrides: Sequence[str] = (), resume: 
     n_params = sum(p.numel() for p in model.parameters())
     loader = build_run_loader(cfg, dist)
     if is_main:
-        console.print(f"[bold]xt train[/bold] {config}: {type(model).__name__}, "
+        arch = (getattr(model.config, "to_hf_dict", lambda: {})().get("architectures") or [type(model).__name__])[0]
+        console.print(f"[bold]xt train[/bold] {config}: {arch}, "
                       f"{n_params / 1e6:.1f}M parameters (this rank), device {device}, "
                       f"world size {getattr(dist, 'world_size', 1)}; setup {time.perf_counter() - t0:.1f}s")
         summary = getattr(getattr(loader, "loader", loader), "summary", None)
@@ -77,8 +78,13 @@ def run_train(config: str | Path | None, overrides: Sequence[str] = (), resume: 
 
 def _report(console: Console, cfg: XTConfig, result: TrainResult, skipped: int) -> None:
     out = Path(cfg.train.out_dir)
-    console.print(f"\n[bold]done[/bold]: {result.step} steps in {result.wall_s:.0f}s"
-                  + (" (data ran out)" if result.stopped_early else ""))
+    start = int(result.resumed_from.name.split("-")[-1]) if result.resumed_from else 0
+    if result.step == start:
+        console.print(f"\n[bold]done[/bold]: already at step {result.step} (train.steps = {cfg.train.steps}); "
+                      "nothing to train")
+    else:
+        console.print(f"\n[bold]done[/bold]: steps {start + 1}-{result.step} in {result.wall_s:.0f}s"
+                      + (" (data ran out)" if result.stopped_early else ""))
     if skipped:
         console.print(f"skipped {skipped} bad records (data.on_error = 'skip')")
     console.print(f"  metrics     {result.metrics_path}")
