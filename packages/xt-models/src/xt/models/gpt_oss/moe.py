@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xt.kernels.moe import grouped_gemm
+from xt.models.common.experts import GroupedExperts
 from xt.models.common.router import RouterOutput
 
 __all__ = ["GptOssRouter", "GptOssExperts", "clamped_swiglu"]
@@ -58,7 +59,7 @@ def clamped_swiglu(gate: torch.Tensor, up: torch.Tensor, alpha: float, limit: fl
     return (up + 1) * (gate * torch.sigmoid(gate * alpha))
 
 
-class GptOssExperts(nn.Module):
+class GptOssExperts(GroupedExperts):
     """E experts ``y = W_down act(W_gu x + b_gu) + b_down``, rows grouped by expert.
 
     Weight layout (``nn.Linear`` style per expert, like :class:`xt.models.common.experts.GroupedExperts`):
@@ -74,24 +75,10 @@ class GptOssExperts(nn.Module):
 
     def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int, alpha: float = 1.702,
                  limit: float = 7.0, backend: str | None = None, init_std: float = 0.02) -> None:
-        super().__init__()
-        self.alpha, self.limit, self.backend = float(alpha), float(limit), backend
-        self.gate_up_proj = nn.Parameter(torch.empty(num_experts, 2 * intermediate_size, hidden_size))
+        super().__init__(num_experts, hidden_size, intermediate_size, backend=backend, init_std=init_std)
+        self.alpha, self.limit = float(alpha), float(limit)
         self.gate_up_proj_bias = nn.Parameter(torch.zeros(num_experts, 2 * intermediate_size))
-        self.down_proj = nn.Parameter(torch.empty(num_experts, hidden_size, intermediate_size))
         self.down_proj_bias = nn.Parameter(torch.zeros(num_experts, hidden_size))
-        nn.init.normal_(self.gate_up_proj, std=init_std)
-        nn.init.normal_(self.down_proj, std=init_std)
-
-    @property
-    def num_local_experts(self) -> int:
-        """E_local (from the weight shape)."""
-        return self.gate_up_proj.shape[0]
-
-    @property
-    def intermediate_size(self) -> int:
-        """F."""
-        return self.down_proj.shape[-1]
 
     def forward(self, x_sorted: torch.Tensor, tokens_per_expert: torch.Tensor) -> torch.Tensor:
         """``x_sorted[R, D]``, ``tokens_per_expert[E_local]`` (sums to R) -> ``[R, D]`` in ``x_sorted.dtype``.
