@@ -111,3 +111,27 @@ def test_invalid_parallel_layout_fails_before_any_work(tiny_run: Path, monkeypat
     monkeypatch.setattr(train_mod, "build_run_model", lambda *a, **k: pytest.fail("model was built"))
     r = CliRunner().invoke(cli, ["train", str(tiny_run), "--set", "parallel.ep_size=3"])
     assert r.exit_code != 0 and "ep_size" in r.output and "num_experts" in r.output.replace("\n", " ")
+
+
+def test_chat_sft_example_trains_on_assistant_tokens_only(tiny_run: Path, tmp_path: Path):
+    """The SFT example's data section (chitchat, chat template) through `xt train`: every step's loss
+    tokens are the assistant tokens of its batch, a strict subset of all tokens."""
+    import tomllib
+    from xt.cli.train import run_train
+    from xt.data import DataConfig, build_loader
+
+    ex = Path(__file__).resolve().parents[2] / "examples" / "qwen3_moe_chitchat_sft.toml"
+    data = tomllib.loads(ex.read_text())["data"]
+    assert data["source"] == "chitchat" and data["mode"] == "chat"
+    out = tmp_path / "sft"
+    sets = [f"data.{k}={v!r}".replace("'", '"') for k, v in data.items() if k != "paths"]
+    sets += ["data.paths=[]", "data.tokens_per_micro_batch=256", "data.max_seq_len=256", "data.max_documents=30",
+             f"train.out_dir='{out}'", "train.steps=2", "train.micro_batches_per_step=1",
+             "checkpoint.hf_export=false"]
+    run_train(tiny_run, sets)
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    ref = iter(build_loader(DataConfig(source="chitchat", mode="chat", tokenizer="qwen3", tokens_per_micro_batch=256,
+                                       max_seq_len=256, max_documents=30, seed=data["seed"])))
+    for r in rows:
+        b = next(ref)
+        assert r["loss_tokens"] == int((b["labels"] != -100).sum()) < r["num_tokens"] == b["input_ids"].numel()
