@@ -60,6 +60,31 @@ def build_model(spec: dict):
     return build_toy(ToyConfig(**spec["model"]), spec["seed"], spec["skew"])
 
 
+def _reference_steps(model, spec: dict, batches_of, loss_sum) -> dict:
+    """The single-process reference loop: per step, every micro-batch's ``loss_sum`` over the step's
+    label tokens, accumulated; clip; optimizer step. Records loss, grad norm, step-0 gradients and
+    the final parameters."""
+    opt = _optimizer(model, spec)
+    out = {"loss": [], "grad_norm": []}
+    for step in range(len(spec["docs"])):
+        batches = batches_of(spec, step)
+        n_tok = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in batches)
+        total = 0.0
+        for b in batches:
+            loss = loss_sum(model, b) / max(n_tok, 1)
+            loss.backward()
+            total += loss.item()
+        out["loss"].append(total)
+        if step == 0:
+            out["grads"] = {k: p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
+                            for k, p in model.named_parameters()}
+        out["grad_norm"].append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), spec["max_norm"])))
+        opt.step()
+        opt.zero_grad()
+    out["params"] = {k: p.detach().clone() for k, p in model.named_parameters()}
+    return out
+
+
 def reference_toy(spec: dict) -> dict:
     """Single process, no torch.distributed: every dp micro-batch of a step accumulated.
 
@@ -72,24 +97,7 @@ def reference_toy(spec: dict) -> dict:
         for m in model.modules():
             if hasattr(m, "dispatcher"):
                 m.dispatcher = AllToAllDispatcher(m.dispatcher.num_experts, None, cf)
-    opt = _optimizer(model, spec)
-    out = {"loss": [], "grad_norm": []}
-    for step in range(len(spec["docs"])):
-        batches = _batches(spec, step)
-        n_tok = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in batches)
-        total = 0.0
-        for b in batches:
-            loss = model(**b).loss_sum / max(n_tok, 1)
-            loss.backward()
-            total += loss.item()
-        out["loss"].append(total)
-        if step == 0:
-            out["grads"] = {k: p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
-                            for k, p in model.named_parameters()}
-        out["grad_norm"].append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), spec["max_norm"])))
-        opt.step()
-        opt.zero_grad()
-    out["params"] = {k: p.detach().clone() for k, p in model.named_parameters()}
+    out = _reference_steps(model, spec, _batches, lambda m, b: m(**b).loss_sum)
     out["dropped"] = capacity_metrics(model)["moe_dropped_rows"]
     return out
 
@@ -185,25 +193,7 @@ def _hf_batches(spec: dict, step: int) -> list[dict]:
 def reference_hf(spec: dict) -> dict:
     """Stock HF model (eager attention, per-expert loop) in one process, document by document."""
     model = build_hf(spec)
-    opt = _optimizer(model, spec)
-    out = {"loss": [], "grad_norm": []}
-    for step in range(len(spec["docs"])):
-        batches = _hf_batches(spec, step)
-        n_tok = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in batches)
-        total = 0.0
-        for b in batches:
-            loss = _hf_loss_sum(model, b, None) / max(n_tok, 1)
-            loss.backward()
-            total += loss.item()
-        out["loss"].append(total)
-        if step == 0:
-            out["grads"] = {k: p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
-                            for k, p in model.named_parameters()}
-        out["grad_norm"].append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), spec["max_norm"])))
-        opt.step()
-        opt.zero_grad()
-    out["params"] = {k: p.detach().clone() for k, p in model.named_parameters()}
-    return out
+    return _reference_steps(model, spec, _hf_batches, lambda m, b: _hf_loss_sum(m, b, None))
 
 
 def run_hf(spec: dict, state: dict) -> dict:
