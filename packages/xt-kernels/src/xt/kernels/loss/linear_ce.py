@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from xt.kernels._autocast import autocast_dtype
+
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_backend", "default_chunk_size"]
 
 
@@ -68,10 +70,8 @@ def _step(kind: str):
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
     """The dtype the LM-head product runs in: autocast's when autocast is on for ``t``'s device
     (as for an ``nn.Linear`` head under autocast), else ``t.dtype``."""
-    dev = t.device.type
-    if dev in ("cpu", "cuda") and torch.is_autocast_enabled(dev) and t.dtype == torch.float32:
-        return torch.get_autocast_dtype(dev)
-    return t.dtype
+    dt = autocast_dtype(t)
+    return dt if dt is not None and t.dtype == torch.float32 else t.dtype
 
 
 class _LinearCE(torch.autograd.Function):

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from xt.kernels._autocast import autocast_inputs
+
 __all__ = ["grouped_gemm", "grouped_gemm_reference"]
 
 
@@ -61,7 +63,8 @@ def grouped_gemm(x: torch.Tensor, w: torch.Tensor, tokens_per_expert: torch.Tens
     """Grouped GEMM with backend dispatch; same contract as :func:`grouped_gemm_reference`.
 
     Differentiable (forward m-grouped, dX m-grouped, dW k-grouped; experts without rows get exact
-    zero weight gradient). The ``torch``/``triton``/``npu`` backends run as the custom op
+    zero weight gradient). Inside a ``torch.autocast`` region float32 ``x``/``w`` are cast to its
+    dtype first, as for ``nn.Linear``. The ``torch``/``triton``/``npu`` backends run as the custom op
     ``torch.ops.xt_kernels.grouped_mm`` (traceable by ``torch.compile``) and keep
     ``tokens_per_expert`` on the device (no host synchronisation).
 
@@ -80,4 +83,5 @@ def grouped_gemm(x: torch.Tensor, w: torch.Tensor, tokens_per_expert: torch.Tens
         ValueError: unknown backend name, bad shapes, or a dtype/alignment the backend lacks.
     """
     from xt.kernels.moe import backends
+    x, w = autocast_inputs(x, w)
     return backends.dispatch("grouped_gemm", backend)(x, w, tokens_per_expert, trans_b)
