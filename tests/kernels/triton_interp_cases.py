@@ -4,7 +4,8 @@ The interpreter computes bf16 arithmetic wrongly (ENVIRONMENT.md), so inputs are
 the kernels upcast to float32 for all arithmetic. Triton must be imported with the variable set
 (its own library functions are decorated at import), so ``test_triton_interpreter.py`` runs this
 file in a fresh subprocess with ``TRITON_INTERPRET=1``; imported any other way it skips itself. Covers the grouped GEMM (pointer and
-tensor-descriptor paths, forward, dX, dW), permute/unpermute and the fused cross-entropy step.
+tensor-descriptor paths, forward, dX, dW), the SwiGLU epilogues, permute/unpermute and the fused
+cross-entropy step.
 """
 from __future__ import annotations
 
@@ -19,9 +20,10 @@ if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
     pytest.skip("run by test_triton_interpreter.py in a subprocess with TRITON_INTERPRET=1", allow_module_level=True)
 from xt.kernels.moe import gg_triton, permute_triton  # noqa: E402,F401
 from xt.kernels.loss import ce_triton  # noqa: E402,F401
-from _refs import counts_strategy, grouped_gemm_f64, rel  # noqa: E402
+from _refs import (check_swiglu_experts_f64, counts_strategy, grouped_gemm_f64, rel,  # noqa: E402
+                   swiglu_experts_inputs)
 from xt.kernels.loss import linear_cross_entropy  # noqa: E402
-from xt.kernels.moe import gg_op, permute, unpermute  # noqa: E402
+from xt.kernels.moe import gg_op, permute, swiglu_experts, unpermute  # noqa: E402
 
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3}
 
@@ -58,6 +60,24 @@ def _check_gg(counts, k, n, trans_b, dtype, seed):
     assert rel(dx, rdx) <= TOL[dtype] and rel(dw, rdw) <= TOL[dtype]
     empty = [e for e, cnt in enumerate(counts) if cnt == 0]
     assert bool((dw[empty] == 0).all())
+
+
+@pytest.mark.parametrize("tma", [False, True])
+@settings(max_examples=6, deadline=None)
+@given(counts=counts_strategy(st, max_experts=4, max_count=21), d=st.sampled_from([8, 24]),
+       f=st.sampled_from([8, 40]), dtype=st.sampled_from([torch.float32, torch.float16]),
+       seed=st.integers(0, 2**16))
+def test_swiglu_experts_fused_epilogues_match_float64(tma, counts, d, f, dtype, seed):
+    """The SwiGLU forward (two accumulators) and backward epilogues of the m-grouped kernel, with
+    pointer or tensor-descriptor loads and stores."""
+    gg_triton.INTERPRETER_USE_TMA = tma
+    try:
+        params, dy = swiglu_experts_inputs(counts, d, f, dtype, seed)
+        params = [torch.empty_like(p).copy_(p).requires_grad_() for p in params]  # fresh aligned storage
+        y = swiglu_experts(*params, torch.tensor(counts), backend="triton")
+        check_swiglu_experts_f64(y, params, counts, dy, TOL[dtype])
+    finally:
+        gg_triton.INTERPRETER_USE_TMA = False
 
 
 def test_kgrouped_writes_every_block_over_dirty_output():

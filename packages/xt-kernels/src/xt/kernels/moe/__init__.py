@@ -8,5 +8,7 @@ Backends are chosen per op by :mod:`xt.kernels.moe.backends` (``set_backend``/``
 """
 from xt.kernels.moe.grouped_gemm import grouped_gemm, grouped_gemm_reference
 from xt.kernels.moe.permute import PermuteInfo, permute, unpermute
+from xt.kernels.moe.swiglu_experts import swiglu_experts, swiglu_experts_reference
 
-__all__ = ["grouped_gemm", "grouped_gemm_reference", "permute", "unpermute", "PermuteInfo"]
+__all__ = ["grouped_gemm", "grouped_gemm_reference", "permute", "unpermute", "PermuteInfo", "swiglu_experts",
+           "swiglu_experts_reference"]

@@ -23,7 +23,7 @@ import triton.language as tl
 
 from xt.kernels._triton_support import ensure_allocator, interpreter_active, num_sms
 
-__all__ = ["mgrouped", "kgrouped"]
+__all__ = ["mgrouped", "kgrouped", "mgrouped_swiglu", "mgrouped_dswiglu"]
 
 
 @triton.jit
@@ -49,10 +49,29 @@ def _swizzle(local, m_tiles, n_tiles, GROUP_M: tl.constexpr):
 
 
 @triton.jit
-def _mgrouped_kernel(x_ptr, w_ptr, y_ptr, counts_ptr, R, N, K, E, M_BUCKET,
+def _swiglu_math(acc, acc_up, gate, up, ACT: tl.constexpr):
+    """SwiGLU (ACT 1: ``silu(acc) * acc_up``, returned twice) or its backward with ``acc = dh``
+    (ACT 2: ``(dh · up · silu'(gate), dh · silu(gate))``), all float32."""
+    if ACT == 1:
+        h = acc * tl.sigmoid(acc) * acc_up
+        return h, h
+    else:
+        sig = tl.sigmoid(gate)
+        return acc * up * sig * (1.0 + gate * (1.0 - sig)), acc * gate * sig
+
+
+@triton.jit
+def _mgrouped_kernel(x_ptr, w_ptr, y_ptr, aux_ptr, counts_ptr, R, N, K, E, M_BUCKET,
                      B_TRANS: tl.constexpr, E_POW2: tl.constexpr, USE_TMA: tl.constexpr,
                      DOT_PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                     GROUP_M: tl.constexpr, EPI_TMA: tl.constexpr = False, WS: tl.constexpr = False):
+                     GROUP_M: tl.constexpr, EPI_TMA: tl.constexpr = False, WS: tl.constexpr = False,
+                     ACT: tl.constexpr = 0):
+    # ACT 0: y[R, N] = x @ B_e.
+    # ACT 1 (SwiGLU forward; B_TRANS, w[E, 2N, K] = [gate; up]): two accumulators per tile,
+    #   gate = x @ w[e, :N]ᵀ and up = x @ w[e, N:]ᵀ; writes aux[R, 2N] = [gate | up] and
+    #   y[R, N] = silu(gate) * up from the float32 accumulators.
+    # ACT 2 (SwiGLU backward): the product is dh[R, N]; reads aux[R, 2N] = [gate | up] and writes
+    #   y[R, 2N] = [dh * up * silu'(gate) | dh * silu(gate)].
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     e_idx = tl.arange(0, E_POW2)
@@ -62,22 +81,28 @@ def _mgrouped_kernel(x_ptr, w_ptr, y_ptr, counts_ptr, R, N, K, E, M_BUCKET,
     tile_end = tl.cumsum(tiles, 0)
     row_end = tl.cumsum(counts, 0)
     total = tl.sum(tiles, 0)
+    WN = 2 * N if ACT == 1 else N  # rows of each expert's weight (gate and up stacked for ACT 1)
     if USE_TMA:
         x_desc = tl.make_tensor_descriptor(x_ptr, shape=[R, K], strides=[K, 1], block_shape=[BM, BK])
         if B_TRANS:
-            w_desc = tl.make_tensor_descriptor(w_ptr, shape=[E, N, K], strides=[N * K, K, 1],
+            w_desc = tl.make_tensor_descriptor(w_ptr, shape=[E, WN, K], strides=[WN * K, K, 1],
                                                block_shape=[1, BN, BK])
         else:
             w_desc = tl.make_tensor_descriptor(w_ptr, shape=[E, K, N], strides=[K * N, N, 1],
                                                block_shape=[1, BK, BN])
+    YN = 2 * N if ACT == 2 else N  # columns of y
     if EPI_TMA:
-        y_desc = tl.make_tensor_descriptor(y_ptr, shape=[R, N], strides=[N, 1], block_shape=[BM, BN])
+        y_desc = tl.make_tensor_descriptor(y_ptr, shape=[R, YN], strides=[YN, 1], block_shape=[BM, BN])
+        if ACT != 0:
+            gu_desc = tl.make_tensor_descriptor(aux_ptr, shape=[R, 2 * N], strides=[2 * N, 1],
+                                                block_shape=[BM, BN])
     for tile in tl.range(pid, total, nprog, warp_specialize=WS):
         e, local, r_start, cnt = _expert_of(tile, e_idx, counts, tiles, tile_end, row_end)
         pid_m, pid_n = _swizzle(local, tl.cdiv(cnt, BM), n_tiles, GROUP_M)
         row0 = r_start + pid_m * BM
         col0 = pid_n * BN
         acc = tl.zeros((BM, BN), dtype=tl.float32)
+        acc_up = tl.zeros((BM, BN), dtype=tl.float32)  # used by ACT 1 only
         if USE_TMA:
             for k0 in range(0, K, BK):
                 a = x_desc.load([row0, k0])
@@ -86,12 +111,15 @@ def _mgrouped_kernel(x_ptr, w_ptr, y_ptr, counts_ptr, R, N, K, E, M_BUCKET,
                 else:
                     b = w_desc.load([e, k0, col0]).reshape(BK, BN)
                 acc = tl.dot(a, b, acc, input_precision=DOT_PREC)
+                if ACT == 1:  # gate rows past N read into the up half: masked columns, never stored
+                    b_up = tl.trans(w_desc.load([e, N + col0, k0]).reshape(BN, BK))
+                    acc_up = tl.dot(a, b_up, acc_up, input_precision=DOT_PREC)
         else:
             rm = row0 + tl.arange(0, BM)
             rn = col0 + tl.arange(0, BN)
             rk = tl.arange(0, BK)
             a_ptrs = x_ptr + rm.to(tl.int64)[:, None] * K + rk[None, :]
-            w_base = w_ptr + e.to(tl.int64) * N * K
+            w_base = w_ptr + e.to(tl.int64) * WN * K
             if B_TRANS:
                 b_ptrs = w_base + rn.to(tl.int64)[None, :] * K + rk[:, None]
                 b_step = BK
@@ -100,18 +128,54 @@ def _mgrouped_kernel(x_ptr, w_ptr, y_ptr, counts_ptr, R, N, K, E, M_BUCKET,
                 b_step = BK * N
             for k0 in range(0, K, BK):
                 a = tl.load(a_ptrs, mask=(rm[:, None] < R) & (rk[None, :] + k0 < K), other=0.0)
-                b = tl.load(b_ptrs, mask=(rk[:, None] + k0 < K) & (rn[None, :] < N), other=0.0)
+                b_mask = (rk[:, None] + k0 < K) & (rn[None, :] < N)
+                b = tl.load(b_ptrs, mask=b_mask, other=0.0)
                 acc = tl.dot(a, b, acc, input_precision=DOT_PREC)
+                if ACT == 1:
+                    b_up = tl.load(b_ptrs + N * K, mask=b_mask, other=0.0)
+                    acc_up = tl.dot(a, b_up, acc_up, input_precision=DOT_PREC)
                 a_ptrs += BK
                 b_ptrs += b_step
-        out = acc.to(y_ptr.dtype.element_ty)
-        if EPI_TMA and row0 + BM <= r_start + cnt:
-            y_desc.store([row0, col0], out)  # a full tile: asynchronous bulk store (clipped at N)
+        if ACT != 0:  # rows at or past r_start + cnt belong to the next expert: never stored
+            rows = row0 + tl.arange(0, BM)
+            cols = col0 + tl.arange(0, BN)
+            mask = (rows[:, None] < r_start + cnt) & (cols[None, :] < N)
+            gate_off = rows.to(tl.int64)[:, None] * (2 * N) + cols[None, :]
+            dtype = y_ptr.dtype.element_ty
+            gate = acc
+            up = acc_up
+            if ACT == 2:  # gate columns past N read up values: masked, never stored
+                if EPI_TMA:
+                    gate = gu_desc.load([row0, col0]).to(tl.float32)
+                    up = gu_desc.load([row0, N + col0]).to(tl.float32)
+                else:
+                    gate = tl.load(aux_ptr + gate_off, mask=mask, other=0.0).to(tl.float32)
+                    up = tl.load(aux_ptr + gate_off + N, mask=mask, other=0.0).to(tl.float32)
+            first, second = _swiglu_math(acc, acc_up, gate, up, ACT)
+            if EPI_TMA and (row0 + BM <= r_start + cnt) and (col0 + BN <= N):
+                if ACT == 1:
+                    y_desc.store([row0, col0], first.to(dtype))
+                    gu_desc.store([row0, col0], gate.to(dtype))
+                    gu_desc.store([row0, N + col0], up.to(dtype))
+                else:
+                    y_desc.store([row0, col0], first.to(dtype))
+                    y_desc.store([row0, N + col0], second.to(dtype))
+            elif ACT == 1:
+                tl.store(y_ptr + rows.to(tl.int64)[:, None] * N + cols[None, :], first.to(dtype), mask=mask)
+                tl.store(aux_ptr + gate_off, gate.to(dtype), mask=mask)
+                tl.store(aux_ptr + gate_off + N, up.to(dtype), mask=mask)
+            else:
+                tl.store(y_ptr + gate_off, first.to(dtype), mask=mask)
+                tl.store(y_ptr + gate_off + N, second.to(dtype), mask=mask)
+        elif EPI_TMA and row0 + BM <= r_start + cnt:
+            # a full tile: asynchronous bulk store (clipped at N)
+            y_desc.store([row0, col0], acc.to(y_ptr.dtype.element_ty))
         else:  # the expert's last, partial tile: rows past its end belong to the next expert
             rows = row0 + tl.arange(0, BM)
             cols = col0 + tl.arange(0, BN)
             mask = (rows[:, None] < r_start + cnt) & (cols[None, :] < N)
-            tl.store(y_ptr + rows.to(tl.int64)[:, None] * N + cols[None, :], out, mask=mask)
+            tl.store(y_ptr + rows.to(tl.int64)[:, None] * N + cols[None, :], acc.to(y_ptr.dtype.element_ty),
+                     mask=mask)
 
 
 @triton.jit
@@ -192,16 +256,30 @@ _K_CONFIGS = [_cfg(128, 256, 64, 8, 3, 8), _cfg(128, 128, 64, 8, 4, 8), _cfg(128
               _cfg(128, 256, 32, 8, 4, 8), _cfg(128, 256, 64, 8, 3, 8, epi=True),
               _cfg(128, 128, 64, 8, 4, 4, epi=True), _cfg(128, 256, 64, 8, 3, 8, epi=True, ws=True)]
 _SMALL = [_cfg(64, 64, 32, 4, 3, 4)]  # 4-byte inputs: the 16-bit tiles would not fit in shared memory
+# SwiGLU epilogues (ACT 1/2), through pointers or tensor descriptors (EPI); ACT 1 keeps two
+# accumulators, so its BN is the width of each (gate, up) half.
+_ACT_CONFIGS = [_cfg(128, 128, 64, 8, 3, 8), _cfg(128, 128, 64, 8, 4, 8), _cfg(128, 64, 64, 8, 4, 4),
+                _cfg(128, 128, 64, 8, 3, 8, epi=True), _cfg(128, 128, 64, 8, 4, 8, epi=True),
+                _cfg(128, 64, 64, 8, 4, 4, epi=True), _cfg(128, 256, 64, 8, 3, 8, epi=True)]
 
 
 def _prune(configs, named_args, **kwargs):
-    """Keep the 16-bit candidates for bf16/fp16 inputs and the small tile for float32."""
+    """Keep the 16-bit candidates for bf16/fp16 inputs and the small tile for float32; the SwiGLU
+    epilogue modes get their own candidates (ACT 1 without 256-wide halves)."""
     first = named_args.get("x_ptr", named_args.get("a_ptr"))
     small = first is not None and first.element_size() > 2
-    return [c for c in configs if (c in _SMALL) == small] or configs
+    act = kwargs.get("ACT", named_args.get("ACT", 0))
+    # by identity: equal-valued configs appear in several lists
+    small_ids, act_ids = {id(c) for c in _SMALL}, {id(c) for c in _ACT_CONFIGS}
+    if small:
+        return [c for c in configs if id(c) in small_ids] or configs
+    if act:
+        return [c for c in configs if id(c) in act_ids
+                and not (act == 1 and c.kwargs["BN"] > 128)]
+    return [c for c in configs if id(c) not in small_ids and id(c) not in act_ids] or configs
 
 
-_mgrouped_tuned = triton.autotune(_M_CONFIGS + _SMALL, key=["N", "K", "B_TRANS", "M_BUCKET", "E"],
+_mgrouped_tuned = triton.autotune(_M_CONFIGS + _ACT_CONFIGS + _SMALL, key=["N", "K", "B_TRANS", "M_BUCKET", "E", "ACT"],
                                   prune_configs_by={"early_config_prune": _prune})(_mgrouped_kernel)
 _kgrouped_tuned = triton.autotune(_K_CONFIGS + _SMALL, key=["P", "Q", "M_BUCKET", "E"],
                                   prune_configs_by={"early_config_prune": _prune})(_kgrouped_kernel)
@@ -226,27 +304,19 @@ def _common(x: torch.Tensor, counts: torch.Tensor):
     return E, triton.next_power_of_2(max(E, 2)), num_sms(dev_index), bucket, prec
 
 
-def mgrouped(x: torch.Tensor, w: torch.Tensor, counts: torch.Tensor, trans_b: bool) -> torch.Tensor:
-    """m-grouped GEMM (see module docstring). ``x`` and ``w`` are made contiguous; returns
-    ``[R, N]`` in ``x.dtype``. Counts stay on the device (read only by the kernel)."""
-    x, w = x.contiguous(), w.contiguous()
+def _launch_m(x, w, y, aux, counts, trans_b: bool, N: int, act: int) -> None:
+    """Run the m-grouped kernel over ``x[R, K]`` into ``y`` (see ``_mgrouped_kernel`` for ``act``)."""
     R, K = x.shape
-    N = w.shape[1] if trans_b else w.shape[2]
-    y = torch.empty(R, N, dtype=x.dtype, device=x.device)
-    if R == 0 or N == 0:
-        return y
-    if K == 0:
-        return y.zero_()
     counts = counts.to(device=x.device, dtype=torch.int32)
     E, e_pow2, sms, bucket, prec = _common(x, counts)
     ensure_allocator(x.device)
-    args = (x, w, y, counts, R, N, K, E, bucket)
+    args = (x, w, y, aux, counts, R, N, K, E, bucket)
     if _INTERPRETED:
         tma = INTERPRETER_USE_TMA and _tma_ok(x, w)
         kw = dict(_INTERP, USE_TMA=tma, EPI_TMA=tma)
         grid = (min(sms, (triton.cdiv(R, kw["BM"]) + E) * triton.cdiv(N, kw["BN"])),)
-        _mgrouped_kernel[grid](*args, B_TRANS=trans_b, E_POW2=e_pow2, DOT_PREC=prec, **kw)
-        return y
+        _mgrouped_kernel[grid](*args, B_TRANS=trans_b, E_POW2=e_pow2, DOT_PREC=prec, ACT=act, **kw)
+        return
     if not _tma_ok(x, w):
         raise ValueError("grouped_gemm[triton]: x and w need 16-byte aligned rows (K, N multiples of "
                          f"{16 // x.element_size()} for {x.dtype}); got x {tuple(x.shape)}, w {tuple(w.shape)}")
@@ -254,8 +324,73 @@ def mgrouped(x: torch.Tensor, w: torch.Tensor, counts: torch.Tensor, trans_b: bo
     def grid(meta):
         return (max(1, min(sms, (triton.cdiv(R, meta["BM"]) + E) * triton.cdiv(N, meta["BN"]))),)
     with torch.cuda.device(x.device):
-        _mgrouped_tuned[grid](*args, B_TRANS=trans_b, E_POW2=e_pow2, DOT_PREC=prec)
+        _mgrouped_tuned[grid](*args, B_TRANS=trans_b, E_POW2=e_pow2, DOT_PREC=prec, ACT=act)
+
+
+def mgrouped(x: torch.Tensor, w: torch.Tensor, counts: torch.Tensor, trans_b: bool) -> torch.Tensor:
+    """m-grouped GEMM (see module docstring). ``x`` and ``w`` are made contiguous; returns
+    ``[R, N]`` in ``x.dtype``. Counts stay on the device (read only by the kernel)."""
+    return _product_m(x, w, counts, trans_b, 0, None)
+
+
+def _product_m(x, w, counts, trans_b: bool, act: int, gate_up) -> torch.Tensor:
+    """Host side of the single-output modes: ``[R, N]`` (ACT 0) or ``[R, 2N]`` (ACT 2, with
+    ``gate_up[R, 2N]``), zero-sized and K = 0 cases handled without a launch."""
+    x, w = x.contiguous(), w.contiguous()
+    R, K = x.shape
+    N = w.shape[1] if trans_b else w.shape[2]
+    y = torch.empty(R, 2 * N if act == 2 else N, dtype=x.dtype, device=x.device)
+    if R == 0 or N == 0:
+        return y
+    if K == 0:
+        return y.zero_()
+    _launch_m(x, w, y, y if gate_up is None else gate_up.contiguous(), counts, trans_b, N, act)
     return y
+
+
+def mgrouped_swiglu(x: torch.Tensor, w: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gate/up projection with the SwiGLU activation fused into the epilogue.
+
+    Args:
+        x: ``[R, K]`` rows sorted by expert.
+        w: ``[E, 2F, K]`` (``nn.Linear`` layout): rows ``[:F]`` gate, ``[F:]`` up.
+        counts: ``[E]`` rows per expert (on the device).
+
+    Returns:
+        ``(gate_up[R, 2F], h[R, F])`` in ``x.dtype``: the two projections (saved for the backward)
+        and ``h = silu(gate) * up`` computed from the float32 accumulators.
+    """
+    x, w = x.contiguous(), w.contiguous()
+    R, K = x.shape
+    F = w.shape[1] // 2
+    gate_up = torch.empty(R, 2 * F, dtype=x.dtype, device=x.device)
+    h = torch.empty(R, F, dtype=x.dtype, device=x.device)
+    if R == 0 or F == 0:
+        return gate_up, h
+    if K == 0:
+        return gate_up.zero_(), h.zero_()
+    _launch_m(x, w, h, gate_up, counts, True, F, 1)
+    return gate_up, h
+
+
+def mgrouped_dswiglu(dy: torch.Tensor, w: torch.Tensor, gate_up: torch.Tensor, counts: torch.Tensor,
+                     trans_b: bool) -> torch.Tensor:
+    """Down projection's input gradient with the SwiGLU backward fused into the epilogue.
+
+    ``dh = dy @ B_e`` (``B_e = w[e]`` for ``w[E, K, F]``, or ``w[e]ᵀ`` for ``w[E, F, K]`` with
+    ``trans_b``), then ``d_gate = dh · up · silu'(gate)``, ``d_up = dh · silu(gate)``.
+
+    Args:
+        dy: ``[R, K]`` gradient of the expert output, rows sorted by expert.
+        w: the down projection's weight in either layout.
+        gate_up: ``[R, 2F]`` saved ``[gate | up]`` of the forward.
+        counts: ``[E]`` rows per expert (on the device).
+        trans_b: layout of ``w``.
+
+    Returns:
+        ``[R, 2F]`` = ``[d_gate | d_up]`` in ``dy.dtype``.
+    """
+    return _product_m(dy, w, counts, trans_b, 2, gate_up)
 
 
 def kgrouped(a: torch.Tensor, b: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
