@@ -10,8 +10,8 @@ cross-entropy). Backend names: ``"auto"``, ``"triton"``, ``"torch"``, ``"referen
 * ``npu``: ``torch_npu`` (imported only when chosen; untested on hardware). For permute/unpermute
   and the loss it runs the torch implementation on the NPU device.
 * ``auto``: per call, from the tensors' device. For the grouped GEMM on CUDA it times every
-  usable kernel set once per (GPU, dtype, layout, K, N, E, rows-per-expert bucket) on the first
-  call's real inputs, separately for the m-grouped products (forward, dX) and the k-grouped weight
+  usable kernel set (median of 5 interleaved timings) once per (GPU, dtype, layout, K, N, E,
+  rows-per-expert bucket) on the first call's real inputs, separately for the m-grouped products (forward, dX) and the k-grouped weight
   gradient, and caches the fastest pair (e.g. ``"triton/torch"``). While ``torch.compile`` traces
   or a CUDA graph is captured it cannot time; then it uses a cached choice or the static default
   below (from our H200 measurements, ``benchmarks/results/kernels-*.json``).
@@ -87,8 +87,9 @@ def _candidates(x: torch.Tensor, w: torch.Tensor, trans_b: bool) -> list[str]:
     return out
 
 
-def _time_ms(fn: Callable[[], object], reps: int = 5) -> float:
-    fn()  # warm-up (also triggers Triton autotuning)
+def _time_ms(fn: Callable[[], object], reps: int = 5, warm: bool = True) -> float:
+    if warm:
+        fn()  # warm-up (also triggers Triton autotuning)
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
     for _ in range(reps):
@@ -96,6 +97,18 @@ def _time_ms(fn: Callable[[], object], reps: int = 5) -> float:
     end.record()
     end.synchronize()
     return start.elapsed_time(end) / reps
+
+
+def _interleaved_medians(fns: dict[str, Callable[[], object]], rounds: int = 5) -> dict[str, float]:
+    """Median milliseconds of each candidate over ``rounds`` interleaved timings (GPU clocks drift
+    by a few per cent within seconds; interleaving exposes every candidate to the same drift)."""
+    for fn in fns.values():
+        fn()  # warm-up (also triggers Triton autotuning)
+    times: dict[str, list[float]] = {c: [] for c in fns}
+    for _ in range(rounds):
+        for c, fn in fns.items():
+            times[c].append(_time_ms(fn, warm=False))
+    return {c: sorted(t)[len(t) // 2] for c, t in times.items()}
 
 
 def choose_grouped_gemm(x: torch.Tensor, w: torch.Tensor, tokens_per_expert: torch.Tensor,
@@ -129,10 +142,11 @@ def choose_grouped_gemm(x: torch.Tensor, w: torch.Tensor, tokens_per_expert: tor
     from xt.kernels.moe.gg_op import kernel_set
     with torch.no_grad():  # time the orientations the forward and backward really use
         y = torch.randn(x.shape[0], N, dtype=x.dtype, device=dev)
-        t_m = {c: _time_ms(lambda c=c: kernel_set(c).mgrouped(x, w, tokens_per_expert, trans_b))
-               + _time_ms(lambda c=c: kernel_set(c).mgrouped(y, w, tokens_per_expert, not trans_b)) for c in cands}
-        t_k = {c: _time_ms(lambda c=c: (kernel_set(c).kgrouped(y, x, tokens_per_expert) if trans_b
-                                        else kernel_set(c).kgrouped(x, y, tokens_per_expert))) for c in cands}
+        m_fns = {c: (lambda c=c: (kernel_set(c).mgrouped(x, w, tokens_per_expert, trans_b),
+                                  kernel_set(c).mgrouped(y, w, tokens_per_expert, not trans_b))) for c in cands}
+        k_fns = {c: (lambda c=c: (kernel_set(c).kgrouped(y, x, tokens_per_expert) if trans_b
+                                  else kernel_set(c).kgrouped(x, y, tokens_per_expert))) for c in cands}
+        t_m, t_k = _interleaved_medians(m_fns), _interleaved_medians(k_fns)
     choice = f"{min(t_m, key=t_m.get)}/{min(t_k, key=t_k.get)}"
     _auto_cache[key] = choice
     return choice
