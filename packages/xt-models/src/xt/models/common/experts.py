@@ -1,4 +1,5 @@
-"""Stacked SwiGLU experts computed with ``xt.kernels.moe.grouped_gemm``.
+"""Stacked SwiGLU experts computed with ``xt.kernels.moe.swiglu_experts`` (grouped GEMMs with the
+activation fused into their epilogues where the Triton kernels run).
 
 Shape legend: R routed rows (sorted by expert), D hidden size, F expert intermediate size
 (``moe_intermediate_size``), E_local experts held here.
@@ -14,10 +15,9 @@ expert parallelism shards dimension 0 and swaps the dispatcher.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from xt.kernels.moe import grouped_gemm
+from xt.kernels.moe import swiglu_experts
 
 __all__ = ["GroupedExperts"]
 
@@ -70,12 +70,9 @@ class GroupedExperts(nn.Module):
             ``[R, D]`` in ``x_sorted.dtype``.
 
         Raises:
-            ValueError: (from ``grouped_gemm``) counts or shapes that disagree.
+            ValueError: (from ``swiglu_experts``) counts or shapes that disagree.
         """
-        h = grouped_gemm(x_sorted, self.gate_up_proj, tokens_per_expert, trans_b=True, backend=self.backend)
-        gate, up = h.split(self.intermediate_size, dim=-1)
-        a = F.silu(gate) * up
-        return grouped_gemm(a, self.down_proj, tokens_per_expert, trans_b=True, backend=self.backend)
+        return swiglu_experts(x_sorted, self.gate_up_proj, self.down_proj, tokens_per_expert, backend=self.backend)
 
     def extra_repr(self) -> str:
         E, F2, D = self.gate_up_proj.shape
