@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from xt.kernels.moe import backends, gg_op, gg_triton, grouped_gemm, permute, unpermute
+from xt.kernels.moe import backends, gg_op, gg_triton, grouped_gemm, permute, swiglu_experts, unpermute
 from xt.kernels.loss import linear_cross_entropy
 
 
@@ -60,6 +60,38 @@ def check_grouped_gemm(out: dict) -> None:
                     print(key, res, flush=True)
 
 
+def check_swiglu_experts(out: dict) -> None:
+    """Fused SwiGLU experts (bf16) vs the float64 reference: forward, dx, both weight gradients,
+    and exact-zero weight gradients of empty experts over NaN-filled allocator blocks."""
+    D, F = 264, 200  # partial column tiles in both epilogues
+    for name, counts_l in (("zeros+odd", [37, 0, 129, 0, 1, 300, 0, 64]), ("one-takes-all", [0, 0, 513, 0]),
+                           ("R=0", [0] * 4)):
+        counts = torch.tensor(counts_l, device="cuda")
+        R, E = sum(counts_l), len(counts_l)
+        x = torch.randn(R, D, device="cuda", dtype=torch.bfloat16)
+        w1 = torch.randn(E, 2 * F, D, device="cuda", dtype=torch.bfloat16) * D ** -0.5
+        w2 = torch.randn(E, D, F, device="cuda", dtype=torch.bfloat16) * F ** -0.5
+        dy = torch.randn(R, D, device="cuda", dtype=torch.bfloat16)
+        ref_in = [t.double().requires_grad_() for t in (x, w1, w2)]
+        ref = swiglu_experts(*ref_in, counts, backend="reference")
+        ref_g = torch.autograd.grad(ref, ref_in, dy.double()) if R else [t * 0 for t in ref_in]
+        for b in ("triton", "torch", "auto"):
+            ins = [t.clone().requires_grad_() for t in (x, w1, w2)]
+            try:
+                y = swiglu_experts(*ins, counts, backend=b)
+                _dirty()
+                g = torch.autograd.grad(y, ins, dy) if R else [t * 0 for t in ins]
+                empty = [e for e, c in enumerate(counts_l) if c == 0]
+                res = {"y": rel(y, ref) if R else 0.0,
+                       **{k: (rel(a, r) if R else 0.0) for k, a, r in zip(("dx", "dw1", "dw2"), g, ref_g)},
+                       "empty_dw_exact_zero": bool((g[1][empty] == 0).all() and (g[2][empty] == 0).all())}
+            except Exception as exc:
+                res = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+            key = f"swiglu_experts/{name}/{b}"
+            out[key] = res
+            print(key, res, flush=True)
+
+
 def check_raw_grouped_mm_empty(out: dict) -> None:
     """Does raw torch._grouped_mm write zeros for an empty group in the k-grouped (dW) form?"""
     counts = torch.tensor([64, 0, 64, 0], device="cuda")
@@ -94,7 +126,7 @@ def select_configs(out: dict) -> None:
                 try:
                     if kind == "m":
                         y = torch.full((R, N), float("nan"), device="cuda", dtype=torch.bfloat16)
-                        gg_triton._mgrouped_kernel[(132,)](x, w, y, counts, R, N, K, 4, 128, B_TRANS=True, E_POW2=4,
+                        gg_triton._mgrouped_kernel[(132,)](x, w, y, y, counts, R, N, K, 4, 128, B_TRANS=True, E_POW2=4,
                                                            DOT_PREC="tf32", num_warps=cfg.num_warps,
                                                            num_stages=cfg.num_stages, **kw)
                         err = rel(y, ref_y)
@@ -151,7 +183,8 @@ def check_loss(out: dict) -> None:
 
 def run() -> dict:
     out: dict = {}
-    for fn in (select_configs, check_raw_grouped_mm_empty, check_grouped_gemm, check_permute, check_loss):
+    for fn in (select_configs, check_raw_grouped_mm_empty, check_grouped_gemm, check_swiglu_experts, check_permute,
+               check_loss):
         try:
             fn(out)
         except Exception as exc:

@@ -1,7 +1,7 @@
 """One GPU session: correctness checks, then the MoE, permute and loss benchmarks (in one process,
 so Triton's compiled kernels are shared). Writes ``kernels-*.json`` under ``--out``.
 
-Usage: ``python benchmarks/kernels/run_gpu.py --out DIR [--skip moe,loss,...] [--shapes ...]``.
+Usage: ``python benchmarks/kernels/run_gpu.py --out DIR [--skip moe,loss,...] [--shapes ...] [--variants ...]``.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ if __name__ == "__main__":
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--skip", default="")
     ap.add_argument("--shapes", default="")
+    ap.add_argument("--variants", default="")
     a = ap.parse_args()
     skip = set(filter(None, a.skip.split(",")))
     t0 = time.time()
@@ -34,7 +35,8 @@ if __name__ == "__main__":
         try:
             if name == "moe":
                 import bench_moe
-                mod.run(a.out, a.shapes.split(",") if a.shapes else list(bench_moe.SHAPES))
+                mod.run(a.out, a.shapes.split(",") if a.shapes else list(bench_moe.SHAPES),
+                        a.variants.split(",") if a.variants else None)
             else:
                 mod.run(a.out)
         except Exception as exc:
