@@ -36,12 +36,7 @@ def mgrouped(x: torch.Tensor, w: torch.Tensor, counts: torch.Tensor, trans_b: bo
 
 
 def kgrouped(a: torch.Tensor, b: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """``c[e] = a[rows of e]ᵀ @ b[rows of e]`` (a loop over experts; reads ``counts`` on the host)."""
-    E = counts.numel()
-    c = a.new_zeros(E, a.shape[1], b.shape[1])
-    start = 0
-    for e, n in enumerate(counts.tolist()):
-        if n:
-            c[e] = a[start:start + n].t() @ b[start:start + n]
-        start += n
-    return c
+    """``c[e] = a[rows of e]ᵀ @ b[rows of e]`` (the per-expert loop of ``gg_op``; reads ``counts``
+    on the host)."""
+    from xt.kernels.moe.gg_op import _Loop
+    return _Loop.kgrouped(a, b, counts)
