@@ -21,7 +21,7 @@ import importlib
 
 import torch
 
-__all__ = ["grouped_mm", "KERNEL_SETS", "kernel_set"]
+__all__ = ["grouped_mm", "KERNEL_SETS", "kernel_set", "mgrouped_impl", "kgrouped_impl"]
 
 KERNEL_SETS = ("triton", "torch", "npu", "loop")
 _MODULES = {"triton": "xt.kernels.moe.gg_triton", "torch": "xt.kernels.moe.gg_torch",
@@ -71,10 +71,19 @@ def _split(backend: str) -> tuple[str, str]:
     return m, (k or m)
 
 
-@torch.library.custom_op("xt_kernels::grouped_mm", mutates_args=())
-def _grouped_mm(x: torch.Tensor, w: torch.Tensor, counts: torch.Tensor, trans_b: bool,
-                backend: str) -> torch.Tensor:
+def mgrouped_impl(x: torch.Tensor, w: torch.Tensor, counts: torch.Tensor, trans_b: bool,
+                  backend: str) -> torch.Tensor:
+    """The m-grouped product of ``backend``'s first kernel set (the body of ``xt_kernels::grouped_mm``)."""
     return kernel_set(_split(backend)[0]).mgrouped(x, w, counts, trans_b)
+
+
+def kgrouped_impl(a: torch.Tensor, b: torch.Tensor, counts: torch.Tensor, backend: str) -> torch.Tensor:
+    """The k-grouped product of ``backend``'s second kernel set (the body of
+    ``xt_kernels::grouped_mm_wgrad``)."""
+    return kernel_set(_split(backend)[1]).kgrouped(a, b, counts)
+
+
+_grouped_mm = torch.library.custom_op("xt_kernels::grouped_mm", mgrouped_impl, mutates_args=())
 
 
 @_grouped_mm.register_fake
@@ -82,9 +91,7 @@ def _(x, w, counts, trans_b, backend):
     return x.new_empty(x.shape[0], w.shape[1] if trans_b else w.shape[2])
 
 
-@torch.library.custom_op("xt_kernels::grouped_mm_wgrad", mutates_args=())
-def _grouped_mm_wgrad(a: torch.Tensor, b: torch.Tensor, counts: torch.Tensor, backend: str) -> torch.Tensor:
-    return kernel_set(_split(backend)[1]).kgrouped(a, b, counts)
+_grouped_mm_wgrad = torch.library.custom_op("xt_kernels::grouped_mm_wgrad", kgrouped_impl, mutates_args=())
 
 
 @_grouped_mm_wgrad.register_fake

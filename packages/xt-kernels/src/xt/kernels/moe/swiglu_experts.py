@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from xt.kernels._autocast import autocast_inputs
-from xt.kernels.moe.gg_op import KERNEL_SETS, _grouped_mm, _grouped_mm_wgrad, _split, kernel_set
+from xt.kernels.moe.gg_op import (KERNEL_SETS, _grouped_mm, _grouped_mm_wgrad, _split, kernel_set, kgrouped_impl,
+                                  mgrouped_impl)
 
 __all__ = ["swiglu_experts", "swiglu_experts_reference"]
 
@@ -65,14 +66,6 @@ def _down_dswiglu_impl(dy: torch.Tensor, w: torch.Tensor, gate_up: torch.Tensor,
     return _dswiglu(kernel_set(m).mgrouped(dy, w, counts, False), gate_up)
 
 
-def _mgrouped_impl(x, w, counts, trans_b, backend):
-    return kernel_set(_split(backend)[0]).mgrouped(x, w, counts, trans_b)
-
-
-def _kgrouped_impl(a, b, counts, backend):
-    return kernel_set(_split(backend)[1]).kgrouped(a, b, counts)
-
-
 _gate_up_swiglu = torch.library.custom_op("xt_kernels::gate_up_swiglu", _gate_up_swiglu_impl, mutates_args=())
 _down_dswiglu = torch.library.custom_op("xt_kernels::down_dswiglu", _down_dswiglu_impl, mutates_args=())
 
@@ -92,7 +85,7 @@ def _kernels():
     calls in eager mode (saves the dispatcher's round trip of a Python custom op, ~20 µs each)."""
     if torch.compiler.is_compiling():
         return _gate_up_swiglu, _down_dswiglu, _grouped_mm, _grouped_mm_wgrad
-    return _gate_up_swiglu_impl, _down_dswiglu_impl, _mgrouped_impl, _kgrouped_impl
+    return _gate_up_swiglu_impl, _down_dswiglu_impl, mgrouped_impl, kgrouped_impl
 
 
 class _SwiGLUExperts(torch.autograd.Function):
