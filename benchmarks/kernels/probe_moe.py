@@ -17,6 +17,7 @@ import sys
 import time
 
 import torch
+import triton
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import bench_ms, env_info, write_json  # noqa: E402
@@ -66,7 +67,7 @@ def main(out_dir: str) -> dict:
         c32 = counts.to(torch.int32)
         for cfg in gg_triton._ACT_CONFIGS:
             kw = dict(cfg.kwargs)
-            grid = (min(132, (triton_cdiv(R, kw["BM"]) + E) * triton_cdiv(I, kw["BN"])),)
+            grid = (min(132, (triton.cdiv(R, kw["BM"]) + E) * triton.cdiv(I, kw["BN"])),)
 
             def launch(kw=kw, cfg=cfg, grid=grid):
                 gg_triton._mgrouped_kernel[grid](gy, w2, out, gu, c32, R, I, H, E, 1024, B_TRANS=False, E_POW2=128,
@@ -81,10 +82,6 @@ def main(out_dir: str) -> dict:
             print("ACT2", name, res["act2_configs"][name], flush=True)
     print("wrote", write_json(out_dir, "probe", res))
     return res
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 if __name__ == "__main__":
