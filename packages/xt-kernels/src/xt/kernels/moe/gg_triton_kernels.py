@@ -1,6 +1,11 @@
 """Device code of the Triton grouped GEMM (see :mod:`xt.kernels.moe.gg_triton` for the design,
 the autotuning candidates and the host-side entry points).
 
+Measured and rejected on the H200 (``benchmarks/kernels/probe_sched.py``, results in
+``benchmarks/results/kernels-sched-*-2026-11-29.json``): two or three programs per SM, Triton's
+loop flattening of the tile loop, and an L2 prefetch of the SwiGLU backward's saved gate/up tiles.
+What made the SwiGLU epilogues cheap was the sigmoid itself (``FAST_SIG``).
+
 ``_mgrouped_kernel``: m-grouped product with optional SwiGLU epilogues (``ACT`` 1 forward, 2
 backward); ``_kgrouped_kernel``: per-expert weight gradient. Both are persistent tile loops.
 """
@@ -33,14 +38,26 @@ def _swizzle(local, m_tiles, n_tiles, GROUP_M: tl.constexpr):
 
 
 @triton.jit
-def _swiglu_math(acc, acc_up, gate, up, ACT: tl.constexpr):
+def _sigmoid(x, FAST_SIG: tl.constexpr):
+    """``sigmoid(x)``; with ``FAST_SIG`` as ``0.5 · tanh(x / 2) + 0.5`` through PTX ``tanh.approx``
+    (one special-function op instead of an exponential and a reciprocal)."""
+    if FAST_SIG:
+        t = tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [0.5 * x], dtype=tl.float32,
+                                      is_pure=True, pack=1)
+        return 0.5 * t + 0.5
+    else:
+        return tl.sigmoid(x)
+
+
+@triton.jit
+def _swiglu_math(acc, acc_up, gate, up, ACT: tl.constexpr, FAST_SIG: tl.constexpr):
     """SwiGLU (ACT 1: ``silu(acc) * acc_up``, returned twice) or its backward with ``acc = dh``
     (ACT 2: ``(dh · up · silu'(gate), dh · silu(gate))``), all float32."""
     if ACT == 1:
-        h = acc * tl.sigmoid(acc) * acc_up
+        h = acc * _sigmoid(acc, FAST_SIG) * acc_up
         return h, h
     else:
-        sig = tl.sigmoid(gate)
+        sig = _sigmoid(gate, FAST_SIG)
         return acc * up * sig * (1.0 + gate * (1.0 - sig)), acc * gate * sig
 
 
@@ -49,7 +66,7 @@ def _mgrouped_kernel(x_ptr, w_ptr, y_ptr, aux_ptr, counts_ptr, R, N, K, E, M_BUC
                      B_TRANS: tl.constexpr, E_POW2: tl.constexpr, USE_TMA: tl.constexpr,
                      DOT_PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                      GROUP_M: tl.constexpr, EPI_TMA: tl.constexpr = False, WS: tl.constexpr = False,
-                     ACT: tl.constexpr = 0):
+                     ACT: tl.constexpr = 0, FAST_SIG: tl.constexpr = False):
     # ACT 0: y[R, N] = x @ B_e.
     # ACT 1 (SwiGLU forward; B_TRANS, w[E, 2N, K] = [gate; up]): two accumulators per tile,
     #   gate = x @ w[e, :N]ᵀ and up = x @ w[e, N:]ᵀ; writes aux[R, 2N] = [gate | up] and
@@ -135,7 +152,7 @@ def _mgrouped_kernel(x_ptr, w_ptr, y_ptr, aux_ptr, counts_ptr, R, N, K, E, M_BUC
                 else:
                     gate = tl.load(aux_ptr + gate_off, mask=mask, other=0.0).to(tl.float32)
                     up = tl.load(aux_ptr + gate_off + N, mask=mask, other=0.0).to(tl.float32)
-            first, second = _swiglu_math(acc, acc_up, gate, up, ACT)
+            first, second = _swiglu_math(acc, acc_up, gate, up, ACT, FAST_SIG)
             if EPI_TMA and (row0 + BM <= r_start + cnt) and (col0 + BN <= N):
                 if ACT == 1:
                     y_desc.store([row0, col0], first.to(dtype))
