@@ -8,8 +8,11 @@ tokens when the caching allocator hands back NaN-filled memory, for our backends
 from __future__ import annotations
 
 import torch
+import triton
+import triton.language as tl
 
 from xt.kernels.moe import backends, gg_op, gg_triton, grouped_gemm, permute, swiglu_experts, unpermute
+from xt.kernels.moe.gg_triton_kernels import _sigmoid
 from xt.kernels.loss import linear_cross_entropy
 
 
@@ -90,6 +93,27 @@ def check_swiglu_experts(out: dict) -> None:
             key = f"swiglu_experts/{name}/{b}"
             out[key] = res
             print(key, res, flush=True)
+
+
+@triton.jit
+def _sigmoid_kernel(x_ptr, y_ptr, n, FAST_SIG: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    x = tl.load(x_ptr + offs, mask=offs < n)
+    tl.store(y_ptr + offs, _sigmoid(x, FAST_SIG), mask=offs < n)
+
+
+def check_fast_sigmoid(out: dict) -> None:
+    """Largest absolute error of the SwiGLU epilogues' sigmoid (``tanh.approx`` and ``tl.sigmoid``)
+    against float64 over 2^22 points of [-30, 30], next to half a bf16 ulp of the result."""
+    x = torch.linspace(-30, 30, 1 << 22, device="cuda", dtype=torch.float32)
+    ref = torch.sigmoid(x.double())
+    for fast in (True, False):
+        y = torch.empty_like(x)
+        _sigmoid_kernel[(triton.cdiv(x.numel(), 1024),)](x, y, x.numel(), FAST_SIG=fast, BLOCK=1024)
+        out[f"sigmoid/fast={fast}"] = {"max_abs_err": float((y.double() - ref).abs().max()),
+                                       "max_rel_err": float(((y.double() - ref).abs() / ref).max())}
+        print(f"sigmoid/fast={fast}", out[f"sigmoid/fast={fast}"], flush=True)
+    out["sigmoid/bf16_half_ulp_at_0.5"] = 2.0 ** -10
 
 
 def check_raw_grouped_mm_empty(out: dict) -> None:
@@ -183,8 +207,8 @@ def check_loss(out: dict) -> None:
 
 def run() -> dict:
     out: dict = {}
-    for fn in (select_configs, check_raw_grouped_mm_empty, check_grouped_gemm, check_swiglu_experts, check_permute,
-               check_loss):
+    for fn in (select_configs, check_raw_grouped_mm_empty, check_grouped_gemm, check_fast_sigmoid,
+               check_swiglu_experts, check_permute, check_loss):
         try:
             fn(out)
         except Exception as exc:
