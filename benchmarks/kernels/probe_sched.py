@@ -67,7 +67,7 @@ def problems(gen):
         "dx": (mk, (dgu, w1, torch.empty_like(x), None, counts, R, H, 2 * I, E, 1024),
                dict(m, B_TRANS=False, ACT=0), H, R),
         "dw_down": (kk, (gy, h, torch.empty_like(w2), counts, R, H, I, E, 1024), m, None, None),
-        "dw_gate_up": (kk, (dgu, x, torch.empty_like(w1.transpose(1, 2)), counts, R, 2 * I, H, E, 1024), m,
+        "dw_gate_up": (kk, (dgu, x, torch.empty_like(w1), counts, R, 2 * I, H, E, 1024), m,
                        None, None),
     }
     return out, (E, H, I, R)
