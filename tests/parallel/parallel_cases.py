@@ -45,19 +45,23 @@ def _optimizer(model, spec):
     return torch.optim.AdamW(model.parameters(), lr=spec["lr"], betas=(0.9, 0.95), weight_decay=0.1)
 
 
+def _dtype(spec: dict) -> torch.dtype:
+    return getattr(torch, spec.get("dtype", "float32"))
+
+
 def build_model(spec: dict):
     """The test toy (``spec["builder"]`` "toy", default) or XT's own Qwen3-MoE ("xt_qwen3")."""
     if spec.get("builder") == "xt_registry":  # any XT family from an HF config dict
         from xt.models.registry import build_model as build_registered
         torch.manual_seed(spec["seed"])
-        return build_registered(spec["model"]).float()
+        return build_registered(spec["model"]).to(_dtype(spec))
     if spec.get("builder", "toy") == "xt_qwen3":
         from xt.models.qwen3.config import Qwen3Config
         from xt.models.qwen3.model import Qwen3ForCausalLM
         torch.manual_seed(spec["seed"])
-        return Qwen3ForCausalLM(Qwen3Config(**spec["model"])).float()
+        return Qwen3ForCausalLM(Qwen3Config(**spec["model"])).to(_dtype(spec))
     from parallel_toy_moe import ToyConfig, build_toy
-    return build_toy(ToyConfig(**spec["model"]), spec["seed"], spec["skew"])
+    return build_toy(ToyConfig(**spec["model"]), spec["seed"], spec["skew"]).to(_dtype(spec))
 
 
 def _reference_steps(model, spec: dict, batches_of, loss_sum) -> dict:
@@ -141,7 +145,7 @@ def run_toy(spec: dict, state: dict) -> dict:
         mine = _batches(spec, step)[ctx.dp_rank * micro:(ctx.dp_rank + 1) * micro]
         mbs = [ctx.shard_batch(b) for b in mine]
         n_tok = ctx.all_reduce_sum(count_label_tokens(mbs, torch.device("cpu")))
-        total = torch.zeros(())
+        total = torch.zeros((), dtype=_dtype(spec))
         for m, mb in enumerate(mbs):
             ctx.set_grad_sync(model, m == micro - 1)
             loss = micro_batch_objective(model(**mb), n_tok, micro, ctx.world_size)
@@ -163,24 +167,26 @@ def run_toy(spec: dict, state: dict) -> dict:
 # --- Hugging Face transformers Qwen3MoeForCausalLM (reuse outside XT) --------------------------------
 
 def build_hf(spec: dict):
-    """Tiny HF Qwen3-MoE, fp32, eager attention (the stock reference)."""
+    """Tiny HF Qwen3-MoE, eager attention (the stock reference), in ``spec["dtype"]`` (fp32 default)."""
     from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
     cfg = Qwen3MoeConfig(**spec["hf_config"], attn_implementation="eager")
     torch.manual_seed(spec["seed"])
-    return Qwen3MoeForCausalLM(cfg).float()
+    return Qwen3MoeForCausalLM(cfg).to(_dtype(spec))
 
 
 def _hf_loss_sum(model, batch: dict, packed_kwargs: dict | None) -> torch.Tensor:
     """Summed CE. Without `packed_kwargs` (stock HF) each document runs as its own sequence: stock
     transformers does not mask attention between documents packed into one row."""
     if packed_kwargs is not None:
-        logits = model(**packed_kwargs).logits[0].float()
+        logits = model(**packed_kwargs).logits[0]
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
         return torch.nn.functional.cross_entropy(logits, batch["labels"], ignore_index=IGNORE_INDEX, reduction="sum")
     cu = batch["cu_seqlens"].tolist()
     total = 0.0
     for s, e in zip(cu[:-1], cu[1:]):
         logits = model(input_ids=batch["input_ids"][None, s:e], position_ids=batch["position_ids"][None, s:e]).logits[0]
-        total = total + torch.nn.functional.cross_entropy(logits.float(), batch["labels"][s:e], ignore_index=IGNORE_INDEX,
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        total = total + torch.nn.functional.cross_entropy(logits, batch["labels"][s:e], ignore_index=IGNORE_INDEX,
                                                           reduction="sum")
     return total
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-TOL = 1e-5  # fp32 relative error ||a - b|| / ||b|| (ARCHITECTURE.md §4)
+TOL = 1e-5  # fp32 relative error ||a - b|| / ||b|| (docs/architecture.md, Numerics)
+TOL_F64 = 1e-10  # the same in float64 (measured ~1e-14 between layouts; test_parallel_equivalence)
 
 
 def divisors(n: int) -> list[int]:

@@ -41,8 +41,9 @@ def _rms(x, w, eps=1e-6):
 
 def _rope(x, pos):  # x [T, H, d]
     d = x.shape[-1]
-    inv = 1.0 / (10000 ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
-    ang = pos.float()[:, None] * inv[None]
+    acc = torch.promote_types(x.dtype, torch.float32)
+    inv = 1.0 / (10000 ** (torch.arange(0, d, 2, dtype=acc) / d))
+    ang = pos.to(acc)[:, None] * inv[None]
     cos, sin = ang.cos()[:, None, :].to(x.dtype), ang.sin()[:, None, :].to(x.dtype)
     x1, x2 = x[..., : d // 2], x[..., d // 2:]
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1)
@@ -78,7 +79,8 @@ class Router(nn.Module):
         self.register_buffer("logit_bias", torch.zeros(c.num_experts))
 
     def forward(self, x):
-        logits = F.linear(x.float(), self.weight.float()) + self.logit_bias
+        acc = torch.promote_types(x.dtype, torch.float32)  # fp32, or float64 for float64 runs
+        logits = F.linear(x.to(acc), self.weight.to(acc)) + self.logit_bias
         probs = logits.softmax(-1)
         w, ids = probs.topk(self.top_k, dim=-1)
         return ids, w
@@ -152,7 +154,8 @@ class ToyMoEForCausalLM(nn.Module):
         x = self.model.embed_tokens(input_ids)
         for layer in self.model.layers:
             x = layer(x, position_ids, cu_seqlens, max_seqlen)
-        logits = self.lm_head(_rms(x, self.model.norm)).float()
+        logits = self.lm_head(_rms(x, self.model.norm))
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
         loss_sum = F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
         return SimpleNamespace(loss_sum=loss_sum, aux_loss=None, metrics={}, logits=None)
 

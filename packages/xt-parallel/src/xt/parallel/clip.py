@@ -45,7 +45,8 @@ def global_grad_norm(params: Iterable[nn.Parameter], expert_params: set[int] = f
         ep_size: size of that EP group.
 
     Returns:
-        Scalar float32 tensor on the gradients' device (CPU if there are none).
+        Scalar float32 tensor on the gradients' device (CPU if there are none); float64 when any
+        gradient is float64, so a float64 run is not clipped by an fp32-rounded factor.
     """
     world = dist.get_world_size() if dist.is_initialized() else 1
     by_copies: dict[int, list[torch.Tensor]] = {}
@@ -58,9 +59,10 @@ def global_grad_norm(params: Iterable[nn.Parameter], expert_params: set[int] = f
         local = g.to_local() if isinstance(g, DTensor) else g
         device = local.device
         by_copies.setdefault(n, []).append(local)
-    total = torch.zeros((), dtype=torch.float32, device=device or "cpu")
+    acc = torch.float64 if any(t.dtype == torch.float64 for ts in by_copies.values() for t in ts) else torch.float32
+    total = torch.zeros((), dtype=acc, device=device or "cpu")
     for n, grads in by_copies.items():
-        sq = torch.stack([t.float().square().sum() for t in grads]).sum() if grads else 0.0
+        sq = torch.stack([t.to(acc).square().sum() for t in grads]).sum() if grads else 0.0
         total = total + sq / n
     if world > 1:
         dist.all_reduce(total)
@@ -78,7 +80,7 @@ def clip_grad_norm_(params: Iterable[nn.Parameter], max_norm: float, expert_para
         max_norm: threshold; ``inf`` measures only.
 
     Returns:
-        The norm before clipping (scalar float32, a plain tensor).
+        The norm before clipping (scalar float32, float64 for float64 gradients; a plain tensor).
 
     Raises:
         ValueError: ``max_norm <= 0``.
@@ -94,6 +96,6 @@ def clip_grad_norm_(params: Iterable[nn.Parameter], max_norm: float, expert_para
     for p in params:
         g = p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad
         locals_by_dev.setdefault((g.device, g.dtype), []).append(g)
-    for (dev, _), grads in locals_by_dev.items():
-        torch._foreach_mul_(grads, coef.to(dev))
+    for (dev, dtype), grads in locals_by_dev.items():
+        torch._foreach_mul_(grads, coef.to(device=dev, dtype=dtype))
     return norm

@@ -1,4 +1,4 @@
-"""Loss normalisation over the global batch (ARCHITECTURE.md §4, docs/contracts.md).
+"""Loss normalisation over the global batch (docs/architecture.md, Loss normalisation; docs/contracts.md).
 
 The training objective of one optimizer step is
 
@@ -73,12 +73,14 @@ def micro_batch_objective(out: Any, global_tokens: torch.Tensor, num_micro_batch
         world_size: ranks whose gradients are summed.
 
     Returns:
-        fp32 scalar ``loss_sum / N_global + aux_loss / (M * world_size)`` with autograd graph.
+        scalar ``loss_sum / N_global + aux_loss / (M * world_size)`` with autograd graph, in
+        float32 (float64 when the model computes its loss in float64, e.g. a numerics check).
     """
     check_model_output(out)
-    denom = global_tokens.clamp(min=1).to(torch.float32)
-    obj = out.loss_sum.float() / denom
+    acc = torch.promote_types(out.loss_sum.dtype, torch.float32)  # never below fp32; f64 stays f64
+    denom = global_tokens.clamp(min=1).to(acc)
+    obj = out.loss_sum.to(acc) / denom
     aux = getattr(out, "aux_loss", None)
     if aux is not None:
-        obj = obj + aux.float() / (num_micro_batches * world_size)
+        obj = obj + aux.to(acc) / (num_micro_batches * world_size)
     return obj
