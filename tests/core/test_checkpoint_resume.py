@@ -22,7 +22,7 @@ def _trainer(out_dir, steps=2 * N, every=N, keep_last=0, dropout=0.2):
     torch.manual_seed(123)  # model init (the Trainer re-seeds with train.seed on a fresh start)
     model = TinyLM(dropout=dropout)  # dropout: the RNG state matters for the losses
     train = TrainConfig(steps=steps, micro_batches_per_step=2, out_dir=str(out_dir), seed=5,
-                        log_every=1, max_grad_norm=1.0)
+                        log_every=1, max_grad_norm=1.0, dtype="fp32")
     return Trainer(model, StatefulLoader(), train, OptimConfig(lr=3e-2, weight_decay=0.01),
                    ScheduleConfig(warmup_steps=2, decay="cosine"),
                    CheckpointConfig(every_steps=every, keep_last=keep_last, hf_export=False),

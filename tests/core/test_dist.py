@@ -66,7 +66,7 @@ class Interleaved:
 def _trainer(out_dir, loader, micro, dist_ctx=None):
     torch.manual_seed(0)
     return Trainer(TinyLM(aux_coef=0.1), loader,
-                   TrainConfig(steps=STEPS, micro_batches_per_step=micro, out_dir=str(out_dir)),
+                   TrainConfig(steps=STEPS, micro_batches_per_step=micro, out_dir=str(out_dir), dtype="fp32"),
                    OptimConfig(lr=1e-2), checkpoint=CheckpointConfig(hf_export=False),
                    dist=dist_ctx, console=Console(file=io.StringIO()))
 

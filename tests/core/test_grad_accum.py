@@ -105,7 +105,7 @@ def test_trainer_step_accumulation_matches_single_micro_batch(tmp_path):
         torch.manual_seed(0)
         model = TinyLM()
         cfg = TrainConfig(steps=2, micro_batches_per_step=len(micro_batches), out_dir=str(tmp_path / name),
-                          max_grad_norm=0.5)
+                          max_grad_norm=0.5, dtype="fp32")
         tr = Trainer(model, StatefulLoader(), cfg)
         m = tr.train_step(micro_batches)
         return m, {n: p.detach().clone() for n, p in model.named_parameters()}

@@ -56,7 +56,7 @@ class Loader:
 
 def test_hook_gets_step_load_after_optimizer(tmp_path):
     model = CountingModel()
-    tr = Trainer(model, Loader(), TrainConfig(steps=3, micro_batches_per_step=2, out_dir=str(tmp_path), log_every=1),
+    tr = Trainer(model, Loader(), TrainConfig(steps=3, micro_batches_per_step=2, out_dir=str(tmp_path), log_every=1, dtype="fp32"),
                  checkpoint=CheckpointConfig(save_final=False, hf_export=False))
     tr.fit()
     assert len(model.calls) == 3

@@ -88,13 +88,17 @@ class TrainConfig(ConfigStruct):
     Attributes:
         steps: optimizer steps to run in total (a resumed run continues up to this), >= 1.
         micro_batches_per_step: micro-batches drawn per optimizer step (gradient accumulation),
-            >= 1. The loss is normalised over the label tokens of all of them (ARCHITECTURE §4).
+            >= 1. The loss is normalised over the label tokens of all of them
+            (docs/architecture.md, Loss normalisation).
         max_grad_norm: clip the global gradient L2 norm to this; 0 disables clipping (the norm is
             still measured and logged).
-        dtype: "fp32", or "bf16" = mixed precision with `torch.autocast(dtype=torch.bfloat16)`
-            around the forward pass: parameters, gradients and AdamW state stay fp32 (master
-            weights), matmuls run in bf16. Chosen over bf16 parameters because the optimizer
-            update stays exact and checkpoints stay fp32.
+        dtype: "auto" (default) = "bf16" where bf16 is native (CUDA GPUs with bf16, CPUs with
+            AVX512_BF16 or AMX) and "fp32" elsewhere (`xt.core.engine.precision`); "fp32"; or
+            "bf16" = mixed precision with `torch.autocast(dtype=torch.bfloat16)` around the
+            forward pass: parameters, gradients and AdamW state stay fp32 (master weights),
+            matmuls run in bf16. Chosen over bf16 parameters because the optimizer update stays
+            exact and checkpoints stay fp32. An explicit "bf16" on a CPU that emulates bf16
+            (~30-40x slower matmuls) runs, with a warning.
         seed: seeds python `random` and torch (CPU and CUDA) at the start of a fresh run.
         log_every: print a metrics line every this many steps (metrics.jsonl gets every step).
         out_dir: run folder: metrics.jsonl, loss.png, checkpoints/, hf/.
@@ -106,7 +110,7 @@ class TrainConfig(ConfigStruct):
     steps: int = 1000
     micro_batches_per_step: int = 1
     max_grad_norm: float = 1.0
-    dtype: Literal["bf16", "fp32"] = "fp32"
+    dtype: Literal["auto", "bf16", "fp32"] = "auto"
     seed: int = 0
     log_every: int = 10
     out_dir: str = "runs/xt"

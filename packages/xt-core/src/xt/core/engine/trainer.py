@@ -30,6 +30,7 @@ from xt.core.distributed import DistContext, LocalDistContext
 from xt.core.engine.metrics import (MetricsWriter, default_peak_tflops, max_memory_gib, mfu,
                                     read_metrics)
 from xt.core.engine.optim import build_optimizer, build_scheduler
+from xt.core.engine.precision import resolve_precision
 from xt.core.engine.report import ProgressReporter, plot_loss_curve
 from xt.core.engine.step import StepStats, forward_backward
 
@@ -108,7 +109,10 @@ class Trainer:
         self.console = console or Console()
         self.device = params[0].device
         self.out_dir = Path(train.out_dir)
-        self.autocast_dtype = torch.bfloat16 if train.dtype == "bf16" else None
+        self.precision = resolve_precision(train.dtype, self.device)
+        self.autocast_dtype = self.precision.autocast_dtype
+        if self.precision.warning and self.dist.is_main:
+            self.console.print(f"[yellow]warning[/yellow]: {self.precision.warning}", highlight=False)
         self.peak_tflops = train.peak_tflops or default_peak_tflops(self.device)
         self.optimizer = build_optimizer(model, optim)
         self.scheduler = build_scheduler(self.optimizer, schedule, train.steps)
