@@ -15,7 +15,7 @@ from xt.kernels.config import apply_kernels_config
 from xt.models import build_model, from_pretrained
 from xt.models.common.hf_config import read_config_json
 
-__all__ = ["check_layout", "unused_model_keys", "build_run_model", "build_run_loader", "want_distributed", "apply_layout", "device_for_run"]
+__all__ = ["hf_dict", "check_layout", "unused_model_keys", "build_run_model", "build_run_loader", "want_distributed", "apply_layout", "device_for_run"]
 
 
 def device_for_run() -> torch.device:
@@ -25,7 +25,13 @@ def device_for_run() -> torch.device:
     return torch.device("cpu")
 
 
-def _hf_dict(section: ModelSection) -> dict[str, Any]:
+def hf_dict(section: ModelSection) -> dict[str, Any]:
+    """The HF ``config.json`` fields of `section`: inline ``config``, or read from ``hf_config`` /
+    ``init_from``, with ``overrides`` applied.
+
+    Raises:
+        xt.models.ConfigError: the ``config.json`` cannot be read or is not a JSON object.
+    """
     if section.config is not None:
         d = dict(section.config)
     else:
@@ -50,7 +56,7 @@ def unused_model_keys(section: ModelSection) -> list[str]:
     written = dict(section.config or {}) | dict(section.overrides)
     if not written:
         return []
-    fields = {f.name for f in msgspec.structs.fields(get_spec(_hf_dict(section)).config_cls)}
+    fields = {f.name for f in msgspec.structs.fields(get_spec(hf_dict(section)).config_cls)}
     return sorted(k for k in written if k not in fields and k not in _HF_BOOKKEEPING)
 
 
@@ -69,7 +75,7 @@ def build_run_model(section: ModelSection, device: torch.device) -> nn.Module:
         if is_xt_weights(section.init_from):
             return load_xt_weights(section.init_from, device=device, attn_backend=section.attn_backend)
         return from_pretrained(section.init_from, device=device, attn_backend=section.attn_backend)
-    return build_model(_hf_dict(section), device=device, attn_backend=section.attn_backend)
+    return build_model(hf_dict(section), device=device, attn_backend=section.attn_backend)
 
 
 def build_run_loader(cfg: XTConfig, dist: DistContext):
@@ -126,7 +132,7 @@ def check_layout(cfg: XTConfig) -> None:
     from xt.models import config_from_hf
     from xt.parallel import validate_layout
     from xt.parallel.api import model_sizes
-    d = _hf_dict(cfg.model) if not cfg.model.init_from else read_config_json(Path(cfg.model.init_from))
+    d = hf_dict(cfg.model) if not cfg.model.init_from else read_config_json(Path(cfg.model.init_from))
     sizes = model_sizes(SimpleNamespace(config=config_from_hf(d)))
     validate_layout(cfg.parallel, int(os.environ.get("WORLD_SIZE", "1")), **sizes)
 

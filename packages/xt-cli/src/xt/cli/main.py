@@ -5,19 +5,42 @@ import sys
 
 import click
 
-from xt.core.config import ConfigError
+from xt.cli.errors import debug_from_env, reported_errors
 
 __all__ = ["main", "cli"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="xt-cli")
-def cli() -> None:
+@click.option("--debug", is_flag=True, default=False,
+              help="Show the full Python traceback of an error (also: environment XT_DEBUG=1).")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
     """XT: train Mixture-of-Experts language models (pre-training, SFT) from one CPU to many GPUs.
 
     Multi-GPU / multi-process: launch the same command with
     `torchrun --nproc-per-node N -m xt.cli.main train CONFIG` (layout from the [parallel] section).
+
+    A mistake (config, model config, data, checkpoint) ends with one `error: ...` line naming the
+    key, file and line, and exit status 1; Ctrl-C exits with 130. For a bug report, run
+    `xt --debug ...` (or set XT_DEBUG=1) to see the full traceback.
     """
+    ctx.ensure_object(dict)["debug"] = debug or debug_from_env()
+
+
+def _debug(ctx: click.Context) -> bool:
+    return bool((ctx.find_root().obj or {}).get("debug")) or debug_from_env()
+
+
+def _last_checkpoint_note(config: str, overrides: tuple[str, ...]) -> str:
+    """What to say after Ctrl-C in `xt train`: the newest finished checkpoint of the run, if any."""
+    from xt.cli.config import load_xt_config
+    from xt.core.checkpoint import latest_checkpoint
+    out_dir = load_xt_config(config, list(overrides)).train.out_dir
+    last = latest_checkpoint(out_dir)
+    if last is None:
+        return f"no checkpoint was saved in {out_dir}"
+    return f"the last finished checkpoint is {last}; continue with --resume auto"
 
 
 @cli.command()
@@ -26,14 +49,12 @@ def cli() -> None:
               help="Override a config entry (TOML literal), e.g. --set train.steps=100. Repeatable.")
 @click.option("--resume", default=None, metavar="auto|PATH",
               help="Resume from the newest checkpoint in train.out_dir ('auto') or a checkpoint folder.")
-def train(config: str, overrides: tuple[str, ...], resume: str | None) -> None:
+@click.pass_context
+def train(ctx: click.Context, config: str, overrides: tuple[str, ...], resume: str | None) -> None:
     """Train the model described by CONFIG (a TOML file; see examples/)."""
-    from xt.cli.train import run_train
-    from xt.parallel import LayoutError
-    try:
+    with reported_errors(_debug(ctx), on_interrupt=lambda: _last_checkpoint_note(config, overrides)):
+        from xt.cli.train import run_train
         run_train(config, list(overrides), resume)
-    except (ConfigError, FileExistsError, LayoutError) as e:
-        raise click.ClickException(str(e)) from None
 
 
 @cli.command()
@@ -41,18 +62,17 @@ def train(config: str, overrides: tuple[str, ...], resume: str | None) -> None:
 @click.argument("dst", type=click.Path())
 @click.option("--config", "config", default=None, type=click.Path(exists=True, dir_okay=False),
               help="The training config of the run (needed to convert an XT checkpoint to HF).")
-def convert(src: str, dst: str, config: str | None) -> None:
+@click.pass_context
+def convert(ctx: click.Context, src: str, dst: str, config: str | None) -> None:
     """Convert between an XT training checkpoint and an HF checkpoint folder.
 
     XT -> HF: SRC is a checkpoint folder (runs/NAME/checkpoints/step-N) and --config the run's TOML.
     HF -> XT: SRC is an HF folder (config.json + safetensors); DST becomes an XT checkpoint that
     `xt train --resume DST` or `model.init_from` can start from.
     """
-    from xt.cli.convert import convert_checkpoint
-    try:
+    with reported_errors(_debug(ctx), also=(ValueError,)):
+        from xt.cli.convert import convert_checkpoint
         convert_checkpoint(src, dst, config)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        raise click.ClickException(str(e)) from None
 
 
 def main() -> None:

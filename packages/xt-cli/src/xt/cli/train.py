@@ -7,11 +7,13 @@ from pathlib import Path
 from typing import Sequence
 
 from rich.console import Console
+from rich.markup import escape
 
 from xt.cli.build import (apply_layout, build_run_loader, build_run_model, check_layout,
                           device_for_run, unused_model_keys)
 from xt.cli.config import XTConfig, load_xt_config
 from xt.cli.export import export_hf
+from xt.cli.preflight import preflight
 from xt.core.checkpoint import seed_everything
 from xt.core.engine import Trainer, TrainResult
 from xt.data import load_tokenizer
@@ -41,19 +43,24 @@ def run_train(config: str | Path | None, overrides: Sequence[str] = (), resume: 
     greedy sample from the exported model.
 
     Raises:
-        xt.core.config.ConfigError: bad config (named key, file and line).
+        xt.core.config.ConfigError: bad config, including bad ``[model.config]`` fields and missing
+            ``model.init_from`` folders (named key, file and line; before any model is built).
+        xt.data.DataError: unreadable, malformed or empty data (file:line; before any model is built).
         xt.parallel.LayoutError: a ``[parallel]`` layout that cannot work (before any model is built).
+        xt.core.errors.CheckpointError: a resume path that is not a checkpoint of this model.
+        (All four are `xt.core.errors.XTError`; the ``xt`` command prints them without a traceback.)
     """
     console = console or Console(soft_wrap=True)  # piped logs keep one line per step
     cfg: XTConfig = load_xt_config(config, overrides)
+    preflight(cfg, config, overrides, resume)  # model config, data, resume path: before anything is built
     check_layout(cfg)
     t0 = time.perf_counter()
     device = device_for_run()
     seed_everything(cfg.train.seed)
     unused = unused_model_keys(cfg.model)
     if unused:
-        console.print(f"[yellow]warning[/yellow]: {config}: [model.config] keys that this model family does "
-                      f"not read (a typo?): {', '.join(unused)}")
+        console.print(f"[yellow]warning[/yellow]: {escape(str(config))}: {escape('[model.config]')} keys that "
+                      f"this model family does not read (a typo?): {escape(', '.join(unused))}")
     model = build_run_model(cfg.model, device)
     model, dist = apply_layout(model, cfg, device)
     is_main = getattr(dist, "is_main", True)

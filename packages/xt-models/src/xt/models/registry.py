@@ -64,7 +64,8 @@ def get_spec(hf_config: dict[str, Any]) -> ModelSpec:
     """The spec serving ``hf_config`` (``architectures`` first, then ``model_type``).
 
     Raises:
-        ConfigError: no registered family matches (the message lists the known ones).
+        ConfigError: no registered family matches (the message lists the known ones; ``.field`` is
+            ``"architectures"``, or ``"model_type"`` when no architectures are given).
     """
     _ensure_builtins()
     for arch in hf_config.get("architectures") or []:
@@ -77,7 +78,8 @@ def get_spec(hf_config: dict[str, Any]) -> ModelSpec:
             return s
     known = sorted(a for s in _SPECS for a in s.architectures)
     raise ConfigError(f"no model for architectures={hf_config.get('architectures')!r} model_type={mt!r}; "
-                      f"known architectures: {known}")
+                      f"known architectures: {known}",
+                      field="architectures" if hf_config.get("architectures") else "model_type")
 
 
 def _as_dict(config: str | Path | dict[str, Any]) -> tuple[dict[str, Any], str]:

@@ -21,12 +21,13 @@ import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh
 
+from xt.core.errors import XTError
 from xt.parallel.config import ParallelConfig
 
 __all__ = ["LayoutError", "validate_layout", "ParallelMeshes", "build_meshes"]
 
 
-class LayoutError(ValueError):
+class LayoutError(XTError, ValueError):
     """A parallel layout that cannot work for this world size or model; the message says why and
     lists values that would be valid."""
 

@@ -29,8 +29,9 @@ from xt.core.checkpoint.layout import (CHECKPOINTS, META, checkpoint_dir, is_com
                                        prune_checkpoints)
 from xt.core.checkpoint.rng import get_rng_state, set_rng_state
 from xt.core.distributed import DistContext, LocalDistContext
+from xt.core.errors import CheckpointError
 
-__all__ = ["save_checkpoint", "load_checkpoint"]
+__all__ = ["save_checkpoint", "load_checkpoint", "check_model_fits"]
 
 MODEL_OPTIM = "model_optim"
 TRAINER = "trainer.pt"
@@ -122,6 +123,37 @@ def save_checkpoint(out_dir: str | Path, step: int, model: nn.Module,
     return final
 
 
+def check_model_fits(path: str | Path, model_sd: dict[str, Any]) -> None:
+    """Check that the model tensors saved in checkpoint `path` have the names and (global) shapes
+    of `model_sd` (the live model's state dict), before DCP loads anything.
+
+    Raises:
+        xt.core.errors.CheckpointError: a tensor missing on either side or of another shape; the
+            message names up to three of them with both shapes.
+    """
+    reader = dcp.FileSystemReader(str(Path(path) / MODEL_OPTIM))
+    try:
+        saved = reader.read_metadata().state_dict_metadata
+    except Exception as e:  # unreadable / foreign metadata: DCP's own error would be a traceback
+        raise CheckpointError(f"{path}: cannot read the saved model ({type(e).__name__}: {e})") from None
+    prefix = "model."
+    saved_shapes = {k[len(prefix):]: tuple(getattr(v, "size", ()))
+                    for k, v in saved.items() if k.startswith(prefix) and hasattr(v, "size")}
+    live_shapes = {k: tuple(v.shape) for k, v in model_sd.items() if isinstance(v, torch.Tensor)}
+    problems = [f"{k} is {list(saved_shapes[k])} in the checkpoint, {list(s)} in this model"
+                for k, s in live_shapes.items() if k in saved_shapes and saved_shapes[k] != s]
+    missing = sorted(set(live_shapes) - set(saved_shapes))
+    unexpected = sorted(set(saved_shapes) - set(live_shapes))
+    problems += [f"{k} is not in the checkpoint" for k in missing]
+    problems += [f"{k} is in the checkpoint but not in this model" for k in unexpected]
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise CheckpointError(f"{path} holds a model of another shape than this run's "
+                              f"[model] section: {'; '.join(problems[:3])}{more}. Resume with the "
+                              f"config the checkpoint was trained with, or start a fresh run "
+                              f"(another train.out_dir)")
+
+
 def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: Any, loader: Any, dist_ctx: DistContext | None = None) -> int:
     """Restore a state written by `save_checkpoint` into live objects; return its step.
@@ -131,19 +163,22 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     optimizer and scheduler exactly as for a fresh run.
 
     Raises:
-        ValueError: if `path` is not a complete checkpoint, or it was saved with a different
-            number of ranks (loader/RNG state is per rank).
+        xt.core.errors.CheckpointError: (a ValueError) if `path` is not a complete checkpoint, it
+            was saved with a different number of ranks (loader/RNG state is per rank), or its
+            model tensors do not fit `model` (names or shapes differ: another model config);
+            nothing is loaded then.
     """
     dist_ctx = dist_ctx or LocalDistContext()
     path = Path(path)
     if not is_complete(path):
-        raise ValueError(f"{path} is not a complete checkpoint (no {META}, or not named step-N "
-                         f"under {CHECKPOINTS}/)")
+        raise CheckpointError(f"{path} is not a complete checkpoint (no {META}, or not named step-N "
+                              f"under {CHECKPOINTS}/)")
     meta = json.loads((path / META).read_text(encoding="utf-8"))
     if meta.get("world_size") != dist_ctx.world_size:
-        raise ValueError(f"{path} was saved with world_size={meta.get('world_size')}, this run "
-                         f"has world_size={dist_ctx.world_size}; loader and RNG state are per rank")
+        raise CheckpointError(f"{path} was saved with world_size={meta.get('world_size')}, this run "
+                              f"has world_size={dist_ctx.world_size}; loader and RNG state are per rank")
     model_sd, optim_sd = get_state_dict(model, optimizer)
+    check_model_fits(path, model_sd)
     with _quiet_single_process():
         dcp.load({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(path / MODEL_OPTIM))
     set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd)

@@ -18,6 +18,8 @@ import re
 import shutil
 from pathlib import Path
 
+from xt.core.errors import CheckpointError
+
 __all__ = ["CHECKPOINTS", "META", "checkpoint_dir", "list_checkpoints", "latest_checkpoint",
            "resolve_resume", "prune_checkpoints", "is_complete"]
 
@@ -69,8 +71,9 @@ def resolve_resume(resume: str | Path | None, out_dir: str | Path) -> Path | Non
 
     Raises:
         FileNotFoundError: if an explicit path does not exist.
-        ValueError: if an explicit path is not a complete checkpoint (e.g. an unfinished
-            ``.tmp`` save).
+        xt.core.errors.CheckpointError: (a ValueError) if an explicit path is not a complete
+            checkpoint (e.g. an unfinished ``.tmp`` save, or a run folder instead of one of its
+            checkpoints).
     """
     if resume is None:
         return None
@@ -80,8 +83,12 @@ def resolve_resume(resume: str | Path | None, out_dir: str | Path) -> Path | Non
     if not p.exists():
         raise FileNotFoundError(f"resume: checkpoint folder {p} does not exist")
     if not is_complete(p):
-        raise ValueError(f"resume: {p} is not a complete checkpoint (expected a folder named "
-                         f"step-N containing {META})")
+        hint = ""
+        if latest_checkpoint(p) is not None:
+            hint = f"; it looks like a run folder: use --resume auto with train.out_dir = {str(p)!r}, " \
+                   f"or {latest_checkpoint(p)}"
+        raise CheckpointError(f"resume: {p} is not a complete checkpoint (expected a folder named "
+                              f"step-N containing {META}){hint}")
     return p
 
 

@@ -5,16 +5,19 @@ Public API:
     convert_config(data, cls, ...) -> cls         validate an already-parsed dict
     dump_config(cfg) -> str                       TOML text that loads back to an equal config
     ConfigStruct                                  base class for every config section
-    ConfigError, ConfigFieldError                 errors (see their docstrings)
+    ConfigError, ConfigFieldError                 errors (see their docstrings; ConfigError is an
+                                                  xt.core.errors.XTError)
+    config_error_at(key, message, path, overrides) a ConfigError located like load_config's
     OptimConfig, ScheduleConfig, TrainConfig, CheckpointConfig   the engine's sections
 """
 from xt.core.config.base import ConfigError, ConfigFieldError, ConfigStruct, require, require_in
 from xt.core.config.dump import dump_config
-from xt.core.config.loader import apply_overrides, convert_config, load_config, parse_override
+from xt.core.config.loader import (apply_overrides, config_error_at, convert_config, find_key_line,
+                                   load_config, locate_key, parse_override)
 from xt.core.config.sections import CheckpointConfig, OptimConfig, ScheduleConfig, TrainConfig
 
 __all__ = [
     "CheckpointConfig", "ConfigError", "ConfigFieldError", "ConfigStruct", "OptimConfig",
-    "ScheduleConfig", "TrainConfig", "apply_overrides", "convert_config", "dump_config", "load_config",
-    "parse_override", "require", "require_in",
+    "ScheduleConfig", "TrainConfig", "apply_overrides", "config_error_at", "convert_config", "dump_config",
+    "find_key_line", "load_config", "locate_key", "parse_override", "require", "require_in",
 ]

@@ -4,6 +4,7 @@ Every section of an XT config is a `ConfigStruct`: a frozen, keyword-only `msgsp
 rejects unknown fields. Range checks live in `__post_init__` and raise `ConfigFieldError` naming the
 offending field, so the same check fires whether a section is built in Python or loaded from TOML
 (`xt.core.config.load_config` turns it into a `ConfigError` naming the dotted key, file and line).
+`ConfigError` is defined in `xt.core.errors` (the root of XT's user-facing errors) and re-exported here.
 """
 from __future__ import annotations
 
@@ -12,25 +13,9 @@ from typing import Any
 
 import msgspec
 
+from xt.core.errors import ConfigError
+
 __all__ = ["ConfigError", "ConfigFieldError", "ConfigStruct", "require", "require_in"]
-
-
-class ConfigError(ValueError):
-    """A config file, override or value is invalid.
-
-    Attributes:
-        key: dotted key of the offending entry (e.g. ``"train.steps"``), or None for file-level
-            problems (unreadable file, TOML syntax error).
-        path: the config file, or None when the config did not come from a file.
-        line: 1-based line in `path` where `key` is set, when it could be located, else None.
-    """
-
-    def __init__(self, message: str, *, key: str | None = None, path: str | None = None,
-                 line: int | None = None) -> None:
-        super().__init__(message)
-        self.key = key
-        self.path = path
-        self.line = line
 
 
 class ConfigFieldError(ValueError):

@@ -19,7 +19,8 @@ import msgspec
 from xt.core.config.base import ConfigError, ConfigFieldError
 from xt.core.config.describe import check_strict, describe_type, struct_field_names, type_at
 
-__all__ = ["load_config", "convert_config", "parse_override", "apply_overrides"]
+__all__ = ["load_config", "convert_config", "parse_override", "apply_overrides", "find_key_line",
+           "locate_key", "config_error_at"]
 
 T = TypeVar("T", bound=msgspec.Struct)
 
@@ -166,6 +167,56 @@ def _origin_of(key: str, origins: Mapping[str, str]) -> str | None:
     return None
 
 
+def locate_key(key: str, *, path: str | Path | None = None, text: str | None = None,
+               origins: Mapping[str, str] | None = None,
+               overrides: Sequence[str] | None = None) -> tuple[str, int | None]:
+    """Where dotted `key` was set, for the start of an error message.
+
+    Args:
+        key: dotted key (e.g. ``"model.config.hidden_size"``); "" for the config as a whole.
+        path: the config file, or None.
+        text: the file's TOML text (to find the line); None reads `path` (unreadable: no line).
+        origins: dotted key → ``--set`` text (from `apply_overrides`); an override wins over the file.
+        overrides: the ``--set`` strings, when `origins` is not at hand (parsed here).
+
+    Returns:
+        (``"--set 'KEY=VALUE'"``, ``"FILE:LINE"``, ``"FILE"`` or ``"config"``; the line or None).
+        A key the file does not set resolves to its nearest enclosing table's header line.
+    """
+    if origins is None and overrides:
+        try:
+            origins = apply_overrides({}, overrides)
+        except ConfigError:
+            origins = {}
+    origin = _origin_of(key, origins or {}) if key else None
+    if origin is not None:
+        return f"--set {origin!r}", None
+    if path is None:
+        return "config", None
+    if text is None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            text = None
+    line = find_key_line(text, key) if text is not None and key else None
+    return (f"{path}:{line}" if line else str(path)), line
+
+
+def config_error_at(key: str, message: str, *, path: str | Path | None = None,
+                    overrides: Sequence[str] = ()) -> ConfigError:
+    """A `ConfigError` for a problem with `key` found after loading (e.g. by a model family).
+
+    Locates `key` the way `load_config` does (`locate_key`): the ``--set`` override among
+    `overrides` that set it, else its line in the TOML file `path`.
+
+    Returns:
+        ``ConfigError("WHERE: MESSAGE", key=key, path=path, line=LINE)`` (to raise).
+    """
+    where, line = locate_key(key, path=path, overrides=overrides)
+    return ConfigError(f"{where}: {message}", key=key or None,
+                       path=str(path) if path is not None else None, line=line)
+
+
 def convert_config(data: Mapping[str, Any], cls: type[T], *, path: str | Path | None = None,
                    text: str | None = None, origins: Mapping[str, str] | None = None) -> T:
     """Validate a nested dict into Struct type `cls`, raising `ConfigError` on any problem.
@@ -190,15 +241,7 @@ def convert_config(data: Mapping[str, Any], cls: type[T], *, path: str | Path | 
         return msgspec.convert(dict(data), type=cls, strict=True)
     except msgspec.ValidationError as err:
         key, message = _translate(err, cls)
-        origin = _origin_of(key, origins or {})
-        line = None
-        if origin is not None:
-            where = f"--set {origin!r}"
-        elif path is not None:
-            line = find_key_line(text, key) if text is not None and key else None
-            where = f"{path}:{line}" if line else str(path)
-        else:
-            where = "config"
+        where, line = locate_key(key, path=path, text=text, origins=origins)
         raise ConfigError(f"{where}: {message}", key=key or None,
                           path=str(path) if path is not None else None, line=line) from None
 

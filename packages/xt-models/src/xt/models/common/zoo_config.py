@@ -12,6 +12,8 @@ from typing import Any, ClassVar
 
 import msgspec
 
+from xt.models.common.hf_config import ModelConfigError, field_of_message, model_config_error
+
 __all__ = ["HFConfigMixin", "hf_config_to_struct", "read_hf_config", "normalize_rope_parameters", "check_common"]
 
 
@@ -31,13 +33,21 @@ class HFConfigMixin:
         """Registry entry point (:mod:`xt.models.registry`): ``cls.from_hf(d)``.
 
         Raises:
-            ValueError: a bad field, the message prefixed by ``source``.
+            xt.models.ModelConfigError: (a ValueError) a bad field, the message prefixed by
+                ``source``; ``.field`` names the field when the message starts with one.
         """
         try:
             return cls.from_hf(d)
         except ValueError as e:
-            msg = str(e)
-            raise ValueError(msg if msg.startswith(source) else f"{source}: {msg}") from None
+            rest = str(e)
+            for prefix in (source, "config.json"):
+                if rest.startswith(prefix + ": "):
+                    rest = rest[len(prefix) + 2:]
+            if isinstance(e, ModelConfigError):
+                field, detail = e.field, e.detail
+            else:
+                field, detail = field_of_message(rest, cls.__struct_fields__), rest
+            raise ModelConfigError(f"{source}: {rest}", field=field, detail=detail) from None
 
     def _hf_extra(self, d: dict[str, Any]) -> dict[str, Any]:
         return d
@@ -70,7 +80,8 @@ def hf_config_to_struct(cls: type, d: dict[str, Any], default_theta: float = 100
     inference-only keys); ``rope_theta``/``rope_scaling`` are folded into ``rope_parameters``.
 
     Raises:
-        ValueError: a value of the wrong type or an invalid combination, naming the field and ``source``.
+        xt.models.ModelConfigError: (a ValueError) a value of the wrong type or an invalid
+            combination, naming the field (``.field``) and ``source``.
     """
     fields = set(cls.__struct_fields__)
     picked = {k: v for k, v in d.items() if k in fields}
@@ -81,7 +92,7 @@ def hf_config_to_struct(cls: type, d: dict[str, Any], default_theta: float = 100
     try:
         return msgspec.convert(picked, cls)
     except msgspec.ValidationError as e:
-        raise ValueError(f"{source}: {e}") from None
+        raise model_config_error(e, source, fields) from None
 
 
 def read_hf_config(path: str | Path) -> dict[str, Any]:

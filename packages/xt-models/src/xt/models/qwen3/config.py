@@ -21,7 +21,8 @@ class Qwen3Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Qwen3 / Qwen3-MoE hyper-parameters (HF names; sizes are counts, not bytes).
 
     Raises (at construction, via ``__post_init__``):
-        ConfigError: a value out of range or inconsistent; the message names the field.
+        ConfigError: (`xt.models.ModelConfigError`) a value out of range or inconsistent; the
+            message names the field, ``.field`` holds it.
     """
     vocab_size: int
     hidden_size: int
@@ -61,47 +62,58 @@ class Qwen3Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         if self.head_dim is None and self.num_attention_heads > 0:
+            if self.hidden_size % self.num_attention_heads:
+                raise ConfigError(f"num_attention_heads={self.num_attention_heads} must divide hidden_size="
+                                  f"{self.hidden_size} when head_dim is not set (head_dim defaults to "
+                                  f"hidden_size // num_attention_heads)", field="num_attention_heads")
             self.head_dim = self.hidden_size // self.num_attention_heads
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                      "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings"):
             if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be > 0; got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be > 0; got {getattr(self, name)}", field=name)
         if self.model_type not in _ARCH:
-            raise ConfigError(f"model_type must be one of {sorted(_ARCH)}; got {self.model_type!r}")
+            raise ConfigError(f"model_type must be one of {sorted(_ARCH)}; got {self.model_type!r}",
+                              field="model_type")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ConfigError(f"num_attention_heads={self.num_attention_heads} must be a multiple of "
-                              f"num_key_value_heads={self.num_key_value_heads}")
+                              f"num_key_value_heads={self.num_key_value_heads}", field="num_attention_heads")
         if self.head_dim % 2:
-            raise ConfigError(f"head_dim must be even (RoPE); got {self.head_dim}")
+            raise ConfigError(f"head_dim must be even (RoPE); got {self.head_dim}", field="head_dim")
         if not self.rope_theta > 0:
-            raise ConfigError(f"rope_theta must be > 0; got {self.rope_theta}")
+            raise ConfigError(f"rope_theta must be > 0; got {self.rope_theta}", field="rope_theta")
         rope_type = self.rope_parameters.get("rope_type", "default")
         if rope_type not in ROPE_INIT_FUNCTIONS:
-            raise ConfigError(f"rope_parameters.rope_type={rope_type!r} not supported; allowed: {sorted(ROPE_INIT_FUNCTIONS)}")
+            raise ConfigError(f"rope_parameters.rope_type={rope_type!r} not supported; allowed: "
+                              f"{sorted(ROPE_INIT_FUNCTIONS)}", field="rope_parameters")
         if not self.rms_norm_eps > 0:
-            raise ConfigError(f"rms_norm_eps must be > 0; got {self.rms_norm_eps}")
+            raise ConfigError(f"rms_norm_eps must be > 0; got {self.rms_norm_eps}", field="rms_norm_eps")
         if self.hidden_act != "silu":
-            raise ConfigError(f"hidden_act must be 'silu'; got {self.hidden_act!r}")
+            raise ConfigError(f"hidden_act must be 'silu'; got {self.hidden_act!r}", field="hidden_act")
         if self.attention_dropout != 0:
-            raise ConfigError(f"attention_dropout must be 0 (not implemented); got {self.attention_dropout}")
+            raise ConfigError(f"attention_dropout must be 0 (not implemented); got {self.attention_dropout}",
+                              field="attention_dropout")
         if self.use_sliding_window:
-            raise ConfigError("use_sliding_window=true is not supported (all layers use full attention)")
+            raise ConfigError("use_sliding_window=true is not supported (all layers use full attention)",
+                              field="use_sliding_window")
         if self.num_experts < 0:
-            raise ConfigError(f"num_experts must be >= 0; got {self.num_experts}")
+            raise ConfigError(f"num_experts must be >= 0; got {self.num_experts}", field="num_experts")
         if self.num_experts > 0:
             if not 1 <= self.num_experts_per_tok <= self.num_experts:
                 raise ConfigError(f"num_experts_per_tok must be in [1, num_experts={self.num_experts}]; "
-                                  f"got {self.num_experts_per_tok}")
+                                  f"got {self.num_experts_per_tok}", field="num_experts_per_tok")
             if self.moe_intermediate_size <= 0:
-                raise ConfigError(f"moe_intermediate_size must be > 0; got {self.moe_intermediate_size}")
+                raise ConfigError(f"moe_intermediate_size must be > 0; got {self.moe_intermediate_size}",
+                                  field="moe_intermediate_size")
             if self.decoder_sparse_step <= 0:
-                raise ConfigError(f"decoder_sparse_step must be > 0; got {self.decoder_sparse_step}")
+                raise ConfigError(f"decoder_sparse_step must be > 0; got {self.decoder_sparse_step}",
+                                  field="decoder_sparse_step")
             bad = [i for i in self.mlp_only_layers if not 0 <= i < self.num_hidden_layers]
             if bad:
-                raise ConfigError(f"mlp_only_layers entries must be in [0, num_hidden_layers={self.num_hidden_layers}); got {bad}")
+                raise ConfigError(f"mlp_only_layers entries must be in [0, num_hidden_layers="
+                                  f"{self.num_hidden_layers}); got {bad}", field="mlp_only_layers")
         for name in ("router_aux_loss_coef", "router_z_loss_coef"):
             if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0; got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 0; got {getattr(self, name)}", field=name)
 
     # -- structure -------------------------------------------------------------------------
     @property
