@@ -15,7 +15,8 @@ from xt.kernels.config import apply_kernels_config
 from xt.models import build_model, from_pretrained
 from xt.models.common.hf_config import read_config_json
 
-__all__ = ["hf_dict", "check_layout", "unused_model_keys", "build_run_model", "build_run_loader", "want_distributed", "apply_layout", "device_for_run"]
+__all__ = ["hf_dict", "check_layout", "unused_model_keys", "build_run_model", "build_run_loader", "under_torchrun", "apply_layout",
+           "describe_layout", "device_for_run"]
 
 
 def device_for_run() -> torch.device:
@@ -111,36 +112,59 @@ class SequenceShardedLoader:
         self.loader.load_state_dict(state)
 
 
-def want_distributed(cfg: XTConfig) -> bool:
-    """True under torchrun (``WORLD_SIZE`` set) or when the config asks for a parallel layout."""
-    p = cfg.parallel
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 or "RANK" in os.environ or \
-        p.ep_size > 1 or p.sp_size > 1
+def under_torchrun() -> bool:
+    """True when launched by torchrun (or any launcher that sets ``WORLD_SIZE`` > 1 or ``RANK``)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 or "RANK" in os.environ
 
 
 def check_layout(cfg: XTConfig) -> None:
     """Validate the ``[parallel]`` layout against the world size and the model's sizes before any
-    model is built (a bad layout then costs nothing).
+    model is built (a bad layout then costs nothing). On one process, sizes above 1 are refused
+    with how to launch more (:func:`xt.parallel.single.check_single_process_layout`).
 
     Raises:
         xt.parallel.LayoutError: the layout cannot work; the message says why and what is valid.
     """
-    if not want_distributed(cfg):
-        return
     from types import SimpleNamespace
 
     from xt.models import config_from_hf
     from xt.parallel import validate_layout
     from xt.parallel.api import model_sizes
+    from xt.parallel.single import check_single_process_layout
+    world = int(os.environ.get("WORLD_SIZE", "1")) if under_torchrun() else 1
+    if world == 1:
+        check_single_process_layout(cfg.parallel)
     d = hf_dict(cfg.model) if not cfg.model.init_from else read_config_json(Path(cfg.model.init_from))
     sizes = model_sizes(SimpleNamespace(config=config_from_hf(d)))
-    validate_layout(cfg.parallel, int(os.environ.get("WORLD_SIZE", "1")), **sizes)
+    validate_layout(cfg.parallel, world, **sizes)
 
 
 def apply_layout(model: nn.Module, cfg: XTConfig, device: torch.device) -> tuple[nn.Module, DistContext]:
-    """Apply kernel backends, then (under torchrun) FSDP2 / EP / Ulysses / AC from `cfg.parallel`."""
+    """Apply kernel backends, then the ``[parallel]`` section: under torchrun FSDP2 / EP / Ulysses /
+    AC (:func:`xt.parallel.parallelize`); on one process whatever the section sets
+    (:func:`xt.parallel.single.parallelize_single`: AC, capacity, FSDP2 options at world size 1);
+    with the section at its defaults, the plain model."""
+    from xt.parallel import ParallelConfig
     apply_kernels_config(cfg.kernels)
-    if not want_distributed(cfg):
+    if under_torchrun():
+        from xt.parallel import parallelize
+        return parallelize(model, cfg.parallel, device_type=device.type)
+    if cfg.parallel == ParallelConfig():
         return model, LocalDistContext()
-    from xt.parallel import parallelize
-    return parallelize(model, cfg.parallel, device_type=device.type)
+    from xt.parallel.single import parallelize_single
+    return parallelize_single(model, cfg.parallel, device_type=device.type)
+
+
+def describe_layout(cfg: XTConfig, dist: DistContext, num_layers: int) -> str:
+    """One banner line: the layout this run uses (world size, sizes, AC, FSDP2 options)."""
+    from xt.parallel.single import describe_single
+    p = cfg.parallel
+    if not under_torchrun():
+        return describe_single(p, num_layers)
+    from xt.parallel.checkpointing import checkpointed_layer_ids
+    world = getattr(dist, "world_size", 1)
+    ac = checkpointed_layer_ids(num_layers, p.activation_checkpointing, p.activation_checkpointing_every_n)
+    return (f"world {world} = hsdp {p.hsdp_replicate} x fsdp {p.resolved_fsdp_size(world)}, ep {p.ep_size}, "
+            f"sp {p.sp_size}; activation checkpointing on {len(ac)}/{num_layers} layers"
+            + ("; cpu offload" if p.cpu_offload else "")
+            + (f"; param_dtype {p.param_dtype}" if p.param_dtype else ""))

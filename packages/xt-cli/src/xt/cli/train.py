@@ -9,7 +9,7 @@ from typing import Sequence
 from rich.console import Console
 from rich.markup import escape
 
-from xt.cli.build import (apply_layout, build_run_loader, build_run_model, check_layout,
+from xt.cli.build import (apply_layout, build_run_loader, build_run_model, check_layout, describe_layout,
                           device_for_run, unused_model_keys)
 from xt.cli.config import XTConfig, load_xt_config
 from xt.cli.export import export_hf
@@ -33,6 +33,15 @@ def greedy_sample(model, tokenizer, prompt: str, max_new_tokens: int, chat: bool
         ids = tokenizer.encode(prompt, add_special_tokens=False)
     new = generate(model, [list(ids)], max_new_tokens, eos_token_id=tokenizer.eos_token_id)[0]
     return tokenizer.decode(new, skip_special_tokens=True)
+
+
+def _num_layers(model) -> int:
+    """Number of decoder layers (``model.model.layers`` or ``model.layers``), 0 if neither."""
+    for owner in (getattr(model, "model", None), model):
+        layers = getattr(owner, "layers", None)
+        if layers is not None:
+            return len(layers)
+    return 0
 
 
 def run_train(config: str | Path | None, overrides: Sequence[str] = (), resume: str | None = None,
@@ -76,6 +85,9 @@ def run_train(config: str | Path | None, overrides: Sequence[str] = (), resume: 
             console.print(f"data: {summary()}")
     trainer = Trainer(model, loader, cfg.train, cfg.optim, cfg.schedule, cfg.checkpoint, dist=dist,
                       export_hf=functools.partial(export_hf, dist=dist), console=console)
+    if is_main:
+        console.print(f"precision: {escape(trainer.precision.reason)}", highlight=False)
+        console.print(f"layout: {escape(describe_layout(cfg, dist, _num_layers(model)))}", highlight=False)
     result = trainer.fit(resume=resume if resume is not None else cfg.checkpoint.resume)
     skipped = getattr(loader, "skipped", 0)
     if is_main:
