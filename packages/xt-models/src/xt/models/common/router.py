@@ -12,6 +12,10 @@ layers of one forward pass,
 
 (``f`` carries no gradient; ``P`` does.) Router z-loss (Zoph et al. 2022, ST-MoE, arXiv:2202.08906,
 eq. 5): the mean over layers and tokens of ``logsumexp(logits_l[t])**2``.
+
+Numerics: the router and every statistic and loss here run in float32 with autocast off
+(:func:`~xt.models.common.fp32.fp32_region`), so that a bf16 autocast forward routes exactly like
+a float32 one on the same inputs.
 """
 from __future__ import annotations
 
@@ -20,6 +24,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from xt.models.common.fp32 import fp32_region
 
 __all__ = ["RouterOutput", "RouterStats", "TopKRouter", "router_stats", "load_balancing_loss", "z_loss"]
 
@@ -85,12 +91,19 @@ class TopKRouter(nn.Module):
         nn.init.normal_(self.weight, std=0.02)
 
     def forward(self, x: torch.Tensor) -> RouterOutput:
-        """Route ``x[T, D]`` (any float dtype; the logits are computed in float32)."""
-        logits = F.linear(x.float(), self.weight.float())
-        probs = torch.softmax(logits, dim=-1)
-        topk_weights, topk_ids = torch.topk(probs, self.top_k, dim=-1)
-        if self.norm_topk_prob:
-            topk_weights = topk_weights / topk_weights.sum(dim=-1, keepdim=True)
+        """Route ``x[T, D]`` (any float dtype).
+
+        Returns:
+            :class:`RouterOutput`: float32 ``logits``/``probs [T, E]``, int64 ``topk_ids [T, K]``,
+            float32 ``topk_weights [T, K]``; computed in float32 also inside a bf16 autocast region.
+        """
+        # Autocast off: it would run F.linear in bf16 and change which experts win the top-k.
+        with fp32_region(x):
+            logits = F.linear(x.float(), self.weight.float())
+            probs = torch.softmax(logits, dim=-1)
+            topk_weights, topk_ids = torch.topk(probs, self.top_k, dim=-1)
+            if self.norm_topk_prob:
+                topk_weights = topk_weights / topk_weights.sum(dim=-1, keepdim=True)
         return RouterOutput(logits, probs, topk_ids, topk_weights)
 
     def extra_repr(self) -> str:
@@ -98,17 +111,30 @@ class TopKRouter(nn.Module):
 
 
 def router_stats(out: RouterOutput, num_experts: int) -> RouterStats:
-    """Sums over the tokens of one layer (see :class:`RouterStats`)."""
-    counts = torch.zeros(num_experts, dtype=torch.float32, device=out.topk_ids.device)
-    counts.index_add_(0, out.topk_ids.reshape(-1), torch.ones(out.topk_ids.numel(), device=counts.device))
-    z = torch.logsumexp(out.logits, dim=-1).pow(2).sum()
-    return RouterStats(counts, out.probs.sum(dim=0), z, out.logits.shape[0])
+    """Sums over the tokens of one layer (see :class:`RouterStats`), in float32 with autocast off.
+
+    Args:
+        out: the layer's :class:`RouterOutput` (``logits``/``probs [T, E]``, ``topk_ids [T, K]``).
+        num_experts: E.
+
+    Returns:
+        :class:`RouterStats` with float32 tensors.
+
+    Raises:
+        IndexError / RuntimeError: (from ``index_add_``) an id outside ``[0, num_experts)``.
+    """
+    # Autocast off: the aux-loss statistics are float32 whatever the forward's autocast dtype.
+    with fp32_region(out.logits):
+        counts = torch.zeros(num_experts, dtype=torch.float32, device=out.topk_ids.device)
+        counts.index_add_(0, out.topk_ids.reshape(-1), torch.ones(out.topk_ids.numel(), device=counts.device))
+        z = torch.logsumexp(out.logits.float(), dim=-1).pow(2).sum()
+        return RouterStats(counts, out.probs.float().sum(dim=0), z, out.logits.shape[0])
 
 
 def load_balancing_loss(stats: list[RouterStats]) -> torch.Tensor:
     """Switch-style aux loss over the MoE layers of one forward pass (formula in the module docstring).
 
-    Returns a float32 scalar **without** the ``router_aux_loss_coef`` factor; 0 for no tokens.
+    Returns a float32 scalar (autocast off) **without** the ``router_aux_loss_coef`` factor; 0 for no tokens.
 
     Raises:
         ValueError: empty ``stats``.
@@ -117,17 +143,27 @@ def load_balancing_loss(stats: list[RouterStats]) -> torch.Tensor:
         raise ValueError("load_balancing_loss needs the stats of at least one MoE layer")
     rows = sum(s.num_tokens for s in stats)
     num_experts = stats[0].prob_sum.shape[0]
-    if rows == 0:
-        return stats[0].prob_sum.sum() * 0.0
-    f = torch.stack([s.tokens_per_expert for s in stats]).sum(0) / rows
-    p = torch.stack([s.prob_sum for s in stats]).sum(0) / rows
-    return num_experts * (f * p).sum()
+    # Autocast off: the aux loss is computed in float32 (see the module docstring).
+    with fp32_region(stats[0].prob_sum):
+        if rows == 0:
+            return stats[0].prob_sum.float().sum() * 0.0
+        f = torch.stack([s.tokens_per_expert.float() for s in stats]).sum(0) / rows
+        p = torch.stack([s.prob_sum.float() for s in stats]).sum(0) / rows
+        return num_experts * (f * p).sum()
 
 
 def z_loss(stats: list[RouterStats]) -> torch.Tensor:
-    """Router z-loss: mean over layers and tokens of ``logsumexp(logits)**2`` (float32, no coefficient)."""
+    """Router z-loss: mean over layers and tokens of ``logsumexp(logits)**2``.
+
+    Returns a float32 scalar (autocast off) **without** the ``router_z_loss_coef`` factor; 0 for no tokens.
+
+    Raises:
+        ValueError: empty ``stats``.
+    """
     if not stats:
         raise ValueError("z_loss needs the stats of at least one MoE layer")
     rows = sum(s.num_tokens for s in stats)
-    total = torch.stack([s.z_sum for s in stats]).sum()
-    return total / rows if rows else total * 0.0
+    # Autocast off: the aux loss is computed in float32 (see the module docstring).
+    with fp32_region(stats[0].z_sum):
+        total = torch.stack([s.z_sum.float() for s in stats]).sum()
+        return total / rows if rows else total * 0.0

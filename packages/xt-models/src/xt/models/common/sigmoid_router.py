@@ -12,6 +12,9 @@ Reference: DeepSeek-V3 Technical Report (arXiv:2412.19437) §2.1.2:
   * Sequence-wise loss (eqs. 17-20): per sequence of T_s tokens, ``f_e = E / (K T_s) * #{t: e in
     topk(t)}``, ``P_e = mean_t s_{t,e} / sum_j s_{t,j}``, ``L = alpha * sum_e f_e P_e``
     (:func:`sequence_balance_loss`, averaged over the documents of the micro-batch).
+
+Numerics: the router and the sequence-wise loss run in float32 with autocast off
+(:func:`~xt.models.common.fp32.fp32_region`), so a bf16 autocast forward routes like a float32 one.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xt.models.common.fp32 import fp32_region
 from xt.models.common.router import RouterOutput
 
 __all__ = ["SigmoidGroupRouter", "sequence_balance_loss", "aux_free_bias_update"]
@@ -69,27 +73,31 @@ class SigmoidGroupRouter(nn.Module):
         self.load_acc: torch.Tensor | None = None  # created lazily on the routing device
 
     def forward(self, x: torch.Tensor) -> RouterOutput:
-        """Route ``x[T, D]``; see the class docstring."""
-        logits = F.linear(x.float(), self.weight.float())
-        scores = logits.sigmoid()
-        choice = scores + self.e_score_correction_bias.float()
-        with torch.no_grad():
-            if self.n_group > 1:
-                T = choice.shape[0]
-                grouped = choice.view(T, self.n_group, -1)
-                group_scores = grouped.topk(2, dim=-1).values.sum(-1)
-                keep = torch.zeros_like(group_scores, dtype=torch.bool)
-                keep.scatter_(1, group_scores.topk(self.topk_group, dim=-1).indices, True)
-                choice = choice.masked_fill(~keep.repeat_interleave(self.num_experts // self.n_group, dim=1),
-                                            float("-inf"))
-            topk_ids = choice.topk(self.top_k, dim=-1).indices
-            if self.training:
-                counts = torch.bincount(topk_ids.reshape(-1), minlength=self.num_experts).float()
-                self.load_acc = counts if self.load_acc is None else self.load_acc.to(counts.device) + counts
-        w = scores.gather(1, topk_ids)
-        if self.norm_topk_prob:
-            w = w / (w.sum(dim=-1, keepdim=True) + 1e-20)
-        return RouterOutput(logits, scores, topk_ids, w * self.routed_scaling_factor)
+        """Route ``x[T, D]`` (any float dtype); outputs as in the class docstring, float32 also
+        inside a bf16 autocast region."""
+        # Autocast off: it would run F.linear in bf16 and change which experts win the top-k.
+        with fp32_region(x):
+            logits = F.linear(x.float(), self.weight.float())
+            scores = logits.sigmoid()
+            choice = scores + self.e_score_correction_bias.float()
+            with torch.no_grad():
+                if self.n_group > 1:
+                    T = choice.shape[0]
+                    grouped = choice.view(T, self.n_group, -1)
+                    group_scores = grouped.topk(2, dim=-1).values.sum(-1)
+                    keep = torch.zeros_like(group_scores, dtype=torch.bool)
+                    keep.scatter_(1, group_scores.topk(self.topk_group, dim=-1).indices, True)
+                    choice = choice.masked_fill(~keep.repeat_interleave(self.num_experts // self.n_group, dim=1),
+                                                float("-inf"))
+                topk_ids = choice.topk(self.top_k, dim=-1).indices
+                if self.training:
+                    counts = torch.bincount(topk_ids.reshape(-1), minlength=self.num_experts).float()
+                    self.load_acc = counts if self.load_acc is None else self.load_acc.to(counts.device) + counts
+            w = scores.gather(1, topk_ids)
+            if self.norm_topk_prob:
+                w = w / (w.sum(dim=-1, keepdim=True) + 1e-20)
+            w = w * self.routed_scaling_factor
+        return RouterOutput(logits, scores, topk_ids, w)
 
     def _apply(self, fn, recurse: bool = True):
         """Like ``nn.Module._apply`` but ``e_score_correction_bias`` stays float32 (as HF keeps it):
@@ -121,19 +129,22 @@ def sequence_balance_loss(scores: torch.Tensor, topk_ids: torch.Tensor, doc_ids:
         num_docs: Dc.
 
     Returns:
-        float32 scalar ``mean_d sum_e f_{d,e} P_{d,e}`` (formula in the module docstring); empty
-        documents are skipped.
+        float32 scalar ``mean_d sum_e f_{d,e} P_{d,e}`` (formula in the module docstring, computed in
+        float32 with autocast off); empty documents are skipped.
     """
     T, E = scores.shape
     K = topk_ids.shape[1]
-    counts = torch.zeros(num_docs, E, dtype=torch.float32, device=scores.device)
-    counts.index_put_((doc_ids.repeat_interleave(K), topk_ids.reshape(-1)),
-                      torch.ones(T * K, device=scores.device), accumulate=True)
-    lengths = torch.bincount(doc_ids, minlength=num_docs).float()
-    norm = scores / scores.sum(dim=-1, keepdim=True)
-    p = torch.zeros(num_docs, E, dtype=torch.float32, device=scores.device).index_add(0, doc_ids, norm.float())
-    valid = lengths > 0
-    lengths = lengths.clamp(min=1).unsqueeze(1)
-    f = counts * E / (K * lengths)
-    per_doc = (f * (p / lengths)).sum(-1)
-    return per_doc[valid].mean() if bool(valid.any()) else scores.sum() * 0.0
+    # Autocast off: the aux loss is computed in float32 whatever the forward's autocast dtype.
+    with fp32_region(scores):
+        scores = scores.float()
+        counts = torch.zeros(num_docs, E, dtype=torch.float32, device=scores.device)
+        counts.index_put_((doc_ids.repeat_interleave(K), topk_ids.reshape(-1)),
+                          torch.ones(T * K, device=scores.device), accumulate=True)
+        lengths = torch.bincount(doc_ids, minlength=num_docs).float()
+        norm = scores / scores.sum(dim=-1, keepdim=True)
+        p = torch.zeros(num_docs, E, dtype=torch.float32, device=scores.device).index_add(0, doc_ids, norm)
+        valid = lengths > 0
+        lengths = lengths.clamp(min=1).unsqueeze(1)
+        f = counts * E / (K * lengths)
+        per_doc = (f * (p / lengths)).sum(-1)
+        return per_doc[valid].mean() if bool(valid.any()) else scores.sum() * 0.0

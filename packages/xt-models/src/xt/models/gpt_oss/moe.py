@@ -16,6 +16,7 @@ from torch import nn
 
 from xt.kernels.moe import grouped_gemm
 from xt.models.common.experts import GroupedExperts
+from xt.models.common.fp32 import fp32_region
 from xt.models.common.router import RouterOutput
 
 __all__ = ["GptOssRouter", "GptOssExperts", "clamped_swiglu"]
@@ -39,11 +40,15 @@ class GptOssRouter(nn.Module):
         nn.init.normal_(self.weight, std=0.02)
 
     def forward(self, x: torch.Tensor) -> RouterOutput:
-        """Route ``x[T, D]``; see the class docstring."""
-        logits = F.linear(x.float(), self.weight.float(), self.bias.float())
-        top_vals, topk_ids = torch.topk(logits, self.top_k, dim=-1)
-        topk_weights = torch.softmax(top_vals, dim=-1)
-        return RouterOutput(logits, torch.softmax(logits, dim=-1), topk_ids, topk_weights)
+        """Route ``x[T, D]`` (any float dtype); float32 ``logits``/``probs [T, E]``, int64
+        ``topk_ids [T, K]`` and float32 ``topk_weights [T, K]``, also inside a bf16 autocast region."""
+        # Autocast off: it would run F.linear in bf16 and change which experts win the top-k.
+        with fp32_region(x):
+            logits = F.linear(x.float(), self.weight.float(), self.bias.float())
+            top_vals, topk_ids = torch.topk(logits, self.top_k, dim=-1)
+            topk_weights = torch.softmax(top_vals, dim=-1)
+            probs = torch.softmax(logits, dim=-1)
+        return RouterOutput(logits, probs, topk_ids, topk_weights)
 
     def extra_repr(self) -> str:
         return f"num_experts={self.num_experts}, top_k={self.top_k}"
