@@ -1,4 +1,4 @@
-"""Each package imports only what its own pyproject declares (design/ARCHITECTURE.md §2).
+"""Each package imports only what its own pyproject declares (docs/architecture.md, Packages and their rules).
 
 Two checks per package:
 1. static: every `import` in its source names the stdlib, a declared dependency, or an allowed

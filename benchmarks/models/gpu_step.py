@@ -10,7 +10,7 @@ A step is what ``xt train`` does with ``train.dtype = "bf16"``: fp32 parameters,
 model's ``post_optimizer_step`` (DeepSeek's aux-loss-free bias update). Timed with CUDA events
 after warm-up, median of repeats, random (non-zero) tokens packed as several documents.
 
-In the same run (ARCHITECTURE.md section 6): HF transformers' model of the same config and weights
+In the same run (docs/architecture.md, Tests and benchmarks): HF transformers' model of the same config and weights
 (the competitor, same step recipe) and the ceiling, a dense bf16 matmul (8192^3) whose TFLOP/s
 bounds MFU. Prints a table and writes ``benchmarks/results/models-gpu-step-<date>.json``.
 
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-PEAK_TFLOPS = 989.0  # H100/H200 dense bf16, ARCHITECTURE.md section 3/6
+PEAK_TFLOPS = 989.0  # H100/H200 dense bf16, docs/architecture.md, MFU
 
 
 def deepseek_config(layers: int, experts: int, tiny: bool):

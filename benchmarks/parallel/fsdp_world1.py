@@ -13,7 +13,7 @@ Modes:
 
 Timing: CUDA events per step after warm-up, median over steps; tokens/s = tokens per step / median.
 Peak memory: ``torch.cuda.max_memory_allocated`` over the whole run (model, optimizer state, steps).
-MFU: ``model.flops_per_token(doc_len)`` (ARCHITECTURE.md §6) over 989 TFLOP/s (H200 dense bf16 peak).
+MFU: ``model.flops_per_token(doc_len)`` (docs/architecture.md, MFU) over 989 TFLOP/s (H200 dense bf16 peak).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Grouped GEMM backends (reference, torch._grouped_mm, custom-op loop, auto) vs a float64 formula.
 
 Shapes from hypothesis: counts with zeros, one expert taking all rows, odd sizes, R = 0; both
-weight layouts; forward and both gradients. Tolerances (ARCHITECTURE.md §4): float64 1e-12,
+weight layouts; forward and both gradients. Tolerances (docs/architecture.md, Numerics): float64 1e-12,
 float32 1e-5. Experts with no rows must get exactly zero weight gradient.
 """
 from __future__ import annotations

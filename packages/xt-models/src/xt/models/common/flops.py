@@ -1,4 +1,4 @@
-"""Model FLOPs per token for MFU (ARCHITECTURE.md section 6; the PaLM-paper accounting,
+"""Model FLOPs per token for MFU (docs/architecture.md, MFU; the PaLM-paper accounting,
 Chowdhery et al. 2022, arXiv:2204.02311, appendix B).
 
 ``6 * N_active + 6 * L * H * hd * S``: N_active counts non-embedding weights including the LM

@@ -263,7 +263,7 @@ class DeepseekV3ForCausalLM(nn.Module):
         return total + (c.vocab_size * c.hidden_size if c.tie_word_embeddings else 0)
 
     def flops_per_token(self, seq_len: int) -> float:
-        """Training FLOPs per token (ARCHITECTURE.md section 6; MLA counted with ``qk_head_dim``)."""
+        """Training FLOPs per token (docs/architecture.md, MFU; MLA counted with ``qk_head_dim``)."""
         c = self.config
         return causal_lm_flops_per_token(self.active_params(), c.num_hidden_layers, c.num_attention_heads,
                                          c.qk_head_dim, seq_len)

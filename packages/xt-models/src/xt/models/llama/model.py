@@ -125,7 +125,7 @@ class LlamaForCausalLM(nn.Module):
         return out
 
     def active_params(self) -> int:
-        """Non-embedding parameters plus the LM head (ARCHITECTURE.md section 6)."""
+        """Non-embedding parameters plus the LM head (docs/architecture.md, MFU)."""
         c = self.config
         n = sum(p.numel() for name, p in self.named_parameters() if "embed_tokens" not in name)
         return n + (c.vocab_size * c.hidden_size if c.tie_word_embeddings else 0)

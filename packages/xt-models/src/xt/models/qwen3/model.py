@@ -171,7 +171,7 @@ class Qwen3ForCausalLM(nn.Module):
         return out
 
     def flops_per_token(self, seq_len: int) -> float:
-        """Training FLOPs per token at sequence length ``seq_len`` (ARCHITECTURE.md section 6)."""
+        """Training FLOPs per token at sequence length ``seq_len`` (docs/architecture.md, MFU)."""
         c = self.config
         return causal_lm_flops_per_token(c.active_params(), c.num_hidden_layers, c.num_attention_heads,
                                          c.head_dim, seq_len)
