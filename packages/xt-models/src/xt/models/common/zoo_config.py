@@ -14,7 +14,7 @@ import msgspec
 
 from xt.models.common.hf_config import ModelConfigError, field_of_message, model_config_error
 
-__all__ = ["HFConfigMixin", "hf_config_to_struct", "read_hf_config", "normalize_rope_parameters", "check_common"]
+__all__ = ["default_head_dim", "HFConfigMixin", "hf_config_to_struct", "read_hf_config", "normalize_rope_parameters", "check_common"]
 
 
 class HFConfigMixin:
@@ -108,6 +108,22 @@ def read_hf_config(path: str | Path) -> dict[str, Any]:
         return json.loads(p.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{p}: invalid JSON at line {e.lineno}: {e.msg}") from None
+
+
+def default_head_dim(c: Any) -> int:
+    """``hidden_size // num_attention_heads``, for a config that gives no ``head_dim``.
+
+    Raises:
+        ValueError: ``num_attention_heads`` is not > 0 or does not divide ``hidden_size`` (naming
+            both; give ``head_dim`` explicitly for such a model).
+    """
+    heads, hidden = c.num_attention_heads, c.hidden_size
+    if not isinstance(heads, int) or heads <= 0:
+        raise ValueError(f"num_attention_heads must be > 0, got {heads}")
+    if hidden % heads:
+        raise ValueError(f"num_attention_heads={heads} must divide hidden_size={hidden} when head_dim is not "
+                         "given (or set head_dim explicitly)")
+    return hidden // heads
 
 
 def check_common(c: Any) -> None:

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 import msgspec
 
-from xt.models.common.zoo_config import HFConfigMixin, check_common, hf_config_to_struct, read_hf_config
+from xt.models.common.zoo_config import HFConfigMixin, check_common, default_head_dim, hf_config_to_struct, read_hf_config
 
 __all__ = ["GptOssConfig", "LAYER_TYPES"]
 
@@ -62,7 +62,7 @@ class GptOssConfig(HFConfigMixin, msgspec.Struct, forbid_unknown_fields=True, kw
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         if self.head_dim is None:
-            self.head_dim = self.hidden_size // self.num_attention_heads
+            self.head_dim = default_head_dim(self)
         if self.layer_types is None:
             self.layer_types = [LAYER_TYPES[(i + 1) % 2 == 0] for i in range(self.num_hidden_layers)]
         check_common(self)

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 import msgspec
 
-from xt.models.common.zoo_config import HFConfigMixin, check_common, hf_config_to_struct, read_hf_config
+from xt.models.common.zoo_config import HFConfigMixin, check_common, default_head_dim, hf_config_to_struct, read_hf_config
 
 __all__ = ["LlamaConfig"]
 
@@ -47,7 +47,7 @@ class LlamaConfig(HFConfigMixin, msgspec.Struct, forbid_unknown_fields=True, kw_
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         if self.head_dim is None:
-            self.head_dim = self.hidden_size // self.num_attention_heads
+            self.head_dim = default_head_dim(self)
         check_common(self)
 
     @classmethod
