@@ -242,3 +242,12 @@ def test_user_errors_share_one_hierarchy():
     assert ModelsConfigError is ModelConfigError and issubclass(ModelConfigError, ConfigError)
     for cls in (ConfigError, ModelConfigError, DataError, AssetError, LayoutError, CheckpointError):
         assert issubclass(cls, XTError) and issubclass(cls, ValueError), cls
+
+
+def test_missing_files_are_one_error_line(tmp_path: Path):
+    """A config or conversion source that does not exist: exit 1 and one `error:` line (not
+    click's usage text and exit 2)."""
+    r = _xt("train", str(tmp_path / "nope.toml"))
+    _user_error(r, "config file not found", "nope.toml")
+    assert "Usage:" not in r.stderr
+    _user_error(_xt("convert", str(tmp_path / "nope_src"), str(tmp_path / "dst")), "nope_src", "does not exist")

@@ -64,10 +64,13 @@ def convert_checkpoint(src: str | Path, dst: str | Path, config: str | Path | No
     a half-written folder under `dst`.
 
     Raises:
+        FileNotFoundError: `src` does not exist.
         ValueError: `src` is neither format; XT → HF without `config`; `dst` exists.
         xt.core.config.ConfigError: bad `config`.
     """
     src, dst = Path(src), Path(dst)
+    if not src.exists():
+        raise FileNotFoundError(f"xt convert: source {src} does not exist")
     if dst.exists():
         raise ValueError(f"xt convert: destination {dst} exists; remove it or choose another")
     tmp = dst.with_name(dst.name + ".tmp")
