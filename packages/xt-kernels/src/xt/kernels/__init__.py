@@ -1,1 +1,5 @@
 """XT kernels: grouped GEMM, token permutation, fused loss (Triton, torch, reference, NPU backends)."""
+
+from xt.kernels._autocast import autocast_dtype, autocast_inputs
+
+__all__ = ["autocast_dtype", "autocast_inputs"]

@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from xt.kernels import autocast_inputs
 from xt.parallel.comm import all_to_all
 
 __all__ = ["UlyssesAttention", "seq_to_heads", "heads_to_seq", "kv_repeat_for_sp", "PER_HEAD_KWARGS"]
@@ -93,6 +94,7 @@ class UlyssesAttention(nn.Module):
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
                 max_seqlen: int | None = None, **kwargs) -> torch.Tensor:
         p = self.sp_size
+        q, k, v = autocast_inputs(q, k, v)  # cast before the all-to-all: half the bytes under bf16 autocast
         rep = kv_repeat_for_sp(q.shape[1], k.shape[1], p)
         if rep > 1:
             k = k.repeat_interleave(rep, dim=1)

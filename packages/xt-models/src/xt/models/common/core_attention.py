@@ -19,6 +19,11 @@ Backends (``CoreAttention(backend=...)``):
   * ``"flash_attn"``: ``flash_attn.flash_attn_varlen_func`` (package ``flash-attn``, CUDA).
   * ``"auto"`` (default): per call, on CUDA with bf16/fp16 inputs ``varlen`` if torch has it, else
     ``flash_attn`` if installed, else ``sdpa``; ``sdpa`` everywhere else.
+
+Mixed precision: inside a ``torch.autocast`` region, float32 ``q, k, v`` are cast to the region's
+dtype first, the rule autocast applies to matmuls (``xt.kernels.autocast_inputs``). Without it, q/k
+leaving an fp32 RMSNorm would keep attention in fp32: off the flash kernels, on SDPA's math path
+with a ``[H, T, T]`` score matrix. The output then has the autocast dtype.
 """
 from __future__ import annotations
 
@@ -29,6 +34,8 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from xt.kernels import autocast_inputs
 
 __all__ = ["CoreAttention", "document_causal_mask", "BACKENDS"]
 
@@ -107,13 +114,15 @@ class CoreAttention(nn.Module):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
                 max_seqlen: int) -> torch.Tensor:
-        """Attend; shapes in the module docstring. Output has ``q``'s dtype."""
+        """Attend; shapes in the module docstring. Output has ``q``'s dtype, or the autocast dtype
+        for float32 inputs inside an autocast region."""
         if q.dim() != 3 or k.dim() != 3 or v.shape != k.shape or q.shape[0] != k.shape[0] or q.shape[2] != k.shape[2]:
             raise ValueError(f"core attention expects q[T,Hq,hd], k/v[T,Hkv,hd]; got {tuple(q.shape)}, "
                              f"{tuple(k.shape)}, {tuple(v.shape)}")
         if q.shape[1] % k.shape[1]:
             raise ValueError(f"num_attention_heads={q.shape[1]} is not a multiple of num_key_value_heads={k.shape[1]}")
         scale = self.softmax_scale if self.softmax_scale is not None else q.shape[-1] ** -0.5
+        q, k, v = autocast_inputs(q, k, v)  # module docstring: attention is a matmul under autocast
         backend = self.resolve_backend(q)
         if backend == "sdpa":
             return _sdpa(q, k, v, cu_seqlens, scale)
