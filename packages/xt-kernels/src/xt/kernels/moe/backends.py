@@ -11,7 +11,7 @@ cross-entropy). Backend names: ``"auto"``, ``"triton"``, ``"torch"``, ``"referen
   and the loss it runs the torch implementation on the NPU device.
 * ``auto``: per call, from the tensors' device. For the grouped GEMM on CUDA it times every
   usable kernel set (median of 5 interleaved timings) once per (GPU, dtype, layout, K, N, E,
-  rows-per-expert bucket) on the first call's real inputs, separately for the m-grouped products (forward, dX) and the k-grouped weight
+  rows-per-expert bucket: ``xt.kernels.moe.tuning.rows_bucket``) on the first call's real inputs, separately for the m-grouped products (forward, dX) and the k-grouped weight
   gradient, and caches the fastest pair (e.g. ``"triton/torch"``). While ``torch.compile`` traces
   or a CUDA graph is captured it cannot time; then it uses a cached choice or the static default
   below (from our H200 measurements, ``benchmarks/results/kernels-*.json``).
@@ -25,6 +25,7 @@ from typing import Callable
 import torch
 
 from xt.kernels._triton_support import triton_usable_on
+from xt.kernels.moe.tuning import SMALL, rows_bucket
 
 __all__ = ["OPS", "BACKENDS", "set_backend", "get_backend", "dispatch", "choose_grouped_gemm",
            "auto_choices"]
@@ -130,7 +131,9 @@ def choose_grouped_gemm(x: torch.Tensor, w: torch.Tensor, tokens_per_expert: tor
     if not cands:
         return "loop"
     E, N = w.shape[0], (w.shape[1] if trans_b else w.shape[2])
-    bucket = max(1, x.shape[0] // max(E, 1)).bit_length()
+    bucket = rows_bucket(x.shape[0], E)  # one choice per model shape, not per row count
+    if bucket == SMALL:  # small calls are never timed (xt.kernels.moe.tuning)
+        return STATIC_CUDA_DEFAULT if "triton" in cands else f"{cands[0]}/{cands[0]}"
     key = (_device_name(dev), x.dtype, trans_b, x.shape[1], N, E, bucket)
     if key in _auto_cache:
         return _auto_cache[key]

@@ -35,6 +35,7 @@ import triton
 
 from xt.kernels._triton_support import ensure_allocator, interpreter_active, num_sms
 from xt.kernels.moe.gg_triton_kernels import _kgrouped_kernel, _mgrouped_kernel
+from xt.kernels.moe.tuning import SMALL, rows_bucket
 
 __all__ = ["mgrouped", "kgrouped", "mgrouped_swiglu", "mgrouped_dswiglu"]
 
@@ -60,6 +61,18 @@ _SMALL = [_cfg(64, 64, 32, 4, 3, 4)]  # 4-byte inputs: the 16-bit tiles would no
 _ACT_CONFIGS = [_cfg(128, 128, 64, 8, 3, 8), _cfg(128, 128, 64, 8, 4, 8), _cfg(128, 64, 64, 8, 4, 4),
                 _cfg(128, 128, 64, 8, 3, 8, epi=True), _cfg(128, 128, 64, 8, 4, 8, epi=True),
                 _cfg(128, 64, 64, 8, 4, 4, epi=True), _cfg(128, 256, 64, 8, 3, 8, epi=True)]
+
+
+# Calls below the tuning threshold (xt.kernels.moe.tuning.SMALL) launch a fixed config instead of
+# autotuning: 128x128x64 tiles are in every 16-bit candidate list (ACT modes included).
+_STATIC_16 = _cfg(128, 128, 64, 8, 4, 8)
+_STATIC = {"m": {2: _STATIC_16, 4: _SMALL[0]}, "k": {2: _STATIC_16, 4: _SMALL[0]}}
+
+
+def _static(kind: str, t: torch.Tensor) -> dict:
+    """Launch kwargs (meta-parameters, warps, stages) of the fixed config for `kind` "m"/"k"."""
+    c = _STATIC[kind][2 if t.element_size() <= 2 else 4]
+    return dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
 
 
 def _prune(configs, named_args, **kwargs):
@@ -108,7 +121,7 @@ def _tma_ok(*tensors: torch.Tensor) -> bool:
 def _common(x: torch.Tensor, counts: torch.Tensor):
     E = counts.numel()
     dev_index = x.device.index if x.device.type == "cuda" else None
-    bucket = triton.next_power_of_2(max(1, x.shape[0] // max(E, 1)))
+    bucket = rows_bucket(x.shape[0], E)  # tuning key: see xt.kernels.moe.tuning
     prec = "ieee" if x.dtype == torch.float32 else "tf32"
     return E, triton.next_power_of_2(max(E, 2)), num_sms(dev_index), bucket, prec
 
@@ -134,7 +147,12 @@ def _launch_m(x, w, y, aux, counts, trans_b: bool, N: int, act: int) -> None:
         return (max(1, min(sms, (triton.cdiv(R, meta["BM"]) + E) * triton.cdiv(N, meta["BN"]))),)
     fast_sig = act != 0 and x.element_size() == 2
     with torch.cuda.device(x.device):
-        _mgrouped_tuned[grid](*args, B_TRANS=trans_b, E_POW2=e_pow2, DOT_PREC=prec, ACT=act, FAST_SIG=fast_sig)
+        if bucket == SMALL:
+            kw = _static("m", x)
+            _mgrouped_kernel[grid(kw)](*args, B_TRANS=trans_b, E_POW2=e_pow2, DOT_PREC=prec, ACT=act,
+                                       FAST_SIG=fast_sig, **kw)
+        else:
+            _mgrouped_tuned[grid](*args, B_TRANS=trans_b, E_POW2=e_pow2, DOT_PREC=prec, ACT=act, FAST_SIG=fast_sig)
 
 
 def mgrouped(x: torch.Tensor, w: torch.Tensor, counts: torch.Tensor, trans_b: bool) -> torch.Tensor:
@@ -230,5 +248,9 @@ def kgrouped(a: torch.Tensor, b: torch.Tensor, counts: torch.Tensor) -> torch.Te
     def grid(meta):
         return (max(1, min(sms, E * triton.cdiv(P, meta["BM"]) * triton.cdiv(Q, meta["BN"]))),)
     with torch.cuda.device(a.device):
-        _kgrouped_tuned[grid](*args, E_POW2=e_pow2, DOT_PREC=prec)
+        if bucket == SMALL:
+            kw = _static("k", a)
+            _kgrouped_kernel[grid(kw)](*args, E_POW2=e_pow2, DOT_PREC=prec, **kw)
+        else:
+            _kgrouped_tuned[grid](*args, E_POW2=e_pow2, DOT_PREC=prec)
     return c

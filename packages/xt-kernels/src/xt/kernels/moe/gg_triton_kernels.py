@@ -61,7 +61,9 @@ def _swiglu_math(acc, acc_up, gate, up, ACT: tl.constexpr, FAST_SIG: tl.constexp
         return acc * up * sig * (1.0 + gate * (1.0 - sig)), acc * gate * sig
 
 
-@triton.jit
+# R (the routed rows) changes with every micro-batch: no specialisation on it (divisibility by 16
+# would compile a second variant of every config mid-run); M_BUCKET is a tuning key only.
+@triton.jit(do_not_specialize=["R", "M_BUCKET"])
 def _mgrouped_kernel(x_ptr, w_ptr, y_ptr, aux_ptr, counts_ptr, R, N, K, E, M_BUCKET,
                      B_TRANS: tl.constexpr, E_POW2: tl.constexpr, USE_TMA: tl.constexpr,
                      DOT_PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
@@ -179,7 +181,9 @@ def _mgrouped_kernel(x_ptr, w_ptr, y_ptr, aux_ptr, counts_ptr, R, N, K, E, M_BUC
                      mask=mask)
 
 
-@triton.jit
+# R (the routed rows) changes with every micro-batch: no specialisation on it (divisibility by 16
+# would compile a second variant of every config mid-run); M_BUCKET is a tuning key only.
+@triton.jit(do_not_specialize=["R", "M_BUCKET"])
 def _kgrouped_kernel(a_ptr, b_ptr, c_ptr, counts_ptr, R, P, Q, E, M_BUCKET,
                      E_POW2: tl.constexpr, USE_TMA: tl.constexpr, DOT_PREC: tl.constexpr,
                      BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
