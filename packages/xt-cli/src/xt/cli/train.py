@@ -15,7 +15,8 @@ from xt.cli.config import XTConfig, load_xt_config
 from xt.cli.export import export_hf
 from xt.cli.preflight import preflight
 from xt.core.checkpoint import seed_everything
-from xt.core.engine import Trainer, TrainResult
+from xt.core.engine import Trainer, TrainResult, read_metrics
+from xt.core.engine.metrics import step_time_summary
 from xt.data import load_tokenizer
 from xt.models import from_pretrained, generate
 
@@ -104,6 +105,10 @@ def _report(console: Console, cfg: XTConfig, result: TrainResult, skipped: int) 
     else:
         console.print(f"\n[bold]done[/bold]: steps {start + 1}-{result.step} in {result.wall_s:.0f}s"
                       + (" (data ran out)" if result.stopped_early else ""))
+        times = step_time_summary(read_metrics(result.metrics_path, strict=False)[start:])
+        if times:
+            console.print(f"  step time   median {times['median_s']:.2f}s; first step {times['warmup_s']:.1f}s above it "
+                          f"(warm-up); slowest later step {times['max_over_median']:.2f}x the median")
     if skipped:
         console.print(f"skipped {skipped} bad records (data.on_error = 'skip')")
     console.print(f"  metrics     {result.metrics_path}")

@@ -148,3 +148,22 @@ def read_metrics(path: str | Path, strict: bool = True) -> list[dict[str, Any]]:
                 continue
             raise ValueError(f"{path}:{i}: not a JSON line: {e}") from None
     return records
+
+
+def step_time_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, float] | None:
+    """Warm-up and stalls of a run from its metrics rows (``step_time_s`` per step).
+
+    Returns:
+        None for fewer than 3 timed steps, else seconds: ``median_s`` (median over the steps after
+        the first), ``warmup_s`` (first step minus that median: compilation, autotuning, caches),
+        ``max_after_first_s`` (the slowest later step) and ``max_over_median`` (its ratio to the
+        median; well above 1 means a stall after warm-up).
+    """
+    times = [float(r["step_time_s"]) for r in rows if r.get("step_time_s") is not None]
+    if len(times) < 3:
+        return None
+    later = sorted(times[1:])
+    median = later[len(later) // 2]
+    worst = later[-1]
+    return {"median_s": median, "warmup_s": max(0.0, times[0] - median), "max_after_first_s": worst,
+            "max_over_median": worst / median if median > 0 else float("inf")}
