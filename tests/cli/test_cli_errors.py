@@ -170,8 +170,11 @@ def test_ctrl_c_keeps_the_last_finished_checkpoint(tiny_run: Path, tmp_path: Pat
     """SIGINT mid-run: exit 130, no traceback, the message names the last finished checkpoint, and
     `--resume auto` continues from it."""
     sets = _sets(QUICK + ["train.steps=100000", "checkpoint.every_steps=1"])
+    # SIG_DFL in the child: a test run started from a background shell job inherits SIGINT
+    # ignored, and Python then installs no KeyboardInterrupt handler
     proc = subprocess.Popen([sys.executable, "-m", "xt.cli.main", "train", str(tiny_run), *sets],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         _wait_for(tmp_path / "run" / "checkpoints" / "step-2" / "meta.json", proc)
         proc.send_signal(signal.SIGINT)
