@@ -69,7 +69,7 @@ def main() -> None:
     loader_obj = build_run_loader(cfg, dist)
     loader = iter(loader_obj)
     trainer = Trainer(model, loader_obj, cfg.train, cfg.optim, cfg.schedule, cfg.checkpoint, dist=dist)
-    print(f"built in {time.perf_counter() - t0:.1f}s; precision: {trainer.precision.reason}", flush=True)
+    print(f"built in {time.perf_counter() - t0:.1f}s; precision: {trainer.precision_summary}", flush=True)
     draw = lambda: [next(loader) for _ in range(cfg.train.micro_batches_per_step)]  # noqa: E731
     for i in range(args.warmup):
         m = trainer.train_step(draw())

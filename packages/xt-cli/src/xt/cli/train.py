@@ -87,7 +87,7 @@ def run_train(config: str | Path | None, overrides: Sequence[str] = (), resume: 
     trainer = Trainer(model, loader, cfg.train, cfg.optim, cfg.schedule, cfg.checkpoint, dist=dist,
                       export_hf=functools.partial(export_hf, dist=dist), console=console)
     if is_main:
-        console.print(f"precision: {escape(trainer.precision.reason)}", highlight=False)
+        console.print(f"precision: {escape(trainer.precision_summary)}", highlight=False)
         console.print(f"layout: {escape(describe_layout(cfg, dist, _num_layers(model)))}", highlight=False)
     result = trainer.fit(resume=resume if resume is not None else cfg.checkpoint.resume)
     skipped = getattr(loader, "skipped", 0)

@@ -99,6 +99,13 @@ class TrainConfig(ConfigStruct):
             matmuls run in bf16. Chosen over bf16 parameters because the optimizer update stays
             exact and checkpoints stay fp32. An explicit "bf16" on a CPU that emulates bf16
             (~30-40x slower matmuls) runs, with a warning.
+        weight_cast: under bf16, when the fp32 master weights are cast to bf16. "per_step"
+            (default): bf16 copies of the matmul weights are made once per optimizer step and
+            their gradients are added into the fp32 ``.grad`` as they arrive
+            (`xt.core.engine.compute_weights`); the same bf16 values and fp32 accumulation as
+            "per_use", with one cast per step instead of one per micro-batch and use. "per_use":
+            autocast alone casts every weight in every micro-batch (and its gradient back), the
+            previous recipe. Not used under fp32 (the banner says so).
         seed: seeds python `random` and torch (CPU and CUDA) at the start of a fresh run.
         log_every: print a metrics line every this many steps (metrics.jsonl gets every step).
         out_dir: run folder: metrics.jsonl, loss.png, checkpoints/, hf/.
@@ -111,6 +118,7 @@ class TrainConfig(ConfigStruct):
     micro_batches_per_step: int = 1
     max_grad_norm: float = 1.0
     dtype: Literal["auto", "bf16", "fp32"] = "auto"
+    weight_cast: Literal["per_step", "per_use"] = "per_step"
     seed: int = 0
     log_every: int = 10
     out_dir: str = "runs/xt"

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from xt.core.distributed import DistContext
+from xt.core.engine.compute_weights import ComputeWeights
 from xt.core.engine.loss import count_label_tokens, micro_batch_objective
 from xt.core.engine.metrics import effective_seq_len
 
@@ -52,7 +53,8 @@ def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
 
 def forward_backward(model: nn.Module, micro_batches: Sequence[Mapping[str, Any]],
                      dist_ctx: DistContext, device: torch.device,
-                     autocast_dtype: torch.dtype | None = None) -> StepStats:
+                     autocast_dtype: torch.dtype | None = None,
+                     weights: ComputeWeights | None = None) -> StepStats:
     """Run forward and backward over one step's micro-batches, accumulating gradients.
 
     The label tokens of all micro-batches are counted and all-reduced first; each micro-batch
@@ -67,6 +69,8 @@ def forward_backward(model: nn.Module, micro_batches: Sequence[Mapping[str, Any]
             micro-batch.
         device: the model's device (batches are moved there).
         autocast_dtype: e.g. torch.bfloat16 to run the forward under `torch.autocast`; None = off.
+        weights: bf16 compute copies to hold in the model during forward and backward
+            (`ComputeWeights.swapped`; their gradients still land in the fp32 ``.grad``), or None.
 
     Returns:
         `StepStats` for the step.
@@ -81,26 +85,11 @@ def forward_backward(model: nn.Module, micro_batches: Sequence[Mapping[str, Any]
     n = len(mbs)
     world = dist_ctx.world_size
     global_tokens = dist_ctx.all_reduce_sum(count_label_tokens(mbs, device))
-    loss_acc = torch.zeros((), dtype=torch.float32, device=device)
-    aux_acc = torch.zeros((), dtype=torch.float32, device=device)
-    has_aux = False
     extra: dict[str, torch.Tensor] = {}
     amp = (torch.autocast(device_type=device.type, dtype=autocast_dtype)
            if autocast_dtype is not None else contextlib.nullcontext())
-    for i, mb in enumerate(mbs):
-        dist_ctx.set_grad_sync(model, i == n - 1)
-        with amp:
-            out = model(**mb)
-        objective = micro_batch_objective(out, global_tokens, n, world)
-        objective.backward()
-        loss_acc += out.loss_sum.detach().float()
-        aux = getattr(out, "aux_loss", None)
-        if aux is not None:
-            has_aux = True
-            aux_acc += aux.detach().float()
-        for k, v in (getattr(out, "metrics", None) or {}).items():
-            v = torch.as_tensor(v).detach().float().to(device)
-            extra[k] = extra[k] + v if k in extra else v.clone()
+    with weights.swapped() if weights is not None else contextlib.nullcontext():
+        loss_acc, aux_acc, has_aux = _accumulate(model, mbs, dist_ctx, amp, global_tokens, extra)
     num_tokens = sum(int(mb["input_ids"].numel()) for mb in mbs)
     packed = torch.stack([loss_acc.double(), aux_acc.double(),
                           torch.tensor(float(num_tokens), dtype=torch.float64, device=device)])
@@ -115,3 +104,30 @@ def forward_backward(model: nn.Module, micro_batches: Sequence[Mapping[str, Any]
         seq_len=effective_seq_len(mbs),
         metrics=metrics,
     )
+
+
+def _accumulate(model: nn.Module, mbs: list[dict[str, Any]], dist_ctx: DistContext,
+                amp: contextlib.AbstractContextManager, global_tokens: torch.Tensor,
+                extra: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """The micro-batch loop of `forward_backward`: returns (sum of loss_sum, sum of aux_loss,
+    whether any micro-batch had an aux loss) and adds the model's metrics into `extra`."""
+    n, world = len(mbs), dist_ctx.world_size
+    device = global_tokens.device
+    loss_acc = torch.zeros((), dtype=torch.float32, device=device)
+    aux_acc = torch.zeros((), dtype=torch.float32, device=device)
+    has_aux = False
+    for i, mb in enumerate(mbs):
+        dist_ctx.set_grad_sync(model, i == n - 1)
+        with amp:
+            out = model(**mb)
+        objective = micro_batch_objective(out, global_tokens, n, world)
+        objective.backward()
+        loss_acc += out.loss_sum.detach().float()
+        aux = getattr(out, "aux_loss", None)
+        if aux is not None:
+            has_aux = True
+            aux_acc += aux.detach().float()
+        for k, v in (getattr(out, "metrics", None) or {}).items():
+            v = torch.as_tensor(v).detach().float().to(device)
+            extra[k] = extra[k] + v if k in extra else v.clone()
+    return loss_acc, aux_acc, has_aux

@@ -27,6 +27,7 @@ from xt.core.checkpoint import (latest_checkpoint, load_checkpoint, resolve_resu
                                 save_checkpoint, seed_everything)
 from xt.core.config import CheckpointConfig, OptimConfig, ScheduleConfig, TrainConfig
 from xt.core.distributed import DistContext, LocalDistContext
+from xt.core.engine.compute_weights import ComputeWeights
 from xt.core.engine.metrics import (MetricsWriter, default_peak_tflops, max_memory_gib, mfu,
                                     read_metrics)
 from xt.core.engine.optim import build_optimizer, build_scheduler
@@ -113,16 +114,38 @@ class Trainer:
         self.autocast_dtype = self.precision.autocast_dtype
         if self.precision.warning and self.dist.is_main:
             self.console.print(f"[yellow]warning[/yellow]: {self.precision.warning}", highlight=False)
+        self.compute_weights = self._compute_weights()
         self.peak_tflops = train.peak_tflops or default_peak_tflops(self.device)
         self.optimizer = build_optimizer(model, optim)
         self.scheduler = build_scheduler(self.optimizer, schedule, train.steps)
         self.step = 0
 
+    def _compute_weights(self) -> ComputeWeights | None:
+        if self.autocast_dtype is None or self.train_cfg.weight_cast != "per_step":
+            return None
+        weights = ComputeWeights(self.model, self.autocast_dtype)
+        return weights if weights.num_tensors else None
+
+    @property
+    def precision_summary(self) -> str:
+        """One line for the banner: the resolved precision, why, and how weights are cast."""
+        if self.autocast_dtype is None:
+            return f"{self.precision.reason} (train.weight_cast not used in fp32)"
+        w = self.compute_weights
+        if w is None:
+            how = ("weights cast on every use (train.weight_cast = 'per_use')"
+                   if self.train_cfg.weight_cast == "per_use" else
+                   "weights cast on every use: no plain fp32 matrix to copy (FSDP2 casts its own)")
+        else:
+            how = (f"bf16 copies of {w.num_tensors} weight tensors ({w.num_params / 1e6:.1f}M "
+                   "parameters) cast once per step (train.weight_cast = 'per_step')")
+        return f"{self.precision.reason}; {how}"
+
     # -- one step ---------------------------------------------------------------------------
     def forward_backward(self, micro_batches: Sequence[Mapping[str, Any]]) -> StepStats:
         """Forward/backward over `micro_batches`, adding into ``.grad`` (see `forward_backward`)."""
         return forward_backward(self.model, micro_batches, self.dist, self.device,
-                                self.autocast_dtype)
+                                self.autocast_dtype, self.compute_weights)
 
     def train_step(self, micro_batches: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         """One optimizer step on `micro_batches`; returns its metrics (python numbers).
@@ -149,6 +172,8 @@ class Trainer:
                 "optimizer step skipped. Lower optim.lr, check the data, or use train.dtype=fp32")
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
+        if self.compute_weights is not None:
+            self.compute_weights.refresh()
         self.scheduler.step()
         hook_metrics = self._post_optimizer_step()
         self.step += 1
@@ -202,6 +227,8 @@ class Trainer:
         """Restore a checkpoint (model, optimizer, scheduler, loader, RNG); returns its step."""
         self.step = load_checkpoint(path, self.model, self.optimizer, self.scheduler,
                                     self.loader, self.dist)
+        if self.compute_weights is not None:
+            self.compute_weights.refresh()
         return self.step
 
     # -- the run ----------------------------------------------------------------------------

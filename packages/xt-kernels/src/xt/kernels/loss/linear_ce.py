@@ -13,8 +13,9 @@ when the ``triton`` backend is chosen, else as torch ops.
 
 Numerics: logits in the input dtype, or in autocast's dtype when autocast is on (like an
 ``nn.Linear`` head; gradients are returned in the input dtype), softmax/lse/loss in float32
-(float64 for float64 inputs). ``dweight`` accumulates across chunks in the weight dtype with
-``addmm_`` (float32 accumulation inside each product, one rounding per chunk).
+(float64 for float64 inputs). ``dweight`` accumulates across chunks in float32 (float64 for
+float64), with one rounding to the weight dtype at the end. Under autocast a float32 ``hidden``
+may meet a ``weight`` already in autocast's dtype (a bf16 compute copy); both run in that dtype.
 """
 from __future__ import annotations
 
@@ -74,16 +75,26 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
     return dt if dt is not None and t.dtype == torch.float32 else t.dtype
 
 
+def _autocast_pair(hidden: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Under autocast a float32 operand meets one already in autocast's dtype (fp32 hidden states
+    and a bf16 compute copy of the head, ``train.weight_cast = "per_step"``): both run in that
+    dtype, as ``nn.Linear`` would."""
+    dt = autocast_dtype(hidden)
+    return dt is not None and {hidden.dtype, weight.dtype} == {torch.float32, dt}
+
+
 class _LinearCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, labels, ignore_index, z_coef, denom, chunk, kind, grad_enabled):
         T, D = hidden.shape
         acc = torch.promote_types(hidden.dtype, torch.float32)
-        compute = _compute_dtype(hidden)
+        compute = _compute_dtype(hidden if hidden.dtype == torch.float32 else weight)
         need_h = grad_enabled and ctx.needs_input_grad[0]
         need_w = grad_enabled and ctx.needs_input_grad[1]
         grad_h = torch.empty_like(hidden) if need_h else None
-        grad_w = torch.zeros_like(weight) if need_w else None
+        # float32 accumulation over chunks whatever the weight dtype (one rounding at the end)
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
+        ctx.weight_dtype = weight.dtype
         scale = 1.0 / torch.as_tensor(denom, dtype=acc, device=hidden.device)
         loss_sum = torch.zeros((), dtype=acc, device=hidden.device)
         z_sum = torch.zeros((), dtype=acc, device=hidden.device)
@@ -102,7 +113,7 @@ class _LinearCE(torch.autograd.Function):
                     else:
                         grad_h[s:s + chunk] = g @ w_c
                 if need_w:
-                    if compute == weight.dtype:
+                    if compute == acc:
                         grad_w.addmm_(g.t(), h)
                     else:
                         grad_w += g.t() @ h
@@ -120,7 +131,7 @@ class _LinearCE(torch.autograd.Function):
         if grad_h is not None:
             gh = grad_h * grad_total.to(grad_h.dtype)
         if grad_w is not None:
-            gw = grad_w * grad_total.to(grad_w.dtype)
+            gw = (grad_w * grad_total.to(grad_w.dtype)).to(ctx.weight_dtype)
         return gh, gw, None, None, None, None, None, None, None
 
 
@@ -145,7 +156,7 @@ def linear_cross_entropy_backend(hidden, weight, labels, ignore_index=-100, redu
         raise ValueError(f"linear_cross_entropy: labels must be [T={hidden.shape[0]}]; got {tuple(labels.shape)}")
     if reduction not in ("sum", "mean"):
         raise ValueError(f"linear_cross_entropy: reduction must be 'sum' or 'mean'; got {reduction!r}")
-    if hidden.dtype != weight.dtype:
+    if hidden.dtype != weight.dtype and not _autocast_pair(hidden, weight):
         raise ValueError(f"linear_cross_entropy: hidden is {hidden.dtype} but weight is {weight.dtype}")
     if reduction == "sum":
         denom = 1.0

@@ -80,6 +80,10 @@ class TopKRouter(nn.Module):
         ValueError: ``top_k`` not in ``[1, num_experts]``.
     """
 
+    #: compute in fp32 with autocast off: bf16 compute copies of the weight are not made
+    #: (xt.core.engine.compute_weights; docs/contracts.md, Model)
+    xt_fp32_weights = True
+
     def __init__(self, hidden_size: int, num_experts: int, top_k: int, norm_topk_prob: bool) -> None:
         super().__init__()
         if not 1 <= top_k <= num_experts:

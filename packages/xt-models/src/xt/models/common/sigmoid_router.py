@@ -59,6 +59,10 @@ class SigmoidGroupRouter(nn.Module):
     ``post_optimizer_step``).
     """
 
+    #: compute in fp32 with autocast off: bf16 compute copies of the weight are not made
+    #: (xt.core.engine.compute_weights; docs/contracts.md, Model)
+    xt_fp32_weights = True
+
     def __init__(self, hidden_size: int, num_experts: int, top_k: int, n_group: int = 1, topk_group: int = 1,
                  routed_scaling_factor: float = 1.0, norm_topk_prob: bool = True) -> None:
         super().__init__()

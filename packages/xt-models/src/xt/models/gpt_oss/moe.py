@@ -32,6 +32,10 @@ class GptOssRouter(nn.Module):
     Switch load-balancing loss uses) and ``topk_weights`` summing to 1 per token.
     """
 
+    #: compute in fp32 with autocast off: bf16 compute copies of the weight are not made
+    #: (xt.core.engine.compute_weights; docs/contracts.md, Model)
+    xt_fp32_weights = True
+
     def __init__(self, hidden_size: int, num_experts: int, top_k: int) -> None:
         super().__init__()
         self.num_experts, self.top_k = num_experts, top_k
