@@ -21,17 +21,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from xt.kernels._autocast import autocast_dtype
+from xt.kernels.loss._head import check_head_inputs, chunk_kind, compute_dtype, default_chunk_size, resolve_chunk
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_backend", "default_chunk_size"]
-
-
-def default_chunk_size(num_tokens: int, vocab_size: int) -> int:
-    """Rows per chunk: at most 2^28 logits (1 GiB in float32), a multiple of 128 when > 128."""
-    c = max(1, (1 << 28) // max(vocab_size, 1))
-    if c > 128:
-        c = c // 128 * 128
-    return max(1, min(num_tokens, c))
 
 
 def _step_torch(logits, labels, ignore_index, z_coef, scale):
@@ -67,19 +59,12 @@ def _step(kind: str):
     return _step_torch
 
 
-def _compute_dtype(t: torch.Tensor) -> torch.dtype:
-    """The dtype the LM-head product runs in: autocast's when autocast is on for ``t``'s device
-    (as for an ``nn.Linear`` head under autocast), else ``t.dtype``."""
-    dt = autocast_dtype(t)
-    return dt if dt is not None and t.dtype == torch.float32 else t.dtype
-
-
 class _LinearCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, labels, ignore_index, z_coef, denom, chunk, kind, grad_enabled):
         T, D = hidden.shape
         acc = torch.promote_types(hidden.dtype, torch.float32)
-        compute = _compute_dtype(hidden)
+        compute = compute_dtype(hidden)
         need_h = grad_enabled and ctx.needs_input_grad[0]
         need_w = grad_enabled and ctx.needs_input_grad[1]
         grad_h = torch.empty_like(hidden) if need_h else None
@@ -138,15 +123,12 @@ def linear_cross_entropy_backend(hidden, weight, labels, ignore_index=-100, redu
                                  num_tokens=None, z_loss_coef=0.0, chunk_size=None, return_z_loss=False,
                                  *, backend="auto"):
     """:func:`linear_cross_entropy` with an explicit backend name (see that function)."""
-    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
-        raise ValueError(f"linear_cross_entropy: hidden must be [T, D] and weight [V, D]; got "
-                         f"{tuple(hidden.shape)} and {tuple(weight.shape)}")
-    if labels.shape != hidden.shape[:1]:
-        raise ValueError(f"linear_cross_entropy: labels must be [T={hidden.shape[0]}]; got {tuple(labels.shape)}")
+    fn = "linear_cross_entropy"
+    check_head_inputs(fn, hidden, weight, labels)
+    labels = labels.long()
     if reduction not in ("sum", "mean"):
-        raise ValueError(f"linear_cross_entropy: reduction must be 'sum' or 'mean'; got {reduction!r}")
-    if hidden.dtype != weight.dtype:
-        raise ValueError(f"linear_cross_entropy: hidden is {hidden.dtype} but weight is {weight.dtype}")
+        raise ValueError(f"{fn}: reduction must be 'sum' or 'mean'; got {reduction!r}")
+    chunk = resolve_chunk(fn, chunk_size, hidden.shape[0], weight.shape[0])
     if reduction == "sum":
         denom = 1.0
     elif num_tokens is not None:
@@ -156,14 +138,8 @@ def linear_cross_entropy_backend(hidden, weight, labels, ignore_index=-100, redu
     if backend == "reference":
         total, z = _reference(hidden, weight, labels, ignore_index, z_loss_coef, denom)
     else:
-        if backend == "auto":
-            from xt.kernels._triton_support import triton_usable_on
-            kind = "triton" if hidden.device.type == "cuda" and triton_usable_on(hidden.device) else "torch"
-        else:
-            kind = "triton" if backend == "triton" else "torch"
-        chunk = chunk_size or default_chunk_size(hidden.shape[0], weight.shape[0])
-        total, z = _LinearCE.apply(hidden, weight, labels, ignore_index, float(z_loss_coef), denom, chunk, kind,
-                                  torch.is_grad_enabled())
+        total, z = _LinearCE.apply(hidden, weight, labels, ignore_index, float(z_loss_coef), denom, chunk,
+                                  chunk_kind(backend, hidden.device), torch.is_grad_enabled())
     return (total, z) if return_z_loss else total
 
 
@@ -179,14 +155,15 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
     Args:
         hidden: ``[T, D]`` final hidden states (bf16/fp16/fp32/fp64).
         weight: ``[V, D]`` LM-head weight (``nn.Linear`` layout), same dtype.
-        labels: ``[T]`` int64 targets, already shifted (``xt`` batch contract); ``ignore_index``
-            marks tokens without loss.
+        labels: ``[T]`` integer targets in ``[0, V)``, already shifted (``xt`` batch contract);
+            ``ignore_index`` marks tokens without loss.
         ignore_index: label value to skip.
         reduction: ``"sum"`` (denom 1) or ``"mean"`` (denom ``num_tokens`` if given, else the
             number of non-ignored labels, counted on the device).
-        num_tokens: global token count to divide by (int, float or 0-d tensor) for ``"mean"``.
+        num_tokens: global token count to divide by (int, float or 0-d tensor) for ``"mean"``;
+            ignored otherwise.
         z_loss_coef: coefficient of the z-loss term (0 disables it).
-        chunk_size: tokens per chunk (default :func:`default_chunk_size`).
+        chunk_size: tokens per chunk, a positive int (default :func:`default_chunk_size`).
         return_z_loss: also return the z-loss part (already multiplied by its coefficient and
             divided by denom; detached, for logging).
         backend: ``"triton"`` (fused Triton softmax-gradient step), ``"torch"`` (torch ops per
@@ -197,7 +174,8 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
         Scalar float32 loss (CE + z-loss), or ``(loss, z_loss)`` with ``return_z_loss``.
 
     Raises:
-        ValueError: mismatched shapes/dtypes, or an unknown reduction.
+        ValueError: mismatched shapes/dtypes, non-integer labels, an unknown ``reduction``, a
+            ``chunk_size`` that is not a positive int, or an unknown ``backend``.
     """
     from xt.kernels.moe import backends
     return backends.dispatch("loss", backend)(hidden, weight, labels, ignore_index, reduction, num_tokens,

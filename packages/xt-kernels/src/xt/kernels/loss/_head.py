@@ -1,0 +1,66 @@
+"""What the chunked LM-head ops share: input checks, chunk size, compute dtype, backend kind.
+
+Shape legend: T tokens, D hidden size, V vocabulary size, C token chunk.
+
+Used by :mod:`xt.kernels.loss.linear_ce` (the reduced cross-entropy) and
+later per-token outputs.
+"""
+from __future__ import annotations
+
+import torch
+
+from xt.kernels._autocast import autocast_dtype
+
+__all__ = ["default_chunk_size", "check_head_inputs", "resolve_chunk", "compute_dtype", "chunk_kind"]
+
+
+def default_chunk_size(num_tokens: int, vocab_size: int) -> int:
+    """Rows per chunk: at most 2^28 logits (1 GiB in float32), a multiple of 128 when > 128."""
+    c = max(1, (1 << 28) // max(vocab_size, 1))
+    if c > 128:
+        c = c // 128 * 128
+    return max(1, min(num_tokens, c))
+
+
+def check_head_inputs(fn: str, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> None:
+    """Raise ``ValueError`` (prefixed with ``fn``) unless hidden is ``[T, D]``, weight ``[V, D]`` of
+    the same dtype, and labels ``[T]`` of an integer dtype."""
+    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
+        raise ValueError(f"{fn}: hidden must be [T, D] and weight [V, D]; got "
+                         f"{tuple(hidden.shape)} and {tuple(weight.shape)}")
+    if labels.shape != hidden.shape[:1]:
+        raise ValueError(f"{fn}: labels must be [T={hidden.shape[0]}]; got {tuple(labels.shape)}")
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise ValueError(f"{fn}: labels must be an integer tensor; got {labels.dtype}")
+    if hidden.dtype != weight.dtype:
+        raise ValueError(f"{fn}: hidden is {hidden.dtype} but weight is {weight.dtype}")
+
+
+def resolve_chunk(fn: str, chunk_size, num_tokens: int, vocab_size: int) -> int:
+    """``chunk_size``, or :func:`default_chunk_size` when None.
+
+    Raises:
+        ValueError: ``chunk_size`` is not a positive int.
+    """
+    if chunk_size is None:
+        return default_chunk_size(num_tokens, vocab_size)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"{fn}: chunk_size must be a positive int or None; got {chunk_size!r}")
+    return chunk_size
+
+
+def compute_dtype(t: torch.Tensor) -> torch.dtype:
+    """The dtype the LM-head product runs in: autocast's when autocast is on for ``t``'s device
+    (as for an ``nn.Linear`` head under autocast) and ``t`` is float32, else ``t.dtype``."""
+    dt = autocast_dtype(t)
+    return dt if dt is not None and t.dtype == torch.float32 else t.dtype
+
+
+def chunk_kind(backend: str, device: torch.device) -> str:
+    """The per-chunk step, ``"triton"`` or ``"torch"``, that a chunked backend name runs:
+    ``"triton"`` for ``"triton"``, and for ``"auto"`` on a CUDA device where Triton is usable;
+    ``"torch"`` otherwise (``"torch"``, ``"npu"``, ``"auto"`` off CUDA)."""
+    if backend == "auto":
+        from xt.kernels._triton_support import triton_usable_on
+        return "triton" if device.type == "cuda" and triton_usable_on(device) else "torch"
+    return "triton" if backend == "triton" else "torch"
