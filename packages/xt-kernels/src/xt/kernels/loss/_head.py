@@ -3,7 +3,7 @@
 Shape legend: T tokens, D hidden size, V vocabulary size, C token chunk.
 
 Used by :mod:`xt.kernels.loss.linear_ce` (the reduced cross-entropy) and
-later per-token outputs.
+:mod:`xt.kernels.loss.per_token` / :mod:`xt.kernels.loss.log_probs` (per-token outputs).
 """
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import torch
 
 from xt.kernels._autocast import autocast_dtype
 
-__all__ = ["default_chunk_size", "check_head_inputs", "resolve_chunk", "compute_dtype", "chunk_kind"]
+__all__ = ["default_chunk_size", "check_head_inputs", "resolve_chunk", "compute_dtype", "chunk_kind",
+           "backprop_chunk"]
 
 
 def default_chunk_size(num_tokens: int, vocab_size: int) -> int:
@@ -64,3 +65,28 @@ def chunk_kind(backend: str, device: torch.device) -> str:
         from xt.kernels._triton_support import triton_usable_on
         return "triton" if device.type == "cuda" and triton_usable_on(device) else "torch"
     return "triton" if backend == "triton" else "torch"
+
+
+def backprop_chunk(g: torch.Tensor, h: torch.Tensor, w_c: torch.Tensor, rows: slice,
+                   grad_h: torch.Tensor | None, grad_w: torch.Tensor | None) -> None:
+    """Push one chunk's logits gradient through the head product ``logits = h @ w_cᵀ``.
+
+    Writes ``grad_h[rows] = g @ w_c`` and adds ``gᵀ @ h`` into ``grad_w`` (each skipped when
+    None), in place into the buffers' own dtypes (``addmm_``/``mm(out=)`` when they match the
+    compute dtype, else through a temporary).
+
+    Args:
+        g: ``[C, V]`` logits gradient, compute dtype. h: ``[C, D]`` hidden rows, compute dtype.
+        w_c: ``[V, D]`` weight in the compute dtype. rows: the chunk's rows of ``grad_h``.
+        grad_h: ``[T, D]`` or None. grad_w: ``[V, D]`` or None.
+    """
+    if grad_h is not None:
+        if g.dtype == grad_h.dtype:
+            torch.mm(g, w_c, out=grad_h[rows])
+        else:
+            grad_h[rows] = g @ w_c
+    if grad_w is not None:
+        if g.dtype == grad_w.dtype:
+            grad_w.addmm_(g.t(), h)
+        else:
+            grad_w += g.t() @ h

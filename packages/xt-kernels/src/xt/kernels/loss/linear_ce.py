@@ -21,7 +21,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from xt.kernels.loss._head import check_head_inputs, chunk_kind, compute_dtype, default_chunk_size, resolve_chunk
+from xt.kernels.loss._head import (backprop_chunk, check_head_inputs, chunk_kind, compute_dtype, default_chunk_size,
+                                   resolve_chunk)
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_backend", "default_chunk_size"]
 
@@ -81,16 +82,7 @@ class _LinearCE(torch.autograd.Function):
                 loss, z, g = step(logits, labels[s:s + chunk], ignore_index, z_coef, scale)
                 loss_sum += loss.sum()
                 z_sum += z.sum()
-                if need_h:
-                    if compute == hidden.dtype:
-                        torch.mm(g, w_c, out=grad_h[s:s + chunk])
-                    else:
-                        grad_h[s:s + chunk] = g @ w_c
-                if need_w:
-                    if compute == weight.dtype:
-                        grad_w.addmm_(g.t(), h)
-                    else:
-                        grad_w += g.t() @ h
+                backprop_chunk(g, h, w_c, slice(s, s + chunk), grad_h, grad_w)
                 del logits, g
         total = (loss_sum + z_coef * z_sum) * scale
         ctx.save_for_backward(grad_h, grad_w)
