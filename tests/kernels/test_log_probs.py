@@ -1,19 +1,20 @@
 """Per-token outputs of the fused LM head (torch backend, CPU) vs full float64 logits.
 
-``linear_log_probs`` (log p(label), entropy, temperature) against ``torch.log_softmax`` of the
-materialised logits: values, ignored tokens, gradients w.r.t. hidden and weight for random ``[T]``
-upstream gradients, chunk sizes that do not divide T, no ``[T, V]`` tensor ever allocated,
-dispatch and argument errors.
+``linear_log_probs`` (log p(label), entropy, temperature) and ``linear_cross_entropy(reduction=
+"none")`` against ``torch.log_softmax`` / ``F.cross_entropy`` of the materialised logits: values,
+ignored tokens, gradients w.r.t. hidden and weight for random ``[T]`` upstream gradients, chunk
+sizes that do not divide T, no ``[T, V]`` tensor ever allocated, dispatch and argument errors.
 """
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from _refs import check_log_probs_f64, lm_head_log_probs_f64, rel
-from xt.kernels.loss import TokenLogProbs, linear_log_probs
+from xt.kernels.loss import TokenLogProbs, linear_cross_entropy, linear_log_probs
 from xt.kernels.moe import backends
 
 
@@ -36,6 +37,36 @@ def test_log_probs_match_full_logits_float64(T, D, V, chunk, temperature, entrop
                          backend="torch")
     assert isinstance(r, TokenLogProbs) and (r.entropy is None) == (not entropy)
     check_log_probs_f64(h, W, labels, temperature, r, tol=1e-6, grad_tol=1e-10, seed=seed)
+
+
+@settings(max_examples=20, deadline=None)
+@given(T=st.integers(1, 23), D=st.integers(1, 9), V=st.integers(2, 31), chunk=st.integers(1, 8),
+       z=st.sampled_from([0.0, 1e-2]), ignore_frac=st.sampled_from([0.0, 0.3, 1.0]), seed=st.integers(0, 2**16))
+def test_reduction_none_matches_full_logits_float64(T, D, V, chunk, z, ignore_frac, seed):
+    h, W, labels = _inputs(T, D, V, seed, ignore_frac)
+    loss, zl = linear_cross_entropy(h, W, labels, reduction="none", z_loss_coef=z, chunk_size=chunk,
+                                    return_z_loss=True, backend="torch")
+    logits = h @ W.t()
+    valid = labels != -100
+    rz = z * torch.logsumexp(logits, -1) ** 2 * valid
+    ref = F.cross_entropy(logits, labels, ignore_index=-100, reduction="none") + rz
+    assert loss.dtype == torch.float32 and loss.shape == (T,) and not zl.requires_grad
+    assert rel(loss, ref) <= 1e-6 and rel(zl, rz) <= 1e-6 and bool((loss[~valid] == 0).all())
+    up = torch.randn(T, generator=torch.Generator().manual_seed(seed)).double()  # float32 values, as loss
+    got = torch.autograd.grad((loss.double() * up).sum(), (h, W))
+    want = torch.autograd.grad((ref * up).sum(), (h, W))
+    assert rel(got[0], want[0]) <= 1e-10 and rel(got[1], want[1]) <= 1e-10
+    total = linear_cross_entropy(h, W, labels, reduction="sum", z_loss_coef=z, backend="torch")
+    assert abs(loss.double().sum().item() - total.item()) <= 1e-5 * max(1.0, abs(total.item()))
+
+
+def test_reduction_none_is_minus_log_probs_and_matches_reference_backend():
+    h, W, labels = _inputs(40, 12, 50, seed=1, dtype=torch.float32)
+    none = linear_cross_entropy(h, W, labels, reduction="none", chunk_size=16, backend="torch")
+    lp = linear_log_probs(h, W, labels, chunk_size=7, backend="torch").log_probs
+    assert rel(none, -lp) <= 1e-6
+    ref = linear_cross_entropy(h, W, labels, reduction="none", backend="reference")
+    assert rel(none, ref) <= 1e-5
 
 
 def test_torch_and_reference_backends_agree():
@@ -83,7 +114,8 @@ class _LargestOutput(TorchDispatchMode):
         return out
 
 
-def test_never_allocates_full_logits():
+@pytest.mark.parametrize("op", ["log_probs", "none"])
+def test_never_allocates_full_logits(op):
     """Forward and backward with chunk < T: no op output reaches T·V elements (the biggest are one
     [chunk, V] block, weight [V, D] and hidden [T, D]); the reference backend does (the probe works)."""
     T, D, V, chunk = 64, 4, 50, 8
@@ -91,8 +123,12 @@ def test_never_allocates_full_logits():
     up = torch.randn(T)
 
     def run(backend):
-        r = linear_log_probs(h, W, labels, temperature=0.7, return_entropy=True, chunk_size=chunk, backend=backend)
-        out = r.log_probs + r.entropy
+        if op == "none":
+            out = linear_cross_entropy(h, W, labels, reduction="none", chunk_size=chunk, backend=backend)
+        else:
+            r = linear_log_probs(h, W, labels, temperature=0.7, return_entropy=True, chunk_size=chunk,
+                                 backend=backend)
+            out = r.log_probs + r.entropy
         torch.autograd.grad((out * up).sum(), (h, W))
 
     with _LargestOutput() as probe:
@@ -169,6 +205,9 @@ def test_bad_arguments_raise_value_errors_naming_them():
     for c in (0, -2, 2.5, True):
         with pytest.raises(ValueError, match="chunk_size"):
             linear_log_probs(h, W, labels, chunk_size=c, backend="torch")
+        for reduction in ("none", "sum"):
+            with pytest.raises(ValueError, match="chunk_size"):
+                linear_cross_entropy(h, W, labels, reduction=reduction, chunk_size=c, backend="torch")
     with pytest.raises(ValueError, match="labels"):
         linear_log_probs(h, W, labels.float(), backend="torch")
     with pytest.raises(ValueError, match="labels"):
@@ -179,3 +218,7 @@ def test_bad_arguments_raise_value_errors_naming_them():
         linear_log_probs(h, W[:, :3], labels, backend="torch")
     with pytest.raises(ValueError, match="unknown backend"):
         linear_log_probs(h, W, labels, backend="cudnn")
+    with pytest.raises(ValueError, match="reduction"):
+        linear_cross_entropy(h, W, labels, reduction="per_token")
+    with pytest.raises(ValueError, match="labels"):
+        linear_cross_entropy(h, W, labels.float(), reduction="none")

@@ -4,7 +4,8 @@ Run by ``test_triton_interpreter.py`` in a fresh subprocess with ``TRITON_INTERP
 any other way it skips itself; see ``triton_interp_cases.py`` for why). Inputs are float32/float16
 (the interpreter's bf16 arithmetic is wrong). Covers ``linear_log_probs`` with temperature and
 entropy (values and gradients vs float64 full logits, random upstream gradients, ignored
-tokens) and rows spanning several vocabulary blocks with a growing running max (the online rescaling of the entropy sum).
+tokens), ``linear_cross_entropy(reduction="none")`` with z-loss, and rows spanning several
+vocabulary blocks with a growing running max (the online rescaling of the entropy sum).
 """
 from __future__ import annotations
 
@@ -12,13 +13,14 @@ import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 pytest.importorskip("triton")
 if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
     pytest.skip("run by test_triton_interpreter.py in a subprocess with TRITON_INTERPRET=1", allow_module_level=True)
 from xt.kernels.loss import per_token_triton  # noqa: E402
 from _refs import check_log_probs_f64, rel  # noqa: E402
-from xt.kernels.loss import linear_log_probs  # noqa: E402
+from xt.kernels.loss import linear_cross_entropy, linear_log_probs  # noqa: E402
 
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3}
 
@@ -66,6 +68,23 @@ def test_rising_max_across_blocks_and_large_logits(block_v):
         out[b] = (*r, *torch.autograd.grad((r.log_probs + r.entropy).sum(), (h, W)))
     for a, b in zip(out["triton"], out["torch"]):
         assert rel(a, b) <= 1e-6
+
+
+@pytest.mark.parametrize("z", [0.0, 1e-2])
+def test_reduction_none_triton_matches_float64(block_v, z):
+    h, W, labels = _inputs(19, 8, 41, torch.float32, seed=5)
+    loss, zl = linear_cross_entropy(h, W, labels, reduction="none", z_loss_coef=z, chunk_size=6,
+                                    return_z_loss=True, backend="triton")
+    hr, Wr = h.detach().double().requires_grad_(), W.detach().double().requires_grad_()
+    logits = hr @ Wr.t()
+    rz = z * torch.logsumexp(logits, -1) ** 2 * (labels != -100)
+    ref = F.cross_entropy(logits, labels, ignore_index=-100, reduction="none") + rz
+    assert loss.shape == (19,) and rel(loss, ref) <= 1e-5 and rel(zl, rz) <= 1e-5
+    assert bool((loss[labels == -100] == 0).all())
+    up = torch.randn(19, generator=torch.Generator().manual_seed(1))
+    got = torch.autograd.grad((loss * up).sum(), (h, W))
+    want = torch.autograd.grad((ref * up.double()).sum(), (hr, Wr))
+    assert rel(got[0], want[0]) <= 1e-5 and rel(got[1], want[1]) <= 1e-5
 
 
 def test_triton_and_torch_steps_agree():

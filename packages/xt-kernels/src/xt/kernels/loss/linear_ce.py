@@ -9,7 +9,10 @@ gradient of the loss w.r.t. the logits (``softmax - onehot``, plus ``2·coef·ls
 z-loss), which it multiplies into ``dhidden[C, D]`` and accumulates into ``dweight[V, D]``. Only
 one chunk of logits ever exists; backward just scales the stored gradients by the incoming scalar.
 The per-chunk softmax/gradient step runs as one Triton kernel (in place over the logits chunk)
-when the ``triton`` backend is chosen, else as torch ops.
+when the ``triton`` backend is chosen, else as torch ops. ``reduction="none"`` needs the gradient
+for an arbitrary ``[T]`` upstream vector, so it goes through the per-token statistics of
+:mod:`xt.kernels.loss.per_token` instead (backward recomputes the logits chunks; Triton kernels
+there too).
 
 Numerics: logits in the input dtype, or in autocast's dtype when autocast is on (like an
 ``nn.Linear`` head; gradients are returned in the input dtype), softmax/lse/loss in float32
@@ -102,13 +105,25 @@ class _LinearCE(torch.autograd.Function):
 
 
 def _reference(hidden, weight, labels, ignore_index, z_coef, denom):
-    """Full logits + ``F.cross_entropy`` (materialises ``[T, V]``; the tests' ground truth)."""
+    """Full logits + ``F.cross_entropy`` (materialises ``[T, V]``; the tests' ground truth).
+    ``denom`` None: per-token ``[T]`` results (``reduction="none"``)."""
     acc = torch.promote_types(hidden.dtype, torch.float32)
     logits = (hidden @ weight.t()).to(acc)
-    ce = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="sum")
+    ce = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="none")
     valid = (labels != ignore_index).to(acc)
-    z = (torch.logsumexp(logits, dim=-1) ** 2 * valid).sum() * z_coef
-    return ((ce + z) / denom).float(), (z / denom).detach().float()
+    z = torch.logsumexp(logits, dim=-1) ** 2 * valid * z_coef
+    if denom is None:
+        return (ce + z).float(), z.detach().float()
+    return ((ce.sum() + z.sum()) / denom).float(), (z.sum() / denom).detach().float()
+
+
+def _per_token(hidden, weight, labels, ignore_index, z_coef, chunk, kind):
+    """``reduction="none"``: per-token ``(loss [T], z [T])`` float32 from the per-token statistics
+    (``loss_t = −logp_t + z_coef·lse_t²``, 0 on ignored tokens)."""
+    from xt.kernels.loss.per_token import token_stats
+    logp, _, lse = token_stats(hidden, weight, labels, ignore_index, 1.0, False, chunk, kind)
+    z = z_coef * lse * lse
+    return (z - logp).float(), z.detach().float()
 
 
 def linear_cross_entropy_backend(hidden, weight, labels, ignore_index=-100, reduction="sum",
@@ -118,9 +133,16 @@ def linear_cross_entropy_backend(hidden, weight, labels, ignore_index=-100, redu
     fn = "linear_cross_entropy"
     check_head_inputs(fn, hidden, weight, labels)
     labels = labels.long()
-    if reduction not in ("sum", "mean"):
-        raise ValueError(f"{fn}: reduction must be 'sum' or 'mean'; got {reduction!r}")
+    if reduction not in ("sum", "mean", "none"):
+        raise ValueError(f"{fn}: reduction must be 'sum', 'mean' or 'none'; got {reduction!r}")
     chunk = resolve_chunk(fn, chunk_size, hidden.shape[0], weight.shape[0])
+    if reduction == "none":
+        if backend == "reference":
+            total, z = _reference(hidden, weight, labels, ignore_index, z_loss_coef, None)
+        else:
+            total, z = _per_token(hidden, weight, labels, ignore_index, float(z_loss_coef), chunk,
+                                  chunk_kind(backend, hidden.device))
+        return (total, z) if return_z_loss else total
     if reduction == "sum":
         denom = 1.0
     elif num_tokens is not None:
@@ -142,7 +164,10 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
     """Cross-entropy of ``hidden @ weightᵀ`` against ``labels`` without materialising the logits.
 
     ``loss = Σ_t valid_t · (lse_t − logit_t[label_t] + z_loss_coef · lse_t²) / denom`` where
-    ``lse_t = logsumexp_v logit_t[v]`` (z-loss: PaLM, Chowdhery et al. 2022, §5).
+    ``lse_t = logsumexp_v logit_t[v]`` (z-loss: PaLM, Chowdhery et al. 2022, §5); with
+    ``reduction="none"`` the ``[T]`` vector of the summands (no denom), differentiable for any
+    ``[T]`` upstream gradient. Chunked as Liger-Kernel's fused linear cross-entropy (Hsu et al.
+    2024); see the module docstring.
 
     Args:
         hidden: ``[T, D]`` final hidden states (bf16/fp16/fp32/fp64).
@@ -150,20 +175,23 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
         labels: ``[T]`` integer targets in ``[0, V)``, already shifted (``xt`` batch contract);
             ``ignore_index`` marks tokens without loss.
         ignore_index: label value to skip.
-        reduction: ``"sum"`` (denom 1) or ``"mean"`` (denom ``num_tokens`` if given, else the
-            number of non-ignored labels, counted on the device).
+        reduction: ``"sum"`` (denom 1), ``"mean"`` (denom ``num_tokens`` if given, else the
+            number of non-ignored labels, counted on the device) or ``"none"`` (per-token ``[T]``,
+            0 on ignored tokens).
         num_tokens: global token count to divide by (int, float or 0-d tensor) for ``"mean"``;
             ignored otherwise.
         z_loss_coef: coefficient of the z-loss term (0 disables it).
         chunk_size: tokens per chunk, a positive int (default :func:`default_chunk_size`).
         return_z_loss: also return the z-loss part (already multiplied by its coefficient and
-            divided by denom; detached, for logging).
-        backend: ``"triton"`` (fused Triton softmax-gradient step), ``"torch"`` (torch ops per
-            chunk), ``"reference"`` (full logits + ``F.cross_entropy``: materialises ``[T, V]``),
-            ``"npu"`` (= torch), ``"auto"`` or ``None`` (process-wide choice).
+            divided by denom, per token for ``"none"``; detached, for logging).
+        backend: ``"triton"`` (fused Triton softmax-gradient step; for ``"none"`` the Triton
+            per-token kernels), ``"torch"`` (torch ops per chunk), ``"reference"`` (full logits +
+            ``F.cross_entropy``: materialises ``[T, V]``), ``"npu"`` (= torch), ``"auto"`` or
+            ``None`` (process-wide choice).
 
     Returns:
-        Scalar float32 loss (CE + z-loss), or ``(loss, z_loss)`` with ``return_z_loss``.
+        Scalar float32 loss (CE + z-loss), or for ``"none"`` a ``[T]`` float32 vector; with
+        ``return_z_loss`` the pair ``(loss, z_loss)`` of the same shape.
 
     Raises:
         ValueError: mismatched shapes/dtypes, non-integer labels, an unknown ``reduction``, a

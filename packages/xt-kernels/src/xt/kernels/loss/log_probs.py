@@ -73,7 +73,8 @@ def linear_log_probs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.T
     w.r.t. ``hidden`` and ``weight`` for any ``[T]`` upstream gradient (``dH/dy = −p·(log p + H)``);
     ignored tokens get 0 and no gradient. The chunking follows Liger-Kernel's fused linear
     cross-entropy (Hsu et al. 2024) and the backward recomputes each chunk's logits as Cut
-    Cross-Entropy does (Wijmans et al. 2024): see :mod:`xt.kernels.loss.per_token`.
+    Cross-Entropy does (Wijmans et al. 2024): see :mod:`xt.kernels.loss.per_token`. With
+    ``temperature=1``, ``-log_probs`` is ``linear_cross_entropy(..., reduction="none")``.
 
     Args:
         hidden: ``[T, D]`` final hidden states (bf16/fp16/fp32/fp64).

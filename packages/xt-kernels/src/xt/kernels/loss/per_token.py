@@ -155,8 +155,8 @@ def token_stats(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor
     """``(logp [T], entropy [T] or [0], lse [T])`` in float32 (float64 for float64 inputs; the public
     functions cast to float32), differentiable w.r.t. hidden and weight; all three are 0 on ignored rows.
 
-    Internal: the public entry point (:func:`xt.kernels.loss.linear_log_probs`) validates the
-    arguments first.
+    Internal: the public entry points (:func:`xt.kernels.loss.linear_log_probs`,
+    ``linear_cross_entropy(reduction="none")``) validate the arguments first.
 
     Args:
         hidden: ``[T, D]``; weight: ``[V, D]`` (same dtype); labels: ``[T]`` int64.
