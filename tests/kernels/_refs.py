@@ -65,3 +65,39 @@ def check_swiglu_experts_f64(y, params, counts, dy, tol):
         assert rel(a, r) <= tol, name
     empty = [e for e, n in enumerate(counts) if n == 0]
     assert bool((grads[1][empty] == 0).all()) and bool((grads[2][empty] == 0).all())
+
+
+def lm_head_log_probs_f64(h, W, labels, temperature=1.0, ignore_index=-100):
+    """``(log p(label) [T], entropy [T])`` from the full float64 logits ``h Wᵀ / temperature`` with
+    ``torch.log_softmax``; both 0 where ``labels == ignore_index``."""
+    logp_all = torch.log_softmax((h.double() @ W.double().t()) / temperature, dim=-1)
+    valid = labels != ignore_index
+    logp = logp_all.gather(1, torch.where(valid, labels, 0)[:, None])[:, 0]
+    ent = -(logp_all.exp() * logp_all).sum(-1)
+    zero = logp.new_zeros(())
+    return torch.where(valid, logp, zero), torch.where(valid, ent, zero)
+
+
+def check_log_probs_f64(h, W, labels, temperature, result, tol, grad_tol=None, seed=0):
+    """``result`` (a ``TokenLogProbs`` of leaves ``h``, ``W``, any device) against
+    :func:`lm_head_log_probs_f64` on the CPU: float32 values, zeros on ignored tokens, and the
+    gradients w.r.t. ``h`` and ``W`` of ``Σ g₁·log_probs + Σ g₂·entropy`` for random upstream
+    ``g₁, g₂`` (``g₂`` only with an entropy), relative error ``tol`` (values) and ``grad_tol``
+    (gradients; default ``tol``)."""
+    grad_tol = tol if grad_tol is None else grad_tol
+    labels = labels.cpu()
+    hr, Wr = h.detach().cpu().double().requires_grad_(), W.detach().cpu().double().requires_grad_()
+    refs = lm_head_log_probs_f64(hr, Wr, labels, temperature)
+    outs = (result.log_probs,) if result.entropy is None else tuple(result)
+    g = torch.Generator().manual_seed(seed)
+    out = ref = 0.0
+    for got, want in zip(outs, refs):
+        assert got.dtype == torch.float32 and got.shape == labels.shape
+        assert rel(got.cpu(), want) <= tol
+        assert bool((got.cpu()[labels == -100] == 0).all())
+        up = torch.randn(labels.shape, generator=g).double()  # float32 values: the outputs' grads are float32
+        out = out + (got.double() * up.to(got.device)).sum()
+        ref = ref + (want * up).sum()
+    gh, gW = torch.autograd.grad(out, (h, W))
+    rh, rW = torch.autograd.grad(ref, (hr, Wr))
+    assert rel(gh.cpu(), rh) <= grad_tol and rel(gW.cpu(), rW) <= grad_tol

@@ -5,7 +5,7 @@ Example (TOML)::
     [kernels]
     grouped_gemm = "auto"   # auto | triton | torch | reference | npu
     permute = "auto"        # also sets unpermute
-    loss = "auto"           # fused linear cross-entropy
+    loss = "auto"           # fused linear cross-entropy (also sets log_probs)
 """
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ class KernelsConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     Attributes:
         grouped_gemm: MoE expert grouped GEMM (``auto`` times Triton vs ``torch._grouped_mm`` on CUDA).
         permute: token permute/unpermute (``auto``: Triton on CUDA, torch ops elsewhere).
-        loss: fused linear cross-entropy (``auto``: Triton chunk step on CUDA, torch ops elsewhere).
+        loss: fused linear cross-entropy and the per-token ``log_probs`` op (``auto``: Triton on
+            CUDA, torch ops elsewhere).
 
     Raises:
         ValueError: (at construction) a field that is not a known backend name; decoding with

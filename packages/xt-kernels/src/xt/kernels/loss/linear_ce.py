@@ -9,30 +9,26 @@ gradient of the loss w.r.t. the logits (``softmax - onehot``, plus ``2·coef·ls
 z-loss), which it multiplies into ``dhidden[C, D]`` and accumulates into ``dweight[V, D]``. Only
 one chunk of logits ever exists; backward just scales the stored gradients by the incoming scalar.
 The per-chunk softmax/gradient step runs as one Triton kernel (in place over the logits chunk)
-when the ``triton`` backend is chosen, else as torch ops.
+when the ``triton`` backend is chosen, else as torch ops. ``reduction="none"`` needs the gradient
+for an arbitrary ``[T]`` upstream vector, so it goes through the per-token statistics of
+:mod:`xt.kernels.loss.per_token` instead (backward recomputes the logits chunks; Triton kernels
+there too).
 
 Numerics: logits in the input dtype, or in autocast's dtype when autocast is on (like an
 ``nn.Linear`` head; gradients are returned in the input dtype), softmax/lse/loss in float32
 (float64 for float64 inputs). ``dweight`` accumulates across chunks in float32 (float64 for
-float64), with one rounding to the weight dtype at the end. Under autocast a float32 ``hidden``
-may meet a ``weight`` already in autocast's dtype (a bf16 compute copy); both run in that dtype.
+float64) and is rounded to the weight dtype once. Under autocast a float32 ``hidden`` may meet a
+``weight`` already in autocast's dtype (a bf16 compute copy); both run in that dtype.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from xt.kernels._autocast import autocast_dtype
+from xt.kernels.loss._head import (backprop_chunk, check_head_inputs, chunk_kind, compute_dtype, default_chunk_size,
+                                   resolve_chunk, weight_grad_buffer)
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_backend", "default_chunk_size"]
-
-
-def default_chunk_size(num_tokens: int, vocab_size: int) -> int:
-    """Rows per chunk: at most 2^28 logits (1 GiB in float32), a multiple of 128 when > 128."""
-    c = max(1, (1 << 28) // max(vocab_size, 1))
-    if c > 128:
-        c = c // 128 * 128
-    return max(1, min(num_tokens, c))
 
 
 def _step_torch(logits, labels, ignore_index, z_coef, scale):
@@ -68,32 +64,16 @@ def _step(kind: str):
     return _step_torch
 
 
-def _compute_dtype(t: torch.Tensor) -> torch.dtype:
-    """The dtype the LM-head product runs in: autocast's when autocast is on for ``t``'s device
-    (as for an ``nn.Linear`` head under autocast), else ``t.dtype``."""
-    dt = autocast_dtype(t)
-    return dt if dt is not None and t.dtype == torch.float32 else t.dtype
-
-
-def _autocast_pair(hidden: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Under autocast a float32 operand meets one already in autocast's dtype (fp32 hidden states
-    and a bf16 compute copy of the head, ``train.weight_cast = "per_step"``): both run in that
-    dtype, as ``nn.Linear`` would."""
-    dt = autocast_dtype(hidden)
-    return dt is not None and {hidden.dtype, weight.dtype} == {torch.float32, dt}
-
-
 class _LinearCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, labels, ignore_index, z_coef, denom, chunk, kind, grad_enabled):
         T, D = hidden.shape
         acc = torch.promote_types(hidden.dtype, torch.float32)
-        compute = _compute_dtype(hidden if hidden.dtype == torch.float32 else weight)
+        compute = compute_dtype(hidden, weight)
         need_h = grad_enabled and ctx.needs_input_grad[0]
         need_w = grad_enabled and ctx.needs_input_grad[1]
         grad_h = torch.empty_like(hidden) if need_h else None
-        # float32 accumulation over chunks whatever the weight dtype (one rounding at the end)
-        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
+        grad_w = weight_grad_buffer(weight) if need_w else None
         ctx.weight_dtype = weight.dtype
         scale = 1.0 / torch.as_tensor(denom, dtype=acc, device=hidden.device)
         loss_sum = torch.zeros((), dtype=acc, device=hidden.device)
@@ -107,16 +87,7 @@ class _LinearCE(torch.autograd.Function):
                 loss, z, g = step(logits, labels[s:s + chunk], ignore_index, z_coef, scale)
                 loss_sum += loss.sum()
                 z_sum += z.sum()
-                if need_h:
-                    if compute == hidden.dtype:
-                        torch.mm(g, w_c, out=grad_h[s:s + chunk])
-                    else:
-                        grad_h[s:s + chunk] = g @ w_c
-                if need_w:
-                    if compute == acc:
-                        grad_w.addmm_(g.t(), h)
-                    else:
-                        grad_w += g.t() @ h
+                backprop_chunk(g, h, w_c, slice(s, s + chunk), grad_h, grad_w)
                 del logits, g
         total = (loss_sum + z_coef * z_sum) * scale
         ctx.save_for_backward(grad_h, grad_w)
@@ -136,28 +107,44 @@ class _LinearCE(torch.autograd.Function):
 
 
 def _reference(hidden, weight, labels, ignore_index, z_coef, denom):
-    """Full logits + ``F.cross_entropy`` (materialises ``[T, V]``; the tests' ground truth)."""
+    """Full logits + ``F.cross_entropy`` (materialises ``[T, V]``; the tests' ground truth).
+    ``denom`` None: per-token ``[T]`` results (``reduction="none"``)."""
     acc = torch.promote_types(hidden.dtype, torch.float32)
     logits = (hidden @ weight.t()).to(acc)
-    ce = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="sum")
+    ce = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="none")
     valid = (labels != ignore_index).to(acc)
-    z = (torch.logsumexp(logits, dim=-1) ** 2 * valid).sum() * z_coef
-    return ((ce + z) / denom).float(), (z / denom).detach().float()
+    z = torch.logsumexp(logits, dim=-1) ** 2 * valid * z_coef
+    if denom is None:
+        return (ce + z).float(), z.detach().float()
+    return ((ce.sum() + z.sum()) / denom).float(), (z.sum() / denom).detach().float()
+
+
+def _per_token(hidden, weight, labels, ignore_index, z_coef, chunk, kind):
+    """``reduction="none"``: per-token ``(loss [T], z [T])`` float32 from the per-token statistics
+    (``loss_t = −logp_t + z_coef·lse_t²``, 0 on ignored tokens)."""
+    from xt.kernels.loss.per_token import token_stats
+    logp, _, lse = token_stats(hidden, weight, labels, ignore_index, 1.0, False, chunk, kind)
+    z = z_coef * lse * lse
+    return (z - logp).float(), z.detach().float()
 
 
 def linear_cross_entropy_backend(hidden, weight, labels, ignore_index=-100, reduction="sum",
                                  num_tokens=None, z_loss_coef=0.0, chunk_size=None, return_z_loss=False,
                                  *, backend="auto"):
     """:func:`linear_cross_entropy` with an explicit backend name (see that function)."""
-    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
-        raise ValueError(f"linear_cross_entropy: hidden must be [T, D] and weight [V, D]; got "
-                         f"{tuple(hidden.shape)} and {tuple(weight.shape)}")
-    if labels.shape != hidden.shape[:1]:
-        raise ValueError(f"linear_cross_entropy: labels must be [T={hidden.shape[0]}]; got {tuple(labels.shape)}")
-    if reduction not in ("sum", "mean"):
-        raise ValueError(f"linear_cross_entropy: reduction must be 'sum' or 'mean'; got {reduction!r}")
-    if hidden.dtype != weight.dtype and not _autocast_pair(hidden, weight):
-        raise ValueError(f"linear_cross_entropy: hidden is {hidden.dtype} but weight is {weight.dtype}")
+    fn = "linear_cross_entropy"
+    check_head_inputs(fn, hidden, weight, labels)
+    labels = labels.long()
+    if reduction not in ("sum", "mean", "none"):
+        raise ValueError(f"{fn}: reduction must be 'sum', 'mean' or 'none'; got {reduction!r}")
+    chunk = resolve_chunk(fn, chunk_size, hidden.shape[0], weight.shape[0])
+    if reduction == "none":
+        if backend == "reference":
+            total, z = _reference(hidden, weight, labels, ignore_index, z_loss_coef, None)
+        else:
+            total, z = _per_token(hidden, weight, labels, ignore_index, float(z_loss_coef), chunk,
+                                  chunk_kind(backend, hidden.device))
+        return (total, z) if return_z_loss else total
     if reduction == "sum":
         denom = 1.0
     elif num_tokens is not None:
@@ -167,14 +154,8 @@ def linear_cross_entropy_backend(hidden, weight, labels, ignore_index=-100, redu
     if backend == "reference":
         total, z = _reference(hidden, weight, labels, ignore_index, z_loss_coef, denom)
     else:
-        if backend == "auto":
-            from xt.kernels._triton_support import triton_usable_on
-            kind = "triton" if hidden.device.type == "cuda" and triton_usable_on(hidden.device) else "torch"
-        else:
-            kind = "triton" if backend == "triton" else "torch"
-        chunk = chunk_size or default_chunk_size(hidden.shape[0], weight.shape[0])
-        total, z = _LinearCE.apply(hidden, weight, labels, ignore_index, float(z_loss_coef), denom, chunk, kind,
-                                  torch.is_grad_enabled())
+        total, z = _LinearCE.apply(hidden, weight, labels, ignore_index, float(z_loss_coef), denom, chunk,
+                                  chunk_kind(backend, hidden.device), torch.is_grad_enabled())
     return (total, z) if return_z_loss else total
 
 
@@ -185,30 +166,38 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
     """Cross-entropy of ``hidden @ weightᵀ`` against ``labels`` without materialising the logits.
 
     ``loss = Σ_t valid_t · (lse_t − logit_t[label_t] + z_loss_coef · lse_t²) / denom`` where
-    ``lse_t = logsumexp_v logit_t[v]`` (z-loss: PaLM, Chowdhery et al. 2022, §5).
+    ``lse_t = logsumexp_v logit_t[v]`` (z-loss: PaLM, Chowdhery et al. 2022, §5); with
+    ``reduction="none"`` the ``[T]`` vector of the summands (no denom), differentiable for any
+    ``[T]`` upstream gradient. Chunked as Liger-Kernel's fused linear cross-entropy (Hsu et al.
+    2024); see the module docstring.
 
     Args:
         hidden: ``[T, D]`` final hidden states (bf16/fp16/fp32/fp64).
         weight: ``[V, D]`` LM-head weight (``nn.Linear`` layout), same dtype.
-        labels: ``[T]`` int64 targets, already shifted (``xt`` batch contract); ``ignore_index``
-            marks tokens without loss.
+        labels: ``[T]`` integer targets in ``[0, V)``, already shifted (``xt`` batch contract);
+            ``ignore_index`` marks tokens without loss.
         ignore_index: label value to skip.
-        reduction: ``"sum"`` (denom 1) or ``"mean"`` (denom ``num_tokens`` if given, else the
-            number of non-ignored labels, counted on the device).
-        num_tokens: global token count to divide by (int, float or 0-d tensor) for ``"mean"``.
+        reduction: ``"sum"`` (denom 1), ``"mean"`` (denom ``num_tokens`` if given, else the
+            number of non-ignored labels, counted on the device) or ``"none"`` (per-token ``[T]``,
+            0 on ignored tokens).
+        num_tokens: global token count to divide by (int, float or 0-d tensor) for ``"mean"``;
+            ignored otherwise.
         z_loss_coef: coefficient of the z-loss term (0 disables it).
-        chunk_size: tokens per chunk (default :func:`default_chunk_size`).
+        chunk_size: tokens per chunk, a positive int (default :func:`default_chunk_size`).
         return_z_loss: also return the z-loss part (already multiplied by its coefficient and
-            divided by denom; detached, for logging).
-        backend: ``"triton"`` (fused Triton softmax-gradient step), ``"torch"`` (torch ops per
-            chunk), ``"reference"`` (full logits + ``F.cross_entropy``: materialises ``[T, V]``),
-            ``"npu"`` (= torch), ``"auto"`` or ``None`` (process-wide choice).
+            divided by denom, per token for ``"none"``; detached, for logging).
+        backend: ``"triton"`` (fused Triton softmax-gradient step; for ``"none"`` the Triton
+            per-token kernels), ``"torch"`` (torch ops per chunk), ``"reference"`` (full logits +
+            ``F.cross_entropy``: materialises ``[T, V]``), ``"npu"`` (= torch), ``"auto"`` or
+            ``None`` (process-wide choice).
 
     Returns:
-        Scalar float32 loss (CE + z-loss), or ``(loss, z_loss)`` with ``return_z_loss``.
+        Scalar float32 loss (CE + z-loss), or for ``"none"`` a ``[T]`` float32 vector; with
+        ``return_z_loss`` the pair ``(loss, z_loss)`` of the same shape.
 
     Raises:
-        ValueError: mismatched shapes/dtypes, or an unknown reduction.
+        ValueError: mismatched shapes/dtypes, non-integer labels, an unknown ``reduction``, a
+            ``chunk_size`` that is not a positive int, or an unknown ``backend``.
     """
     from xt.kernels.moe import backends
     return backends.dispatch("loss", backend)(hidden, weight, labels, ignore_index, reduction, num_tokens,

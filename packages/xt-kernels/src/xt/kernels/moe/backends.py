@@ -1,14 +1,15 @@
 """Backend registry of the kernels: which implementation runs each op.
 
 Ops: ``"grouped_gemm"``, ``"permute"``, ``"unpermute"``, ``"loss"`` (the fused linear
-cross-entropy). Backend names: ``"auto"``, ``"triton"``, ``"torch"``, ``"reference"``, ``"npu"``.
+cross-entropy), ``"log_probs"`` (the fused per-token log-probabilities/entropy; setting
+``"loss"`` sets it too, as ``"permute"`` sets ``"unpermute"``). Backend names: ``"auto"``, ``"triton"``, ``"torch"``, ``"reference"``, ``"npu"``.
 
 * ``reference``: plain PyTorch, any device and dtype (float64 too); the tests' ground truth.
 * ``torch``: built-in fused ops (``torch._grouped_mm``; chunked torch ops for the loss). For
   permute/unpermute the torch ops *are* the reference, so ``torch`` means ``reference`` there.
 * ``triton``: our Triton kernels (CUDA; CPU only under ``TRITON_INTERPRET=1``).
 * ``npu``: ``torch_npu`` (imported only when chosen; untested on hardware). For permute/unpermute
-  and the loss it runs the torch implementation on the NPU device.
+  and the loss ops it runs the torch implementation on the NPU device.
 * ``auto``: per call, from the tensors' device. For the grouped GEMM on CUDA it times every
   usable kernel set (median of 5 interleaved timings) once per (GPU, dtype, layout, K, N, E,
   rows-per-expert bucket: ``xt.kernels.moe.tuning.rows_bucket``) on the first call's real inputs, separately for the m-grouped products (forward, dX) and the k-grouped weight
@@ -30,7 +31,7 @@ from xt.kernels.moe.tuning import SMALL, rows_bucket
 __all__ = ["OPS", "BACKENDS", "set_backend", "get_backend", "dispatch", "choose_grouped_gemm",
            "auto_choices"]
 
-OPS = ("grouped_gemm", "permute", "unpermute", "loss")
+OPS = ("grouped_gemm", "permute", "unpermute", "loss", "log_probs")
 BACKENDS = ("auto", "triton", "torch", "reference", "npu")
 _selected: dict[str, str] = {op: "auto" for op in OPS}
 _auto_cache: dict[tuple, str] = {}
@@ -47,7 +48,8 @@ def _check(op: str, name: str) -> None:
 
 
 def set_backend(op: str, name: str) -> None:
-    """Set the process-wide backend of ``op`` (``"permute"`` sets ``"unpermute"`` too).
+    """Set the process-wide backend of ``op`` (``"permute"`` sets ``"unpermute"`` too, ``"loss"``
+    sets ``"log_probs"`` too).
 
     Raises:
         ValueError: unknown op or backend name.
@@ -56,6 +58,8 @@ def set_backend(op: str, name: str) -> None:
     _selected[op] = name
     if op == "permute":
         _selected["unpermute"] = name
+    if op == "loss":
+        _selected["log_probs"] = name
 
 
 def get_backend(op: str) -> str:
@@ -187,9 +191,10 @@ def _permute_impl(op: str, name: str) -> Callable:
     return getattr(ref, f"{op}_reference")
 
 
-def _loss_impl(name: str) -> Callable:
-    from xt.kernels.loss import linear_ce
-    return functools.partial(linear_ce.linear_cross_entropy_backend, backend=name)
+def _loss_impl(op: str, name: str) -> Callable:
+    from xt.kernels.loss import linear_ce, log_probs
+    fn = linear_ce.linear_cross_entropy_backend if op == "loss" else log_probs.linear_log_probs_backend
+    return functools.partial(fn, backend=name)
 
 
 def dispatch(op: str, backend: str | None = None) -> Callable:
@@ -197,7 +202,8 @@ def dispatch(op: str, backend: str | None = None) -> Callable:
 
     Signatures: grouped_gemm ``(x, w, tokens_per_expert, trans_b=False)``; permute
     ``(x, topk_ids, num_experts)``; unpermute ``(y_sorted, info, topk_weights)``; loss as
-    :func:`xt.kernels.loss.linear_cross_entropy` without ``backend``.
+    :func:`xt.kernels.loss.linear_cross_entropy` without ``backend``; log_probs as
+    :func:`xt.kernels.loss.linear_log_probs` without ``backend``.
 
     Raises:
         ValueError: unknown op or backend name.
@@ -208,4 +214,4 @@ def dispatch(op: str, backend: str | None = None) -> Callable:
         return _gg_impl(name)
     if op in ("permute", "unpermute"):
         return _permute_impl(op, name)
-    return _loss_impl(name)
+    return _loss_impl(op, name)
