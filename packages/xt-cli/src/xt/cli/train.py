@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import time
 from pathlib import Path
 from typing import Sequence
@@ -89,6 +90,9 @@ def run_train(config: str | Path | None, overrides: Sequence[str] = (), resume: 
     if is_main:
         console.print(f"precision: {escape(trainer.precision_summary)}", highlight=False)
         console.print(f"layout: {escape(describe_layout(cfg, dist, _num_layers(model)))}", highlight=False)
+        if device.type == "cuda":
+            alloc = os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or "torch's default"
+            console.print(f"cuda allocator: PYTORCH_CUDA_ALLOC_CONF={escape(alloc)}", highlight=False)
     result = trainer.fit(resume=resume if resume is not None else cfg.checkpoint.resume)
     skipped = getattr(loader, "skipped", 0)
     if is_main:
