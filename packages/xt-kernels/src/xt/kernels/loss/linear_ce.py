@@ -18,9 +18,12 @@ Numerics: logits in the input dtype, or in autocast's dtype when autocast is on 
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
+from xt.kernels import registry
 from xt.kernels._autocast import autocast_dtype
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_backend", "default_chunk_size"]
@@ -199,6 +202,8 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
     Raises:
         ValueError: mismatched shapes/dtypes, or an unknown reduction.
     """
-    from xt.kernels.moe import backends
-    return backends.dispatch("loss", backend)(hidden, weight, labels, ignore_index, reduction, num_tokens,
+    return registry.dispatch("loss", backend)(hidden, weight, labels, ignore_index, reduction, num_tokens,
                                               z_loss_coef, chunk_size, return_z_loss)
+
+
+registry.register("loss", lambda name: functools.partial(linear_cross_entropy_backend, backend=name))
