@@ -1,12 +1,18 @@
 """LM head + token cross-entropy: either materialised logits, or the fused chunked
-``xt.kernels.loss.linear_cross_entropy`` that never builds the ``[T, V]`` logits."""
+``xt.kernels.loss.linear_cross_entropy`` that never builds the ``[T, V]`` logits; and the summed
+cross-entropy of given logits (:func:`lm_loss_sum`) that every family uses."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["lm_head_and_loss"]
+__all__ = ["lm_head_and_loss", "lm_loss_sum"]
+
+
+def lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum of token cross-entropy (float32) over ``labels != -100``; ``logits[T, V]``, ``labels[T]``."""
+    return F.cross_entropy(logits.float(), labels, ignore_index=-100, reduction="sum")
 
 
 def lm_head_and_loss(hidden: torch.Tensor, lm_head: nn.Module, labels: torch.Tensor | None,

@@ -27,9 +27,9 @@ from xt.models.common.rope import RotaryEmbedding, apply_rotary
 from xt.models.common.router import RouterStats, load_balancing_loss
 from xt.models.common.sinks_attention import SinksCoreAttention
 from xt.models.common.init import expert_load_fractions, init_linear_and_embedding_
+from xt.models.common.lm_loss import lm_loss_sum
 from xt.models.gpt_oss.config import GptOssConfig
 from xt.models.gpt_oss.moe import GptOssExperts, GptOssRouter
-from xt.models.llama.model import lm_loss_sum
 
 __all__ = ["GptOssAttention", "GptOssDecoderLayer", "GptOssModel", "GptOssForCausalLM"]
 

@@ -16,7 +16,6 @@ follow HF transformers' ``LlamaForCausalLM`` (the parity tests compare against i
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import xt.models.common.yarn  # noqa: F401  (registers the yarn / llama3 rope types)
@@ -27,14 +26,10 @@ from xt.models.common.norm import RMSNorm
 from xt.models.common.output import CausalLMOutput, pack_inputs
 from xt.models.common.rope import RotaryEmbedding
 from xt.models.common.init import init_linear_and_embedding_
+from xt.models.common.lm_loss import lm_loss_sum
 from xt.models.llama.config import LlamaConfig
 
-__all__ = ["LlamaDecoderLayer", "LlamaModel", "LlamaForCausalLM", "lm_loss_sum"]
-
-
-def lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Sum of token cross-entropy (float32) over ``labels != -100``; ``logits[T, V]``, ``labels[T]``."""
-    return F.cross_entropy(logits.float(), labels, ignore_index=-100, reduction="sum")
+__all__ = ["LlamaDecoderLayer", "LlamaModel", "LlamaForCausalLM"]
 
 
 class LlamaDecoderLayer(nn.Module):
