@@ -23,6 +23,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from xt.core.labels import IGNORE_INDEX
 from xt.kernels import registry
 from xt.kernels._autocast import autocast_dtype
 
@@ -137,7 +138,7 @@ def _reference(hidden, weight, labels, ignore_index, z_coef, denom):
     return ((ce + z) / denom).float(), (z / denom).detach().float()
 
 
-def linear_cross_entropy_backend(hidden, weight, labels, ignore_index=-100, reduction="sum",
+def linear_cross_entropy_backend(hidden, weight, labels, ignore_index=IGNORE_INDEX, reduction="sum",
                                  num_tokens=None, z_loss_coef=0.0, chunk_size=None, return_z_loss=False,
                                  *, backend="auto"):
     """:func:`linear_cross_entropy` with an explicit backend name (see that function)."""
@@ -171,7 +172,7 @@ def linear_cross_entropy_backend(hidden, weight, labels, ignore_index=-100, redu
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                         ignore_index: int = -100, reduction: str = "sum", num_tokens=None,
+                         ignore_index: int = IGNORE_INDEX, reduction: str = "sum", num_tokens=None,
                          z_loss_coef: float = 0.0, chunk_size: int | None = None,
                          return_z_loss: bool = False, backend: str | None = None):
     """Cross-entropy of ``hidden @ weightᵀ`` against ``labels`` without materialising the logits.

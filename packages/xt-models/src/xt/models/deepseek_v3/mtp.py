@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from xt.core.labels import IGNORE_INDEX
 from xt.models.common.lm_loss import lm_loss_sum
 from xt.models.common.norm import RMSNorm
 from xt.models.deepseek_v3.config import DeepseekV3Config
@@ -97,8 +98,8 @@ def mtp_loss(layers, embed_tokens: nn.Module, lm_head: nn.Module, hidden: torch.
     for k, layer in enumerate(layers, start=1):
         emb = embed_tokens(shift_in_document(p.input_ids, k, doc_ids, 0))
         h, head_in, s, q = layer(h, emb, cos, sin, p.cu_seqlens, p.max_seqlen, seq_docs, num_docs)
-        target = shift_in_document(p.labels, k, doc_ids, -100)
-        n = (target != -100).sum().clamp(min=1)
+        target = shift_in_document(p.labels, k, doc_ids, IGNORE_INDEX)
+        n = (target != IGNORE_INDEX).sum().clamp(min=1)
         losses.append(lm_loss_sum(lm_head(head_in), target) / n)
         if s is not None:
             stats.append(s)
