@@ -129,7 +129,7 @@ def check_layout(cfg: XTConfig) -> None:
 
     from xt.models import config_from_hf
     from xt.parallel import validate_layout
-    from xt.parallel.api import model_sizes
+    from xt.parallel.discover import model_sizes
     from xt.parallel.single import check_single_process_layout
     world = int(os.environ.get("WORLD_SIZE", "1")) if under_torchrun() else 1
     if world == 1:
