@@ -29,6 +29,7 @@ from xt.models.common.init import expert_load_fractions
 from xt.models.common.lm_loss import lm_loss_sum
 from xt.models.common.norm import RMSNorm
 from xt.models.common.output import CausalLMOutput, pack_inputs
+from xt.models.common.parallel_plan import decoder_plan
 from xt.models.common.router import RouterStats
 from xt.models.common.sigmoid_router import SigmoidGroupRouter
 from xt.models.common.sinks_attention import packed_doc_positions
@@ -201,6 +202,14 @@ class DeepseekV3ForCausalLM(nn.Module):
             frac = c.num_experts_per_tok / c.n_routed_experts if ".mlp.experts." in name else 1.0
             total += int(prm.numel() * frac)
         return total + (c.vocab_size * c.hidden_size if c.tie_word_embeddings else 0)
+
+    def parallel_plan(self) -> dict:
+        """Where xt.parallel may act, as plain data (:func:`xt.models.common.parallel_plan.decoder_plan`):
+        the main and MTP decoder layers, their MoE blocks and core attentions, and the sizes."""
+        c = self.config
+        return decoder_plan(self, ["model.layers", "mtp"], num_experts=c.n_routed_experts,
+                            num_attention_heads=c.num_attention_heads, num_key_value_heads=c.num_key_value_heads,
+                            mtp_layers=c.mtp_layers)
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token (docs/architecture.md, MFU; MLA counted with ``qk_head_dim``)."""
