@@ -114,3 +114,70 @@ def test_imports_with_only_declared_dependencies(pkg):
     """)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
+
+
+def _xt_import_graph() -> dict[str, set[str]]:
+    """``module -> intra-xt modules it imports``, over every module of every package.
+
+    Counted: ``import xt.a.b`` and ``from xt.a import b`` anywhere in the file (module level, in
+    functions, under ``TYPE_CHECKING``), and ``importlib.import_module("xt.a.b")`` with a literal
+    name. ``from xt.a import name`` points at ``xt.a.name`` when that is a module, else at ``xt.a``.
+    Importing a module also runs its packages' ``__init__``; that edge is counted except from a
+    module to a package that contains it (Python is already importing that package then).
+
+    Function-level imports count on purpose: a deferred import does not remove a dependency, it
+    only hides the cycle from the interpreter until a call order breaks it (partially initialised
+    modules). The three cycles this test was written for (cli build/convert, kernels backends/ops,
+    DeepSeek model/mtp) were all of that kind, so a module-level-only walk would not have seen any.
+    Not seen: names built at run time (``importlib.import_module(table[name])``).
+    """
+    files = {}
+    for src in (ROOT / "packages").glob("*/src"):
+        for f in (src / "xt").rglob("*.py"):
+            files[".".join(f.relative_to(src).with_suffix("").parts).removesuffix(".__init__")] = f
+
+    def owner(name: str) -> str | None:  # the longest prefix of `name` that is a module
+        parts = name.split(".")
+        while parts and ".".join(parts) not in files:
+            parts.pop()
+        return ".".join(parts) or None
+
+    graph: dict[str, set[str]] = {m: set() for m in files}
+    for mod, f in files.items():
+        for node in ast.walk(ast.parse(f.read_text(), str(f))):
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                  and node.func.attr == "import_module" and node.args
+                  and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+                targets = [node.args[0].value]
+            for t in targets:
+                dep = owner(t) if t.startswith("xt.") else None
+                if dep and dep != mod and not mod.startswith(dep + "."):
+                    graph[mod].add(dep)
+    return graph
+
+
+def test_no_import_cycles_between_xt_modules():
+    graph = _xt_import_graph()
+    assert "xt.kernels.moe.grouped_gemm" in graph["xt.kernels.moe"]  # the walk sees the tree
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    cycles = []
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for d in sorted(graph[m]):
+            if state.get(d) == 1:
+                cycles.append(" -> ".join(path[path.index(d):] + [d]))
+            elif d not in state:
+                visit(d, path + [d])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert not cycles, "import cycles between xt modules (docs/architecture.md, Packages and their rules):\n" + \
+        "\n".join(cycles)

@@ -67,7 +67,12 @@ def build_model(spec: dict):
 def _reference_steps(model, spec: dict, batches_of, loss_sum) -> dict:
     """The single-process reference loop: per step, every micro-batch's ``loss_sum`` over the step's
     label tokens, accumulated; clip; optimizer step. Records loss, grad norm, step-0 gradients and
-    the final parameters."""
+    the final parameters.
+
+    ``loss_sum(model, batch)`` returns the summed CE, or ``(loss_sum, aux_loss)``: then the aux term
+    enters as the engine adds it, ``aux / (micro-batches x ranks)``, which is ``aux / len(batches)``
+    when every batch of the step is one rank's only micro-batch and no SP rank splits it (the only
+    layouts where a per-micro-batch aux loss is split-invariant: ``spec["aux_loss"]``)."""
     opt = _optimizer(model, spec)
     out = {"loss": [], "grad_norm": []}
     for step in range(len(spec["docs"])):
@@ -75,7 +80,9 @@ def _reference_steps(model, spec: dict, batches_of, loss_sum) -> dict:
         n_tok = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in batches)
         total = 0.0
         for b in batches:
-            loss = loss_sum(model, b) / max(n_tok, 1)
+            got = loss_sum(model, b)
+            ce, aux = got if isinstance(got, tuple) else (got, None)
+            loss = ce / max(n_tok, 1) + (aux / len(batches) if aux is not None else 0.0)
             loss.backward()
             total += loss.item()
         out["loss"].append(total)
@@ -101,7 +108,11 @@ def reference_toy(spec: dict) -> dict:
         for m in model.modules():
             if hasattr(m, "dispatcher"):
                 m.dispatcher = AllToAllDispatcher(m.dispatcher.num_experts, None, cf)
-    out = _reference_steps(model, spec, _batches, lambda m, b: m(**b).loss_sum)
+    if spec.get("aux_loss"):
+        assert spec["layout"].get("sp_size", 1) == 1 and spec.get("micro", 1) == 1, "aux loss is per micro-batch"
+        out = _reference_steps(model, spec, _batches, lambda m, b: (lambda o: (o.loss_sum, o.aux_loss))(m(**b)))
+    else:
+        out = _reference_steps(model, spec, _batches, lambda m, b: m(**b).loss_sum)
     out["dropped"] = capacity_metrics(model)["moe_dropped_rows"]
     return out
 
@@ -159,7 +170,9 @@ def run_toy(spec: dict, state: dict) -> dict:
         opt.zero_grad()
     out["params"] = gather_full(model, meshes.ep_group)
     from xt.parallel.expert_parallel import capacity_metrics
+    from xt.parallel.fsdp import EP_ATTR
     out["dropped"] = int(ctx.all_reduce_sum(torch.tensor(capacity_metrics(model)["moe_dropped_rows"])))
+    out["ep_sliced"] = sorted(n for n, m in model.named_modules() if hasattr(m, EP_ATTR))
     dist.barrier()
     return out
 

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from xt.cli.config import ModelSection, XTConfig
+from xt.cli.weights import is_xt_weights, load_xt_weights
 from xt.core.distributed import DistContext, LocalDistContext
 from xt.data import build_loader
 from xt.kernels.config import apply_kernels_config
@@ -72,7 +73,6 @@ def build_run_model(section: ModelSection, device: torch.device) -> nn.Module:
         if section.overrides:
             raise ValueError("model.overrides cannot change the shape of a pretrained checkpoint "
                              "(model.init_from); remove them")
-        from xt.cli.convert import is_xt_weights, load_xt_weights
         if is_xt_weights(section.init_from):
             return load_xt_weights(section.init_from, device=device, attn_backend=section.attn_backend)
         return from_pretrained(section.init_from, device=device, attn_backend=section.attn_backend)
@@ -129,7 +129,7 @@ def check_layout(cfg: XTConfig) -> None:
 
     from xt.models import config_from_hf
     from xt.parallel import validate_layout
-    from xt.parallel.api import model_sizes
+    from xt.parallel.discover import model_sizes
     from xt.parallel.single import check_single_process_layout
     world = int(os.environ.get("WORLD_SIZE", "1")) if under_torchrun() else 1
     if world == 1:

@@ -14,47 +14,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import warnings
 from pathlib import Path
 
-import torch.distributed.checkpoint as dcp
-
+from xt.cli.build import build_run_model
 from xt.cli.config import load_xt_config
+from xt.cli.weights import WEIGHTS, dcp_load_model, dcp_save_model, is_hf_folder
 from xt.core.checkpoint.layout import is_complete
-from xt.models import build_model, from_pretrained, save_pretrained
+from xt.models import from_pretrained, save_pretrained
 
-__all__ = ["convert_checkpoint", "is_hf_folder", "is_xt_weights", "load_xt_weights"]
+__all__ = ["convert_checkpoint"]
 
 MODEL_OPTIM = "model_optim"  # xt.core.checkpoint.io layout
-WEIGHTS = "model"
-
-
-def is_hf_folder(path: str | Path) -> bool:
-    """True for a folder with ``config.json`` and safetensors weights (single or sharded)."""
-    p = Path(path)
-    return (p / "config.json").is_file() and any(p.glob("*.safetensors"))
-
-
-def is_xt_weights(path: str | Path) -> bool:
-    """True for a weights-only XT folder written by ``xt convert HF XT``."""
-    p = Path(path)
-    return (p / "config.json").is_file() and (p / WEIGHTS / ".metadata").is_file()
-
-
-def _dcp_load_model(model, checkpoint_id: Path, key: str | None) -> None:
-    sd = model.state_dict()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
-        dcp.load({key: sd} if key else sd, checkpoint_id=str(checkpoint_id))
-    model.load_state_dict(sd)
-
-
-def load_xt_weights(path: str | Path, device=None, attn_backend: str = "auto"):
-    """Build the model of a weights-only XT folder and load its weights (DCP, any layout)."""
-    p = Path(path)
-    model = build_model(p / "config.json", device=device, attn_backend=attn_backend)
-    _dcp_load_model(model, p / WEIGHTS, None)
-    return model
 
 
 def convert_checkpoint(src: str | Path, dst: str | Path, config: str | Path | None = None) -> Path:
@@ -79,16 +49,13 @@ def convert_checkpoint(src: str | Path, dst: str | Path, config: str | Path | No
         if config is None:
             raise ValueError("xt convert: an XT checkpoint needs --config (the run's TOML) to know the architecture")
         cfg = load_xt_config(config)
-        from xt.cli.build import build_run_model
         model = build_run_model(cfg.model, device="cpu")
-        _dcp_load_model(model, src / MODEL_OPTIM, "model")
+        dcp_load_model(model, src / MODEL_OPTIM, "model")
         save_pretrained(model, tmp)
     elif is_hf_folder(src):
         model = from_pretrained(src)
         tmp.mkdir(parents=True)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
-            dcp.save(model.state_dict(), checkpoint_id=str(tmp / WEIGHTS))
+        dcp_save_model(model, tmp / WEIGHTS)
         (tmp / "config.json").write_text(json.dumps(model.config.to_hf_dict(), indent=2, sort_keys=True) + "\n")
     else:
         raise ValueError(f"xt convert: {src} is neither an XT checkpoint (checkpoints/step-N with meta.json) "

@@ -14,7 +14,7 @@ from typing import Sequence
 
 from xt.cli.build import hf_dict
 from xt.cli.config import ModelSection, XTConfig
-from xt.cli.convert import is_hf_folder, is_xt_weights
+from xt.cli.weights import is_hf_folder, is_xt_weights
 from xt.core.checkpoint import resolve_resume
 from xt.core.config import ConfigError, config_error_at, locate_key
 from xt.data import DataError, check_data

@@ -38,12 +38,10 @@ def greedy_sample(model, tokenizer, prompt: str, max_new_tokens: int, chat: bool
 
 
 def _num_layers(model) -> int:
-    """Number of decoder layers (``model.model.layers`` or ``model.layers``), 0 if neither."""
-    for owner in (getattr(model, "model", None), model):
-        layers = getattr(owner, "layers", None)
-        if layers is not None:
-            return len(layers)
-    return 0
+    """Number of decoder layers in the model's parallel plan (what activation checkpointing picks
+    its share from: DeepSeek-V3's MTP depths included)."""
+    from xt.parallel.discover import plan_for
+    return len(plan_for(model, quiet=True).decoder_layers)
 
 
 def run_train(config: str | Path | None, overrides: Sequence[str] = (), resume: str | None = None,

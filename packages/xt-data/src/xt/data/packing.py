@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-IGNORE_INDEX = -100
+from xt.core.labels import IGNORE_INDEX
 
 
 def split_documents(doc_offsets: torch.Tensor, chunk_len: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""``[kernels]`` config section: which backend runs each kernel op (see :mod:`xt.kernels.moe.backends`).
+"""``[kernels]`` config section: which backend runs each kernel op (see :mod:`xt.kernels.registry`).
 
 Example (TOML)::
 
@@ -13,7 +13,7 @@ from typing import Literal
 
 import msgspec
 
-from xt.kernels.moe.backends import BACKENDS, set_backend
+from xt.kernels.registry import BACKENDS, set_backend
 
 __all__ = ["KernelsConfig", "apply_kernels_config"]
 
@@ -45,7 +45,7 @@ class KernelsConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 def apply_kernels_config(cfg: KernelsConfig) -> None:
-    """Make ``cfg``'s choices the process-wide backends (``xt.kernels.moe.backends.set_backend``)."""
+    """Make ``cfg``'s choices the process-wide backends (``xt.kernels.registry.set_backend``)."""
     set_backend("grouped_gemm", cfg.grouped_gemm)
     set_backend("permute", cfg.permute)
     set_backend("loss", cfg.loss)

@@ -1,14 +1,16 @@
 """`parallelize(model, cfg)`: apply EP, Ulysses SP, activation checkpointing and FSDP2 to a plain model.
 
-The model is an ordinary ``nn.Module`` laid out like HF decoder models:
+Which modules are touched comes from the model's :class:`~xt.parallel.plan.ParallelPlan`
+(:func:`xt.parallel.discover.plan_for`): XT's models state it with ``parallel_plan()`` (plain
+data: decoder layers, MoE blocks with their router, experts and dispatcher, core attentions,
+sizes); a model without one, e.g. an HF transformers decoder, is read by attribute names inside
+``model.model.layers`` (:mod:`xt.parallel.discover`, which logs that it did so). The swap points:
 
-* decoder layers at ``model.model.layers`` (or ``model.layers``, or passed as ``layers=``);
-* MoE layers: ``layer.mlp.experts`` holds weights stacked over E in dim 0, and a ``dispatcher``
-  (docs/contracts.md) sits on ``layer.mlp`` (XT models) or ``layer.mlp.experts`` (the HF adapter,
-  :mod:`xt.parallel.hf_qwen3_moe`);
-* attention: ``layer.self_attn.core_attention`` (XT) or ``layer.self_attn.xt_core_attention`` (HF
-  adapter) with signature ``(q[T,Hq,d], k[T,Hkv,d], v[T,Hkv,d], cu_seqlens, max_seqlen) -> [T,Hq,d]``;
-* sizes from ``model.config`` (``num_experts``, ``num_attention_heads``, ``num_key_value_heads``).
+* each MoE block's ``dispatcher`` (docs/contracts.md) -> :class:`AllToAllDispatcher`, and its
+  ``experts`` (weights stacked over E in dim 0) sliced to this EP rank;
+* each core attention ``(q[T,Hq,d], k[T,Hkv,d], v[T,Hkv,d], cu_seqlens, max_seqlen) -> [T,Hq,d]``
+  -> :class:`UlyssesAttention` around it;
+* each decoder layer: activation checkpointing (chosen share), one FSDP2 unit.
 
 Launch under ``torchrun`` (NCCL on GPUs, gloo on CPUs); the process group is initialised here if
 needed.
@@ -24,11 +26,14 @@ from torch import nn
 from xt.parallel.checkpointing import apply_activation_checkpointing
 from xt.parallel.config import ParallelConfig
 from xt.parallel.context import ParallelDistContext
-from xt.parallel.expert_parallel import AllToAllDispatcher
+from xt.parallel.discover import find_layers, model_sizes, plan_for
+from xt.parallel.expert_parallel import swap_dispatchers
 from xt.parallel.fsdp import apply_fsdp, shard_experts_
 from xt.parallel.mesh import ParallelMeshes, build_meshes
+from xt.parallel.plan import ParallelPlan, resolve
 from xt.parallel.ulysses import UlyssesAttention
 
+# find_layers and model_sizes live in xt.parallel.discover; importable from here as before.
 __all__ = ["init_distributed", "find_layers", "model_sizes", "parallelize"]
 
 
@@ -54,64 +59,21 @@ def init_distributed(device_type: str | None = None) -> str:
     return device_type
 
 
-def find_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder layers: ``model.model.layers`` or ``model.layers``.
-
-    Raises:
-        ValueError: neither exists (pass ``layers=`` to :func:`parallelize`).
-    """
-    for path in ("model.layers", "layers"):
-        try:
-            layers = model.get_submodule(path)
-        except AttributeError:
-            continue
-        if isinstance(layers, (nn.ModuleList, list, tuple)):
-            return layers
-    raise ValueError(f"{type(model).__name__} has neither `model.layers` nor `layers`; pass layers= explicitly")
-
-
-def model_sizes(model: nn.Module) -> dict:
-    """``num_experts``, ``num_attention_heads``, ``num_key_value_heads``, ``mtp_layers`` from ``model.config``.
-
-    E is read from ``num_experts``, ``n_routed_experts`` (DeepSeek) or ``num_local_experts`` (GPT-OSS,
-    Mixtral).
-    """
-    cfg = getattr(model, "config", None)
-    heads = getattr(cfg, "num_attention_heads", None)
-    experts = None
-    for name in ("num_experts", "n_routed_experts", "num_local_experts"):
-        experts = experts or getattr(cfg, name, None)
-    return {"num_experts": experts, "num_attention_heads": heads,
-            "num_key_value_heads": getattr(cfg, "num_key_value_heads", None) or heads,
-            "mtp_layers": getattr(cfg, "mtp_layers", 0) or 0}
-
-
-def _moe_parts(layer: nn.Module):
-    mlp = getattr(layer, "mlp", None)
-    experts = getattr(mlp, "experts", None)
-    if experts is None:
-        return None
-    for owner in (mlp, experts):
-        if hasattr(owner, "dispatcher"):
-            return experts, owner
-    raise ValueError(f"{type(mlp).__name__}.experts has no `dispatcher` on the MoE block or the experts; for HF "
-                     "models call xt.parallel.hf_qwen3_moe.adapt_hf_moe_experts(model) first")
-
-
-def _wrap_attention(layer: nn.Module, sp_group) -> None:
-    attn = getattr(layer, "self_attn", None)
-    for name in ("core_attention", "xt_core_attention"):
-        core = getattr(attn, name, None)
-        if core is not None:
-            if not isinstance(core, UlyssesAttention):
-                setattr(attn, name, UlyssesAttention(core, sp_group))
-            return
-    raise ValueError(f"{type(layer).__name__}.self_attn has no `core_attention` to wrap for sequence parallelism; "
-                     "for HF models call xt.parallel.hf_qwen3_moe.enable_varlen_attention(model) first")
+def _wrap_attention_cores(model: nn.Module, plan: ParallelPlan, sp_group) -> None:
+    missing = plan.layers_without_attention_core()
+    if missing:
+        raise ValueError(f"sequence parallelism needs a core attention in every decoder layer; the plan of "
+                         f"{type(model).__name__} has none in {missing[:3]}{' ...' if len(missing) > 3 else ''}; "
+                         "for HF models call xt.parallel.hf_qwen3_moe.enable_varlen_attention(model) first")
+    for i, path in enumerate(plan.attention_cores):
+        core = resolve(model, path, f"attention_cores[{i}]")
+        if not isinstance(core, UlyssesAttention):
+            model.set_submodule(path, UlyssesAttention(core, sp_group))
 
 
 def parallelize(model: nn.Module, cfg: ParallelConfig, *, device_type: str | None = None,
-                layers=None, meshes: ParallelMeshes | None = None) -> tuple[nn.Module, ParallelDistContext]:
+                layers=None, meshes: ParallelMeshes | None = None,
+                plan: ParallelPlan | dict | None = None) -> tuple[nn.Module, ParallelDistContext]:
     """Apply the layout `cfg` to `model` in place and return it with its `DistContext`.
 
     Order: slice experts to this EP rank and swap in the all-to-all dispatcher; wrap core attention
@@ -123,8 +85,10 @@ def parallelize(model: nn.Module, cfg: ParallelConfig, *, device_type: str | Non
             mesh device).
         cfg: the layout.
         device_type: ``"cuda"``/``"cpu"`` (default: cuda if available).
-        layers: decoder layers, default :func:`find_layers`.
+        layers: decoder layers for discovery, for a model without ``parallel_plan()`` (default
+            :func:`~xt.parallel.discover.find_layers`).
         meshes: reuse meshes built earlier by :func:`xt.parallel.mesh.build_meshes` (tests).
+        plan: a :class:`~xt.parallel.plan.ParallelPlan` (or its dict form) instead of the model's.
 
     Returns:
         ``(model, dist_ctx)``; shard the loader with ``dist_ctx.dp_rank / dp_size`` and pass each
@@ -132,29 +96,25 @@ def parallelize(model: nn.Module, cfg: ParallelConfig, *, device_type: str | Non
 
     Raises:
         LayoutError: invalid layout for this world/model (before anything is changed).
-        ValueError: the model lacks the structure described above.
+        ValueError: a plan that does not fit the model (names the field and path), or a model
+            without a plan that lacks the structure discovery looks for.
     """
     device_type = init_distributed(device_type)
-    sizes = model_sizes(model)
-    meshes = meshes or build_meshes(cfg, device_type, **sizes)
-    layers = list(layers if layers is not None else find_layers(model))
+    plan = plan_for(model, plan, layers)
+    meshes = meshes or build_meshes(cfg, device_type, **plan.sizes())
+    layer_modules = plan.layer_modules(model)
     expert_modules = []
-    use_ep = cfg.ep_size > 1 or cfg.capacity_factor is not None
-    for layer in layers:
-        parts = _moe_parts(layer)
-        if parts is None or not use_ep:
-            continue
-        experts, owner = parts
-        num_experts = sizes["num_experts"]
-        owner.dispatcher = AllToAllDispatcher(num_experts, meshes.ep_group if cfg.ep_size > 1 else None,
-                                              cfg.capacity_factor)
+    if cfg.ep_size > 1 or cfg.capacity_factor is not None:
+        swap_dispatchers(model, plan, meshes.ep_group if cfg.ep_size > 1 else None, cfg.capacity_factor)
         if cfg.ep_size > 1:
-            shard_experts_(experts, num_experts, meshes.expert["ep"])
-            expert_modules.append(experts)
+            for i, block in enumerate(plan.moe_blocks):
+                experts = resolve(model, block.experts, f"moe_blocks[{i}].experts")
+                shard_experts_(experts, plan.num_experts, meshes.expert["ep"])
+                expert_modules.append(experts)
     if cfg.sp_size > 1:
-        for layer in layers:
-            _wrap_attention(layer, meshes.sp_group)
+        _wrap_attention_cores(model, plan, meshes.sp_group)
     if cfg.activation_checkpointing or cfg.activation_checkpointing_every_n:
-        apply_activation_checkpointing(layers, cfg.activation_checkpointing, cfg.activation_checkpointing_every_n)
-    apply_fsdp(model, layers, meshes, expert_modules)
+        apply_activation_checkpointing(layer_modules, cfg.activation_checkpointing,
+                                       cfg.activation_checkpointing_every_n)
+    apply_fsdp(model, layer_modules, meshes, expert_modules)
     return model, ParallelDistContext(meshes)

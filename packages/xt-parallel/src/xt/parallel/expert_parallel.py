@@ -25,11 +25,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from xt.parallel.comm import all_to_all
-
 from xt.kernels.moe import PermuteInfo, permute, unpermute
+from xt.parallel.comm import all_to_all
+from xt.parallel.plan import ParallelPlan, resolve
 
-__all__ = ["AllToAllDispatcher", "DispatchContext", "block_gather_index", "capacity_metrics"]
+__all__ = ["AllToAllDispatcher", "DispatchContext", "block_gather_index", "capacity_metrics", "swap_dispatchers"]
 
 log = logging.getLogger(__name__)
 
@@ -192,3 +192,20 @@ def capacity_metrics(model: nn.Module) -> dict[str, int]:
             total += m.dropped_rows
             last += m.last_dropped_rows
     return {"moe_dropped_rows": total, "moe_dropped_rows_last": last}
+
+
+def swap_dispatchers(model: nn.Module, plan: ParallelPlan, ep_group: dist.ProcessGroup | None,
+                     capacity_factor: float | None) -> int:
+    """Replace the dispatcher of every MoE block of `plan` by an :class:`AllToAllDispatcher`
+    over `ep_group` (None: local, for a capacity factor without EP), in place.
+
+    Returns:
+        The number of dispatchers replaced.
+
+    Raises:
+        ValueError: a dispatcher path of `plan` that is not a submodule of `model`.
+    """
+    for i, block in enumerate(plan.moe_blocks):
+        resolve(model, block.dispatcher, f"moe_blocks[{i}].dispatcher")
+        model.set_submodule(block.dispatcher, AllToAllDispatcher(plan.num_experts, ep_group, capacity_factor))
+    return len(plan.moe_blocks)

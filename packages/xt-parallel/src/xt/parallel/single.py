@@ -20,9 +20,13 @@ import torch.distributed as dist
 from torch import nn
 
 from xt.core.distributed import DistContext, LocalDistContext
+from xt.parallel.api import parallelize
 from xt.parallel.checkpointing import apply_activation_checkpointing, checkpointed_layer_ids
 from xt.parallel.config import ParallelConfig
+from xt.parallel.discover import plan_for
+from xt.parallel.expert_parallel import swap_dispatchers
 from xt.parallel.mesh import LayoutError
+from xt.parallel.plan import ParallelPlan
 
 __all__ = ["fsdp_keys_set", "check_single_process_layout", "init_single_process_group",
            "parallelize_single", "describe_single"]
@@ -61,28 +65,16 @@ def init_single_process_group(device_type: str) -> None:
                                 rank=0, world_size=1)
 
 
-def _set_capacity(model: nn.Module, capacity_factor: float) -> int:
-    from xt.parallel.expert_parallel import AllToAllDispatcher
-    n = 0
-    for m in model.modules():
-        disp = getattr(m, "dispatcher", None)
-        if disp is not None and hasattr(disp, "num_experts"):
-            m.dispatcher = AllToAllDispatcher(disp.num_experts, None, capacity_factor)
-            n += 1
-    if n == 0:
-        raise LayoutError("parallel.capacity_factor is set but the model has no MoE dispatcher to cap")
-    return n
-
-
 def parallelize_single(model: nn.Module, cfg: ParallelConfig, *, device_type: str,
-                       layers=None) -> tuple[nn.Module, DistContext]:
+                       layers=None, plan: ParallelPlan | dict | None = None) -> tuple[nn.Module, DistContext]:
     """Apply `cfg` to `model` on one process (module docstring); build the optimizer afterwards.
 
     Args:
         model: an XT (or adapted HF) model, see :func:`xt.parallel.parallelize`.
         cfg: the ``[parallel]`` section.
         device_type: "cuda" or "cpu".
-        layers: decoder layers (default ``model.model.layers`` / ``model.layers``).
+        layers: decoder layers for discovery, for a model without ``parallel_plan()``.
+        plan: a plan instead of the model's (as in :func:`xt.parallel.parallelize`).
 
     Returns:
         ``(model, dist_ctx)``: a `ParallelDistContext` at world size 1 when FSDP2 is applied, else
@@ -90,18 +82,21 @@ def parallelize_single(model: nn.Module, cfg: ParallelConfig, *, device_type: st
 
     Raises:
         LayoutError: a sharding size above 1, or ``capacity_factor`` on a model without MoE.
+        ValueError: a plan that does not fit the model.
     """
     check_single_process_layout(cfg)
     if fsdp_keys_set(cfg):
-        from xt.parallel.api import parallelize
         init_single_process_group(device_type)
-        return parallelize(model, cfg, device_type=device_type, layers=layers)
-    from xt.parallel.api import find_layers
-    layers = list(layers if layers is not None else find_layers(model))
+        return parallelize(model, cfg, device_type=device_type, layers=layers, plan=plan)
+    plan = plan_for(model, plan, layers)
     if cfg.capacity_factor is not None:
-        _set_capacity(model, cfg.capacity_factor)
+        if not plan.moe_blocks:
+            raise LayoutError("parallel.capacity_factor is set but the model has no MoE dispatcher to cap")
+        swap_dispatchers(model, plan, None, cfg.capacity_factor)
     if cfg.activation_checkpointing or cfg.activation_checkpointing_every_n:
-        apply_activation_checkpointing(layers, cfg.activation_checkpointing, cfg.activation_checkpointing_every_n)
+        layer_modules = plan.layer_modules(model)
+        apply_activation_checkpointing(layer_modules, cfg.activation_checkpointing,
+                                       cfg.activation_checkpointing_every_n)
     return model, LocalDistContext()
 
 

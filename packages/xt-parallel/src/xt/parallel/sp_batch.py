@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import torch
 
+from xt.core.labels import IGNORE_INDEX
+
 __all__ = ["shard_batch_for_sp", "IGNORE_INDEX"]
 
-IGNORE_INDEX = -100
 _GLOBAL_KEYS = ("cu_seqlens", "max_seqlen")
 
 

@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["IGNORE_INDEX", "count_label_tokens", "micro_batch_objective", "check_model_output"]
+from xt.core.labels import IGNORE_INDEX
 
-IGNORE_INDEX = -100
+__all__ = ["IGNORE_INDEX", "count_label_tokens", "micro_batch_objective", "check_model_output"]
 
 
 def count_label_tokens(micro_batches: Sequence[dict[str, Any]], device: torch.device) -> torch.Tensor:

@@ -22,9 +22,13 @@ float64) and is rounded to the weight dtype once. Under autocast a float32 ``hid
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
+from xt.core.labels import IGNORE_INDEX
+from xt.kernels import registry
 from xt.kernels.loss._head import (backprop_chunk, check_head_inputs, chunk_kind, compute_dtype, default_chunk_size,
                                    resolve_chunk, weight_grad_buffer)
 
@@ -128,7 +132,7 @@ def _per_token(hidden, weight, labels, ignore_index, z_coef, chunk, kind):
     return (z - logp).float(), z.detach().float()
 
 
-def linear_cross_entropy_backend(hidden, weight, labels, ignore_index=-100, reduction="sum",
+def linear_cross_entropy_backend(hidden, weight, labels, ignore_index=IGNORE_INDEX, reduction="sum",
                                  num_tokens=None, z_loss_coef=0.0, chunk_size=None, return_z_loss=False,
                                  *, backend="auto"):
     """:func:`linear_cross_entropy` with an explicit backend name (see that function)."""
@@ -160,7 +164,7 @@ def linear_cross_entropy_backend(hidden, weight, labels, ignore_index=-100, redu
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                         ignore_index: int = -100, reduction: str = "sum", num_tokens=None,
+                         ignore_index: int = IGNORE_INDEX, reduction: str = "sum", num_tokens=None,
                          z_loss_coef: float = 0.0, chunk_size: int | None = None,
                          return_z_loss: bool = False, backend: str | None = None):
     """Cross-entropy of ``hidden @ weightᵀ`` against ``labels`` without materialising the logits.
@@ -199,6 +203,8 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
         ValueError: mismatched shapes/dtypes, non-integer labels, an unknown ``reduction``, a
             ``chunk_size`` that is not a positive int, or an unknown ``backend``.
     """
-    from xt.kernels.moe import backends
-    return backends.dispatch("loss", backend)(hidden, weight, labels, ignore_index, reduction, num_tokens,
+    return registry.dispatch("loss", backend)(hidden, weight, labels, ignore_index, reduction, num_tokens,
                                               z_loss_coef, chunk_size, return_z_loss)
+
+
+registry.register("loss", lambda name: functools.partial(linear_cross_entropy_backend, backend=name))

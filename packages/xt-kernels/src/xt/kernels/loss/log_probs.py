@@ -9,11 +9,14 @@ and optionally the entropy of that distribution. The chunked backends are in
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
 import torch
 
+from xt.core.labels import IGNORE_INDEX
+from xt.kernels import registry
 from xt.kernels.loss._head import check_head_inputs, chunk_kind, resolve_chunk
 
 __all__ = ["TokenLogProbs", "linear_log_probs", "linear_log_probs_backend"]
@@ -44,7 +47,7 @@ def _reference(hidden, weight, labels, ignore_index, inv_temp, return_entropy):
     return TokenLogProbs(torch.where(valid, logp, zero).float(), ent)
 
 
-def linear_log_probs_backend(hidden, weight, labels, *, temperature=1.0, return_entropy=False, ignore_index=-100,
+def linear_log_probs_backend(hidden, weight, labels, *, temperature=1.0, return_entropy=False, ignore_index=IGNORE_INDEX,
                              chunk_size=None, backend="auto"):
     """:func:`linear_log_probs` with an explicit backend name (see that function)."""
     fn = "linear_log_probs"
@@ -64,7 +67,7 @@ def linear_log_probs_backend(hidden, weight, labels, *, temperature=1.0, return_
 
 
 def linear_log_probs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, *,
-                     temperature: float = 1.0, return_entropy: bool = False, ignore_index: int = -100,
+                     temperature: float = 1.0, return_entropy: bool = False, ignore_index: int = IGNORE_INDEX,
                      chunk_size: int | None = None, backend: str | None = None) -> TokenLogProbs:
     """Per-token ``log softmax(hidden @ weightᵀ / temperature)[label]`` without the ``[T, V]`` logits.
 
@@ -99,7 +102,9 @@ def linear_log_probs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.T
             not a finite positive number, a ``chunk_size`` that is not a positive int, or an
             unknown ``backend``.
     """
-    from xt.kernels.moe import backends
-    return backends.dispatch("log_probs", backend)(hidden, weight, labels, temperature=temperature,
+    return registry.dispatch("log_probs", backend)(hidden, weight, labels, temperature=temperature,
                                                    return_entropy=return_entropy, ignore_index=ignore_index,
                                                    chunk_size=chunk_size)
+
+
+registry.register("log_probs", lambda name: functools.partial(linear_log_probs_backend, backend=name))

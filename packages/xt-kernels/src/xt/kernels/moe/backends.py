@@ -1,15 +1,20 @@
-"""Backend registry of the kernels: which implementation runs each op.
+"""What each backend name means per op, and how ``auto`` picks the grouped-GEMM kernels.
+
+The names and the process-wide choice live in :mod:`xt.kernels.registry` (``set_backend``,
+``get_backend``, ``dispatch``, re-exported here, their historical import path); each op module
+registers its implementations there. This module holds the grouped GEMM's ``auto`` choice
+(:func:`choose_grouped_gemm`), which :mod:`xt.kernels.moe.grouped_gemm` and
+:mod:`xt.kernels.moe.swiglu_experts` call; it imports no op module.
 
 Ops: ``"grouped_gemm"``, ``"permute"``, ``"unpermute"``, ``"loss"`` (the fused linear
-cross-entropy), ``"log_probs"`` (the fused per-token log-probabilities/entropy; setting
-``"loss"`` sets it too, as ``"permute"`` sets ``"unpermute"``). Backend names: ``"auto"``, ``"triton"``, ``"torch"``, ``"reference"``, ``"npu"``.
+cross-entropy), ``"log_probs"`` (the fused per-token log-probabilities/entropy). Backend names: ``"auto"``, ``"triton"``, ``"torch"``, ``"reference"``, ``"npu"``.
 
 * ``reference``: plain PyTorch, any device and dtype (float64 too); the tests' ground truth.
 * ``torch``: built-in fused ops (``torch._grouped_mm``; chunked torch ops for the loss). For
   permute/unpermute the torch ops *are* the reference, so ``torch`` means ``reference`` there.
 * ``triton``: our Triton kernels (CUDA; CPU only under ``TRITON_INTERPRET=1``).
 * ``npu``: ``torch_npu`` (imported only when chosen; untested on hardware). For permute/unpermute
-  and the loss ops it runs the torch implementation on the NPU device.
+  and the loss it runs the torch implementation on the NPU device.
 * ``auto``: per call, from the tensors' device. For the grouped GEMM on CUDA it times every
   usable kernel set (median of 5 interleaved timings) once per (GPU, dtype, layout, K, N, E,
   rows-per-expert bucket: ``xt.kernels.moe.tuning.rows_bucket``) on the first call's real inputs, separately for the m-grouped products (forward, dX) and the k-grouped weight
@@ -20,52 +25,21 @@ cross-entropy), ``"log_probs"`` (the fused per-token log-probabilities/entropy; 
 from __future__ import annotations
 
 import functools
-import importlib
 from typing import Callable
 
 import torch
 
 from xt.kernels._triton_support import triton_usable_on
 from xt.kernels.moe.tuning import SMALL, rows_bucket
+from xt.kernels.registry import BACKENDS, OPS, dispatch, get_backend, set_backend
 
 __all__ = ["OPS", "BACKENDS", "set_backend", "get_backend", "dispatch", "choose_grouped_gemm",
            "auto_choices"]
 
-OPS = ("grouped_gemm", "permute", "unpermute", "loss", "log_probs")
-BACKENDS = ("auto", "triton", "torch", "reference", "npu")
-_selected: dict[str, str] = {op: "auto" for op in OPS}
 _auto_cache: dict[tuple, str] = {}
 # Default kernel sets when auto cannot time (under torch.compile tracing / CUDA-graph capture).
 # On the H200 the Triton kernels won or tied at most benchmark shapes (README: measured numbers).
 STATIC_CUDA_DEFAULT = "triton/triton"
-
-
-def _check(op: str, name: str) -> None:
-    if op not in OPS:
-        raise ValueError(f"kernels: unknown op {op!r}; expected one of {OPS}")
-    if name not in BACKENDS:
-        raise ValueError(f"kernels.{op}: unknown backend {name!r}; expected one of {BACKENDS}")
-
-
-def set_backend(op: str, name: str) -> None:
-    """Set the process-wide backend of ``op`` (``"permute"`` sets ``"unpermute"`` too, ``"loss"``
-    sets ``"log_probs"`` too).
-
-    Raises:
-        ValueError: unknown op or backend name.
-    """
-    _check(op, name)
-    _selected[op] = name
-    if op == "permute":
-        _selected["unpermute"] = name
-    if op == "loss":
-        _selected["log_probs"] = name
-
-
-def get_backend(op: str) -> str:
-    """The process-wide backend name of ``op`` (``"auto"`` unless set)."""
-    _check(op, "auto")
-    return _selected[op]
 
 
 def auto_choices() -> dict[tuple, str]:
@@ -157,61 +131,3 @@ def choose_grouped_gemm(x: torch.Tensor, w: torch.Tensor, tokens_per_expert: tor
     choice = f"{min(t_m, key=t_m.get)}/{min(t_k, key=t_k.get)}"
     _auto_cache[key] = choice
     return choice
-
-
-def _gg_impl(name: str) -> Callable:
-    from xt.kernels.moe import gg_op
-    from xt.kernels.moe.grouped_gemm import grouped_gemm_reference
-    if name == "reference":
-        return grouped_gemm_reference
-    if name == "auto":
-        def auto(x, w, tokens_per_expert, trans_b=False):
-            choice = choose_grouped_gemm(x, w, tokens_per_expert, trans_b)
-            return gg_op.grouped_mm(x, w, tokens_per_expert, trans_b, choice)
-        return auto
-    return functools.partial(_gg_fixed, name=name)
-
-
-def _gg_fixed(x, w, tokens_per_expert, trans_b=False, *, name):
-    from xt.kernels.moe import gg_op
-    return gg_op.grouped_mm(x, w, tokens_per_expert, trans_b, name)
-
-
-def _permute_impl(op: str, name: str) -> Callable:
-    ref = importlib.import_module("xt.kernels.moe.permute")  # the package re-exports a function of that name
-    if name == "auto":
-        def auto(*args, **kw):
-            x = args[0]
-            fast = triton_usable_on(x.device) and x.device.type == "cuda"
-            return _permute_impl(op, "triton" if fast else "reference")(*args, **kw)
-        return auto
-    if name == "triton":
-        from xt.kernels.moe import permute_triton
-        return getattr(permute_triton, op)
-    return getattr(ref, f"{op}_reference")
-
-
-def _loss_impl(op: str, name: str) -> Callable:
-    from xt.kernels.loss import linear_ce, log_probs
-    fn = linear_ce.linear_cross_entropy_backend if op == "loss" else log_probs.linear_log_probs_backend
-    return functools.partial(fn, backend=name)
-
-
-def dispatch(op: str, backend: str | None = None) -> Callable:
-    """The callable implementing ``op`` with ``backend`` (``None``: the process-wide choice).
-
-    Signatures: grouped_gemm ``(x, w, tokens_per_expert, trans_b=False)``; permute
-    ``(x, topk_ids, num_experts)``; unpermute ``(y_sorted, info, topk_weights)``; loss as
-    :func:`xt.kernels.loss.linear_cross_entropy` without ``backend``; log_probs as
-    :func:`xt.kernels.loss.linear_log_probs` without ``backend``.
-
-    Raises:
-        ValueError: unknown op or backend name.
-    """
-    name = backend or _selected.get(op, "auto")
-    _check(op, name)
-    if op == "grouped_gemm":
-        return _gg_impl(name)
-    if op in ("permute", "unpermute"):
-        return _permute_impl(op, name)
-    return _loss_impl(op, name)

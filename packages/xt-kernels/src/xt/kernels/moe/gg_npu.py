@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from xt.kernels.moe import gg_loop
+
 __all__ = ["available", "mgrouped", "kgrouped"]
 
 
@@ -36,7 +38,6 @@ def mgrouped(x: torch.Tensor, w: torch.Tensor, counts: torch.Tensor, trans_b: bo
 
 
 def kgrouped(a: torch.Tensor, b: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """``c[e] = a[rows of e]ᵀ @ b[rows of e]`` (the per-expert loop of ``gg_op``; reads ``counts``
-    on the host)."""
-    from xt.kernels.moe.gg_op import _Loop
-    return _Loop.kgrouped(a, b, counts)
+    """``c[e] = a[rows of e]ᵀ @ b[rows of e]`` (the per-expert loop of :mod:`xt.kernels.moe.gg_loop`;
+    reads ``counts`` on the host)."""
+    return gg_loop.kgrouped(a, b, counts)

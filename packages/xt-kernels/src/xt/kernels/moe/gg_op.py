@@ -25,42 +25,15 @@ __all__ = ["grouped_mm", "KERNEL_SETS", "kernel_set", "mgrouped_impl", "kgrouped
 
 KERNEL_SETS = ("triton", "torch", "npu", "loop")
 _MODULES = {"triton": "xt.kernels.moe.gg_triton", "torch": "xt.kernels.moe.gg_torch",
-            "npu": "xt.kernels.moe.gg_npu"}
-
-
-class _Loop:
-    """Per-expert loop in the input dtype (any dtype, any device; reads counts on the host)."""
-
-    @staticmethod
-    def mgrouped(x, w, counts, trans_b):
-        n = w.shape[1] if trans_b else w.shape[2]
-        y = x.new_empty(x.shape[0], n)
-        start = 0
-        for e, c in enumerate(counts.tolist()):
-            we = w[e].t() if trans_b else w[e]
-            y[start:start + c] = x[start:start + c] @ we
-            start += c
-        return y
-
-    @staticmethod
-    def kgrouped(a, b, counts):
-        c = a.new_zeros(counts.numel(), a.shape[1], b.shape[1])
-        start = 0
-        for e, n in enumerate(counts.tolist()):
-            if n:
-                c[e] = a[start:start + n].t() @ b[start:start + n]
-            start += n
-        return c
+            "npu": "xt.kernels.moe.gg_npu", "loop": "xt.kernels.moe.gg_loop"}
 
 
 def kernel_set(name: str):
-    """The module (or class) implementing ``mgrouped``/``kgrouped`` for a kernel-set name.
+    """The module implementing ``mgrouped``/``kgrouped`` for a kernel-set name.
 
     Raises:
         ValueError: unknown name.
     """
-    if name == "loop":
-        return _Loop
     if name not in _MODULES:
         raise ValueError(f"grouped_gemm: unknown kernel set {name!r}; expected one of {KERNEL_SETS}")
     return importlib.import_module(_MODULES[name])

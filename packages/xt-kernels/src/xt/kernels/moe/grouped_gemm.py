@@ -4,15 +4,22 @@
 ``tokens_per_expert[E]`` says how many consecutive rows belong to each expert.
 
 This module holds the public entry point and the plain-PyTorch reference backend (a loop over
-experts, differentiable by autograd). The fast backends (``torch`` via ``torch._grouped_mm``,
-``triton``, ``npu``) live in ``gg_torch``/``gg_triton``/``gg_npu`` behind the custom op of
-:mod:`xt.kernels.moe.gg_op`; :mod:`xt.kernels.moe.backends` chooses among them.
+experts, differentiable by autograd), and registers the op's backends with
+:mod:`xt.kernels.registry`. The fast backends (``torch`` via ``torch._grouped_mm``, ``triton``,
+``npu``) live in ``gg_torch``/``gg_triton``/``gg_npu`` behind the custom op of
+:mod:`xt.kernels.moe.gg_op`; ``auto`` asks :func:`xt.kernels.moe.backends.choose_grouped_gemm`.
 """
 from __future__ import annotations
 
+import functools
+from typing import Callable
+
 import torch
 
+from xt.kernels import registry
 from xt.kernels._autocast import autocast_inputs
+from xt.kernels.moe import gg_op
+from xt.kernels.moe.backends import choose_grouped_gemm
 
 __all__ = ["grouped_gemm", "grouped_gemm_reference"]
 
@@ -74,7 +81,7 @@ def grouped_gemm(x: torch.Tensor, w: torch.Tensor, tokens_per_expert: torch.Tens
         tokens_per_expert: ``[E]`` integer counts summing to ``R``, on ``x``'s device.
         trans_b: layout of ``w``.
         backend: ``"reference"``, ``"torch"``, ``"triton"``, ``"npu"``, ``"auto"`` or ``None``
-            (the process-wide choice set by :func:`xt.kernels.moe.backends.set_backend`).
+            (the process-wide choice set by :func:`xt.kernels.registry.set_backend`).
 
     Returns:
         ``[R, N]`` in ``x.dtype``.
@@ -82,6 +89,25 @@ def grouped_gemm(x: torch.Tensor, w: torch.Tensor, tokens_per_expert: torch.Tens
     Raises:
         ValueError: unknown backend name, bad shapes, or a dtype/alignment the backend lacks.
     """
-    from xt.kernels.moe import backends
     x, w = autocast_inputs(x, w)
-    return backends.dispatch("grouped_gemm", backend)(x, w, tokens_per_expert, trans_b)
+    return registry.dispatch("grouped_gemm", backend)(x, w, tokens_per_expert, trans_b)
+
+
+def _auto(x, w, tokens_per_expert, trans_b=False):
+    return gg_op.grouped_mm(x, w, tokens_per_expert, trans_b, choose_grouped_gemm(x, w, tokens_per_expert, trans_b))
+
+
+def _fixed(x, w, tokens_per_expert, trans_b=False, *, name):
+    return gg_op.grouped_mm(x, w, tokens_per_expert, trans_b, name)
+
+
+def _implementation(name: str) -> Callable:
+    """The grouped GEMM of backend ``name`` (registry factory)."""
+    if name == "reference":
+        return grouped_gemm_reference
+    if name == "auto":
+        return _auto
+    return functools.partial(_fixed, name=name)
+
+
+registry.register("grouped_gemm", _implementation)

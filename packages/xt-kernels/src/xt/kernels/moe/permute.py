@@ -3,78 +3,29 @@
 Shape legend: T tokens, K top-k (``num_experts_per_tok``), R = T*K routed slots, E experts,
 D hidden size. Slot ``s = t*K + k`` is token ``t``'s k-th choice ``topk_ids[t, k]``.
 
-This module holds the public entry points (backend dispatch, see :mod:`xt.kernels.moe.backends`)
-and the reference backend in plain PyTorch (differentiable through autograd, any device). The
-index bookkeeping (stable sort of the slots by expert, counts per expert via ``scatter_add``) runs
-on the device without host synchronisation and is shared with the Triton backend.
+This module holds the public entry points, the reference backend in plain PyTorch
+(differentiable through autograd, any device) and the registration of both ops' backends with
+:mod:`xt.kernels.registry`. The index bookkeeping (stable sort of the slots by expert, counts per
+expert via ``scatter_add``) runs on the device without host synchronisation and is shared with the
+Triton backend (:mod:`xt.kernels.moe.permute_index`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Callable
 
 import torch
+
+from xt.kernels import registry
+from xt.kernels._triton_support import triton_usable_on
+from xt.kernels.moe.permute_index import PermuteInfo, check_permute_inputs, routing_indices
 
 __all__ = ["PermuteInfo", "permute", "unpermute", "permute_reference", "unpermute_reference",
            "routing_indices"]
 
 
-@dataclass
-class PermuteInfo:
-    """What :func:`unpermute` needs to undo :func:`permute`.
-
-    Attributes:
-        sorted_row_ids: ``[R]`` int64; permuted row ``i`` came from slot ``sorted_row_ids[i]`` of
-            ``topk_ids.view(-1)`` (token ``sorted_row_ids[i] // K``).
-        tokens_per_expert: ``[E]`` int64 counts (on the device of ``topk_ids``).
-        num_tokens: T.
-        top_k: K.
-        row_of_slot: ``[R]`` int64 inverse of ``sorted_row_ids``: slot ``s`` sits at permuted row
-            ``row_of_slot[s]``.
-    """
-    sorted_row_ids: torch.Tensor
-    tokens_per_expert: torch.Tensor
-    num_tokens: int
-    top_k: int
-    row_of_slot: torch.Tensor | None = None
-
-
-def routing_indices(topk_ids: torch.Tensor, num_experts: int) -> PermuteInfo:
-    """Sort the routed slots by expert (stable: token order inside an expert) and count them.
-
-    Args:
-        topk_ids: ``[T, K]`` integer expert ids in ``[0, num_experts)`` (not range-checked on
-            the device: that would synchronise).
-        num_experts: E.
-
-    Returns:
-        :class:`PermuteInfo` with every field filled.
-
-    Raises:
-        ValueError: if ``topk_ids`` is not 2-D or ``num_experts < 1``.
-    """
-    if topk_ids.dim() != 2:
-        raise ValueError(f"permute: topk_ids must be [T, K]; got {tuple(topk_ids.shape)}")
-    if num_experts < 1:
-        raise ValueError(f"permute: num_experts must be >= 1; got {num_experts}")
-    T, K = topk_ids.shape
-    flat = topk_ids.reshape(-1).to(torch.int64)
-    sorted_row_ids = torch.argsort(flat, stable=True)
-    counts = torch.zeros(num_experts, dtype=torch.int64, device=flat.device)
-    counts.scatter_add_(0, flat, torch.ones_like(flat))  # bincount would synchronise on CUDA
-    row_of_slot = torch.empty_like(sorted_row_ids)
-    row_of_slot[sorted_row_ids] = torch.arange(flat.numel(), device=flat.device)
-    return PermuteInfo(sorted_row_ids, counts, T, K, row_of_slot)
-
-
-def _check_x(x: torch.Tensor, topk_ids: torch.Tensor) -> None:
-    if x.dim() != 2 or topk_ids.dim() != 2 or topk_ids.shape[0] != x.shape[0]:
-        raise ValueError(f"permute: x must be [T, D] and topk_ids [T, K] with the same T; got "
-                         f"x {tuple(x.shape)}, topk_ids {tuple(topk_ids.shape)}")
-
-
 def permute_reference(x: torch.Tensor, topk_ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, PermuteInfo]:
     """Reference :func:`permute` (``index_select``; autograd gives the backward)."""
-    _check_x(x, topk_ids)
+    check_permute_inputs(x, topk_ids)
     info = routing_indices(topk_ids, num_experts)
     return x.index_select(0, info.sorted_row_ids // info.top_k), info
 
@@ -103,7 +54,7 @@ def permute(x: torch.Tensor, topk_ids: torch.Tensor, num_experts: int,
         topk_ids: ``[T, K]`` integer expert ids in ``[0, num_experts)``.
         num_experts: E.
         backend: ``"reference"``/``"torch"``, ``"triton"``, ``"npu"``, ``"auto"`` or ``None``
-            (process-wide choice, :func:`xt.kernels.moe.backends.set_backend`).
+            (process-wide choice, :func:`xt.kernels.registry.set_backend`).
 
     Returns:
         ``(x_sorted [T*K, D], info)`` with ``info.tokens_per_expert [E]`` (int64, on device).
@@ -111,8 +62,7 @@ def permute(x: torch.Tensor, topk_ids: torch.Tensor, num_experts: int,
     Raises:
         ValueError: if ``topk_ids`` is not ``[T, K]`` with ``T == x.shape[0]``.
     """
-    from xt.kernels.moe import backends
-    return backends.dispatch("permute", backend)(x, topk_ids, num_experts)
+    return registry.dispatch("permute", backend)(x, topk_ids, num_experts)
 
 
 def unpermute(y_sorted: torch.Tensor, info: PermuteInfo, topk_weights: torch.Tensor,
@@ -132,5 +82,29 @@ def unpermute(y_sorted: torch.Tensor, info: PermuteInfo, topk_weights: torch.Ten
     Raises:
         ValueError: shapes inconsistent with ``info``.
     """
-    from xt.kernels.moe import backends
-    return backends.dispatch("unpermute", backend)(y_sorted, info, topk_weights)
+    return registry.dispatch("unpermute", backend)(y_sorted, info, topk_weights)
+
+
+def _factory(op: str) -> Callable[[str], Callable]:
+    """Registry factory of ``op`` (``"permute"`` or ``"unpermute"``): ``torch``/``npu`` run the
+    reference ops, ``triton`` the kernels of :mod:`xt.kernels.moe.permute_triton` (imported when
+    first chosen), ``auto`` decides per call from the device."""
+    reference = permute_reference if op == "permute" else unpermute_reference
+
+    def auto(*args, **kw):
+        x = args[0]
+        fast = x.device.type == "cuda" and triton_usable_on(x.device)
+        return implementation("triton" if fast else "reference")(*args, **kw)
+
+    def implementation(name: str) -> Callable:
+        if name == "auto":
+            return auto
+        if name == "triton":
+            from xt.kernels.moe import permute_triton
+            return getattr(permute_triton, op)
+        return reference
+    return implementation
+
+
+registry.register("permute", _factory("permute"))
+registry.register("unpermute", _factory("unpermute"))

@@ -8,7 +8,7 @@ Shape legend: T tokens, K top-k, R = T*K slots/rows, D hidden size.
   backward: ``dy[i] = w[s] * dout[s // K]`` with ``s = sorted_row_ids[i]`` (gather with scale) and
   ``dw[t, k] = <dout[t], y[row_of_slot[t*K + k]]>`` (row dot products, float32).
 
-Index bookkeeping is :func:`xt.kernels.moe.permute.routing_indices` (shared with the reference).
+Index bookkeeping is :func:`xt.kernels.moe.permute_index.routing_indices` (shared with the reference).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from xt.kernels.moe.permute import PermuteInfo, _check_x, routing_indices
+from xt.kernels.moe.permute_index import PermuteInfo, check_permute_inputs, routing_indices
 
 __all__ = ["permute", "unpermute"]
 
@@ -138,7 +138,7 @@ class _Unpermute(torch.autograd.Function):
 
 def permute(x: torch.Tensor, topk_ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, PermuteInfo]:
     """Triton :func:`xt.kernels.moe.permute.permute` (same contract)."""
-    _check_x(x, topk_ids)
+    check_permute_inputs(x, topk_ids)
     info = routing_indices(topk_ids, num_experts)
     return _Permute.apply(x, info.sorted_row_ids, info.row_of_slot, info.top_k), info
 

@@ -11,6 +11,10 @@ Module tree (HF names; experts stacked, see :mod:`xt.models.deepseek_v3.state_di
     model.norm, lm_head
     mtp[k]                   DeepseekV3MTPLayer (hub keys ``model.layers.{L+k}.*``), only if mtp_layers > 0
 
+The blocks are in :mod:`xt.models.deepseek_v3.layers` and the MTP depths in
+:mod:`xt.models.deepseek_v3.mtp`, which gets the embedding and the LM head as arguments; neither
+imports this module.
+
 Reference: DeepSeek-V3 Technical Report (arXiv:2412.19437); numerics follow HF transformers'
 ``DeepseekV3ForCausalLM`` (the parity tests compare against it).
 """
@@ -21,80 +25,20 @@ from torch import nn
 
 from xt.models.common.experts import GroupedExperts
 from xt.models.common.flops import causal_lm_flops_per_token
-from xt.models.common.mla import MultiHeadLatentAttention
-from xt.models.common.mlp import SwiGLUMLP
-from xt.models.common.moe import MoEBlock
+from xt.models.common.init import expert_load_fractions
+from xt.models.common.lm_loss import lm_loss_sum
 from xt.models.common.norm import RMSNorm
 from xt.models.common.output import CausalLMOutput, pack_inputs
-from xt.models.common.router import RouterStats, router_stats
-from xt.models.common.sigmoid_router import SigmoidGroupRouter, sequence_balance_loss
+from xt.models.common.parallel_plan import decoder_plan
+from xt.models.common.router import RouterStats
+from xt.models.common.sigmoid_router import SigmoidGroupRouter
 from xt.models.common.sinks_attention import packed_doc_positions
 from xt.models.common.yarn import rope_cos_sin, rope_inv_freq
-from xt.models.common.init import expert_load_fractions
 from xt.models.deepseek_v3.config import DeepseekV3Config
-from xt.models.llama.model import lm_loss_sum
+from xt.models.deepseek_v3.layers import DeepseekV3DecoderLayer, DeepseekV3MoE
+from xt.models.deepseek_v3.mtp import DeepseekV3MTPLayer, mtp_loss
 
-__all__ = ["DeepseekV3MoE", "DeepseekV3DecoderLayer", "DeepseekV3Model", "DeepseekV3ForCausalLM"]
-
-
-class DeepseekV3MoE(MoEBlock):
-    """DeepSeekMoE block: sigmoid group-limited router, routed SwiGLU experts, shared experts.
-
-    ``forward(x[T, D], doc_ids[T] | None, num_docs) -> (y[T, D], RouterStats, seq_loss | None)``:
-    ``seq_loss`` is :func:`~xt.models.common.sigmoid_router.sequence_balance_loss` (no alpha) when
-    ``doc_ids`` is given.
-    """
-
-    def forward(self, x: torch.Tensor, doc_ids: torch.Tensor | None = None, num_docs: int = 0):
-        """``x[T, D]`` (+ ``doc_ids[T]`` int64 of ``num_docs`` documents) -> ``(y[T, D], stats, seq_loss)``."""
-        route = self.gate(x)
-        x_sorted, tokens_per_expert, ctx = self.dispatcher.dispatch(x, route.topk_ids, route.topk_weights)
-        y = self.dispatcher.combine(self.experts(x_sorted, tokens_per_expert), ctx)
-        if self.shared_experts is not None:
-            y = y + self.shared_experts(x)
-        seq = None if doc_ids is None else sequence_balance_loss(route.probs, route.topk_ids, doc_ids, num_docs)
-        return y, router_stats(route, self.gate.num_experts), seq
-
-
-def _build_moe(c: DeepseekV3Config, expert_backend: str | None) -> DeepseekV3MoE:
-    gate = SigmoidGroupRouter(c.hidden_size, c.n_routed_experts, c.num_experts_per_tok, c.n_group, c.topk_group,
-                              c.routed_scaling_factor, c.norm_topk_prob)
-    experts = GroupedExperts(c.n_routed_experts, c.hidden_size, c.moe_intermediate_size, backend=expert_backend)
-    shared = (SwiGLUMLP(c.hidden_size, c.moe_intermediate_size * c.n_shared_experts)
-              if c.n_shared_experts > 0 else None)
-    return DeepseekV3MoE(gate, experts, shared_experts=shared)
-
-
-class DeepseekV3DecoderLayer(nn.Module):
-    """Pre-norm block with MLA and a dense or MoE feed-forward.
-
-    ``forward(h[T, D], cos, sin [T, Dr/2], cu_seqlens, max_seqlen, doc_ids, num_docs)`` returns
-    ``(h, RouterStats | None, seq_loss | None)``.
-    """
-
-    def __init__(self, config: DeepseekV3Config, layer_idx: int, attn_backend: str = "auto",
-                 expert_backend: str | None = None) -> None:
-        super().__init__()
-        c = config
-        self.layer_idx = layer_idx
-        self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
-        self.self_attn = MultiHeadLatentAttention(c.hidden_size, c.num_attention_heads, c.q_lora_rank, c.kv_lora_rank,
-                                                  c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim,
-                                                  c.rope_parameters, c.rope_interleave, c.attention_bias, attn_backend)
-        self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
-        if layer_idx >= c.first_k_dense_replace:
-            self.mlp = _build_moe(c, expert_backend)
-        else:
-            self.mlp = SwiGLUMLP(c.hidden_size, c.intermediate_size, c.hidden_act)
-
-    def forward(self, h, cos, sin, cu_seqlens, max_seqlen, doc_ids=None, num_docs=0):
-        """``h[T, D] -> (h[T, D], RouterStats | None, seq_loss | None)`` (see the class docstring)."""
-        h = h + self.self_attn(self.input_layernorm(h), cos, sin, cu_seqlens, max_seqlen)
-        x = self.post_attention_layernorm(h)
-        if isinstance(self.mlp, DeepseekV3MoE):
-            y, stats, seq = self.mlp(x, doc_ids, num_docs)
-            return h + y, stats, seq
-        return h + self.mlp(x), None, None
+__all__ = ["DeepseekV3Model", "DeepseekV3ForCausalLM"]
 
 
 class DeepseekV3Model(nn.Module):
@@ -143,8 +87,6 @@ class DeepseekV3ForCausalLM(nn.Module):
     def __init__(self, config: DeepseekV3Config, attn_backend: str = "auto", expert_backend: str | None = None,
                  init_std: float = 0.02) -> None:
         super().__init__()
-        from xt.models.deepseek_v3.mtp import DeepseekV3MTPLayer
-
         self.config = config
         self.model = DeepseekV3Model(config, attn_backend, expert_backend)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
@@ -235,9 +177,8 @@ class DeepseekV3ForCausalLM(nn.Module):
         if p.labels is not None:
             out.loss_sum = lm_loss_sum(logits, p.labels)
             if c.mtp_layers > 0:
-                from xt.models.deepseek_v3.mtp import mtp_loss
-
-                mtp, mtp_stats, mtp_seq = mtp_loss(self, hidden, p, cos, sin, doc_ids, seq_docs, num_docs)
+                mtp, mtp_stats, mtp_seq = mtp_loss(self.mtp, self.model.embed_tokens, self.lm_head, hidden, p,
+                                                   cos, sin, doc_ids, seq_docs, num_docs)
                 out.metrics["mtp_loss"] = mtp.detach()
                 aux.append(c.mtp_loss_weight * mtp)
                 stats, seq = stats + mtp_stats, seq + mtp_seq
@@ -261,6 +202,14 @@ class DeepseekV3ForCausalLM(nn.Module):
             frac = c.num_experts_per_tok / c.n_routed_experts if ".mlp.experts." in name else 1.0
             total += int(prm.numel() * frac)
         return total + (c.vocab_size * c.hidden_size if c.tie_word_embeddings else 0)
+
+    def parallel_plan(self) -> dict:
+        """Where xt.parallel may act, as plain data (:func:`xt.models.common.parallel_plan.decoder_plan`):
+        the main and MTP decoder layers, their MoE blocks and core attentions, and the sizes."""
+        c = self.config
+        return decoder_plan(self, ["model.layers", "mtp"], num_experts=c.n_routed_experts,
+                            num_attention_heads=c.num_attention_heads, num_key_value_heads=c.num_key_value_heads,
+                            mtp_layers=c.mtp_layers)
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token (docs/architecture.md, MFU; MLA counted with ``qk_head_dim``)."""

@@ -16,9 +16,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from xt.core.labels import IGNORE_INDEX
+from xt.models.common.lm_loss import lm_loss_sum
 from xt.models.common.norm import RMSNorm
 from xt.models.deepseek_v3.config import DeepseekV3Config
-from xt.models.deepseek_v3.model import DeepseekV3DecoderLayer
+from xt.models.deepseek_v3.layers import DeepseekV3DecoderLayer
 
 __all__ = ["DeepseekV3MTPLayer", "shift_in_document", "mtp_loss"]
 
@@ -31,7 +33,14 @@ class _SharedHead(nn.Module):
 
 class DeepseekV3MTPLayer(DeepseekV3DecoderLayer):
     """One MTP depth: a decoder block (MoE, as layer index >= ``first_k_dense_replace``) plus
-    ``enorm``, ``hnorm`` (RMSNorm), ``eh_proj`` (``Linear(2D, D)``) and ``shared_head.norm``."""
+    ``enorm``, ``hnorm`` (RMSNorm), ``eh_proj`` (``Linear(2D, D)``) and ``shared_head.norm``.
+
+    ``forward(h_prev[T, D], emb[T, D], cos, sin, cu_seqlens, max_seqlen, doc_ids, num_docs)`` returns
+    ``(h^k[T, D], head_in[T, D], RouterStats | None, seq_loss | None)``: ``head_in`` is
+    ``shared_head.norm(h^k)``, what the shared LM head reads. The whole depth runs in ``forward``
+    (called as a module), so a wrapper that hooks a layer's call (FSDP2 unit, activation
+    checkpointing) covers every parameter of it.
+    """
 
     def __init__(self, config: DeepseekV3Config, layer_idx: int, attn_backend: str = "auto",
                  expert_backend: str | None = None) -> None:
@@ -41,11 +50,12 @@ class DeepseekV3MTPLayer(DeepseekV3DecoderLayer):
         self.eh_proj = nn.Linear(2 * D, D, bias=False)
         self.shared_head = _SharedHead(D, eps)
 
-    def step(self, h_prev: torch.Tensor, emb: torch.Tensor, cos, sin, cu_seqlens, max_seqlen, doc_ids=None,
-             num_docs: int = 0):
-        """``h_prev, emb [T, D] -> (h^k [T, D], RouterStats | None, seq_loss | None)``."""
+    def forward(self, h_prev: torch.Tensor, emb: torch.Tensor, cos, sin, cu_seqlens, max_seqlen, doc_ids=None,
+                num_docs: int = 0):
+        """``h_prev, emb [T, D] -> (h^k [T, D], head_in [T, D], RouterStats | None, seq_loss | None)``."""
         x = self.eh_proj(torch.cat([self.enorm(emb), self.hnorm(h_prev)], dim=-1))
-        return super().forward(x, cos, sin, cu_seqlens, max_seqlen, doc_ids, num_docs)
+        h, stats, seq = super().forward(x, cos, sin, cu_seqlens, max_seqlen, doc_ids, num_docs)
+        return h, self.shared_head.norm(h), stats, seq
 
 
 def shift_in_document(x: torch.Tensor, k: int, doc_ids: torch.Tensor, fill: int) -> torch.Tensor:
@@ -61,30 +71,36 @@ def shift_in_document(x: torch.Tensor, k: int, doc_ids: torch.Tensor, fill: int)
     return y
 
 
-def mtp_loss(model, hidden: torch.Tensor, p, cos, sin, doc_ids, seq_docs, num_docs):
-    """Run the MTP depths of ``model`` (a ``DeepseekV3ForCausalLM``) on packed input ``p``.
+def mtp_loss(layers, embed_tokens: nn.Module, lm_head: nn.Module, hidden: torch.Tensor, p, cos, sin, doc_ids,
+             seq_docs, num_docs):
+    """Run the MTP depths `layers` on packed input ``p``, sharing the main model's embedding and head.
 
     Args:
+        layers: the :class:`DeepseekV3MTPLayer` depths in order (``model.mtp``).
+        embed_tokens: the main model's token embedding (``[V, D]``).
+        lm_head: the main model's output head (``Linear(D, V)``).
         hidden: ``[T, D]`` main-model output after the final norm (``h^0``).
         p: :class:`~xt.models.common.output.PackedInput` with labels.
-        cos, sin: rope of the packed positions; doc_ids: ``[T]``; seq_docs/num_docs: for the
+        cos, sin: rope of the packed positions; doc_ids: ``[T]`` int64; seq_docs/num_docs: for the
             sequence-wise balance loss (None to skip).
 
     Returns:
         ``(mean over depths of the mean CE (float32 scalar), router stats list, seq-loss list)``;
         the caller multiplies by ``mtp_loss_weight``.
-    """
-    from xt.models.llama.model import lm_loss_sum
 
+    Raises:
+        ValueError: `layers` is empty (there is no loss to average).
+    """
+    if len(layers) == 0:
+        raise ValueError("mtp_loss: no MTP layers (config.mtp_layers is 0)")
     losses, stats, seq = [], [], []
     h = hidden
-    for k, layer in enumerate(model.mtp, start=1):
-        emb = model.model.embed_tokens(shift_in_document(p.input_ids, k, doc_ids, 0))
-        h, s, q = layer.step(h, emb, cos, sin, p.cu_seqlens, p.max_seqlen, seq_docs, num_docs)
-        target = shift_in_document(p.labels, k, doc_ids, -100)
-        logits = model.lm_head(layer.shared_head.norm(h))
-        n = (target != -100).sum().clamp(min=1)
-        losses.append(lm_loss_sum(logits, target) / n)
+    for k, layer in enumerate(layers, start=1):
+        emb = embed_tokens(shift_in_document(p.input_ids, k, doc_ids, 0))
+        h, head_in, s, q = layer(h, emb, cos, sin, p.cu_seqlens, p.max_seqlen, seq_docs, num_docs)
+        target = shift_in_document(p.labels, k, doc_ids, IGNORE_INDEX)
+        n = (target != IGNORE_INDEX).sum().clamp(min=1)
+        losses.append(lm_loss_sum(lm_head(head_in), target) / n)
         if s is not None:
             stats.append(s)
         if q is not None:

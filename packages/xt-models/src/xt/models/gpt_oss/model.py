@@ -23,13 +23,14 @@ from xt.models.common.flops import causal_lm_flops_per_token
 from xt.models.common.moe import MoEBlock
 from xt.models.common.norm import RMSNorm
 from xt.models.common.output import CausalLMOutput, pack_inputs
+from xt.models.common.parallel_plan import decoder_plan
 from xt.models.common.rope import RotaryEmbedding, apply_rotary
 from xt.models.common.router import RouterStats, load_balancing_loss
 from xt.models.common.sinks_attention import SinksCoreAttention
 from xt.models.common.init import expert_load_fractions, init_linear_and_embedding_
+from xt.models.common.lm_loss import lm_loss_sum
 from xt.models.gpt_oss.config import GptOssConfig
 from xt.models.gpt_oss.moe import GptOssExperts, GptOssRouter
-from xt.models.llama.model import lm_loss_sum
 
 __all__ = ["GptOssAttention", "GptOssDecoderLayer", "GptOssModel", "GptOssForCausalLM"]
 
@@ -171,6 +172,13 @@ class GptOssForCausalLM(nn.Module):
                 continue
             total += p.numel() * c.num_experts_per_tok // c.num_local_experts if ".experts." in name else p.numel()
         return total + (c.vocab_size * c.hidden_size if c.tie_word_embeddings else 0)
+
+    def parallel_plan(self) -> dict:
+        """Where xt.parallel may act, as plain data (:func:`xt.models.common.parallel_plan.decoder_plan`):
+        decoder layers, MoE blocks, core attentions (with per-head sinks), sizes."""
+        c = self.config
+        return decoder_plan(self, ["model.layers"], num_experts=c.num_local_experts,
+                            num_attention_heads=c.num_attention_heads, num_key_value_heads=c.num_key_value_heads)
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token (sliding layers counted as full attention: an upper bound)."""

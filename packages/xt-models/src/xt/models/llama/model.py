@@ -16,7 +16,6 @@ follow HF transformers' ``LlamaForCausalLM`` (the parity tests compare against i
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import xt.models.common.yarn  # noqa: F401  (registers the yarn / llama3 rope types)
@@ -25,16 +24,13 @@ from xt.models.common.flops import causal_lm_flops_per_token
 from xt.models.common.mlp import SwiGLUMLP
 from xt.models.common.norm import RMSNorm
 from xt.models.common.output import CausalLMOutput, pack_inputs
+from xt.models.common.parallel_plan import decoder_plan
 from xt.models.common.rope import RotaryEmbedding
 from xt.models.common.init import init_linear_and_embedding_
+from xt.models.common.lm_loss import lm_loss_sum
 from xt.models.llama.config import LlamaConfig
 
-__all__ = ["LlamaDecoderLayer", "LlamaModel", "LlamaForCausalLM", "lm_loss_sum"]
-
-
-def lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Sum of token cross-entropy (float32) over ``labels != -100``; ``logits[T, V]``, ``labels[T]``."""
-    return F.cross_entropy(logits.float(), labels, ignore_index=-100, reduction="sum")
+__all__ = ["LlamaDecoderLayer", "LlamaModel", "LlamaForCausalLM"]
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -129,6 +125,13 @@ class LlamaForCausalLM(nn.Module):
         c = self.config
         n = sum(p.numel() for name, p in self.named_parameters() if "embed_tokens" not in name)
         return n + (c.vocab_size * c.hidden_size if c.tie_word_embeddings else 0)
+
+    def parallel_plan(self) -> dict:
+        """Where xt.parallel may act, as plain data (:func:`xt.models.common.parallel_plan.decoder_plan`):
+        decoder layers, core attentions, sizes (dense: no MoE blocks)."""
+        c = self.config
+        return decoder_plan(self, ["model.layers"], num_experts=None, num_attention_heads=c.num_attention_heads,
+                            num_key_value_heads=c.num_key_value_heads)
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token at sequence length ``seq_len``."""

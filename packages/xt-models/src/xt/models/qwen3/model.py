@@ -26,6 +26,7 @@ from xt.models.common.mlp import SwiGLUMLP
 from xt.models.common.moe import MoEBlock
 from xt.models.common.norm import RMSNorm
 from xt.models.common.output import CausalLMOutput, pack_inputs
+from xt.models.common.parallel_plan import decoder_plan
 from xt.models.common.rope import RotaryEmbedding
 from xt.models.common.router import RouterStats, load_balancing_loss, z_loss
 from xt.models.common.init import expert_load_fractions, init_linear_and_embedding_
@@ -169,6 +170,13 @@ class Qwen3ForCausalLM(nn.Module):
             out.aux_loss = aux
             out.metrics["expert_load"] = expert_load_fractions(stats)
         return out
+
+    def parallel_plan(self) -> dict:
+        """Where xt.parallel may act, as plain data (:func:`xt.models.common.parallel_plan.decoder_plan`):
+        decoder layers, MoE blocks (none when dense), core attentions, sizes."""
+        c = self.config
+        return decoder_plan(self, ["model.layers"], num_experts=c.num_experts,
+                            num_attention_heads=c.num_attention_heads, num_key_value_heads=c.num_key_value_heads)
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token at sequence length ``seq_len`` (docs/architecture.md, MFU)."""
