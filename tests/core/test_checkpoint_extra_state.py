@@ -215,3 +215,23 @@ def test_trainer_refuses_a_checkpoint_without_its_engine_state(tmp_path):
     saved = tr.save()
     with pytest.raises(CheckpointError, match="holds no LR-scheduler state"):
         load_checkpoint(saved, *_parts(), extra_state={"engine": tr.engine})
+
+
+def test_bf16_compute_copies_follow_a_checkpoint_load(tmp_path):
+    """train.weight_cast = "per_step" through save and load: the loaded run's forward (bf16 copies
+    swapped in) equals the saving run's."""
+    def bf16_trainer(seed):
+        torch.manual_seed(seed)
+        return Trainer(TinyLM(), StatefulLoader(), TrainConfig(steps=4, dtype="bf16", out_dir=str(tmp_path)),
+                       OptimConfig(lr=1e-2), console=Console(file=io.StringIO()))
+
+    a = bf16_trainer(0)
+    assert a.compute_weights is not None
+    for _ in range(2):
+        a.train_step([next(a.loader)])
+    path = a.save()
+    b = bf16_trainer(1)
+    b.load(path)
+    mbs = [next(StatefulLoader(seed=3))]
+    assert torch.equal(b.engine.forward(mbs)[0].logits, a.engine.forward(mbs)[0].logits)
+    assert b.engine.state_dict() == a.engine.state_dict()

@@ -75,7 +75,7 @@ def check_same_names_on_ranks(names: Sequence[str], dist_ctx: DistContext, devic
             rank 0's.
     """
     world = dist_ctx.world_size
-    if world == 1:
+    if world == 1 or not 0 <= dist_ctx.rank < world:  # rank must index the reduction group
         return
     digest = hashlib.sha256("\0".join(names).encode()).digest()
     slots = torch.zeros(world, dtype=torch.int64, device=device)

@@ -274,7 +274,8 @@ class Engine:
                 "scheduler": None if self.scheduler is None else self.scheduler.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore `state_dict()` output.
+        """Restore `state_dict()` output, and re-cast the compute copies from the masters (which
+        `load_checkpoint` has just loaded when it restores the engine as an extra state).
 
         Raises:
             ValueError: a key is missing, or the state has a scheduler state and this engine has
@@ -292,3 +293,4 @@ class Engine:
             self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
         self.skipped_steps = int(state["skipped_steps"])
+        self.refresh_compute_weights()

@@ -209,10 +209,8 @@ class Trainer:
                 of this Trainer's named extra states (or the engine's, for a checkpoint not
                 written by a Trainer of this version).
         """
-        step = load_checkpoint(path, self.model, self.optimizer, None, self.loader, self.dist,
-                               extra_state=self._checkpointed_state())
-        self.engine.refresh_compute_weights()
-        return step
+        return load_checkpoint(path, self.model, self.optimizer, None, self.loader, self.dist,
+                               extra_state=self._checkpointed_state())  # the engine re-casts its copies
 
     # -- the run ----------------------------------------------------------------------------
     def _draw(self, it: Any) -> list[dict[str, Any]] | None:
