@@ -135,3 +135,16 @@ def test_chat_sft_example_trains_on_assistant_tokens_only(tiny_run: Path, tmp_pa
     for r in rows:
         b = next(ref)
         assert r["loss_tokens"] == int((b["labels"] != -100).sum()) < r["num_tokens"] == b["input_ids"].numel()
+
+
+def test_nonfinite_grad_skip_is_reported(tiny_run: Path, tmp_path: Path):
+    """`train.nonfinite_grad = 'skip'` from the command line: an LR that blows the weights up gives
+    NaN gradients from step 2 on; the run goes on, counts the skips and says so."""
+    run = tmp_path / "nan"
+    r = CliRunner().invoke(cli, ["train", str(tiny_run), "--set", f"train.out_dir='{run}'",
+                                 "--set", "train.nonfinite_grad='skip'", "--set", "optim.lr=1e30",
+                                 "--set", "sample.max_new_tokens=0", "--set", "checkpoint.hf_export=false"])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["skipped_steps"] == 0 and rows[-1]["skipped_steps"] >= 1
+    assert f"skipped {rows[-1]['skipped_steps']} optimizer steps with a non-finite gradient norm" in r.output

@@ -13,34 +13,11 @@ from rich.console import Console
 from xt.core.config import CheckpointConfig, OptimConfig, TrainConfig
 from xt.core.engine import Trainer, read_metrics
 
+from xtcore_gloo import GlooDataParallel
 from xtcore_tiny import StatefulLoader, TinyLM
 
 pytestmark = pytest.mark.dist
 STEPS, MICRO, WORLD = 3, 2, 2
-
-
-class GlooDataParallel:
-    """A minimal DistContext for a replicated model: token counts and gradients summed."""
-
-    def __init__(self):
-        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
-        self.is_main = self.rank == 0
-
-    def all_reduce_sum(self, t):
-        dist.all_reduce(t)
-        return t
-
-    def clip_grad_norm_(self, params, max_norm):
-        params = list(params)
-        for p in params:  # the gradient of the global objective is the sum over ranks
-            dist.all_reduce(p.grad)
-        return torch.nn.utils.clip_grad_norm_(params, max_norm).float()
-
-    def set_grad_sync(self, model, enabled):
-        pass
-
-    def barrier(self):
-        dist.barrier()
 
 
 class Interleaved:

@@ -1,4 +1,5 @@
-"""Test helpers for xt.core: a tiny packed-input language model and a stateful loader.
+"""Test helpers for xt.core: a tiny packed-input language model, a stateful loader, and a model
+whose loss depends on a `Stateful` controller (for named extra checkpoint state).
 
 Both follow docs/contracts.md: the model takes a packed batch (input_ids[T], labels[T] pre-shifted,
 position_ids[T], cu_seqlens[D+1]) and returns loss_sum / aux_loss / metrics / logits; the loader
@@ -125,3 +126,40 @@ class StatefulLoader:
 
     def load_state_dict(self, state: dict) -> None:
         self.index = int(state["index"])
+
+
+class AdaptiveCoef:
+    """Stateful that changes every forward and feeds back into the loss, like an RL KL controller:
+    an EMA of the micro-batch loss (a tensor), a call count (int) and a history (list)."""
+
+    def __init__(self):
+        self.ema = torch.zeros(())
+        self.calls = 0
+        self.history: list[float] = []
+
+    def update(self, value: torch.Tensor) -> torch.Tensor:
+        self.ema = 0.7 * self.ema + 0.3 * value.detach()
+        self.calls += 1
+        self.history.append(round(float(self.ema), 6))
+        return self.ema
+
+    def state_dict(self):
+        return {"ema": self.ema.clone(), "calls": self.calls, "history": list(self.history)}
+
+    def load_state_dict(self, state):
+        self.ema, self.calls, self.history = state["ema"].clone(), state["calls"], list(state["history"])
+
+
+class CoefLM(TinyLM):
+    """TinyLM whose aux loss is scaled by the controller's running value: forgetting the
+    controller's state on resume changes the losses."""
+
+    def __init__(self, coef: AdaptiveCoef):
+        super().__init__(dropout=0.2)
+        self.coef = coef
+
+    def forward(self, **batch):
+        out = super().forward(**batch)
+        scale = self.coef.update(out.loss_sum / (batch["labels"] != IGNORE).sum().clamp(min=1))
+        out.aux_loss = 0.05 * scale * out.logits.float().pow(2).mean()
+        return out

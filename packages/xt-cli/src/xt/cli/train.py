@@ -113,6 +113,9 @@ def _report(console: Console, cfg: XTConfig, result: TrainResult, skipped: int) 
                           f"(warm-up); slowest later step {times['max_over_median']:.2f}x the median")
     if skipped:
         console.print(f"skipped {skipped} bad records (data.on_error = 'skip')")
+    if result.metrics.get("skipped_steps"):
+        console.print(f"skipped {result.metrics['skipped_steps']} optimizer steps with a non-finite gradient "
+                      "norm (train.nonfinite_grad = 'skip')")
     console.print(f"  metrics     {result.metrics_path}")
     if result.plot_path:
         console.print(f"  loss curve  {result.plot_path}")

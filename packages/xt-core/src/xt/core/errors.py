@@ -14,10 +14,13 @@ The hierarchy (each class is also a `ValueError`, as before it joined the hierar
     ├── xt.data.DataError                  unreadable, malformed or empty data (file:line)
     │   └── AssetError → ChecksumError     pinned assets that cannot be fetched or verified
     └── xt.parallel.LayoutError            a ``[parallel]`` layout that cannot work
+
+One warning class: `CheckpointWarning` (a `UserWarning`), for a checkpoint that loads but holds
+more than the caller restored (named extra state nobody asked for).
 """
 from __future__ import annotations
 
-__all__ = ["XTError", "ConfigError", "CheckpointError"]
+__all__ = ["XTError", "ConfigError", "CheckpointError", "CheckpointWarning"]
 
 
 class XTError(Exception):
@@ -51,3 +54,9 @@ class CheckpointError(XTError, ValueError):
     it was saved with another number of ranks, or its tensors do not fit the model being trained
     (another ``[model.config]``). The message names the folder and, for a mismatch, the tensor.
     """
+
+
+class CheckpointWarning(UserWarning):
+    """A checkpoint was loaded but part of it was left unused: it holds named extra state that the
+    caller did not pass (`xt.core.checkpoint.load_checkpoint`). The message names the folder and
+    the states."""

@@ -4,14 +4,16 @@ Model and optimizer go through torch.distributed.checkpoint (DCP) with
 `torch.distributed.checkpoint.state_dict.get_state_dict / set_state_dict`, so the same code saves
 a plain single-process model and an FSDP2-sharded one (each rank writes its shards). DCP runs
 without a process group in one process. Non-tensor state is written with `torch.save` (loaded
-with ``weights_only=True``): the step and LR-scheduler state by the main rank, the loader state
-and RNG states by every rank. The loader's `state_dict()` must therefore hold only python
-primitives, lists/tuples/dicts and tensors.
+with ``weights_only=True``): the step and LR-scheduler state by the main rank, the loader state,
+RNG states and named extra states (`xt.core.checkpoint.extra`) by every rank. The loader's and
+the extra states' `state_dict()` must therefore hold only python primitives, lists/tuples/dicts
+and tensors (checked when saving).
 """
 from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Mapping
 import os
 import shutil
 import time
@@ -25,6 +27,8 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+from xt.core.checkpoint.extra import (Stateful, check_extra_state, check_same_names_on_ranks,
+                                      encode_rank_state, match_saved_names)
 from xt.core.checkpoint.layout import (CHECKPOINTS, META, checkpoint_dir, is_complete,
                                        prune_checkpoints)
 from xt.core.checkpoint.rng import get_rng_state, set_rng_state
@@ -56,11 +60,20 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _write_trainer_state(tmp: Path, step: int, scheduler: Any) -> None:
-    torch.save({"step": step, "scheduler": scheduler.state_dict()}, tmp / TRAINER)
+    state = None if scheduler is None else scheduler.state_dict()
+    torch.save({"step": step, "scheduler": state}, tmp / TRAINER)
 
 
-def _write_rank_state(tmp: Path, rank: int, loader: Any) -> None:
-    torch.save({"loader": loader.state_dict(), "rng": get_rng_state()}, tmp / f"rank-{rank}.pt")
+def _write_rank_state(tmp: Path, rank: int, loader: Any, extra: Mapping[str, Stateful]) -> None:
+    extra_sd = {name: obj.state_dict() for name, obj in extra.items()}
+    payload = {"loader": loader.state_dict(), "rng": get_rng_state(), "extra": extra_sd}
+    parts = {"the loader state": payload["loader"],
+             **{f"extra_state[{name!r}]": sd for name, sd in extra_sd.items()}}
+    (tmp / f"rank-{rank}.pt").write_bytes(encode_rank_state(payload, parts))
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
 def _publish(tmp: Path, final: Path, meta: dict[str, Any]) -> None:
@@ -82,7 +95,8 @@ def _publish(tmp: Path, final: Path, meta: dict[str, Any]) -> None:
 
 def save_checkpoint(out_dir: str | Path, step: int, model: nn.Module,
                     optimizer: torch.optim.Optimizer, scheduler: Any, loader: Any,
-                    dist_ctx: DistContext | None = None, keep_last: int = 0) -> Path:
+                    dist_ctx: DistContext | None = None, keep_last: int = 0, *,
+                    extra_state: Mapping[str, Stateful] | None = None) -> Path:
     """Save the training state after optimizer step `step` to ``out_dir/checkpoints/step-{step}``.
 
     Everything is written into ``step-{step}.tmp``; the main rank then writes ``meta.json`` and
@@ -93,15 +107,26 @@ def save_checkpoint(out_dir: str | Path, step: int, model: nn.Module,
         out_dir: run folder.
         step: optimizer steps completed.
         model, optimizer: saved with DCP (sharded models save their shards).
-        scheduler: anything with `state_dict()` (the LR scheduler).
+        scheduler: anything with `state_dict()` (the LR scheduler), saved by the main rank; None
+            saves none (e.g. when it travels inside an `Engine` passed in `extra_state`).
         loader: the data loader (`state_dict()`), saved per rank.
         dist_ctx: the layout (default single process).
         keep_last: prune to the newest `keep_last` complete checkpoints afterwards (0 = keep all).
+        extra_state: named `Stateful` objects (``state_dict()`` / ``load_state_dict()``), each
+            rank saving its own (`xt.core.checkpoint.extra`); the names go to ``meta.json``.
 
     Returns:
         The final checkpoint folder.
+
+    Raises:
+        TypeError: a bad `extra_state` entry (not a Stateful, or a name that is not a str).
+        xt.core.errors.CheckpointError: the ranks pass different extra-state names, or a loader
+            or extra state would not load back with ``weights_only=True``; the folder is not
+            published then (the previous checkpoint stays the latest).
     """
     dist_ctx = dist_ctx or LocalDistContext()
+    extra = check_extra_state(extra_state)
+    check_same_names_on_ranks(list(extra), dist_ctx, _device(model), f"saving step {step}")
     final = checkpoint_dir(out_dir, step)
     tmp = final.with_name(final.name + ".tmp")
     if dist_ctx.is_main:
@@ -111,13 +136,14 @@ def save_checkpoint(out_dir: str | Path, step: int, model: nn.Module,
     model_sd, optim_sd = get_state_dict(model, optimizer)
     with _quiet_single_process():
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / MODEL_OPTIM))
-    _write_rank_state(tmp, dist_ctx.rank, loader)
+    _write_rank_state(tmp, dist_ctx.rank, loader, extra)
     if dist_ctx.is_main:
         _write_trainer_state(tmp, step, scheduler)
     dist_ctx.barrier()
     if dist_ctx.is_main:
         _publish(tmp, final, {"step": step, "world_size": dist_ctx.world_size,
-                              "torch": torch.__version__, "time": time.time()})
+                              "torch": torch.__version__, "time": time.time(),
+                              "extra_state": list(extra)})
         prune_checkpoints(out_dir, keep_last)
     dist_ctx.barrier()
     return final
@@ -155,20 +181,34 @@ def check_model_fits(path: str | Path, model_sd: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: Any, loader: Any, dist_ctx: DistContext | None = None) -> int:
+                    scheduler: Any, loader: Any, dist_ctx: DistContext | None = None, *,
+                    extra_state: Mapping[str, Stateful] | None = None) -> int:
     """Restore a state written by `save_checkpoint` into live objects; return its step.
 
     Restores model and optimizer (DCP, resharded to the current layout if needed), scheduler,
-    this rank's loader state and RNG states. Call on every rank, after building the model,
-    optimizer and scheduler exactly as for a fresh run.
+    this rank's loader state, the named extra states and, last, the RNG states. Call on every
+    rank, after building the model, optimizer and scheduler exactly as for a fresh run.
+
+    Args:
+        path: a complete ``step-N`` folder.
+        model, optimizer, loader, dist_ctx: as for `save_checkpoint`.
+        scheduler: restored from the main rank's state, or None to restore none.
+        extra_state: named `Stateful` objects to restore (the same names on every rank).
 
     Raises:
+        TypeError: a bad `extra_state` entry.
         xt.core.errors.CheckpointError: (a ValueError) if `path` is not a complete checkpoint, it
-            was saved with a different number of ranks (loader/RNG state is per rank), or its
-            model tensors do not fit `model` (names or shapes differ: another model config);
-            nothing is loaded then.
+            was saved with a different number of ranks (loader/RNG state is per rank), its
+            model tensors do not fit `model` (names or shapes differ: another model config),
+            it lacks a named extra state in `extra_state` or the scheduler state asked for, or
+            the ranks pass different names; nothing is loaded then.
+
+    Warns:
+        xt.core.errors.CheckpointWarning: the checkpoint holds extra states not in `extra_state`
+            (they are not loaded).
     """
     dist_ctx = dist_ctx or LocalDistContext()
+    extra = check_extra_state(extra_state)
     path = Path(path)
     if not is_complete(path):
         raise CheckpointError(f"{path} is not a complete checkpoint (no {META}, or not named step-N "
@@ -177,14 +217,23 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     if meta.get("world_size") != dist_ctx.world_size:
         raise CheckpointError(f"{path} was saved with world_size={meta.get('world_size')}, this run "
                               f"has world_size={dist_ctx.world_size}; loader and RNG state are per rank")
+    check_same_names_on_ranks(list(extra), dist_ctx, _device(model), f"loading {path}")
+    match_saved_names(path, meta.get("extra_state", []), list(extra))
+    trainer = torch.load(path / TRAINER, map_location="cpu", weights_only=True)
+    if scheduler is not None and trainer.get("scheduler") is None:
+        raise CheckpointError(f"{path} holds no LR-scheduler state (it was saved with the "
+                              "scheduler inside a named extra state, e.g. by Trainer's 'engine'); "
+                              "pass scheduler=None and that extra state instead")
     model_sd, optim_sd = get_state_dict(model, optimizer)
     check_model_fits(path, model_sd)
     with _quiet_single_process():
         dcp.load({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(path / MODEL_OPTIM))
     set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd)
-    trainer = torch.load(path / TRAINER, map_location="cpu", weights_only=True)
-    scheduler.load_state_dict(trainer["scheduler"])
+    if scheduler is not None:
+        scheduler.load_state_dict(trainer["scheduler"])
     rank_state = torch.load(path / f"rank-{dist_ctx.rank}.pt", map_location="cpu", weights_only=True)
     loader.load_state_dict(rank_state["loader"])
-    set_rng_state(rank_state["rng"])
+    for name, obj in extra.items():
+        obj.load_state_dict(rank_state["extra"][name])
+    set_rng_state(rank_state["rng"])  # last: restoring the objects above must not move it
     return int(trainer["step"])

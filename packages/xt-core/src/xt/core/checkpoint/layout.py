@@ -5,9 +5,9 @@ Layout of a run (``out_dir``)::
     checkpoints/
       step-200/              a complete checkpoint (renamed from step-200.tmp when done)
         model_optim/         torch.distributed.checkpoint (DCP) files: model + optimizer
-        trainer.pt           step + LR scheduler state (rank 0)
-        rank-0.pt ...        per-rank loader state + RNG states
-        meta.json            written last: step, world_size, torch version, time
+        trainer.pt           step + LR scheduler state (rank 0; None when it is in extra state)
+        rank-0.pt ...        per-rank loader state, RNG states, named extra states
+        meta.json            written last: step, world_size, torch version, time, extra_state names
       step-300.tmp/          an unfinished save (ignored; removed by the next save)
 
 A checkpoint is complete when its folder is named ``step-N`` and holds ``meta.json``.

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from xt.core.config.base import ConfigStruct, require
+from xt.core.config.base import ConfigStruct, require, require_in
 
 __all__ = ["OptimConfig", "ScheduleConfig", "TrainConfig", "CheckpointConfig"]
 
@@ -106,6 +106,12 @@ class TrainConfig(ConfigStruct):
             "per_use", with one cast per step instead of one per micro-batch and use. "per_use":
             autocast alone casts every weight in every micro-batch (and its gradient back), the
             previous recipe. Not used under fp32 (the banner says so).
+        nonfinite_grad: what an optimizer step does when the global gradient norm is NaN or inf.
+            "raise" (default): raise `FloatingPointError` before the optimizer step (the weights
+            stay as after the previous step). "skip": drop the step's gradients and go on; the
+            weights, the optimizer state and the LR schedule stay untouched, the model's
+            post-optimizer hook is not called, and the metric ``skipped_steps`` counts such steps
+            (`xt.core.engine.Engine.optim_step`).
         seed: seeds python `random` and torch (CPU and CUDA) at the start of a fresh run.
         log_every: print a metrics line every this many steps (metrics.jsonl gets every step).
         out_dir: run folder: metrics.jsonl, loss.png, checkpoints/, hf/.
@@ -119,6 +125,7 @@ class TrainConfig(ConfigStruct):
     max_grad_norm: float = 1.0
     dtype: Literal["auto", "bf16", "fp32"] = "auto"
     weight_cast: Literal["per_step", "per_use"] = "per_step"
+    nonfinite_grad: Literal["raise", "skip"] = "raise"
     seed: int = 0
     log_every: int = 10
     out_dir: str = "runs/xt"
@@ -130,6 +137,7 @@ class TrainConfig(ConfigStruct):
                 f"must be >= 1, got {self.micro_batches_per_step}")
         require(_finite(self.max_grad_norm) and self.max_grad_norm >= 0, "max_grad_norm",
                 f"must be >= 0 (0 = no clipping), got {self.max_grad_norm!r}")
+        require_in(self.nonfinite_grad, ("raise", "skip"), "nonfinite_grad")  # also when built in Python
         require(self.log_every >= 1, "log_every", f"must be >= 1, got {self.log_every}")
         require(bool(self.out_dir), "out_dir", "must be a non-empty path")
         require(self.peak_tflops is None or (_finite(self.peak_tflops) and self.peak_tflops > 0),

@@ -29,6 +29,8 @@ def format_metrics(step: int, total: int, m: Mapping[str, Any]) -> str:
         parts.append(f"mfu {100 * m['mfu']:.1f}%")
     if m.get("max_memory_gib") is not None:
         parts.append(f"mem {m['max_memory_gib']:.2f} GiB")
+    if m.get("skipped_steps"):
+        parts.append(f"skipped {m['skipped_steps']} (non-finite grad norm)")
     return " | ".join(parts)
 
 

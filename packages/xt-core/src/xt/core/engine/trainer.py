@@ -12,7 +12,6 @@ When it is exhausted the run stops early (an incomplete last step is dropped).
 """
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,22 +22,30 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from xt.core.checkpoint import (latest_checkpoint, load_checkpoint, resolve_resume,
+from xt.core.checkpoint import (Stateful, latest_checkpoint, load_checkpoint, resolve_resume,
                                 save_checkpoint, seed_everything)
+from xt.core.checkpoint.extra import check_extra_state
 from xt.core.config import CheckpointConfig, OptimConfig, ScheduleConfig, TrainConfig
-from xt.core.distributed import DistContext, LocalDistContext
-from xt.core.engine.compute_weights import ComputeWeights
+from xt.core.distributed import DistContext
+from xt.core.engine.engine import Engine
 from xt.core.engine.metrics import (MetricsWriter, default_peak_tflops, max_memory_gib, mfu,
                                     read_metrics)
-from xt.core.engine.optim import build_optimizer, build_scheduler
-from xt.core.engine.precision import resolve_precision
 from xt.core.engine.report import ProgressReporter, plot_loss_curve
-from xt.core.engine.step import StepStats, forward_backward
+from xt.core.engine.step import StepStats
 
-__all__ = ["Trainer", "TrainResult"]
+__all__ = ["Trainer", "TrainResult", "ENGINE_STATE"]
 
 _CORE_KEYS = {"step", "loss", "aux_loss", "grad_norm", "lr", "tokens_per_s", "mfu",
-              "max_memory_gib", "num_tokens", "loss_tokens", "seq_len", "step_time_s"}
+              "max_memory_gib", "num_tokens", "loss_tokens", "seq_len", "step_time_s",
+              "skipped_steps"}
+
+#: the name under which `Trainer` checkpoints its `Engine` (step counters + LR schedule)
+ENGINE_STATE = "engine"
+
+
+def _from_engine(name: str, doc: str) -> property:
+    """A read-only Trainer attribute that is the engine's attribute `name`."""
+    return property(lambda self: getattr(self.engine, name), doc=doc)
 
 
 @dataclass
@@ -69,10 +76,12 @@ class TrainResult:
 class Trainer:
     """Trains any model that follows the XT model contract (see the module docstring).
 
-    Builds AdamW (`build_optimizer`) and the LR schedule (`build_scheduler`) at construction, so a
-    checkpoint can be loaded into them. Per optimizer step: draw `micro_batches_per_step`
-    micro-batches, `forward_backward` (global-token loss normalisation), clip the gradient norm,
-    optimizer step, schedule step, metrics (metrics.jsonl + terminal), periodic checkpoint.
+    The step itself is an `Engine` (``self.engine``: AdamW, the LR schedule, precision, compute
+    weights), built at construction so a checkpoint can be loaded into it. The Trainer is the
+    loop: per optimizer step it draws `micro_batches_per_step` micro-batches, runs
+    ``engine.forward_backward`` (global-token loss normalisation) and ``engine.optim_step`` (clip,
+    AdamW, schedule, model hook), writes metrics (metrics.jsonl + terminal), saves periodic
+    checkpoints and exports at the end.
 
     Args:
         model: the model, already on its device (and wrapped/sharded by xt.parallel if wanted).
@@ -82,10 +91,14 @@ class Trainer:
         export_hf: ``export_hf(model, path)`` writing the final model in HF format; called on
             every rank when `checkpoint.hf_export` is set (it must gather/write on rank 0 itself).
         console: rich console for the progress bar and log lines (default stdout).
+        extra_state: named `Stateful` objects (``state_dict()`` / ``load_state_dict()``) saved
+            with every checkpoint and restored on resume (`xt.core.checkpoint.extra`); the name
+            ``"engine"`` is the Trainer's own.
 
     Raises:
-        TypeError: if `loader` lacks `state_dict`/`load_state_dict` or the model has no
-            parameters.
+        TypeError: if `loader` lacks `state_dict`/`load_state_dict`, the model has no
+            parameters, or an `extra_state` entry is not a Stateful.
+        ValueError: if `extra_state` uses the name ``"engine"``.
     """
 
     def __init__(self, model: nn.Module, loader: Any, train: TrainConfig,
@@ -93,59 +106,43 @@ class Trainer:
                  checkpoint: CheckpointConfig = CheckpointConfig(), *,
                  dist: DistContext | None = None,
                  export_hf: Callable[[nn.Module, Path], None] | None = None,
-                 console: Console | None = None) -> None:
+                 console: Console | None = None,
+                 extra_state: Mapping[str, Stateful] | None = None) -> None:
         for attr in ("state_dict", "load_state_dict", "__iter__"):
             if not callable(getattr(loader, attr, None)):
                 raise TypeError(f"loader {type(loader).__name__} has no {attr}(); the engine "
                                 "needs an iterable with state_dict()/load_state_dict() "
                                 "(docs/contracts.md, Loader)")
-        params = list(model.parameters())
-        if not params:
-            raise TypeError("model has no parameters")
-        self.model, self.loader = model, loader
+        extra = check_extra_state(extra_state)
+        if ENGINE_STATE in extra:
+            raise ValueError(f"Trainer: extra_state name {ENGINE_STATE!r} is the Trainer's own "
+                             "(its Engine); pick another name")
+        self.engine = Engine.from_config(model, train, optim, schedule, dist=dist)
+        self.model, self.loader, self.extra_state = model, loader, extra
         self.train_cfg, self.optim_cfg = train, optim
         self.schedule_cfg, self.ckpt_cfg = schedule, checkpoint
-        self.dist = dist or LocalDistContext()
+        self.dist = self.engine.dist
         self.export_hf = export_hf
         self.console = console or Console()
-        self.device = params[0].device
+        self.device = self.engine.device
         self.out_dir = Path(train.out_dir)
-        self.precision = resolve_precision(train.dtype, self.device)
-        self.autocast_dtype = self.precision.autocast_dtype
         if self.precision.warning and self.dist.is_main:
             self.console.print(f"[yellow]warning[/yellow]: {self.precision.warning}", highlight=False)
-        self.compute_weights = self._compute_weights()
         self.peak_tflops = train.peak_tflops or default_peak_tflops(self.device)
-        self.optimizer = build_optimizer(model, optim)
-        self.scheduler = build_scheduler(self.optimizer, schedule, train.steps)
-        self.step = 0
 
-    def _compute_weights(self) -> ComputeWeights | None:
-        if self.autocast_dtype is None or self.train_cfg.weight_cast != "per_step":
-            return None
-        weights = ComputeWeights(self.model, self.autocast_dtype)
-        return weights if weights.num_tensors else None
-
-    @property
-    def precision_summary(self) -> str:
-        """One line for the banner: the resolved precision, why, and how weights are cast."""
-        if self.autocast_dtype is None:
-            return f"{self.precision.reason} (train.weight_cast not used in fp32)"
-        w = self.compute_weights
-        if w is None:
-            how = ("weights cast on every use (train.weight_cast = 'per_use')"
-                   if self.train_cfg.weight_cast == "per_use" else
-                   "weights cast on every use: no plain fp32 matrix to copy (FSDP2 casts its own)")
-        else:
-            how = (f"bf16 copies of {w.num_tensors} weight tensors ({w.num_params / 1e6:.1f}M "
-                   "parameters) cast once per step (train.weight_cast = 'per_step')")
-        return f"{self.precision.reason}; {how}"
+    # -- the engine's parts, for callers that reach them through the Trainer ---------------------
+    optimizer = _from_engine("optimizer", "The AdamW optimizer (`Engine.optimizer`).")
+    scheduler = _from_engine("scheduler", "The LR scheduler (`Engine.scheduler`).")
+    precision = _from_engine("precision", "The resolved `Precision` (`Engine.precision`).")
+    autocast_dtype = _from_engine("autocast_dtype", "torch.bfloat16 under bf16, else None.")
+    compute_weights = _from_engine("compute_weights", "The bf16 `ComputeWeights`, or None.")
+    precision_summary = _from_engine("precision_summary", "One line for the banner.")
+    step = _from_engine("step", "Optimizer steps completed (`Engine.step`: applied and skipped).")
 
     # -- one step ---------------------------------------------------------------------------
     def forward_backward(self, micro_batches: Sequence[Mapping[str, Any]]) -> StepStats:
-        """Forward/backward over `micro_batches`, adding into ``.grad`` (see `forward_backward`)."""
-        return forward_backward(self.model, micro_batches, self.dist, self.device,
-                                self.autocast_dtype, self.compute_weights)
+        """Forward/backward over `micro_batches`, adding into ``.grad`` (`Engine.forward_backward`)."""
+        return self.engine.forward_backward(micro_batches)
 
     def train_step(self, micro_batches: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         """One optimizer step on `micro_batches`; returns its metrics (python numbers).
@@ -153,51 +150,24 @@ class Trainer:
         Metrics: ``step``, ``loss`` (global token-mean CE), ``aux_loss``, ``grad_norm`` (before
         clipping), ``lr`` (used by this step), ``tokens_per_s``, ``mfu`` (None without a peak or
         without ``model.flops_per_token``), ``max_memory_gib``, ``num_tokens``, ``loss_tokens``,
-        ``seq_len``, ``step_time_s``, plus the model's ``out.metrics`` (prefixed ``model.`` if a
-        name clashes).
+        ``seq_len``, ``step_time_s``, ``skipped_steps`` (steps so far whose update was skipped for
+        a non-finite gradient norm, ``train.nonfinite_grad = "skip"``), plus the model's
+        ``out.metrics`` (prefixed ``model.`` if a name clashes) and what its post-optimizer hook
+        returned.
 
         Raises:
-            FloatingPointError: if the gradient norm is not finite (the optimizer step is skipped,
-                so the weights stay as after the previous step).
+            FloatingPointError: if the gradient norm is not finite and ``train.nonfinite_grad`` is
+                "raise" (the optimizer step is skipped, so the weights stay as after the previous
+                step).
         """
         t0 = time.perf_counter()
-        self.optimizer.zero_grad(set_to_none=True)
-        stats = self.forward_backward(micro_batches)
-        max_norm = self.train_cfg.max_grad_norm or math.inf
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        grad_norm = float(self.dist.clip_grad_norm_(params, max_norm))
-        if not math.isfinite(grad_norm):
-            raise FloatingPointError(
-                f"step {self.step + 1}: gradient norm is {grad_norm} (loss {float(stats.loss)}); "
-                "optimizer step skipped. Lower optim.lr, check the data, or use train.dtype=fp32")
-        lr = self.optimizer.param_groups[0]["lr"]
-        self.optimizer.step()
-        if self.compute_weights is not None:
-            self.compute_weights.refresh()
-        self.scheduler.step()
-        hook_metrics = self._post_optimizer_step()
-        self.step += 1
+        self.engine.zero_grad()
+        stats = self.engine.forward_backward(micro_batches)
+        opt = self.engine.optim_step()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         dt = time.perf_counter() - t0
-        return {**self._metrics(stats, grad_norm, lr, dt), **hook_metrics}
-
-    def _post_optimizer_step(self) -> dict[str, Any]:
-        """Call the model's optional ``post_optimizer_step(expert_load)`` after each optimizer step.
-
-        Models with a rule that updates state from the step's routing (DeepSeek-V3's
-        auxiliary-loss-free balancing bias) expose ``expert_load() -> Tensor`` (local routed-slot
-        counts) and ``post_optimizer_step(load) -> dict[str, Tensor]``. The engine sums the load
-        over all ranks first, so the rule sees the global batch. Returned tensors are logged.
-        """
-        hook = getattr(self.model, "post_optimizer_step", None)
-        if not callable(hook):
-            return {}
-        load_fn = getattr(self.model, "expert_load", None)
-        load = self.dist.all_reduce_sum(load_fn().detach().clone()) if callable(load_fn) else None
-        out = hook(load) or {}
-        return {k: (v.detach().cpu().tolist() if torch.is_tensor(v) and v.ndim else float(v))
-                for k, v in out.items()}
+        return {**self._metrics(stats, opt.grad_norm, opt.lr, dt), **opt.metrics}
 
     def _metrics(self, stats: StepStats, grad_norm: float, lr: float, dt: float) -> dict[str, Any]:
         tokens_per_s = stats.num_tokens / dt if dt > 0 else None
@@ -212,24 +182,35 @@ class Trainer:
             "grad_norm": grad_norm, "lr": lr, "tokens_per_s": tokens_per_s, "mfu": util,
             "max_memory_gib": max_memory_gib(self.device), "num_tokens": stats.num_tokens,
             "loss_tokens": stats.loss_tokens, "seq_len": stats.seq_len, "step_time_s": dt,
+            "skipped_steps": self.engine.skipped_steps,
         }
         for k, v in stats.metrics.items():
             m[f"model.{k}" if k in _CORE_KEYS else k] = v.cpu().tolist() if v.ndim else float(v)
         return m
 
     # -- checkpoints ------------------------------------------------------------------------
+    def _checkpointed_state(self) -> dict[str, Stateful]:
+        return {ENGINE_STATE: self.engine, **self.extra_state}
+
     def save(self) -> Path:
-        """Checkpoint the current state (collective; see `save_checkpoint`)."""
-        return save_checkpoint(self.out_dir, self.step, self.model, self.optimizer,
-                               self.scheduler, self.loader, self.dist, self.ckpt_cfg.keep_last)
+        """Checkpoint the current state (collective; see `save_checkpoint`): model and optimizer
+        (DCP), loader and RNG per rank, the engine (step counters, LR schedule) and the
+        `extra_state` objects as named extra states."""
+        return save_checkpoint(self.out_dir, self.step, self.model, self.optimizer, None,
+                               self.loader, self.dist, self.ckpt_cfg.keep_last,
+                               extra_state=self._checkpointed_state())
 
     def load(self, path: str | Path) -> int:
-        """Restore a checkpoint (model, optimizer, scheduler, loader, RNG); returns its step."""
-        self.step = load_checkpoint(path, self.model, self.optimizer, self.scheduler,
-                                    self.loader, self.dist)
-        if self.compute_weights is not None:
-            self.compute_weights.refresh()
-        return self.step
+        """Restore a checkpoint (model, optimizer, engine and LR schedule, loader, extra states,
+        RNG); returns its step.
+
+        Raises:
+            xt.core.errors.CheckpointError: see `load_checkpoint`, e.g. the checkpoint lacks one
+                of this Trainer's named extra states (or the engine's, for a checkpoint not
+                written by a Trainer of this version).
+        """
+        return load_checkpoint(path, self.model, self.optimizer, None, self.loader, self.dist,
+                               extra_state=self._checkpointed_state())  # the engine re-casts its copies
 
     # -- the run ----------------------------------------------------------------------------
     def _draw(self, it: Any) -> list[dict[str, Any]] | None:
@@ -255,7 +236,9 @@ class Trainer:
             `TrainResult` (outputs are under `train.out_dir`).
 
         Raises:
-            FloatingPointError: on a non-finite gradient norm (see `train_step`).
+            FloatingPointError: on a non-finite gradient norm under ``train.nonfinite_grad =
+                "raise"`` (see `train_step`).
+            xt.core.errors.CheckpointError: a resume checkpoint that does not fit (see `load`).
             FileNotFoundError / ValueError: for a bad explicit resume path.
             FileExistsError: on a fresh start in an `out_dir` that already holds checkpoints
                 (their steps would mix with this run's under resume="auto").
