@@ -129,3 +129,26 @@ def test_rng_state_roundtrip():
     set_rng_state(state)
     b = (random.random(), torch.rand(3))
     assert a[0] == b[0] and torch.equal(a[1], b[1])
+
+
+def test_resume_from_a_checkpoint_written_before_the_engine_state(tmp_path, monkeypatch):
+    """A checkpoint saved by the previous Trainer (step and LR schedule in trainer.pt, no named
+    ``engine`` state) still resumes bit-exactly, so a run started before the update continues."""
+    full = _trainer(tmp_path / "full")
+    full.fit()
+    ref = read_metrics(tmp_path / "full" / "metrics.jsonl")
+
+    def old_save(self):  # the previous Trainer.save: scheduler at the top level, no extra state
+        return ckpt_io.save_checkpoint(self.out_dir, self.step, self.model, self.optimizer, self.scheduler,
+                                       self.loader, self.dist, self.ckpt_cfg.keep_last)
+
+    monkeypatch.setattr(Trainer, "save", old_save)
+    _trainer(tmp_path / "old").fit(until_step=N)
+    monkeypatch.undo()
+    torch.manual_seed(999)
+    second = _trainer(tmp_path / "old")
+    r2 = second.fit(resume="auto")
+    assert r2.step == 2 * N and second.engine.step == 2 * N
+    got = read_metrics(tmp_path / "old" / "metrics.jsonl")
+    assert [m["loss"] for m in got] == [m["loss"] for m in ref]
+    assert [m["lr"] for m in got] == [m["lr"] for m in ref]

@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from xt.core.config import TrainConfig
@@ -137,6 +137,7 @@ def test_bad_model_output_is_reported():
 @settings(max_examples=12, deadline=None)
 @given(lengths=st.lists(st.integers(1, 10), min_size=1, max_size=7),
        cuts=st.lists(st.booleans(), min_size=6, max_size=6), seed=st.integers(0, 2**16))
+@example(lengths=[7, 1], cuts=[True] * 6, seed=263)
 def test_any_split_gives_same_loss_and_grads(lengths, cuts, seed):
     """Random documents (length 1 has no label at all) and random micro-batch boundaries."""
     torch.manual_seed(0)
@@ -154,5 +155,8 @@ def test_any_split_gives_same_loss_and_grads(lengths, cuts, seed):
     sk, gk = _run(model, [pack(g) for g in groups])
     assert s1.loss_tokens == sk.loss_tokens
     assert float(sk.loss) == pytest.approx(float(s1.loss), rel=1e-6, abs=1e-12)
-    for name in g1:
-        assert torch.allclose(gk[name], g1[name], rtol=1e-5, atol=1e-7), name
+    for name in g1:  # per tensor, as docs/architecture.md (Numerics) measures fp32 agreement: a
+        # single element near cancellation (e.g. 3.5e-4 from terms 1e3x larger, lengths=[7, 1],
+        # seed=263) differs by summation order far beyond any elementwise atol
+        err = float((gk[name] - g1[name]).double().norm() / g1[name].double().norm().clamp_min(1e-30))
+        assert err <= 1e-5, (name, err)

@@ -14,13 +14,14 @@ A checkpoint is complete when its folder is named ``step-N`` and holds ``meta.js
 """
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
 
 from xt.core.errors import CheckpointError
 
-__all__ = ["CHECKPOINTS", "META", "checkpoint_dir", "list_checkpoints", "latest_checkpoint",
+__all__ = ["CHECKPOINTS", "META", "checkpoint_dir", "saved_extra_state_names", "list_checkpoints", "latest_checkpoint",
            "resolve_resume", "prune_checkpoints", "is_complete"]
 
 CHECKPOINTS = "checkpoints"
@@ -37,6 +38,15 @@ def is_complete(path: str | Path) -> bool:
     """True if `path` is a finished checkpoint folder (``step-N`` with ``meta.json``)."""
     p = Path(path)
     return bool(_NAME.match(p.name)) and (p / META).is_file()
+
+
+def saved_extra_state_names(path: str | Path) -> list[str] | None:
+    """The named extra states a complete checkpoint holds (from its ``meta.json``), or None when
+    `path` is not a complete checkpoint (`load_checkpoint` then says why)."""
+    path = Path(path)
+    if not is_complete(path):
+        return None
+    return list(json.loads((path / META).read_text(encoding="utf-8")).get("extra_state", []))
 
 
 def list_checkpoints(out_dir: str | Path) -> list[tuple[int, Path]]:

@@ -25,6 +25,7 @@ from torch import nn
 from xt.core.checkpoint import (Stateful, latest_checkpoint, load_checkpoint, resolve_resume,
                                 save_checkpoint, seed_everything)
 from xt.core.checkpoint.extra import check_extra_state
+from xt.core.checkpoint.layout import saved_extra_state_names
 from xt.core.config import CheckpointConfig, OptimConfig, ScheduleConfig, TrainConfig
 from xt.core.distributed import DistContext
 from xt.core.engine.engine import Engine
@@ -206,9 +207,19 @@ class Trainer:
 
         Raises:
             xt.core.errors.CheckpointError: see `load_checkpoint`, e.g. the checkpoint lacks one
-                of this Trainer's named extra states (or the engine's, for a checkpoint not
-                written by a Trainer of this version).
+                of this Trainer's named extra states. A checkpoint written before the engine
+                state existed (no ``engine`` entry) loads its step and LR schedule from
+                ``trainer.pt`` instead.
         """
+        names = saved_extra_state_names(path)
+        if names is not None and ENGINE_STATE not in names:
+            # written before the Engine existed: step and LR schedule sit in trainer.pt
+            step = load_checkpoint(path, self.model, self.optimizer, self.engine.scheduler, self.loader,
+                                   self.dist, extra_state=self.extra_state)
+            sched = self.engine.scheduler
+            self.engine.load_state_dict({"step": step, "skipped_steps": 0,
+                                         "scheduler": None if sched is None else sched.state_dict()})
+            return step
         return load_checkpoint(path, self.model, self.optimizer, None, self.loader, self.dist,
                                extra_state=self._checkpointed_state())  # the engine re-casts its copies
 
