@@ -20,7 +20,7 @@ TOL = 1e-5
 def test_packed_documents_equal_hf_run_alone(tmp_path, arch):
     hf, ours = hf_and_ours(tmp_path, arch)
     docs = random_docs([7, 13, 2, 9])  # longer than GPT-OSS's window (4) and the YaRN original length
-    out = ours(**pack(docs))
+    out = ours(**pack(docs), return_logits=True)
     with torch.no_grad():
         ref = torch.cat([hf(d[None]).logits[0] for d in docs])
     assert out.logits.shape == ref.shape
@@ -95,7 +95,7 @@ def test_bf16_autocast_forward_backward_close_to_fp32_hf(tmp_path, arch):
     hf, ours = hf_and_ours(tmp_path, arch)
     batch = pack(random_docs([9, 12], seed=8))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = ours(**batch)
+        out = ours(**batch, return_logits=True)
     with torch.no_grad():
         ref = torch.cat([hf(d[None]).logits[0] for d in random_docs([9, 12], seed=8)])
     assert rel_err(out.logits.float(), ref) <= 1e-2
@@ -121,7 +121,7 @@ def test_any_packing_layout_equals_documents_alone(_oss_pair):
     def check(lengths, seed):
         docs = random_docs(lengths, seed=seed)
         with torch.no_grad():
-            out = ours(**pack(docs)).logits
+            out = ours(**pack(docs), return_logits=True).logits
             ref = torch.cat([hf(d[None]).logits[0] for d in docs])
         assert rel_err(out, ref) <= TOL
 

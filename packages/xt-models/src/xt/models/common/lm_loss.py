@@ -9,7 +9,7 @@ from torch import nn
 
 from xt.core.labels import IGNORE_INDEX
 
-__all__ = ["lm_head_and_loss", "lm_loss_sum"]
+__all__ = ["lm_head_and_loss", "lm_loss_sum", "head_loss_sum", "head_outputs"]
 
 
 def lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -36,11 +36,52 @@ def lm_head_and_loss(hidden: torch.Tensor, lm_head: nn.Module, labels: torch.Ten
         ValueError: (from the kernel) shape or dtype mismatches.
     """
     if labels is not None and not return_logits:
-        from xt.kernels.loss import linear_cross_entropy
-
-        return linear_cross_entropy(hidden, lm_head.weight, labels, ignore_index=IGNORE_INDEX, reduction="sum").float(), None
+        return head_loss_sum(hidden, lm_head.weight, labels), None
     logits = lm_head(hidden)
-    loss = None
-    if labels is not None:
-        loss = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
-    return loss, logits
+    return (None if labels is None else lm_loss_sum(logits, labels)), logits
+
+
+def head_loss_sum(hidden: torch.Tensor, head_weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum of token cross-entropy of ``hidden[T, D] @ head_weight[V, D]ᵀ`` over ``labels[T] !=
+    -100``, float32 scalar, through the fused chunked kernel (never ``[T, V]`` logits;
+    `xt.kernels.loss.linear_cross_entropy`).
+
+    Raises:
+        ValueError: (from the kernel) shape or dtype mismatches.
+    """
+    from xt.kernels.loss import linear_cross_entropy
+
+    return linear_cross_entropy(hidden, head_weight, labels, ignore_index=IGNORE_INDEX, reduction="sum").float()
+
+
+def head_outputs(out, hidden: torch.Tensor, lm_head: nn.Module, p, return_logits: bool | None,
+                 return_hidden: bool):
+    """Fill the head part of a family's `CausalLMOutput` from the final-normed ``hidden[T, D]``.
+
+    The one place every family turns hidden states into ``loss_sum`` / ``logits`` / ``hidden``:
+
+    - ``return_hidden``: ``out.hidden = hidden`` and ``out.head_weight = lm_head.weight``; no loss
+      (the caller's loss object owns the head and the reduction, `xt.models.common.head_loss`);
+      logits only if ``return_logits`` is True.
+    - else with labels: ``loss_sum`` through the fused kernel, unless ``return_logits`` (then the
+      loss comes from the logits, as HF computes it).
+    - ``return_logits`` None means: logits only when there are no labels.
+
+    Args:
+        out: the `CausalLMOutput` to fill (returned).
+        hidden: ``[T, D]`` packed tokens after the final norm.
+        lm_head: bias-free linear module, ``weight [V, D]``.
+        p: the forward's `PackedInput` (labels and the layout to unpack logits to).
+        return_logits, return_hidden: see above.
+    """
+    if return_hidden:
+        out.hidden, out.head_weight = hidden, lm_head.weight
+        if return_logits:
+            out.logits = p.unpack(lm_head(hidden))
+        return out
+    if return_logits is None:
+        return_logits = p.labels is None
+    loss_sum, logits = lm_head_and_loss(hidden, lm_head, p.labels, return_logits)
+    out.loss_sum = loss_sum
+    out.logits = None if logits is None else p.unpack(logits)
+    return out

@@ -19,11 +19,19 @@ class CausalLMOutput:
             for dense models.
         metrics: extra tensors to log, e.g. ``expert_load [L_moe, E]`` (fraction of routed slots).
         logits: ``[T, V]`` for packed input, ``[B, S, V]`` for batched input; None when not requested.
+        hidden: ``[T, D]`` final-normed hidden states of the packed tokens (``return_hidden=True``;
+            the model then leaves the head projection and its loss to the caller: ``loss_sum``
+            None), else None.
+        head_weight: ``[V, D]`` the LM-head weight as this forward used it (with ``hidden``), so
+            that a loss object (`xt.models.common.head_loss`) applies the head and its reduction
+            through the fused kernels; gradients reach the model's head through it.
     """
     loss_sum: torch.Tensor | None = None
     aux_loss: torch.Tensor | None = None
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)
     logits: torch.Tensor | None = None
+    hidden: torch.Tensor | None = None
+    head_weight: torch.Tensor | None = None
 
 
 @dataclass

@@ -26,7 +26,7 @@ from torch import nn
 from xt.models.common.experts import GroupedExperts
 from xt.models.common.flops import causal_lm_flops_per_token
 from xt.models.common.init import expert_load_fractions
-from xt.models.common.lm_loss import lm_loss_sum
+from xt.models.common.lm_loss import head_outputs
 from xt.models.common.norm import RMSNorm
 from xt.models.common.output import CausalLMOutput, pack_inputs
 from xt.models.common.parallel_plan import decoder_plan
@@ -149,8 +149,14 @@ class DeepseekV3ForCausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, cu_seqlens: torch.Tensor | None = None,
                 max_seqlen: int | None = None, attention_mask: torch.Tensor | None = None,
-                return_logits: bool = True) -> CausalLMOutput:
+                return_logits: bool | None = None, return_hidden: bool = False) -> CausalLMOutput:
         """Run the model (packed ``[T]`` + ``cu_seqlens`` or batched ``[B, S]``; labels pre-shifted).
+
+        Args:
+            return_logits: compute ``logits``; default: only when no ``labels`` are given (with
+                labels and no logits the loss uses the fused chunked kernel, never ``[T, V]``).
+            return_hidden: return ``hidden [T, D]`` and ``head_weight [V, D]`` instead of the
+                main head's loss (MTP still runs with labels), for a loss object that owns the head (`xt.models.common.lm_loss.head_outputs`).
 
         Returns:
             ``CausalLMOutput``: ``loss_sum`` (float32 CE sum of the main head); ``aux_loss`` =
@@ -171,19 +177,15 @@ class DeepseekV3ForCausalLM(nn.Module):
         seq_docs = doc_ids if c.seq_aux_loss_coef > 0 else None
         hidden, stats, seq, cos, sin = self.model(p.input_ids, p.position_ids, p.cu_seqlens, p.max_seqlen,
                                                   seq_docs, num_docs)
-        logits = self.lm_head(hidden)
-        out = CausalLMOutput()
+        out = head_outputs(CausalLMOutput(), hidden, self.lm_head, p, return_logits, return_hidden)
         aux = []
         if p.labels is not None:
-            out.loss_sum = lm_loss_sum(logits, p.labels)
             if c.mtp_layers > 0:
                 mtp, mtp_stats, mtp_seq = mtp_loss(self.mtp, self.model.embed_tokens, self.lm_head, hidden, p,
                                                    cos, sin, doc_ids, seq_docs, num_docs)
                 out.metrics["mtp_loss"] = mtp.detach()
                 aux.append(c.mtp_loss_weight * mtp)
                 stats, seq = stats + mtp_stats, seq + mtp_seq
-        if p.labels is None or return_logits:
-            out.logits = p.unpack(logits)
         if seq:
             aux.append(c.seq_aux_loss_coef * torch.stack(seq).sum())
         if aux:

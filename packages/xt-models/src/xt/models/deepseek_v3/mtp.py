@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from xt.core.labels import IGNORE_INDEX
-from xt.models.common.lm_loss import lm_loss_sum
+from xt.models.common.lm_loss import head_loss_sum
 from xt.models.common.norm import RMSNorm
 from xt.models.deepseek_v3.config import DeepseekV3Config
 from xt.models.deepseek_v3.layers import DeepseekV3DecoderLayer
@@ -100,7 +100,7 @@ def mtp_loss(layers, embed_tokens: nn.Module, lm_head: nn.Module, hidden: torch.
         h, head_in, s, q = layer(h, emb, cos, sin, p.cu_seqlens, p.max_seqlen, seq_docs, num_docs)
         target = shift_in_document(p.labels, k, doc_ids, IGNORE_INDEX)
         n = (target != IGNORE_INDEX).sum().clamp(min=1)
-        losses.append(lm_loss_sum(lm_head(head_in), target) / n)
+        losses.append(head_loss_sum(head_in, lm_head.weight, target) / n)  # fused: no [T, V] logits
         if s is not None:
             stats.append(s)
         if q is not None:

@@ -28,7 +28,7 @@ from xt.models.common.rope import RotaryEmbedding, apply_rotary
 from xt.models.common.router import RouterStats, load_balancing_loss
 from xt.models.common.sinks_attention import SinksCoreAttention
 from xt.models.common.init import expert_load_fractions, init_linear_and_embedding_
-from xt.models.common.lm_loss import lm_loss_sum
+from xt.models.common.lm_loss import head_outputs
 from xt.models.gpt_oss.config import GptOssConfig
 from xt.models.gpt_oss.moe import GptOssExperts, GptOssRouter
 
@@ -139,8 +139,14 @@ class GptOssForCausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, cu_seqlens: torch.Tensor | None = None,
                 max_seqlen: int | None = None, attention_mask: torch.Tensor | None = None,
-                return_logits: bool = True) -> CausalLMOutput:
+                return_logits: bool | None = None, return_hidden: bool = False) -> CausalLMOutput:
         """Run the model (packed ``[T]`` + ``cu_seqlens`` or batched ``[B, S]``; labels pre-shifted).
+
+        Args:
+            return_logits: compute ``logits``; default: only when no ``labels`` are given (with
+                labels and no logits the loss uses the fused chunked kernel, never ``[T, V]``).
+            return_hidden: return ``hidden [T, D]`` and ``head_weight [V, D]`` instead of the
+                loss, for a loss object that owns the head (`xt.models.common.lm_loss.head_outputs`).
 
         Returns:
             ``CausalLMOutput``: ``loss_sum`` (float32 CE sum), ``aux_loss`` =
@@ -152,12 +158,7 @@ class GptOssForCausalLM(nn.Module):
         """
         p = pack_inputs(input_ids, labels, position_ids, cu_seqlens, max_seqlen, attention_mask)
         hidden, stats = self.model(p.input_ids, p.position_ids, p.cu_seqlens, p.max_seqlen)
-        logits = self.lm_head(hidden)
-        out = CausalLMOutput()
-        if p.labels is not None:
-            out.loss_sum = lm_loss_sum(logits, p.labels)
-        if p.labels is None or return_logits:
-            out.logits = p.unpack(logits)
+        out = head_outputs(CausalLMOutput(), hidden, self.lm_head, p, return_logits, return_hidden)
         if self.config.router_aux_loss_coef:
             out.aux_loss = self.config.router_aux_loss_coef * load_balancing_loss(stats)
         out.metrics["expert_load"] = expert_load_fractions(stats)

@@ -27,7 +27,7 @@ from xt.models.common.output import CausalLMOutput, pack_inputs
 from xt.models.common.parallel_plan import decoder_plan
 from xt.models.common.rope import RotaryEmbedding
 from xt.models.common.init import init_linear_and_embedding_
-from xt.models.common.lm_loss import lm_loss_sum
+from xt.models.common.lm_loss import head_outputs
 from xt.models.llama.config import LlamaConfig
 
 __all__ = ["LlamaDecoderLayer", "LlamaModel", "LlamaForCausalLM"]
@@ -97,28 +97,27 @@ class LlamaForCausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, cu_seqlens: torch.Tensor | None = None,
                 max_seqlen: int | None = None, attention_mask: torch.Tensor | None = None,
-                return_logits: bool = True) -> CausalLMOutput:
+                return_logits: bool | None = None, return_hidden: bool = False) -> CausalLMOutput:
         """Run the model on packed ``input_ids[T]`` (+ ``cu_seqlens``) or batched ``[B, S]``.
 
         ``labels`` are pre-shifted (``labels[t]`` is the target of position t, -100 = no loss).
 
+        Args:
+            return_logits: compute ``logits``; default: only when no ``labels`` are given (with
+                labels and no logits the loss uses the fused chunked kernel, never ``[T, V]``).
+            return_hidden: return ``hidden [T, D]`` and ``head_weight [V, D]`` instead of the
+                loss, for a loss object that owns the head (`xt.models.common.lm_loss.head_outputs`).
+
         Returns:
             :class:`~xt.models.common.output.CausalLMOutput` with ``loss_sum`` (float32 sum of CE),
-            ``aux_loss`` None, ``logits`` ``[T, V]`` / ``[B, S, V]`` (unless ``return_logits`` is
-            False and labels are given).
+            ``aux_loss`` None, ``logits`` ``[T, V]`` / ``[B, S, V]`` when requested.
 
         Raises:
             ValueError: inputs that break the batch contract (message names the field).
         """
         p = pack_inputs(input_ids, labels, position_ids, cu_seqlens, max_seqlen, attention_mask)
         hidden = self.model(p.input_ids, p.position_ids, p.cu_seqlens, p.max_seqlen)
-        logits = self.lm_head(hidden)
-        out = CausalLMOutput()
-        if p.labels is not None:
-            out.loss_sum = lm_loss_sum(logits, p.labels)
-        if p.labels is None or return_logits:
-            out.logits = p.unpack(logits)
-        return out
+        return head_outputs(CausalLMOutput(), hidden, self.lm_head, p, return_logits, return_hidden)
 
     def active_params(self) -> int:
         """Non-embedding parameters plus the LM head (docs/architecture.md, MFU)."""

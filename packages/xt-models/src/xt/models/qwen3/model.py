@@ -21,7 +21,7 @@ from torch import nn
 
 from xt.models.common.attention import Attention
 from xt.models.common.flops import causal_lm_flops_per_token
-from xt.models.common.lm_loss import lm_head_and_loss
+from xt.models.common.lm_loss import head_outputs
 from xt.models.common.mlp import SwiGLUMLP
 from xt.models.common.moe import MoEBlock
 from xt.models.common.norm import RMSNorm
@@ -131,7 +131,7 @@ class Qwen3ForCausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, cu_seqlens: torch.Tensor | None = None,
                 max_seqlen: int | None = None, attention_mask: torch.Tensor | None = None,
-                return_logits: bool | None = None) -> CausalLMOutput:
+                return_logits: bool | None = None, return_hidden: bool = False) -> CausalLMOutput:
         """Run the model.
 
         Args:
@@ -146,6 +146,8 @@ class Qwen3ForCausalLM(nn.Module):
             return_logits: compute ``logits``; default: only when no ``labels`` are given (with
                 labels and no logits, the loss uses the fused chunked
                 ``xt.kernels.loss.linear_cross_entropy`` and never builds ``[T, V]``).
+            return_hidden: return ``hidden [T, D]`` and ``head_weight [V, D]`` instead of the
+                loss, for a loss object that owns the head (`xt.models.common.lm_loss.head_outputs`).
 
         Returns:
             :class:`~xt.models.common.output.CausalLMOutput`: ``loss_sum`` (float32 sum of CE),
@@ -158,10 +160,7 @@ class Qwen3ForCausalLM(nn.Module):
         """
         p = pack_inputs(input_ids, labels, position_ids, cu_seqlens, max_seqlen, attention_mask)
         hidden, stats = self.model(p.input_ids, p.position_ids, p.cu_seqlens, p.max_seqlen)
-        if return_logits is None:
-            return_logits = p.labels is None
-        loss_sum, logits = lm_head_and_loss(hidden, self.lm_head, p.labels, return_logits)
-        out = CausalLMOutput(loss_sum=loss_sum, logits=None if logits is None else p.unpack(logits))
+        out = head_outputs(CausalLMOutput(), hidden, self.lm_head, p, return_logits, return_hidden)
         if stats:
             c = self.config
             aux = c.router_aux_loss_coef * load_balancing_loss(stats)
