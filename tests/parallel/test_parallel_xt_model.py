@@ -25,6 +25,7 @@ MODEL = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_lay
     (4, dict(ep_size=2, sp_size=2, activation_checkpointing=0.5)),
     (4, dict(ep_size=4, sp_size=4)),
     (2, dict(hsdp_replicate=2)),
+    (4, dict(ep_size=4, moe_token_chunks=3, activation_checkpointing=1.0)),  # chunked all-to-alls
 ])
 @pytest.mark.parametrize("tie", [False, True])
 def test_xt_qwen3_moe_matches_single_process(pools, world, layout, tie):

@@ -166,5 +166,6 @@ def describe_layout(cfg: XTConfig, dist: DistContext, num_layers: int) -> str:
     ac = checkpointed_layer_ids(num_layers, p.activation_checkpointing, p.activation_checkpointing_every_n)
     return (f"world {world} = hsdp {p.hsdp_replicate} x fsdp {p.resolved_fsdp_size(world)}, ep {p.ep_size}, "
             f"sp {p.sp_size}; activation checkpointing on {len(ac)}/{num_layers} layers"
+            + (f"; MoE routed part in {p.moe_token_chunks} recomputed token chunks" if p.moe_token_chunks > 1 else "")
             + ("; cpu offload" if p.cpu_offload else "")
             + (f"; param_dtype {p.param_dtype}" if p.param_dtype else ""))

@@ -24,6 +24,7 @@ import torch.distributed as dist
 from torch import nn
 
 from xt.parallel.checkpointing import apply_activation_checkpointing
+from xt.parallel.moe_chunks import apply_moe_token_chunks
 from xt.parallel.config import ParallelConfig
 from xt.parallel.context import ParallelDistContext
 from xt.parallel.discover import find_layers, model_sizes, plan_for
@@ -111,6 +112,8 @@ def parallelize(model: nn.Module, cfg: ParallelConfig, *, device_type: str | Non
                 experts = resolve(model, block.experts, f"moe_blocks[{i}].experts")
                 shard_experts_(experts, plan.num_experts, meshes.expert["ep"])
                 expert_modules.append(experts)
+    if cfg.moe_token_chunks > 1:
+        apply_moe_token_chunks(model, plan, cfg.moe_token_chunks)
     if cfg.sp_size > 1:
         _wrap_attention_cores(model, plan, meshes.sp_group)
     if cfg.activation_checkpointing or cfg.activation_checkpointing_every_n:

@@ -49,6 +49,10 @@ class ParallelConfig(ConfigStruct):
         capacity_factor: None = dropless expert parallelism. A number > 0 caps every expert at
             ``ceil(capacity_factor * T * K / num_experts)`` rows per source rank; excess rows are
             dropped (contribute zero) with a warning and a counted metric.
+        moe_token_chunks: run the routed part of every MoE block (dispatch -> experts -> combine)
+            over the micro-batch's tokens in this many chunks, each recomputed in backward, so one
+            chunk's expert activations are alive at a time (long micro-batches; costs one more
+            forward of the routed part). 1 = off. `xt.parallel.moe_chunks`.
         grad_clip_norm: not here (the trainer's optimizer section owns it); see
             :func:`xt.parallel.clip.clip_grad_norm_`.
     """
@@ -64,6 +68,7 @@ class ParallelConfig(ConfigStruct):
     param_dtype: str | None = None
     reduce_dtype: str | None = "float32"
     capacity_factor: float | None = None
+    moe_token_chunks: int = 1
 
     def __post_init__(self) -> None:
         """Range checks that need no world size (the layout is checked by `validate_layout`)."""
@@ -78,6 +83,7 @@ class ParallelConfig(ConfigStruct):
         require(not (self.activation_checkpointing_every_n and self.activation_checkpointing),
                 "activation_checkpointing_every_n",
                 "and `activation_checkpointing` (share) are exclusive: set only one of them")
+        require(self.moe_token_chunks >= 1, "moe_token_chunks", f"must be >= 1 (1 = off), got {self.moe_token_chunks}")
         if self.param_dtype is not None:
             require_in(self.param_dtype, DTYPE_NAMES, "param_dtype")
         if self.reduce_dtype is not None:

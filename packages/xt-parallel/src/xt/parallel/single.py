@@ -22,6 +22,7 @@ from torch import nn
 from xt.core.distributed import DistContext, LocalDistContext
 from xt.parallel.api import parallelize
 from xt.parallel.checkpointing import apply_activation_checkpointing, checkpointed_layer_ids
+from xt.parallel.moe_chunks import apply_moe_token_chunks
 from xt.parallel.config import ParallelConfig
 from xt.parallel.discover import plan_for
 from xt.parallel.expert_parallel import swap_dispatchers
@@ -81,7 +82,8 @@ def parallelize_single(model: nn.Module, cfg: ParallelConfig, *, device_type: st
         `xt.core.distributed.LocalDistContext`.
 
     Raises:
-        LayoutError: a sharding size above 1, or ``capacity_factor`` on a model without MoE.
+        LayoutError: a sharding size above 1, or ``capacity_factor`` / ``moe_token_chunks`` on a
+            model without (XT) MoE blocks.
         ValueError: a plan that does not fit the model.
     """
     check_single_process_layout(cfg)
@@ -93,6 +95,8 @@ def parallelize_single(model: nn.Module, cfg: ParallelConfig, *, device_type: st
         if not plan.moe_blocks:
             raise LayoutError("parallel.capacity_factor is set but the model has no MoE dispatcher to cap")
         swap_dispatchers(model, plan, None, cfg.capacity_factor)
+    if cfg.moe_token_chunks > 1:
+        apply_moe_token_chunks(model, plan, cfg.moe_token_chunks)
     if cfg.activation_checkpointing or cfg.activation_checkpointing_every_n:
         layer_modules = plan.layer_modules(model)
         apply_activation_checkpointing(layer_modules, cfg.activation_checkpointing,
@@ -108,6 +112,8 @@ def describe_single(cfg: ParallelConfig, num_layers: int) -> str:
         parts.append(f"activation checkpointing on {len(ac)}/{num_layers} layers {ac}")
     if cfg.capacity_factor is not None:
         parts.append(f"expert capacity factor {cfg.capacity_factor}")
+    if cfg.moe_token_chunks > 1:
+        parts.append(f"MoE routed part in {cfg.moe_token_chunks} recomputed token chunks")
     fsdp = fsdp_keys_set(cfg)
     if fsdp:
         parts.append("FSDP2 at world size 1 for " + ", ".join(f"{k}={getattr(cfg, k)}" for k in fsdp))

@@ -46,12 +46,42 @@ class MoEBlock(nn.Module):
         nn.init.normal_(gate.weight, std=init_std)
         return cls(gate, GroupedExperts(num_experts, hidden_size, moe_intermediate_size, init_std=init_std))
 
+    #: Swap point for xt.parallel (``parallel.moe_token_chunks``): run the routed part over the
+    #: tokens in this many chunks, each recomputed in backward (docs/contracts.md, MoE dispatch).
+    routed_token_chunks: int = 1
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, RouterStats]:
         """``x[T, D] -> (y[T, D] in x.dtype, RouterStats of this layer)``."""
         route = self.gate(x)
-        x_sorted, tokens_per_expert, ctx = self.dispatcher.dispatch(x, route.topk_ids, route.topk_weights)
-        y_sorted = self.experts(x_sorted, tokens_per_expert)
-        y = self.dispatcher.combine(y_sorted, ctx)
+        if self.routed_token_chunks > 1:
+            y = self._routed_in_chunks(x, route.topk_ids, route.topk_weights)
+        else:
+            y = self._routed(x, route.topk_ids, route.topk_weights)
         if self.shared_experts is not None:
             y = y + self.shared_experts(x)
         return y, router_stats(route, self.gate.num_experts)
+
+    def _routed(self, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor) -> torch.Tensor:
+        """dispatch -> experts -> weighted combine: ``x[T, D], ids[T, K], weights[T, K] -> [T, D]``."""
+        x_sorted, tokens_per_expert, ctx = self.dispatcher.dispatch(x, topk_ids, topk_weights)
+        return self.dispatcher.combine(self.experts(x_sorted, tokens_per_expert), ctx)
+
+    def _routed_in_chunks(self, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor) -> torch.Tensor:
+        """`_routed` over ``routed_token_chunks`` contiguous token chunks, each under non-reentrant
+        activation checkpointing, so only one chunk's ``[R/n, D]`` / ``[R/n, 2F]`` expert
+        activations are alive at a time: they are dropped after the chunk's forward and recomputed
+        in its backward (also inside an activation-checkpointed layer's recompute).
+
+        Every token's result is the same as unchunked (routing is per token and fixed before);
+        only the weight gradients' summation order changes. The number of chunks is the same on
+        every rank (empty chunks included), so an all-to-all dispatcher makes the same number of
+        collective calls everywhere.
+        """
+        from torch.utils.checkpoint import checkpoint
+
+        n = self.routed_token_chunks
+        T = x.shape[0]
+        bounds = [T * i // n for i in range(n + 1)]
+        outs = [checkpoint(self._routed, x[a:b], topk_ids[a:b], topk_weights[a:b], use_reentrant=False)
+                for a, b in zip(bounds[:-1], bounds[1:])]
+        return torch.cat(outs, dim=0)
