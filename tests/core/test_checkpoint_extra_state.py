@@ -203,12 +203,14 @@ def test_trainer_resume_from_interrupted_save_continues_from_the_last_good_one(t
     assert resolve_resume("auto", tmp_path) == good
 
 
-def test_trainer_refuses_a_checkpoint_without_its_engine_state(tmp_path):
-    model, opt, sched, loader = _parts()
-    path = save_checkpoint(tmp_path, 1, model, opt, sched, loader)
+def test_trainer_refuses_a_checkpoint_without_engine_or_scheduler_state(tmp_path):
+    """Neither the engine state nor (as before the engine existed) a top-level LR schedule: refused.
+    (A checkpoint of the previous format resumes: test_checkpoint_resume.py.)"""
+    model, opt, _, loader = _parts()
+    path = save_checkpoint(tmp_path, 1, model, opt, None, loader)
     tr = Trainer(TinyLM(), StatefulLoader(), TrainConfig(dtype="fp32", out_dir=str(tmp_path)),
                  console=Console(file=io.StringIO()))
-    with pytest.raises(CheckpointError, match="no extra state named 'engine'"):
+    with pytest.raises(CheckpointError, match="holds no LR-scheduler state"):
         tr.load(path)
     # and the reverse: a Trainer checkpoint has no separate scheduler state to load
     tr.engine.step = 1

@@ -18,7 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["document_mask", "packed_doc_positions", "core_attention", "SinksCoreAttention"]
+__all__ = ["document_mask", "packed_doc_positions", "core_attention", "SinksCoreAttention", "SINKS_BACKENDS",
+           "set_sinks_backend"]
+
+#: "auto"/"sdpa": the masked path below; "varlen": flash varlen with the sink correction
+#: (`xt.models.common.sinks_flash`, CUDA, no [T, T]; not yet run on a GPU).
+SINKS_BACKENDS = ("auto", "sdpa", "varlen")
 
 _LOOP_MAX_DOCS = 8
 
@@ -121,18 +126,31 @@ class SinksCoreAttention(nn.Module):
     mask from :func:`document_mask`; scores are materialised, so memory grows with the square of
     the document length: a reference backend for CPU, tests and moderate sequence lengths.
 
+    With ``backend="varlen"`` and sinks given, the call goes to
+    :func:`xt.models.common.sinks_flash.sinks_attention_lse` on torch's flash varlen kernel
+    instead (memory linear in T; CUDA bf16/fp16).
+
     Args:
         softmax_scale: multiplier of ``q k^T``; None means ``Dq ** -0.5``.
+        backend: one of ``SINKS_BACKENDS``.
+
+    Raises:
+        ValueError: unknown backend.
     """
 
-    def __init__(self, softmax_scale: float | None = None) -> None:
+    def __init__(self, softmax_scale: float | None = None, backend: str = "auto") -> None:
         super().__init__()
+        _check_backend(backend)
         self.softmax_scale = softmax_scale
+        self.backend = backend
 
     def forward(self, q, k, v, cu_seqlens: torch.Tensor, max_seqlen: int, sliding_window: int | None = None,
                 sinks: torch.Tensor | None = None) -> torch.Tensor:
         """Attend over the packed documents; shapes in the class docstring."""
         scale = self.softmax_scale if self.softmax_scale is not None else q.shape[-1] ** -0.5
+        if self.backend == "varlen" and sinks is not None:
+            from xt.models.common.sinks_flash import sinks_attention_lse
+            return sinks_attention_lse(q, k, v, sinks, cu_seqlens, max_seqlen, scale, sliding_window, "varlen")
         bounds = cu_seqlens.tolist()
         if len(bounds) - 1 <= _LOOP_MAX_DOCS:  # one [n, n] block per document: T**2 / D memory
             outs = []
@@ -148,4 +166,23 @@ class SinksCoreAttention(nn.Module):
         return core_attention(q[None], k[None], v[None], mask[None], scale, sinks)[0]
 
     def extra_repr(self) -> str:
-        return f"softmax_scale={self.softmax_scale}"
+        return f"softmax_scale={self.softmax_scale}, backend={self.backend!r}"
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in SINKS_BACKENDS:
+        raise ValueError(f"attn_backend {backend!r} is not available for sinks attention (GPT-OSS); "
+                         f"expected one of {SINKS_BACKENDS}")
+
+
+def set_sinks_backend(model: nn.Module, backend: str) -> nn.Module:
+    """Set ``backend`` on every `SinksCoreAttention` of `model` (the registry's ``attn_backend``).
+
+    Raises:
+        ValueError: ``backend`` not in ``SINKS_BACKENDS``.
+    """
+    _check_backend(backend)
+    for m in model.modules():
+        if isinstance(m, SinksCoreAttention):
+            m.backend = backend
+    return model
