@@ -29,9 +29,25 @@ COVERED = {
     "activation_checkpointing": "test_activation_checkpointing_cuts_saved_activations",
     "activation_checkpointing_every_n": "test_activation_checkpointing_cuts_saved_activations",
     "capacity_factor": "test_capacity_factor_drops_rows",
+    "moe_token_chunks": "test_moe_token_chunks_cut_saved_activations",
     "param_dtype": "test_fsdp_keys_at_world_size_1", "reduce_dtype": "test_fsdp_keys_at_world_size_1",
     "cpu_offload": "test_fsdp_keys_at_world_size_1", "reshard_after_forward": "test_fsdp_keys_at_world_size_1",
 }
+
+
+def test_moe_token_chunks_cut_saved_activations():
+    """The routed part in recomputed chunks keeps less for backward; loss and gradients stay those
+    of the plain model (fp32; tests/parallel/test_parallel_moe_chunks.py covers every family)."""
+    b = batch()
+    plain_bytes, _ = saved_activation_bytes(build(), b)
+    model, ctx = parallelize_single(build(), ParallelConfig(moe_token_chunks=2), device_type="cpu")
+    chunk_bytes, _ = saved_activation_bytes(model, b)
+    assert chunk_bytes < 0.8 * plain_bytes and ctx.world_size == 1
+    ref, got = step(build(), b), step(model, b)
+    assert float(got["loss"]) == pytest.approx(float(ref["loss"]), rel=1e-6)
+    for name, g in ref["grads"].items():  # per tensor: chunking reorders the dW sums only
+        err = float((got["grads"][name] - g).double().norm() / g.double().norm().clamp_min(1e-30))
+        assert err <= 1e-6, (name, err)
 
 
 def test_every_key_is_covered():
