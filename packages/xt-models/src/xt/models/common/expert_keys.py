@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["unstack_experts", "stack_experts"]
+__all__ = ["unstack_experts", "stack_experts", "renamed_view", "tie_head", "EMBED_KEY", "HEAD_KEY"]
 
 _PER_EXPERT = re.compile(r"^(?P<prefix>.*)\.experts\.(?P<e>\d+)\.(?P<proj>gate_proj|up_proj|down_proj)\.weight$")
 
@@ -43,14 +43,16 @@ def unstack_experts(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def stack_experts(keys: list[str], get: Callable[[str], torch.Tensor], source: str = "checkpoint"
-                  ) -> dict[str, torch.Tensor]:
+def stack_experts(keys: list[str], get: Callable[[str], torch.Tensor], source: str = "checkpoint",
+                  num_experts: int | None = None) -> dict[str, torch.Tensor]:
     """Build a state dict with stacked experts from checkpoint keys.
 
     Args:
         keys: all keys of the checkpoint.
         get: loads one tensor by key (lets callers read shards lazily).
         source: named in error messages.
+        num_experts: E, when known: every MoE layer must have experts ``0..E-1`` (else the highest
+            expert index present decides).
 
     Returns:
         ``{key: tensor}`` where per-expert keys became ``*.experts.gate_up_proj`` and
@@ -68,7 +70,7 @@ def stack_experts(keys: list[str], get: Callable[[str], torch.Tensor], source: s
             continue
         groups.setdefault(m["prefix"], {}).setdefault(int(m["e"]), {})[m["proj"]] = key
     for prefix, experts in groups.items():
-        n = max(experts) + 1
+        n = num_experts if num_experts is not None else max(experts) + 1
         gate_up, down = [], []
         for e in range(n):
             projs = experts.get(e, {})
@@ -80,3 +82,50 @@ def stack_experts(keys: list[str], get: Callable[[str], torch.Tensor], source: s
         out[f"{prefix}.experts.gate_up_proj"] = torch.stack(gate_up)
         out[f"{prefix}.experts.down_proj"] = torch.stack(down)
     return out
+
+
+def renamed_view(keys: list[str], get: Callable[[str], torch.Tensor], rename: Callable[[str], str | None],
+                 load: Callable[[str, Callable[[str], torch.Tensor]], torch.Tensor] | None = None
+                 ) -> tuple[list[str], Callable[[str], torch.Tensor]]:
+    """A checkpoint seen through a family's key mapping, still read one tensor at a time.
+
+    The one way every family maps HF keys (`stack_experts` then stacks per-expert keys):
+
+    Args:
+        keys: the checkpoint's keys; get: reads one of them.
+        rename: HF key -> XT key, or None to skip it (e.g. quantisation scales, duplicated copies).
+        load: ``load(hf_key, get) -> tensor`` for keys whose value needs more than a read (e.g.
+            FP8 / MXFP4 dequantisation with their scale keys, or a layout transform); None = ``get``.
+
+    Returns:
+        ``(xt_keys, get_xt)``: the renamed keys and a reader by XT key.
+
+    Raises:
+        ValueError: two checkpoint keys renamed to the same XT key.
+    """
+    back: dict[str, str] = {}
+    for k in keys:
+        new = rename(k)
+        if new is None:
+            continue
+        if new in back:
+            raise ValueError(f"checkpoint keys {back[new]} and {k} both map to {new}")
+        back[new] = k
+    read = (lambda k: load(back[k], get)) if load is not None else (lambda k: get(back[k]))
+    return list(back), read
+
+
+EMBED_KEY, HEAD_KEY = "model.embed_tokens.weight", "lm_head.weight"
+
+
+def tie_head(state: dict[str, torch.Tensor], tied: bool, source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """With tied embeddings, ``lm_head.weight`` is the embedding (HF writes only the embedding).
+
+    Raises:
+        ValueError: ``tied`` and no ``model.embed_tokens.weight``.
+    """
+    if tied:
+        if EMBED_KEY not in state:
+            raise ValueError(f"{source}: missing key {EMBED_KEY}")
+        state[HEAD_KEY] = state[EMBED_KEY]
+    return state

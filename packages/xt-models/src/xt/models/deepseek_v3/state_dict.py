@@ -16,14 +16,15 @@ and skipped on load.
 from __future__ import annotations
 
 import re
+from typing import Callable
 
 import torch
 
+from xt.models.common.expert_keys import renamed_view, stack_experts, tie_head
 from xt.models.deepseek_v3.config import DeepseekV3Config
 
-__all__ = ["hf_to_xt", "xt_to_hf", "dequantize_fp8_blocks"]
+__all__ = ["from_hf", "hf_to_xt", "xt_to_hf", "dequantize_fp8_blocks"]
 
-_PER_EXPERT = re.compile(r"^(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(gate|up|down)_proj\.weight$")
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.*)$")
 
 
@@ -47,57 +48,48 @@ def dequantize_fp8_blocks(weight: torch.Tensor, scale_inv: torch.Tensor, block_s
     return (weight.float() * scale).to(dtype)
 
 
-def _dequantize_all(sd: dict[str, torch.Tensor], block_size: tuple[int, int]) -> dict[str, torch.Tensor]:
-    out = {}
-    for k, v in sd.items():
-        if k.endswith(".weight_scale_inv"):
-            continue
-        sk = k + "_scale_inv"
-        out[k] = dequantize_fp8_blocks(v, sd[sk], block_size) if sk in sd else v
-    return out
+def _rename(key: str, config: DeepseekV3Config) -> str | None:
+    """Hub key -> XT key; None for FP8 scales (read with their weight) and the hub's per-depth
+    copies of the shared embedding / head, and for MTP depths beyond ``config.mtp_layers``."""
+    if key.endswith(".weight_scale_inv"):
+        return None
+    lm = _LAYER.match(key)
+    if lm is None or int(lm.group(1)) < config.num_hidden_layers:
+        return key
+    depth, rest = int(lm.group(1)) - config.num_hidden_layers, lm.group(2)
+    if depth >= config.mtp_layers or rest in ("embed_tokens.weight", "shared_head.head.weight"):
+        return None
+    return f"mtp.{depth}.{rest}"
+
+
+def from_hf(keys: list[str], get: Callable[[str], torch.Tensor], config: DeepseekV3Config,
+            source: str = "checkpoint", fp8_block_size: tuple[int, int] = (128, 128)) -> dict[str, torch.Tensor]:
+    """HF DeepSeek-V3 checkpoint keys -> XT state dict, one tensor (and its FP8 scales) at a time.
+
+    FP8 block-quantised weights are dequantised to bf16 as they are read (`dequantize_fp8_blocks`).
+    MTP layers (``model.layers.{L+k}``) are kept only for ``k < config.mtp_layers`` (``mtp_layers``
+    is an XT option, 0 unless set: hub configs announce ``num_nextn_predict_layers`` with or
+    without weights). Per-expert weights are stacked by `stack_experts` (all ``n_routed_experts``
+    required).
+
+    Raises:
+        ValueError: an MoE layer with a missing expert or projection (names the key).
+    """
+    key_set = set(keys)
+
+    def load(key: str, read: Callable[[str], torch.Tensor]) -> torch.Tensor:
+        scale = key + "_scale_inv"
+        return dequantize_fp8_blocks(read(key), read(scale), fp8_block_size) if scale in key_set else read(key)
+
+    xt_keys, read = renamed_view(keys, get, lambda k: _rename(k, config), load)
+    out = stack_experts(xt_keys, read, source, num_experts=config.n_routed_experts)
+    return tie_head(out, config.tie_word_embeddings, source)
 
 
 def hf_to_xt(sd: dict[str, torch.Tensor], config: DeepseekV3Config,
              fp8_block_size: tuple[int, int] = (128, 128)) -> dict[str, torch.Tensor]:
-    """HF DeepSeek-V3 state dict -> XT state dict (FP8 block-quantised weights dequantised to bf16).
-
-    MTP layers (``model.layers.{L+k}``) are kept only for ``k < config.mtp_layers`` (``mtp_layers`` is an
-    XT option, 0 unless set: hub configs announce ``num_nextn_predict_layers`` with or without weights).
-
-    Raises:
-        ValueError: an MoE layer with missing experts (names the layer and expert).
-    """
-    L, E = config.num_hidden_layers, config.n_routed_experts
-    if any(k.endswith(".weight_scale_inv") for k in sd):
-        sd = _dequantize_all(sd, fp8_block_size)
-    out: dict[str, torch.Tensor] = {}
-    experts: dict[str, dict[int, dict[str, torch.Tensor]]] = {}
-    for k, v in sd.items():
-        lm = _LAYER.match(k)
-        m = _PER_EXPERT.match(k)
-        if m and int(lm.group(1)) < L:
-            experts.setdefault(m.group(1), {}).setdefault(int(m.group(2)), {})[m.group(3)] = v
-            continue
-        if lm and int(lm.group(1)) >= L:
-            depth = int(lm.group(1)) - L
-            rest = lm.group(2)
-            if depth >= config.mtp_layers or rest in ("embed_tokens.weight", "shared_head.head.weight"):
-                continue
-            k = f"mtp.{depth}.{rest}"
-            m2 = re.match(r"^(mtp\.\d+\.mlp\.experts)\.(\d+)\.(gate|up|down)_proj\.weight$", k)
-            if m2:
-                experts.setdefault(m2.group(1), {}).setdefault(int(m2.group(2)), {})[m2.group(3)] = v
-                continue
-        out[k] = v
-    for prefix, per in experts.items():
-        for e in range(E):
-            if e not in per or len(per[e]) != 3:
-                raise ValueError(f"checkpoint: {prefix}.{e} is missing gate/up/down_proj weights")
-        out[f"{prefix}.gate_up_proj"] = torch.stack([torch.cat([per[e]["gate"], per[e]["up"]], 0) for e in range(E)])
-        out[f"{prefix}.down_proj"] = torch.stack([per[e]["down"] for e in range(E)])
-    if config.tie_word_embeddings:
-        out["lm_head.weight"] = out["model.embed_tokens.weight"]
-    return out
+    """`from_hf` over an in-memory HF state dict."""
+    return from_hf(list(sd), sd.__getitem__, config, fp8_block_size=fp8_block_size)
 
 
 def xt_to_hf(sd: dict[str, torch.Tensor], config: DeepseekV3Config) -> dict[str, torch.Tensor]:

@@ -16,12 +16,14 @@ v1.0 specification; layout as read by transformers' ``integrations/mxfp4.py``.
 from __future__ import annotations
 
 import re
+from typing import Callable
 
 import torch
 
+from xt.models.common.expert_keys import renamed_view, tie_head
 from xt.models.gpt_oss.config import GptOssConfig
 
-__all__ = ["hf_to_xt", "xt_to_hf", "dequantize_mxfp4", "FP4_E2M1_VALUES"]
+__all__ = ["from_hf", "hf_to_xt", "xt_to_hf", "dequantize_mxfp4", "FP4_E2M1_VALUES"]
 
 FP4_E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
 _EXPERT = re.compile(r"^(model\.layers\.\d+\.mlp\.)experts\.(gate_up_proj|down_proj)(_bias|_blocks|_scales)?$")
@@ -54,41 +56,55 @@ def _interleave(t: torch.Tensor) -> torch.Tensor:
     return torch.stack([t[..., :half], t[..., half:]], dim=-1).flatten(-2)
 
 
+def _rename(key: str) -> str | None:
+    """Hub key -> XT key (router -> ``mlp.gate``; MXFP4 ``_blocks`` -> the weight; ``_scales`` skipped)."""
+    if ".mlp.router." in key:
+        return key.replace(".mlp.router.", ".mlp.gate.")
+    m = _EXPERT.match(key)
+    if m is None:
+        return key
+    suffix = m.group(3) or ""
+    if suffix == "_scales":
+        return None  # read with its blocks
+    return f"{m.group(1)}experts.{m.group(2)}" + ("_bias" if suffix == "_bias" else "")
+
+
+def from_hf(keys: list[str], get: Callable[[str], torch.Tensor], config: GptOssConfig,
+            source: str = "checkpoint", mxfp4_dtype: torch.dtype = torch.bfloat16) -> dict[str, torch.Tensor]:
+    """HF GPT-OSS checkpoint keys (bf16/fp32 or MXFP4 experts) -> XT state dict, one tensor at a time.
+
+    MXFP4 blocks/scales are dequantised to ``mxfp4_dtype`` as they are read; the fused experts are
+    de-interleaved and transposed to XT's layout (module docstring).
+
+    Raises:
+        ValueError: a ``_blocks`` key without its ``_scales``.
+    """
+    key_set = set(keys)
+
+    def load(key: str, read: Callable[[str], torch.Tensor]) -> torch.Tensor:
+        m = _EXPERT.match(key)
+        if m is None:
+            return read(key)
+        proj, suffix = m.group(2), m.group(3) or ""
+        if suffix == "_bias":
+            return _deinterleave(read(key)) if proj == "gate_up_proj" else read(key)
+        if suffix == "_blocks":
+            scales = key[: -len("_blocks")] + "_scales"
+            if scales not in key_set:
+                raise ValueError(f"{source} has {key} but not {scales}")
+            w = dequantize_mxfp4(read(key), read(scales), mxfp4_dtype)  # already [E, out, in]
+            return _deinterleave(w.transpose(1, 2)).transpose(1, 2).contiguous() if proj == "gate_up_proj" else w
+        w = read(key)  # [E, in, out]
+        return (_deinterleave(w) if proj == "gate_up_proj" else w).transpose(1, 2).contiguous()
+
+    xt_keys, read = renamed_view(keys, get, _rename, load)
+    return tie_head({k: read(k) for k in xt_keys}, config.tie_word_embeddings, source)
+
+
 def hf_to_xt(sd: dict[str, torch.Tensor], config: GptOssConfig,
              mxfp4_dtype: torch.dtype = torch.bfloat16) -> dict[str, torch.Tensor]:
-    """HF GPT-OSS state dict (bf16/fp32 or MXFP4 experts) -> XT state dict.
-
-    MXFP4 blocks/scales are dequantised to ``mxfp4_dtype``. Raises ValueError on a blocks key
-    without its scales.
-    """
-    out: dict[str, torch.Tensor] = {}
-    for k, v in sd.items():
-        m = _EXPERT.match(k)
-        if k.endswith(".mlp.router.weight") or k.endswith(".mlp.router.bias"):
-            out[k.replace(".mlp.router.", ".mlp.gate.")] = v
-        elif m is None:
-            out[k] = v
-        else:
-            prefix, proj, suffix = m.group(1), m.group(2), m.group(3) or ""
-            name = f"{prefix}experts.{proj}"
-            if suffix == "_scales":
-                continue
-            if suffix == "_blocks":
-                sk = f"{name}_scales"
-                if sk not in sd:
-                    raise ValueError(f"checkpoint has {k} but not {sk}")
-                out[name] = dequantize_mxfp4(v, sd[sk], mxfp4_dtype)  # already [E, out, in]
-                if proj == "gate_up_proj":
-                    out[name] = _deinterleave(out[name].transpose(1, 2)).transpose(1, 2).contiguous()
-            elif suffix == "_bias":
-                out[name + "_bias"] = _deinterleave(v) if proj == "gate_up_proj" else v
-            elif proj == "gate_up_proj":
-                out[name] = _deinterleave(v).transpose(1, 2).contiguous()
-            else:
-                out[name] = v.transpose(1, 2).contiguous()
-    if config.tie_word_embeddings:
-        out["lm_head.weight"] = out["model.embed_tokens.weight"]
-    return out
+    """`from_hf` over an in-memory HF state dict."""
+    return from_hf(list(sd), sd.__getitem__, config, mxfp4_dtype=mxfp4_dtype)
 
 
 def xt_to_hf(sd: dict[str, torch.Tensor], config: GptOssConfig) -> dict[str, torch.Tensor]:

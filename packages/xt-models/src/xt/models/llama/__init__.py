@@ -1,7 +1,7 @@
 """Llama (HF ``LlamaForCausalLM``); importing registers it with :mod:`xt.models.registry`."""
 from xt.models.llama.config import LlamaConfig
 from xt.models.llama.model import LlamaForCausalLM
-from xt.models.llama.state_dict import hf_to_xt, xt_to_hf
+from xt.models.llama.state_dict import from_hf, hf_to_xt, xt_to_hf
 
 
 def _register() -> None:
@@ -10,8 +10,7 @@ def _register() -> None:
     register_model(ModelSpec(
         name="llama", architectures=("LlamaForCausalLM",), model_types=("llama",), config_cls=LlamaConfig,
         model_cls=lambda config, attn_backend="auto": LlamaForCausalLM(config, attn_backend=attn_backend),
-        to_hf=xt_to_hf, from_hf=lambda keys, get, config, source="checkpoint": hf_to_xt(
-            {k: get(k) for k in keys}, config)))
+        to_hf=xt_to_hf, from_hf=from_hf))
 
 
 _register()

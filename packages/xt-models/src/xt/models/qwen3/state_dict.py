@@ -11,19 +11,16 @@ from typing import Callable
 
 import torch
 
-from xt.models.common.expert_keys import stack_experts, unstack_experts
+from xt.models.common.expert_keys import HEAD_KEY, stack_experts, tie_head, unstack_experts
 from xt.models.qwen3.config import Qwen3Config
 
 __all__ = ["to_hf", "from_hf"]
-
-_EMBED, _HEAD = "model.embed_tokens.weight", "lm_head.weight"
-
 
 def to_hf(state: dict[str, torch.Tensor], config: Qwen3Config) -> dict[str, torch.Tensor]:
     """Our ``model.state_dict()`` -> HF keys (per-expert weights; ``lm_head`` dropped when tied)."""
     out = unstack_experts(state)
     if config.tie_word_embeddings:
-        out.pop(_HEAD, None)
+        out.pop(HEAD_KEY, None)
     return out
 
 
@@ -36,9 +33,4 @@ def from_hf(keys: list[str], get: Callable[[str], torch.Tensor], config: Qwen3Co
     Raises:
         ValueError: missing expert weights, or a tied model without ``model.embed_tokens.weight``.
     """
-    out = stack_experts(keys, get, source)
-    if config.tie_word_embeddings:
-        if _EMBED not in out:
-            raise ValueError(f"{source}: missing key {_EMBED}")
-        out[_HEAD] = out[_EMBED]
-    return out
+    return tie_head(stack_experts(keys, get, source), config.tie_word_embeddings, source)
