@@ -41,7 +41,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8)
     args = ap.parse_args()
 
-    from xt.cli.build import apply_layout, build_run_loader, build_run_model, device_for_run
+    from xt.cli.build import apply_layout, build_run_loader, device_for_run
+    from xt.models import build_run_model
     from xt.cli.config import load_xt_config
     from xt.core.checkpoint import seed_everything
     from xt.core.engine import Trainer

@@ -2,22 +2,18 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from xt.cli.config import ModelSection, XTConfig
-from xt.cli.weights import is_xt_weights, load_xt_weights
+from xt.cli.config import XTConfig
 from xt.core.distributed import DistContext, LocalDistContext
 from xt.data import build_loader
 from xt.kernels.config import apply_kernels_config
-from xt.models import build_model, from_pretrained
-from xt.models.common.hf_config import read_config_json
+from xt.models import section_config
 
-__all__ = ["hf_dict", "check_layout", "unused_model_keys", "build_run_model", "build_run_loader", "under_torchrun", "apply_layout",
-           "describe_layout", "device_for_run"]
+__all__ = ["check_layout", "build_run_loader", "under_torchrun", "apply_layout", "describe_layout", "device_for_run"]
 
 
 def device_for_run() -> torch.device:
@@ -25,58 +21,6 @@ def device_for_run() -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device("cpu")
-
-
-def hf_dict(section: ModelSection) -> dict[str, Any]:
-    """The HF ``config.json`` fields of `section`: inline ``config``, or read from ``hf_config`` /
-    ``init_from``, with ``overrides`` applied.
-
-    Raises:
-        xt.models.ConfigError: the ``config.json`` cannot be read or is not a JSON object.
-    """
-    if section.config is not None:
-        d = dict(section.config)
-    else:
-        d = read_config_json(Path(section.hf_config or section.init_from))
-    d.update(section.overrides)
-    return d
-
-
-# HF config.json keys that carry no model structure (or are read under another name) and are
-# therefore never reported as unused.
-_HF_BOOKKEEPING = {"architectures", "model_type", "transformers_version", "torch_dtype", "dtype", "use_cache",
-                   "rope_theta", "rope_scaling", "rope_parameters", "num_experts", "num_local_experts",
-                   "initializer_range", "bos_token_id", "eos_token_id", "pad_token_id", "output_router_logits",
-                   "attention_dropout", "quantization_config", "auto_map", "scoring_func", "topk_method"}
-
-
-def unused_model_keys(section: ModelSection) -> list[str]:
-    """Keys of an inline ``[model.config]`` (or ``model.overrides``) that the chosen model family
-    does not read: most often a typo (``num_expert``), which would otherwise be silently ignored."""
-    import msgspec
-    from xt.models.registry import get_spec
-    written = dict(section.config or {}) | dict(section.overrides)
-    if not written:
-        return []
-    fields = {f.name for f in msgspec.structs.fields(get_spec(hf_dict(section)).config_cls)}
-    return sorted(k for k in written if k not in fields and k not in _HF_BOOKKEEPING)
-
-
-def build_run_model(section: ModelSection, device: torch.device) -> nn.Module:
-    """The model of `section`: random weights (seeded beforehand) or loaded from an HF checkpoint.
-
-    Raises:
-        xt.models.ConfigError: bad or unknown HF config fields (named).
-        FileNotFoundError / ValueError: `init_from` lacks weights or they do not match.
-    """
-    if section.init_from:
-        if section.overrides:
-            raise ValueError("model.overrides cannot change the shape of a pretrained checkpoint "
-                             "(model.init_from); remove them")
-        if is_xt_weights(section.init_from):
-            return load_xt_weights(section.init_from, device=device, attn_backend=section.attn_backend)
-        return from_pretrained(section.init_from, device=device, attn_backend=section.attn_backend)
-    return build_model(hf_dict(section), device=device, attn_backend=section.attn_backend)
 
 
 def build_run_loader(cfg: XTConfig, dist: DistContext):
@@ -127,15 +71,13 @@ def check_layout(cfg: XTConfig) -> None:
     """
     from types import SimpleNamespace
 
-    from xt.models import config_from_hf
     from xt.parallel import validate_layout
     from xt.parallel.discover import model_sizes
     from xt.parallel.single import check_single_process_layout
     world = int(os.environ.get("WORLD_SIZE", "1")) if under_torchrun() else 1
     if world == 1:
         check_single_process_layout(cfg.parallel)
-    d = hf_dict(cfg.model) if not cfg.model.init_from else read_config_json(Path(cfg.model.init_from))
-    sizes = model_sizes(SimpleNamespace(config=config_from_hf(d)))
+    sizes = model_sizes(SimpleNamespace(config=section_config(cfg.model)))
     validate_layout(cfg.parallel, world, **sizes)
 
 

@@ -10,8 +10,7 @@ from typing import Sequence
 from rich.console import Console
 from rich.markup import escape
 
-from xt.cli.build import (apply_layout, build_run_loader, build_run_model, check_layout, describe_layout,
-                          device_for_run, unused_model_keys)
+from xt.cli.build import apply_layout, build_run_loader, check_layout, describe_layout, device_for_run
 from xt.cli.config import XTConfig, load_xt_config
 from xt.cli.export import export_hf
 from xt.cli.preflight import preflight
@@ -19,7 +18,7 @@ from xt.core.checkpoint import seed_everything
 from xt.core.engine import Trainer, TrainResult, read_metrics
 from xt.core.engine.metrics import step_time_summary
 from xt.data import load_tokenizer
-from xt.models import from_pretrained, generate
+from xt.models import build_run_model, from_pretrained, generate, unused_model_keys
 
 __all__ = ["run_train", "greedy_sample"]
 
