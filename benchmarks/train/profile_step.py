@@ -14,6 +14,7 @@ Not a benchmark of record (``benchmarks/train/bench_train.py`` is): profiling ad
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import time
 from collections import defaultdict
@@ -55,19 +56,22 @@ def main() -> None:
 
     from torch.profiler import ProfilerActivity, profile
 
-    from xt.cli.build import apply_layout, build_run_loader, device_for_run
-    from xt.models import build_run_model
     from xt.cli.config import load_xt_config
     from xt.core.checkpoint import seed_everything
     from xt.core.engine import Trainer
+    from xt.data import build_loader
+    from xt.kernels.config import apply_kernels_config
+    from xt.models import build_run_model
+    from xt.parallel import apply_layout, device_for_run, rank_loader
 
     cfg = load_xt_config(args.config, args.overrides)
     device = device_for_run()
     seed_everything(cfg.train.seed)
     t0 = time.perf_counter()
     model = build_run_model(cfg.model, device)
-    model, dist = apply_layout(model, cfg, device)
-    loader_obj = build_run_loader(cfg, dist)
+    apply_kernels_config(cfg.kernels)
+    model, dist = apply_layout(model, cfg.parallel, device_type=device.type)
+    loader_obj = rank_loader(functools.partial(build_loader, cfg.data), dist)
     loader = iter(loader_obj)
     trainer = Trainer(model, loader_obj, cfg.train, cfg.optim, cfg.schedule, cfg.checkpoint, dist=dist)
     print(f"built in {time.perf_counter() - t0:.1f}s; precision: {trainer.precision_summary}", flush=True)

@@ -10,6 +10,7 @@ a JIT compile). A stall with nothing grown points outside these caches.
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 
 import torch
@@ -41,19 +42,22 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8)
     args = ap.parse_args()
 
-    from xt.cli.build import apply_layout, build_run_loader, device_for_run
-    from xt.models import build_run_model
     from xt.cli.config import load_xt_config
     from xt.core.checkpoint import seed_everything
     from xt.core.engine import Trainer
+    from xt.data import build_loader
+    from xt.kernels.config import apply_kernels_config
+    from xt.models import build_run_model
+    from xt.parallel import apply_layout, device_for_run, rank_loader
     from xt.kernels.moe import backends
 
     cfg = load_xt_config(args.config, args.overrides)
     device = device_for_run()
     seed_everything(cfg.train.seed)
     model = build_run_model(cfg.model, device)
-    model, dist = apply_layout(model, cfg, device)
-    loader_obj = build_run_loader(cfg, dist)
+    apply_kernels_config(cfg.kernels)
+    model, dist = apply_layout(model, cfg.parallel, device_type=device.type)
+    loader_obj = rank_loader(functools.partial(build_loader, cfg.data), dist)
     loader = iter(loader_obj)
     trainer = Trainer(model, loader_obj, cfg.train, cfg.optim, cfg.schedule, cfg.checkpoint, dist=dist)
     before = {"auto": len(backends._auto_cache), **_triton_state()}
