@@ -14,7 +14,6 @@ Not a benchmark of record (``benchmarks/train/bench_train.py`` is): profiling ad
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import time
 from collections import defaultdict
@@ -57,21 +56,16 @@ def main() -> None:
     from torch.profiler import ProfilerActivity, profile
 
     from xt.cli.config import load_xt_config
+    from xt.cli.train import build_run
     from xt.core.checkpoint import seed_everything
     from xt.core.engine import Trainer
-    from xt.data import build_loader
-    from xt.kernels.config import apply_kernels_config
-    from xt.models import build_run_model
-    from xt.parallel import apply_layout, device_for_run, rank_loader
+    from xt.parallel import device_for_run
 
     cfg = load_xt_config(args.config, args.overrides)
     device = device_for_run()
     seed_everything(cfg.train.seed)
     t0 = time.perf_counter()
-    model = build_run_model(cfg.model, device)
-    apply_kernels_config(cfg.kernels)
-    model, dist = apply_layout(model, cfg.parallel, device_type=device.type)
-    loader_obj = rank_loader(functools.partial(build_loader, cfg.data), dist)
+    model, dist, loader_obj = build_run(cfg, device)
     loader = iter(loader_obj)
     trainer = Trainer(model, loader_obj, cfg.train, cfg.optim, cfg.schedule, cfg.checkpoint, dist=dist)
     print(f"built in {time.perf_counter() - t0:.1f}s; precision: {trainer.precision_summary}", flush=True)

@@ -10,7 +10,6 @@ a JIT compile). A stall with nothing grown points outside these caches.
 from __future__ import annotations
 
 import argparse
-import functools
 import time
 
 import torch
@@ -43,21 +42,16 @@ def main() -> None:
     args = ap.parse_args()
 
     from xt.cli.config import load_xt_config
+    from xt.cli.train import build_run
     from xt.core.checkpoint import seed_everything
     from xt.core.engine import Trainer
-    from xt.data import build_loader
-    from xt.kernels.config import apply_kernels_config
-    from xt.models import build_run_model
-    from xt.parallel import apply_layout, device_for_run, rank_loader
+    from xt.parallel import device_for_run
     from xt.kernels.moe import backends
 
     cfg = load_xt_config(args.config, args.overrides)
     device = device_for_run()
     seed_everything(cfg.train.seed)
-    model = build_run_model(cfg.model, device)
-    apply_kernels_config(cfg.kernels)
-    model, dist = apply_layout(model, cfg.parallel, device_type=device.type)
-    loader_obj = rank_loader(functools.partial(build_loader, cfg.data), dist)
+    model, dist, loader_obj = build_run(cfg, device)
     loader = iter(loader_obj)
     trainer = Trainer(model, loader_obj, cfg.train, cfg.optim, cfg.schedule, cfg.checkpoint, dist=dist)
     before = {"auto": len(backends._auto_cache), **_triton_state()}

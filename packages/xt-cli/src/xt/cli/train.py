@@ -11,14 +11,17 @@ import functools
 import os
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
+import torch
 from rich.console import Console
 from rich.markup import escape
+from torch import nn
 
 from xt.cli.config import XTConfig, load_xt_config
 from xt.cli.preflight import preflight
 from xt.core.checkpoint import seed_everything
+from xt.core.distributed import DistContext
 from xt.core.engine import Trainer, TrainResult, read_metrics
 from xt.core.engine.metrics import step_time_summary
 from xt.data import build_loader, load_tokenizer
@@ -26,7 +29,7 @@ from xt.kernels.config import apply_kernels_config
 from xt.models import build_run_model, from_pretrained, generate, save_pretrained, section_config, unused_model_keys
 from xt.parallel import apply_layout, check_layout, describe_layout, device_for_run, exporter, rank_loader
 
-__all__ = ["run_train", "greedy_sample"]
+__all__ = ["run_train", "build_run", "greedy_sample"]
 
 
 def greedy_sample(model, tokenizer, prompt: str, max_new_tokens: int, chat: bool = False) -> str:
@@ -40,6 +43,19 @@ def greedy_sample(model, tokenizer, prompt: str, max_new_tokens: int, chat: bool
         ids = tokenizer.encode(prompt, add_special_tokens=False)
     new = generate(model, [list(ids)], max_new_tokens, eos_token_id=tokenizer.eos_token_id)[0]
     return tokenizer.decode(new, skip_special_tokens=True)
+
+
+def build_run(cfg: XTConfig, device: torch.device) -> tuple[nn.Module, DistContext, Any]:
+    """The model of ``cfg.model`` on `device` (seed beforehand), laid out by ``cfg.kernels`` and
+    ``cfg.parallel``, and this rank's loader of ``cfg.data``: ``(model, dist, loader)``.
+
+    Raises:
+        what :func:`xt.models.build_run_model` and :func:`xt.parallel.apply_layout` raise.
+    """
+    model = build_run_model(cfg.model, device)
+    apply_kernels_config(cfg.kernels)
+    model, dist = apply_layout(model, cfg.parallel, device_type=device.type)
+    return model, dist, rank_loader(functools.partial(build_loader, cfg.data), dist)
 
 
 def run_train(config: str | Path | None, overrides: Sequence[str] = (), resume: str | None = None,
@@ -68,12 +84,9 @@ def run_train(config: str | Path | None, overrides: Sequence[str] = (), resume: 
     if unused:
         console.print(f"[yellow]warning[/yellow]: {escape(str(config))}: {escape('[model.config]')} keys that "
                       f"this model family does not read (a typo?): {escape(', '.join(unused))}")
-    model = build_run_model(cfg.model, device)
-    apply_kernels_config(cfg.kernels)
-    model, dist = apply_layout(model, cfg.parallel, device_type=device.type)
+    model, dist, loader = build_run(cfg, device)
     is_main = getattr(dist, "is_main", True)
     n_params = sum(p.numel() for p in model.parameters())
-    loader = rank_loader(functools.partial(build_loader, cfg.data), dist)
     rank_data = getattr(loader, "loader", loader)  # under SP: the wrapped data-parallel loader
     if is_main:
         arch = (getattr(model.config, "to_hf_dict", lambda: {})().get("architectures") or [type(model).__name__])[0]
