@@ -79,7 +79,7 @@ def main() -> None:
     args = p.parse_args()
 
     import transformers
-    from xt.cli.build import hf_dict
+    from xt.models.section import hf_dict
     from xt.cli.config import load_xt_config
     from xt.core.engine import build_scheduler, effective_seq_len, max_memory_gib
     from xt.data import build_loader

@@ -41,18 +41,17 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8)
     args = ap.parse_args()
 
-    from xt.cli.build import apply_layout, build_run_loader, build_run_model, device_for_run
     from xt.cli.config import load_xt_config
+    from xt.cli.train import build_run
     from xt.core.checkpoint import seed_everything
     from xt.core.engine import Trainer
+    from xt.parallel import device_for_run
     from xt.kernels.moe import backends
 
     cfg = load_xt_config(args.config, args.overrides)
     device = device_for_run()
     seed_everything(cfg.train.seed)
-    model = build_run_model(cfg.model, device)
-    model, dist = apply_layout(model, cfg, device)
-    loader_obj = build_run_loader(cfg, dist)
+    model, dist, loader_obj = build_run(cfg, device)
     loader = iter(loader_obj)
     trainer = Trainer(model, loader_obj, cfg.train, cfg.optim, cfg.schedule, cfg.checkpoint, dist=dist)
     before = {"auto": len(backends._auto_cache), **_triton_state()}

@@ -84,7 +84,7 @@ def test_train_export_resume_convert(tiny_run: Path, tmp_path: Path):
     xtw = tmp_path / "xt_weights"
     r = CliRunner().invoke(cli, ["convert", str(run / "hf"), str(xtw)])
     assert r.exit_code == 0, r.output
-    from xt.cli.build import build_run_model
+    from xt.models import build_run_model
     cfg = load_xt_config(tiny_run, ["model.config={}", f"model.init_from='{xtw}'"])
     assert torch.equal(_logits(build_run_model(cfg.model, torch.device("cpu")), ids[0]), got)
     r = CliRunner().invoke(cli, ["convert", str(run / "hf"), str(xtw)])
@@ -98,7 +98,7 @@ def test_console_script_runs(tiny_run: Path):
 
 
 def test_unused_model_keys_are_reported(tiny_run: Path):
-    from xt.cli.build import unused_model_keys
+    from xt.models import unused_model_keys
     cfg = load_xt_config(tiny_run, ["model.config.num_expert=8", "model.config.transformers_version='5.0'"])
     assert unused_model_keys(cfg.model) == ["num_expert"]
     assert unused_model_keys(load_xt_config(tiny_run).model) == []

@@ -358,3 +358,27 @@ def run_dcp(spec: dict, state: dict) -> dict:
     out["next_a"], out["next_b"] = gather_full(model_a), gather_full(model_b)
     dist.barrier()
     return out
+
+
+# --- HF export of a laid-out model (xt.parallel.exporter with xt.models.save_pretrained) ------------
+
+def export_model(spec: dict):
+    """The registry model of `spec` with its persistent buffers (DeepSeek-V3's router bias) set to
+    seeded non-zero values, so an export that drops them differs from the plain model's."""
+    model = build_model(spec)
+    g = torch.Generator().manual_seed(spec["seed"] + 1)
+    for name, b in model.named_buffers():
+        if name.endswith("e_score_correction_bias"):
+            b.copy_(torch.rand(b.shape, generator=g))
+    return model
+
+
+def run_export(spec: dict, state: dict) -> dict:
+    """Lay out `spec`'s model, then export it through the run's hook: every rank gathers, rank 0
+    writes the HF folder ``spec["dir"]``."""
+    from xt.models import save_pretrained
+    from xt.parallel import exporter, parallelize
+    cfg, meshes = _meshes(spec, state)
+    model, ctx = parallelize(export_model(spec), cfg, device_type="cpu", meshes=meshes)
+    exporter(save_pretrained, ctx)(model, spec["dir"])
+    return {"world_size": ctx.world_size}

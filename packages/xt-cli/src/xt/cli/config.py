@@ -2,7 +2,7 @@
 
 A TOML file maps one-to-one onto :class:`XTConfig`; each table is one section::
 
-    [model]      # ModelSection: the HF config.json fields of the model, or a checkpoint to start from
+    [model]      # xt.models ModelSection: the HF config.json fields of the model, or a checkpoint to start from
     [data]       # xt.data.DataConfig
     [train]      # xt.core TrainConfig (steps, micro-batches, dtype, out_dir, ...)
     [optim]      # xt.core OptimConfig (AdamW)
@@ -13,49 +13,24 @@ A TOML file maps one-to-one onto :class:`XTConfig`; each table is one section::
     [sample]     # SampleSection: the greedy sample printed after training
 
 Load with :func:`load_xt_config`; ``--set section.key=value`` overrides any entry.
+
+Every section but ``[sample]`` belongs to the package that reads it, and the functions that build a
+run from them take sections, not this struct (docs/architecture.md, Where a run is assembled), so
+another composer (an RL driver) can nest the same sections in a config of its own.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from xt.core.config import (CheckpointConfig, ConfigStruct, OptimConfig, ScheduleConfig, TrainConfig,
                             load_config, require)
 from xt.data import DataConfig
 from xt.kernels.config import KernelsConfig
+from xt.models import ModelSection
 from xt.parallel import ParallelConfig
 
-__all__ = ["ModelSection", "SampleSection", "XTConfig", "load_xt_config"]
-
-
-class ModelSection(ConfigStruct):
-    """Which model to train.
-
-    Exactly one of the three ways must be given:
-
-    Attributes:
-        config: the fields of an HF ``config.json`` written inline (``architectures`` or
-            ``model_type`` picks the family, e.g. ``architectures = ["Qwen3MoeForCausalLM"]``);
-            the model starts from random weights (seeded by ``train.seed``).
-        hf_config: path of an HF ``config.json`` (or its folder); random weights.
-        init_from: an HF checkpoint folder (``config.json`` + safetensors) to fine-tune from.
-        overrides: HF config fields that replace those of `hf_config` / `init_from` (e.g. a
-            smaller ``num_hidden_layers`` for a quick run with `hf_config`).
-        attn_backend: core attention backend: "auto" (flash varlen on CUDA when available, else
-            SDPA), or a backend name the model family accepts.
-    """
-
-    config: dict[str, Any] | None = None
-    hf_config: str | None = None
-    init_from: str | None = None
-    overrides: dict[str, Any] = {}
-    attn_backend: str = "auto"
-
-    def __post_init__(self) -> None:
-        given = [n for n in ("config", "hf_config", "init_from") if getattr(self, n)]
-        require(len(given) == 1, "config",
-                f"give exactly one of model.config (inline HF fields), model.hf_config (path) or "
-                f"model.init_from (HF checkpoint folder); got {given or 'none'}")
+__all__ = ["SampleSection", "XTConfig", "load_xt_config"]
 
 
 class SampleSection(ConfigStruct):

@@ -11,20 +11,16 @@ safetensors with transformers' key names.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
 
-from xt.cli.build import build_run_model
 from xt.cli.config import load_xt_config
-from xt.cli.weights import WEIGHTS, dcp_load_model, dcp_save_model, is_hf_folder
 from xt.core.checkpoint.layout import is_complete
-from xt.models import from_pretrained, save_pretrained
+from xt.models import build_run_model, from_pretrained, save_pretrained, save_xt_weights
+from xt.models.weights import is_hf_folder, load_training_checkpoint
 
 __all__ = ["convert_checkpoint"]
-
-MODEL_OPTIM = "model_optim"  # xt.core.checkpoint.io layout
 
 
 def convert_checkpoint(src: str | Path, dst: str | Path, config: str | Path | None = None) -> Path:
@@ -50,13 +46,10 @@ def convert_checkpoint(src: str | Path, dst: str | Path, config: str | Path | No
             raise ValueError("xt convert: an XT checkpoint needs --config (the run's TOML) to know the architecture")
         cfg = load_xt_config(config)
         model = build_run_model(cfg.model, device="cpu")
-        dcp_load_model(model, src / MODEL_OPTIM, "model")
+        load_training_checkpoint(model, src)
         save_pretrained(model, tmp)
     elif is_hf_folder(src):
-        model = from_pretrained(src)
-        tmp.mkdir(parents=True)
-        dcp_save_model(model, tmp / WEIGHTS)
-        (tmp / "config.json").write_text(json.dumps(model.config.to_hf_dict(), indent=2, sort_keys=True) + "\n")
+        save_xt_weights(from_pretrained(src), tmp)
     else:
         raise ValueError(f"xt convert: {src} is neither an XT checkpoint (checkpoints/step-N with meta.json) "
                          "nor an HF folder (config.json + *.safetensors)")

@@ -1,27 +1,35 @@
-"""`xt train`: compose config, data, model, parallel layout and the engine into one run."""
+"""`xt train`: compose config, data, model, parallel layout and the engine into one run.
+
+Every piece is built by the package that owns its section (docs/architecture.md, Where a run is
+assembled): the model by xt.models, the layout, this rank's loader and the export hook by
+xt.parallel, the loader by xt.data, the trainer by xt.core. This module only orders those calls,
+prints the banner and reports.
+"""
 from __future__ import annotations
 
 import functools
 import os
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
+import torch
 from rich.console import Console
 from rich.markup import escape
+from torch import nn
 
-from xt.cli.build import (apply_layout, build_run_loader, build_run_model, check_layout, describe_layout,
-                          device_for_run, unused_model_keys)
 from xt.cli.config import XTConfig, load_xt_config
-from xt.cli.export import export_hf
 from xt.cli.preflight import preflight
 from xt.core.checkpoint import seed_everything
+from xt.core.distributed import DistContext
 from xt.core.engine import Trainer, TrainResult, read_metrics
 from xt.core.engine.metrics import step_time_summary
-from xt.data import load_tokenizer
-from xt.models import from_pretrained, generate
+from xt.data import build_loader, load_tokenizer
+from xt.kernels.config import apply_kernels_config
+from xt.models import build_run_model, from_pretrained, generate, save_pretrained, section_config, unused_model_keys
+from xt.parallel import apply_layout, check_layout, describe_layout, device_for_run, exporter, rank_loader
 
-__all__ = ["run_train", "greedy_sample"]
+__all__ = ["run_train", "build_run", "greedy_sample"]
 
 
 def greedy_sample(model, tokenizer, prompt: str, max_new_tokens: int, chat: bool = False) -> str:
@@ -37,11 +45,17 @@ def greedy_sample(model, tokenizer, prompt: str, max_new_tokens: int, chat: bool
     return tokenizer.decode(new, skip_special_tokens=True)
 
 
-def _num_layers(model) -> int:
-    """Number of decoder layers in the model's parallel plan (what activation checkpointing picks
-    its share from: DeepSeek-V3's MTP depths included)."""
-    from xt.parallel.discover import plan_for
-    return len(plan_for(model, quiet=True).decoder_layers)
+def build_run(cfg: XTConfig, device: torch.device) -> tuple[nn.Module, DistContext, Any]:
+    """The model of ``cfg.model`` on `device` (seed beforehand), laid out by ``cfg.kernels`` and
+    ``cfg.parallel``, and this rank's loader of ``cfg.data``: ``(model, dist, loader)``.
+
+    Raises:
+        what :func:`xt.models.build_run_model` and :func:`xt.parallel.apply_layout` raise.
+    """
+    model = build_run_model(cfg.model, device)
+    apply_kernels_config(cfg.kernels)
+    model, dist = apply_layout(model, cfg.parallel, device_type=device.type)
+    return model, dist, rank_loader(functools.partial(build_loader, cfg.data), dist)
 
 
 def run_train(config: str | Path | None, overrides: Sequence[str] = (), resume: str | None = None,
@@ -62,7 +76,7 @@ def run_train(config: str | Path | None, overrides: Sequence[str] = (), resume: 
     console = console or Console(soft_wrap=True)  # piped logs keep one line per step
     cfg: XTConfig = load_xt_config(config, overrides)
     preflight(cfg, config, overrides, resume)  # model config, data, resume path: before anything is built
-    check_layout(cfg)
+    check_layout(cfg.parallel, section_config(cfg.model))
     t0 = time.perf_counter()
     device = device_for_run()
     seed_everything(cfg.train.seed)
@@ -70,29 +84,28 @@ def run_train(config: str | Path | None, overrides: Sequence[str] = (), resume: 
     if unused:
         console.print(f"[yellow]warning[/yellow]: {escape(str(config))}: {escape('[model.config]')} keys that "
                       f"this model family does not read (a typo?): {escape(', '.join(unused))}")
-    model = build_run_model(cfg.model, device)
-    model, dist = apply_layout(model, cfg, device)
+    model, dist, loader = build_run(cfg, device)
     is_main = getattr(dist, "is_main", True)
     n_params = sum(p.numel() for p in model.parameters())
-    loader = build_run_loader(cfg, dist)
+    rank_data = getattr(loader, "loader", loader)  # under SP: the wrapped data-parallel loader
     if is_main:
         arch = (getattr(model.config, "to_hf_dict", lambda: {})().get("architectures") or [type(model).__name__])[0]
         console.print(f"[bold]xt train[/bold] {config}: {arch}, "
                       f"{n_params / 1e6:.1f}M parameters (this rank), device {device}, "
                       f"world size {getattr(dist, 'world_size', 1)}; setup {time.perf_counter() - t0:.1f}s")
-        summary = getattr(getattr(loader, "loader", loader), "summary", None)
+        summary = getattr(rank_data, "summary", None)
         if callable(summary):
             console.print(f"data: {summary()}")
     trainer = Trainer(model, loader, cfg.train, cfg.optim, cfg.schedule, cfg.checkpoint, dist=dist,
-                      export_hf=functools.partial(export_hf, dist=dist), console=console)
+                      export_hf=exporter(save_pretrained, dist), console=console)
     if is_main:
         console.print(f"precision: {escape(trainer.precision_summary)}", highlight=False)
-        console.print(f"layout: {escape(describe_layout(cfg, dist, _num_layers(model)))}", highlight=False)
+        console.print(f"layout: {escape(describe_layout(cfg.parallel, dist, model))}", highlight=False)
         if device.type == "cuda":
             alloc = os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or "torch's default"
             console.print(f"cuda allocator: PYTORCH_CUDA_ALLOC_CONF={escape(alloc)}", highlight=False)
     result = trainer.fit(resume=resume if resume is not None else cfg.checkpoint.resume)
-    skipped = getattr(loader, "skipped", 0)
+    skipped = getattr(rank_data, "skipped", 0)
     if is_main:
         _report(console, cfg, result, skipped)
     return result

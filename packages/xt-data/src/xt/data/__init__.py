@@ -5,10 +5,11 @@ Main entry points (see packages/xt-data/README.md):
 - `build_loader(cfg, dp_rank, dp_size)` → `PackedLoader` of contract micro-batches with
   `state_dict()` / `load_state_dict()`.
 - `asset_path(name)`, `load_tokenizer(name_or_path)`: pinned real assets and tokenizers.
-- `check_data(cfg)`: open the source and parse its first records (fail fast, `DataError`).
+- `check_data(cfg)`: open the source and parse its first records (fail fast, `DataError`);
+  `check_data_section(cfg, config, overrides)` also says where a bad ``data.KEY`` is set.
 """
 from xt.data.assets import ASSETS, asset_path, cache_dir
-from xt.data.check import check_data
+from xt.data.check import check_data, check_data_section
 from xt.data.config import DataConfig, data_config_from_dict
 from xt.data.dataset import TokenizedDataset, build_dataset, tokenize_source
 from xt.data.errors import AssetError, ChecksumError, DataError
@@ -18,5 +19,5 @@ from xt.data.tokenizer import load_tokenizer
 
 __all__ = ["ASSETS", "AssetError", "ChecksumError", "DataConfig", "DataError", "IGNORE_INDEX",
            "PackedLoader", "TokenizedDataset", "asset_path", "build_dataset", "build_loader",
-           "cache_dir", "check_data", "data_config_from_dict", "load_tokenizer", "make_batch",
+           "cache_dir", "check_data", "check_data_section", "data_config_from_dict", "load_tokenizer", "make_batch",
            "pack_boundaries", "split_documents", "tokenize_source"]

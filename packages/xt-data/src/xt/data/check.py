@@ -3,19 +3,26 @@
 A training run reads and tokenizes its data only after the model exists; a typo in a path or a
 malformed first record would then be found late. `check_data` opens the configured source and
 parses the first records of every file, so those mistakes fail in a second, with ``file:line``.
+`check_data_section` does the same for a section read from a TOML file, and prefixes an error
+about a ``data.KEY`` with where that key is set.
 """
 from __future__ import annotations
 
 import itertools
+import re
 from pathlib import Path
+from typing import Sequence
 
+from xt.core.config import locate_key
 from xt.data.assets import asset_path
 from xt.data.config import DataConfig
 from xt.data.corpora import check_corpus
 from xt.data.errors import DataError
 from xt.data.sources import SourceStats, expand_paths, read_files
 
-__all__ = ["check_data"]
+__all__ = ["check_data", "check_data_section"]
+
+_DATA_KEY = re.compile(r"^(data\.[A-Za-z_]+)[:=]")
 
 
 def _probe_file(path: Path, cfg: DataConfig, records: int, stats: SourceStats) -> int:
@@ -56,3 +63,21 @@ def check_data(cfg: DataConfig, records_per_file: int = 8) -> None:
         example = f": {stats.examples[0]}" if stats.examples else ""
         raise DataError(f"data.paths: no documents in {', '.join(cfg.paths)} ({stats.empty} empty, "
                         f"{stats.skipped} skipped{example})")
+
+
+def check_data_section(cfg: DataConfig, config: str | Path | None, overrides: Sequence[str] = ()) -> None:
+    """:func:`check_data` of the ``[data]`` section `cfg`, read from the TOML file `config` (or
+    None) with the ``--set`` strings `overrides`.
+
+    Raises:
+        DataError: as :func:`check_data`; a message about a ``data.KEY`` is prefixed with where that
+            key is set (``FILE:LINE`` or the ``--set`` override), the same error type.
+    """
+    try:
+        check_data(cfg)
+    except DataError as e:
+        m = _DATA_KEY.match(str(e))
+        if m is None:
+            raise
+        where, _ = locate_key(m.group(1), path=config, overrides=overrides)
+        raise type(e)(f"{where}: {e}") from e

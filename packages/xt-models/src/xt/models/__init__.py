@@ -6,6 +6,11 @@ Entry points: :func:`build_model`, :func:`from_pretrained`, :func:`save_pretrain
 prompt, re-runs the whole sequence each step: the simplest reference), :func:`config_from_hf`.
 Bad model config fields raise :class:`ModelConfigError` (alias ``ConfigError``), an
 ``xt.core.config.ConfigError`` naming the field (``.field``).
+
+A run's ``[model]`` section (:class:`ModelSection`) becomes a model through
+:func:`build_run_model` (random init, or ``init_from`` an HF folder / XT weights, see
+:mod:`xt.models.weights`); :func:`check_model_section` checks it first without building anything,
+and :func:`unused_model_keys` lists fields the family does not read.
 """
 from xt.models.common.hf_config import ConfigError, ModelConfigError
 from xt.models.common.output import CausalLMOutput
@@ -13,6 +18,10 @@ from xt.models.common.generate import generate
 from xt.models.generate_reference import generate as generate_no_cache
 from xt.models.hf_io import from_pretrained, save_pretrained
 from xt.models.registry import ModelSpec, build_model, config_from_hf, register_model
+from xt.models.section import ModelSection, build_run_model, section_config, unused_model_keys
+from xt.models.section_check import check_model_section
+from xt.models.weights import load_weights, save_xt_weights
 
 __all__ = ["build_model", "config_from_hf", "from_pretrained", "save_pretrained", "generate", "generate_no_cache", "ModelSpec",
-           "register_model", "CausalLMOutput", "ConfigError", "ModelConfigError"]
+           "register_model", "CausalLMOutput", "ConfigError", "ModelConfigError", "ModelSection", "build_run_model",
+           "section_config", "unused_model_keys", "check_model_section", "load_weights", "save_xt_weights"]

@@ -9,7 +9,7 @@ Discovery (:func:`discover_plan`) looks only inside the decoder layers (``model.
   :mod:`xt.parallel.hf_qwen3_moe`); the router is ``layer.mlp.gate`` when present;
 * attention: ``layer.self_attn.core_attention`` (XT) or ``layer.self_attn.xt_core_attention``
   (HF adapter);
-* sizes from ``model.config`` (:func:`model_sizes`).
+* sizes from ``model.config`` (:func:`model_sizes`, :func:`config_sizes`).
 
 Modules outside those layers (e.g. multi-token-prediction heads) are not seen: they stay
 unsliced and inside the root FSDP unit. That is why XT's models state their plan, and why
@@ -24,7 +24,7 @@ from torch import nn
 
 from xt.parallel.plan import MoEBlockPlan, ParallelPlan
 
-__all__ = ["find_layers", "model_sizes", "discover_plan", "plan_for"]
+__all__ = ["find_layers", "model_sizes", "config_sizes", "discover_plan", "plan_for"]
 
 log = logging.getLogger(__name__)
 _WARNED: set[str] = set()  # model classes already reported (one warning per class and process)
@@ -47,13 +47,17 @@ def find_layers(model: nn.Module) -> nn.ModuleList:
 
 
 def model_sizes(model) -> dict:
-    """``num_experts``, ``num_attention_heads``, ``num_key_value_heads``, ``mtp_layers`` from ``model.config``.
+    """``num_experts``, ``num_attention_heads``, ``num_key_value_heads``, ``mtp_layers`` from
+    ``model.config`` (:func:`config_sizes`); works on anything with a ``config`` attribute."""
+    return config_sizes(getattr(model, "config", None))
 
-    E is read from ``num_experts``, ``n_routed_experts`` (DeepSeek) or ``num_local_experts`` (GPT-OSS,
-    Mixtral). Works on anything with a ``config`` attribute (the CLI passes a namespace holding a
-    config before the model is built).
+
+def config_sizes(cfg) -> dict:
+    """The sizes a layout is checked against, read from a model config (typed or HF-like, before
+    any model is built): ``num_experts`` (from ``num_experts``, ``n_routed_experts`` (DeepSeek) or
+    ``num_local_experts`` (GPT-OSS, Mixtral); 0 or None for a dense model), ``num_attention_heads``,
+    ``num_key_value_heads`` (default: the attention heads) and ``mtp_layers`` (default 0).
     """
-    cfg = getattr(model, "config", None)
     heads = getattr(cfg, "num_attention_heads", None)
     experts = None
     for name in ("num_experts", "n_routed_experts", "num_local_experts"):

@@ -1,0 +1,125 @@
+"""The ``[model]`` section of a run config, and the model it builds.
+
+A run names its model in one of three ways (:class:`ModelSection`): HF ``config.json`` fields
+written inline, a path to a ``config.json``, or a checkpoint folder to start from
+(``init_from``: an HF folder or XT weights from ``xt convert``, told apart by
+:mod:`xt.models.weights`). Everything that reads the section lives here so that any package
+composing a run (``xt train``, an RL driver) builds the same model from it:
+
+* :func:`hf_dict`: the HF ``config.json`` fields the section denotes;
+* :func:`section_config`: the family's typed config of them (no weights, nothing allocated);
+* :func:`unused_model_keys`: fields written in the section that the family does not read;
+* :func:`build_run_model`: the model, randomly initialised or loaded.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import torch
+from torch import nn
+
+from xt.core.config import ConfigStruct, require
+from xt.models.common.hf_config import read_config_json
+from xt.models.registry import build_model, config_from_hf, get_spec
+from xt.models.weights import load_weights
+
+__all__ = ["ModelSection", "hf_dict", "section_config", "unused_model_keys", "build_run_model"]
+
+
+class ModelSection(ConfigStruct):
+    """Which model to train.
+
+    Exactly one of the three ways must be given:
+
+    Attributes:
+        config: the fields of an HF ``config.json`` written inline (``architectures`` or
+            ``model_type`` picks the family, e.g. ``architectures = ["Qwen3MoeForCausalLM"]``);
+            the model starts from random weights (seeded by ``train.seed``).
+        hf_config: path of an HF ``config.json`` (or its folder); random weights.
+        init_from: an HF checkpoint folder (``config.json`` + safetensors) to fine-tune from.
+        overrides: HF config fields that replace those of `hf_config` / `init_from` (e.g. a
+            smaller ``num_hidden_layers`` for a quick run with `hf_config`).
+        attn_backend: core attention backend: "auto" (flash varlen on CUDA when available, else
+            SDPA), or a backend name the model family accepts.
+    """
+
+    config: dict[str, Any] | None = None
+    hf_config: str | None = None
+    init_from: str | None = None
+    overrides: dict[str, Any] = {}
+    attn_backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        given = [n for n in ("config", "hf_config", "init_from") if getattr(self, n)]
+        require(len(given) == 1, "config",
+                f"give exactly one of model.config (inline HF fields), model.hf_config (path) or "
+                f"model.init_from (HF checkpoint folder); got {given or 'none'}")
+
+
+def hf_dict(section: ModelSection) -> dict[str, Any]:
+    """The HF ``config.json`` fields of `section`: inline ``config``, or read from ``hf_config`` /
+    ``init_from``, with ``overrides`` applied.
+
+    Raises:
+        xt.models.ConfigError: the ``config.json`` cannot be read or is not a JSON object.
+    """
+    if section.config is not None:
+        d = dict(section.config)
+    else:
+        d = read_config_json(Path(section.hf_config or section.init_from))
+    d.update(section.overrides)
+    return d
+
+
+def section_config(section: ModelSection) -> Any:
+    """The model family's typed config of `section` (:func:`xt.models.config_from_hf` of
+    :func:`hf_dict`): sizes to check a layout against before any weights exist.
+
+    Raises:
+        xt.models.ModelConfigError: unreadable ``config.json``, unknown architecture or a bad
+            field (``.field`` names it).
+    """
+    return config_from_hf(hf_dict(section))
+
+
+# HF config.json keys that carry no model structure (or are read under another name) and are
+# therefore never reported as unused.
+_HF_BOOKKEEPING = {"architectures", "model_type", "transformers_version", "torch_dtype", "dtype", "use_cache",
+                   "rope_theta", "rope_scaling", "rope_parameters", "num_experts", "num_local_experts",
+                   "initializer_range", "bos_token_id", "eos_token_id", "pad_token_id", "output_router_logits",
+                   "attention_dropout", "quantization_config", "auto_map", "scoring_func", "topk_method"}
+
+
+def unused_model_keys(section: ModelSection) -> list[str]:
+    """Keys of an inline ``[model.config]`` (or ``model.overrides``) that the chosen model family
+    does not read: most often a typo (``num_expert``), which would otherwise be silently ignored.
+
+    Returns:
+        The keys, sorted; ``[]`` when nothing is written inline.
+    """
+    written = dict(section.config or {}) | dict(section.overrides)
+    if not written:
+        return []
+    fields = {f.name for f in msgspec.structs.fields(get_spec(hf_dict(section)).config_cls)}
+    return sorted(k for k in written if k not in fields and k not in _HF_BOOKKEEPING)
+
+
+def build_run_model(section: ModelSection, device: str | torch.device) -> nn.Module:
+    """The model of `section` on `device`: random weights (seed beforehand, e.g. with
+    ``xt.core.checkpoint.seed_everything``; float32) or loaded from ``init_from`` (an HF folder or
+    XT weights, in the checkpoint's dtype).
+
+    Raises:
+        xt.models.ConfigError: bad or unknown HF config fields (named).
+        ValueError: ``model.overrides`` together with ``model.init_from``.
+        FileNotFoundError / xt.core.errors.CheckpointError / RuntimeError: `init_from` lacks
+            weights or they do not match (:func:`xt.models.weights.load_weights`).
+    """
+    if section.init_from:
+        if section.overrides:
+            raise ValueError("model.overrides cannot change the shape of a pretrained checkpoint "
+                             "(model.init_from); remove them")
+        return load_weights(section.init_from, device=device, attn_backend=section.attn_backend)
+    return build_model(hf_dict(section), device=device, attn_backend=section.attn_backend)

@@ -1,0 +1,63 @@
+"""Assembly as a library: a run built from config sections without xt.cli trains like `xt train` on
+the same config, and its HF export loads in transformers with the trained model's logits.
+
+The library side is `library_run.py` (xt.cli blocked in its process); `xt train` runs as a
+subprocess too, since the FSDP2 case creates a world-size-1 process group (as
+test_cli_single_process.py does). ``fsdp1`` takes the export path that gathers the parameters
+(`xt.parallel.exporter` under a `ParallelDistContext`), with the tiny model's tied embeddings.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+HERE = Path(__file__).resolve().parent
+COMMON = ["train.steps=2", "checkpoint.every_steps=0", "sample.max_new_tokens=0"]
+
+
+def _env() -> dict:
+    return {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+
+
+def _rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("layout", [[], ["parallel.reshard_after_forward=false"]], ids=["plain", "fsdp1"])
+def test_library_run_trains_and_exports_like_xt_train(tiny_run: Path, tmp_path: Path, layout):
+    from transformers import AutoModelForCausalLM
+
+    sets = COMMON + layout
+    lib, cli = tmp_path / "lib", tmp_path / "cli"
+    r = subprocess.run([sys.executable, str(HERE / "library_run.py"), str(tiny_run), str(tmp_path / "logits.pt"),
+                        *sets, f"train.out_dir='{lib}'"], capture_output=True, text=True, env=_env(), timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    args = [a for s in sets + [f"train.out_dir='{cli}'"] for a in ("--set", s)]
+    r = subprocess.run([sys.executable, "-m", "xt.cli.main", "train", str(tiny_run), *args],
+                       capture_output=True, text=True, env=_env(), timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    if layout:
+        assert "FSDP2 at world size 1" in r.stdout
+
+    # The same two steps: losses and gradient norms of the library run are those of `xt train`.
+    got, ref = _rows(lib), _rows(cli)
+    assert [x["step"] for x in got] == [1, 2]
+    assert [(x["loss"], x["grad_norm"]) for x in got] == [(x["loss"], x["grad_norm"]) for x in ref]
+
+    # Its HF export is the one `xt train` writes, and transformers gives the trained model's logits.
+    ours, theirs = load_file(lib / "hf" / "model.safetensors"), load_file(cli / "hf" / "model.safetensors")
+    assert sorted(ours) == sorted(theirs) and all(ours[k].equal(theirs[k]) for k in ours)
+    probe = torch.load(tmp_path / "logits.pt")
+    trained = probe["logits"]
+    hf = AutoModelForCausalLM.from_pretrained(lib / "hf", dtype=torch.float32).eval()
+    with torch.no_grad():
+        logits = hf(torch.tensor([probe["ids"]])).logits[0].float()
+    assert logits.shape == trained.shape
+    assert (logits - trained).norm() / trained.norm() < 1e-5
