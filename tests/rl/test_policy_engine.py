@@ -23,9 +23,9 @@ import torch.multiprocessing as mp
 
 from xt.core.engine import Engine
 from xt.rl.config import MismatchConfig, RLConfig
-from xt.rl.losses import PolicyLoss
+from xt.rl.losses import PolicyLoss, forward_log_probs
 
-from rl_helpers import grads, hand_objective, random_rollouts, rel_err, tiny_qwen3
+from rl_helpers import grads, hand_objective, random_rollouts, rel_err, response_log_probs, tiny_qwen3
 
 TOL = 1e-5
 SPLIT_TOL = 1e-6
@@ -139,6 +139,25 @@ def test_missing_batch_keys_name_the_config_field():
     on_policy = {k: v for k, v in batch.items() if k != "old_log_probs"}
     stats = engine.forward_backward([on_policy], PolicyLoss(RLConfig()))
     assert float(stats.loss_metrics["ratio_mean"]) == pytest.approx(1.0) and float(stats.loss_metrics["clip_frac_low"]) == 0
+
+
+def test_forward_log_probs_are_the_training_forwards():
+    """old_log_probs from `forward_log_probs` before the update give ratio 1 on every token."""
+    model = tiny_qwen3()
+    ro = random_rollouts(model, seed=7, temperature=0.8)
+    engine = Engine(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    mbs = [ro.batch(idx) for idx in SPLITS["three"]]
+    for mb, lp in zip(mbs, forward_log_probs(engine, mbs, temperature=0.8)):
+        assert lp.dtype == torch.float32 and not lp.requires_grad
+        mb["old_log_probs"] = lp
+    stats = engine.forward_backward(mbs, PolicyLoss(RLConfig(temperature=0.8)))
+    m = stats.loss_metrics
+    assert float(m["ratio_abs_dev"]) <= 1e-6 and float(m["clip_frac_low"]) == float(m["clip_frac_high"]) == 0
+    labels = torch.cat([mb["labels"] for mb in mbs])
+    hand = torch.cat(response_log_probs(model, ro.prompts, ro.responses, 0.8))
+    got = torch.cat([mb["old_log_probs"] for mb in mbs])[labels != -100]
+    order = [i for split in SPLITS["three"] for i in split]
+    assert order == list(range(6)) and rel_err(got, hand.detach()) <= TOL
 
 
 # -- 2 gloo ranks -------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ Modules (import them directly; this package imports nothing, so reward workers s
     xt.rl.config       RLConfig: the [rl] section ([rl.mismatch], [rl.overlong], [rl.reward])
     xt.rl.advantages   grpo_advantages, dr_grpo_advantages, rloo_advantages, group_advantages
     xt.rl.losses       PolicyLoss (engine Loss: PPO-clip, dual clip, clip-higher, GSPO, KL, TIS),
-                       clipped_surrogate, ppo_log_ratio, gspo_log_ratio
+                       forward_log_probs (old/ref log-probs), clipped_surrogate, ppo_log_ratio,
+                       gspo_log_ratio
     xt.rl.aggregate    token_mean / seq_mean_token_mean / constant aggregation, step_totals
     xt.rl.kl           kl_estimate (k1, k2, k3), sequence_kl, kl_penalized_rewards
     xt.rl.mismatch     truncated importance sampling and ratio masking (train/rollout mismatch)

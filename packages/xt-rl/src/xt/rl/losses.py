@@ -55,7 +55,8 @@ from xt.rl.config import RLConfig
 from xt.rl.kl import kl_estimate
 from xt.rl.mismatch import mismatch_weights
 
-__all__ = ["Surrogate", "clipped_surrogate", "ppo_log_ratio", "gspo_log_ratio", "PolicyLoss"]
+__all__ = ["Surrogate", "clipped_surrogate", "ppo_log_ratio", "gspo_log_ratio", "PolicyLoss",
+           "policy_model_inputs", "forward_log_probs"]
 
 _MAX_LOG_RATIO = 80.0
 
@@ -134,6 +135,12 @@ def gspo_log_ratio(log_probs: torch.Tensor, old_log_probs: torch.Tensor, mask: t
     return torch.where(mask, log_s + log_probs - log_probs.detach(), 0.0)
 
 
+def policy_model_inputs(batch: Mapping[str, Any]) -> dict[str, Any]:
+    """The model's keyword arguments for an RL micro-batch: the batch without `xt.rl.batch.RL_KEYS`,
+    with ``return_hidden=True`` (the loss owns the head: docs/contracts.md, Model forward)."""
+    return {**{k: v for k, v in batch.items() if k not in RL_KEYS}, "return_hidden": True}
+
+
 def _per_token(batch: Mapping[str, Any], key: str, n: int, why: str) -> torch.Tensor:
     if key not in batch or batch[key] is None:
         raise KeyError(f"the RL batch has no {key!r} [T] ({why}; xt.rl.batch)")
@@ -168,8 +175,8 @@ class PolicyLoss:
         self.config = config
 
     def model_inputs(self, batch: Mapping[str, Any]) -> dict[str, Any]:
-        """The model's keyword arguments: the batch without `RL_KEYS`, with ``return_hidden=True``."""
-        return {**{k: v for k, v in batch.items() if k not in RL_KEYS}, "return_hidden": True}
+        """The model's keyword arguments (`policy_model_inputs`)."""
+        return policy_model_inputs(batch)
 
     def totals(self, micro_batches: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         """This rank's loss tokens and sequences (`xt.rl.aggregate.step_totals`)."""
@@ -240,3 +247,26 @@ class PolicyLoss:
         c = self.config
         return (f"PolicyLoss({c.policy_loss}, eps=({c.clip_eps_low}, {c.clip_eps_high}), "
                 f"aggregation={c.aggregation}, kl={c.kl_coef if c.kl_in == 'loss' else 0})")
+
+
+def forward_log_probs(engine: Any, micro_batches: Sequence[Mapping[str, Any]], *,
+                      temperature: float = 1.0) -> list[torch.Tensor]:
+    """Per-token ``log π(labels[t])`` of each RL micro-batch under the engine's model, without grad:
+    the batch's ``old_log_probs`` (the policy before this step's updates) or ``ref_log_probs``
+    (an engine holding the reference policy).
+
+    Runs `xt.core.engine.Engine.forward` (the training forward's precision and compute weights)
+    with ``return_hidden=True`` and without the RL keys, then `token_log_probs` at `temperature`.
+
+    Args:
+        engine: an `Engine` (anything with ``forward(micro_batches)``).
+        micro_batches: RL micro-batches (`xt.rl.batch`).
+        temperature: the rollout's (``rl.temperature``).
+
+    Returns:
+        One ``[T]`` float32 tensor per micro-batch, 0 on positions without a label.
+    """
+    outs = engine.forward([policy_model_inputs(mb) for mb in micro_batches])
+    with torch.no_grad():
+        return [token_log_probs(o, mb["labels"], temperature=temperature).log_probs
+                for o, mb in zip(outs, micro_batches)]
