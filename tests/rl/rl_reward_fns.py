@@ -1,0 +1,33 @@
+"""User reward functions for the reward-pool tests, named by import path ("rl_reward_fns:by_kind").
+
+``by_kind`` acts as ``sample["kind"]`` says: "exact" (1.0 if the completion equals the answer),
+"sleep" (hangs), "raise", "text" (returns a string), "exit" (the process dies), "print" (writes
+to stdout, then scores), "thread" (checks it runs on the main thread)."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+
+def by_kind(completion, sample):
+    kind = sample["kind"]
+    if kind == "exact":
+        return float(completion.strip() == sample["answer"])
+    if kind == "sleep":
+        time.sleep(60)
+    if kind == "raise":
+        raise RuntimeError("bad sample " + sample["answer"])
+    if kind == "text":
+        return "1.0"
+    if kind == "exit":
+        os._exit(3)
+    if kind == "print":
+        print("noise on stdout " * 100)
+        return 0.25
+    if kind == "thread":
+        return float(threading.current_thread() is threading.main_thread())
+    raise KeyError(kind)
+
+
+NOT_CALLABLE = 3
