@@ -13,12 +13,12 @@ import torch
 from torch import nn
 
 from xt.models.common.experts import GroupedExperts
-from xt.models.common.mla import MultiHeadLatentAttention
+from xt.models.deepseek_v3.mla import MultiHeadLatentAttention
 from xt.models.common.mlp import SwiGLUMLP
 from xt.models.common.moe import MoEBlock
 from xt.models.common.norm import RMSNorm
 from xt.models.common.router import router_stats
-from xt.models.common.sigmoid_router import SigmoidGroupRouter, sequence_balance_loss
+from xt.models.deepseek_v3.sigmoid_router import SigmoidGroupRouter, sequence_balance_loss
 from xt.models.deepseek_v3.config import DeepseekV3Config
 
 __all__ = ["DeepseekV3MoE", "DeepseekV3DecoderLayer", "build_moe"]
@@ -28,7 +28,7 @@ class DeepseekV3MoE(MoEBlock):
     """DeepSeekMoE block: sigmoid group-limited router, routed SwiGLU experts, shared experts.
 
     ``forward(x[T, D], doc_ids[T] | None, num_docs) -> (y[T, D], RouterStats, seq_loss | None)``:
-    ``seq_loss`` is :func:`~xt.models.common.sigmoid_router.sequence_balance_loss` (no alpha) when
+    ``seq_loss`` is :func:`~xt.models.deepseek_v3.sigmoid_router.sequence_balance_loss` (no alpha) when
     ``doc_ids`` is given.
     """
 

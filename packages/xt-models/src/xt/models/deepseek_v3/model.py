@@ -31,7 +31,7 @@ from xt.models.common.norm import RMSNorm
 from xt.models.common.output import CausalLMOutput, pack_inputs
 from xt.models.common.parallel_plan import decoder_plan
 from xt.models.common.router import RouterStats
-from xt.models.common.sigmoid_router import SigmoidGroupRouter
+from xt.models.deepseek_v3.sigmoid_router import SigmoidGroupRouter
 from xt.models.common.sinks_attention import packed_doc_positions
 from xt.models.common.yarn import rope_cos_sin, rope_inv_freq
 from xt.models.deepseek_v3.config import DeepseekV3Config
