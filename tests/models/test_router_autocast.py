@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from xt.models.common.fp32 import fp32_region
 from xt.models.common.router import TopKRouter, load_balancing_loss, router_stats, z_loss
-from xt.models.common.sigmoid_router import SigmoidGroupRouter, sequence_balance_loss
+from xt.models.deepseek_v3.sigmoid_router import SigmoidGroupRouter, sequence_balance_loss
 from xt.models.gpt_oss.moe import GptOssRouter
 
 T, D, E, K = 64, 32, 8, 2

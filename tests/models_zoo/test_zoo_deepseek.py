@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from xt.models.common.sigmoid_router import SigmoidGroupRouter, aux_free_bias_update, sequence_balance_loss
+from xt.models.deepseek_v3.sigmoid_router import SigmoidGroupRouter, aux_free_bias_update, sequence_balance_loss
 from xt.models.deepseek_v3 import DeepseekV3Config, DeepseekV3ForCausalLM
 from xt.models.deepseek_v3.state_dict import hf_to_xt, xt_to_hf
 from zoo_helpers import hf_config, hf_model, pack, random_docs, rel_err

@@ -8,7 +8,7 @@ import torch
 
 from xt.models import build_model
 from xt.models.common.router import load_balancing_loss, router_stats, z_loss
-from xt.models.common.sigmoid_router import sequence_balance_loss
+from xt.models.deepseek_v3.sigmoid_router import sequence_balance_loss
 from xt.models.common.sinks_attention import packed_doc_positions
 from xt.models.deepseek_v3.config import DeepseekV3Config
 from zoo_helpers import VOCAB, hf_config, pack, random_docs

@@ -1,11 +1,17 @@
-"""Model output object and the packed-batch input helpers shared by all causal LMs."""
+"""Model and decoder-layer output objects, the decoder loop and the packed-batch input helpers
+shared by all causal LMs."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-__all__ = ["CausalLMOutput", "PackedInput", "pack_inputs"]
+if TYPE_CHECKING:
+    from xt.models.common.router import RouterStats
+
+__all__ = ["CausalLMOutput", "LayerOutput", "run_layers", "PackedInput", "pack_inputs"]
 
 
 @dataclass
@@ -68,8 +74,55 @@ class PackedInput:
         return full.view(B, S, *x.shape[1:])
 
 
-# A pytree node, so FSDP2 hooks, activation checkpointing and torch.compile see the tensors inside.
+@dataclass
+class LayerOutput:
+    """What every family's decoder layer returns (Qwen3, Llama, GPT-OSS, DeepSeek-V3 and its MTP
+    depths' decoder block).
+
+    Attributes:
+        hidden: ``[T, D]`` the layer's output hidden states (the input's dtype).
+        router_stats: the MoE router's `xt.models.common.router.RouterStats` (float32 sums over
+            the layer's T tokens); None for a dense layer.
+        seq_aux: float32 scalar, DeepSeek-V3's sequence-wise balance loss before its coefficient
+            (only when the model asks for it); None otherwise.
+    """
+    hidden: torch.Tensor
+    router_stats: RouterStats | None = None
+    seq_aux: torch.Tensor | None = None
+
+
+# Pytree nodes, so FSDP2 hooks, activation checkpointing and torch.compile see the tensors inside.
 torch.export.register_dataclass(CausalLMOutput)
+torch.export.register_dataclass(LayerOutput)
+
+
+def run_layers(layers: Iterable[torch.nn.Module], h: torch.Tensor, *args: Any,
+               **kwargs: Any) -> tuple[torch.Tensor, list[RouterStats], list[torch.Tensor]]:
+    """The decoder loop every family's model body runs: ``h = layer(h, *args, **kwargs).hidden``.
+
+    Each layer is called as a module (so activation checkpointing and FSDP2 hooks on it apply)
+    and returns a :class:`LayerOutput`.
+
+    Args:
+        layers: the decoder layers in order (``model.layers``).
+        h: ``[T, D]`` the embedded tokens.
+        *args, **kwargs: passed to every layer after ``h`` (rope ``cos, sin``, ``cu_seqlens``,
+            ``max_seqlen``, and any family extras).
+
+    Returns:
+        ``(h [T, D] after the last layer (before the final norm), router stats of the MoE layers
+        in order, sequence-wise aux losses of the layers that give one)``.
+    """
+    stats: list[RouterStats] = []
+    seq: list[torch.Tensor] = []
+    for layer in layers:
+        out = layer(h, *args, **kwargs)
+        h = out.hidden
+        if out.router_stats is not None:
+            stats.append(out.router_stats)
+        if out.seq_aux is not None:
+            seq.append(out.seq_aux)
+    return h, stats, seq
 
 
 def _positions_from_cu(cu: torch.Tensor, total: int) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""HF ``config.json`` helpers shared by the zoo model configs (Llama, DeepSeek-V3 / Kimi K2, GPT-OSS).
+"""HF ``config.json`` helpers shared by the model configs (Qwen3, Llama, DeepSeek-V3 / Kimi K2, GPT-OSS).
 
 :class:`HFConfigMixin` gives a msgspec config struct the registry's ``from_hf_dict`` entry point and
 an HF ``to_hf_dict``; the functions map HF field names (both the transformers-5 ``rope_parameters``
@@ -18,10 +18,12 @@ __all__ = ["default_head_dim", "HFConfigMixin", "hf_config_to_struct", "read_hf_
 
 
 class HFConfigMixin:
-    """``from_hf_dict`` / ``to_hf_dict`` for a zoo config struct.
+    """``from_hf_dict`` / ``to_hf_dict`` for a family's config struct (the base of all four).
 
     A subclass sets ``HF_ARCHITECTURE`` and ``HF_MODEL_TYPE`` and implements ``from_hf(d)``; it may
-    override ``_hf_extra(d)`` to rename or drop XT-only fields on the way out.
+    override ``_hf_extra(d)`` to rename or drop XT-only fields on the way out, and
+    ``hf_architecture()`` / ``hf_model_type()`` when they depend on the instance (Qwen3: dense or
+    MoE).
     """
 
     __slots__ = ()
@@ -52,11 +54,19 @@ class HFConfigMixin:
     def _hf_extra(self, d: dict[str, Any]) -> dict[str, Any]:
         return d
 
+    def hf_architecture(self) -> str:
+        """The ``architectures[0]`` written to ``config.json`` (default ``HF_ARCHITECTURE``)."""
+        return self.HF_ARCHITECTURE
+
+    def hf_model_type(self) -> str:
+        """The ``model_type`` written to ``config.json`` (default ``HF_MODEL_TYPE``)."""
+        return self.HF_MODEL_TYPE
+
     def to_hf_dict(self) -> dict[str, Any]:
         """The HF ``config.json`` dict (transformers 5 form; ``architectures``/``model_type`` set)."""
         d = self._hf_extra(msgspec.to_builtins(self))
-        d["architectures"] = [self.HF_ARCHITECTURE]
-        d["model_type"] = self.HF_MODEL_TYPE
+        d["architectures"] = [self.hf_architecture()]
+        d["model_type"] = self.hf_model_type()
         return d
 
 

@@ -13,12 +13,13 @@ import torch
 from torch import nn
 
 from xt.models.common.experts import GroupedExperts
-from xt.models.common.mla import MultiHeadLatentAttention
+from xt.models.deepseek_v3.mla import MultiHeadLatentAttention
 from xt.models.common.mlp import SwiGLUMLP
 from xt.models.common.moe import MoEBlock
 from xt.models.common.norm import RMSNorm
+from xt.models.common.output import LayerOutput
 from xt.models.common.router import router_stats
-from xt.models.common.sigmoid_router import SigmoidGroupRouter, sequence_balance_loss
+from xt.models.deepseek_v3.sigmoid_router import SigmoidGroupRouter, sequence_balance_loss
 from xt.models.deepseek_v3.config import DeepseekV3Config
 
 __all__ = ["DeepseekV3MoE", "DeepseekV3DecoderLayer", "build_moe"]
@@ -28,7 +29,7 @@ class DeepseekV3MoE(MoEBlock):
     """DeepSeekMoE block: sigmoid group-limited router, routed SwiGLU experts, shared experts.
 
     ``forward(x[T, D], doc_ids[T] | None, num_docs) -> (y[T, D], RouterStats, seq_loss | None)``:
-    ``seq_loss`` is :func:`~xt.models.common.sigmoid_router.sequence_balance_loss` (no alpha) when
+    ``seq_loss`` is :func:`~xt.models.deepseek_v3.sigmoid_router.sequence_balance_loss` (no alpha) when
     ``doc_ids`` is given.
     """
 
@@ -58,7 +59,8 @@ class DeepseekV3DecoderLayer(nn.Module):
     """Pre-norm block with MLA and a dense or MoE feed-forward.
 
     ``forward(h[T, D], cos, sin [T, Dr/2], cu_seqlens, max_seqlen, doc_ids, num_docs)`` returns
-    ``(h, RouterStats | None, seq_loss | None)``.
+    :class:`~xt.models.common.output.LayerOutput` ``(h, RouterStats | None, seq_aux | None)``, like
+    every family's decoder layer.
     """
 
     def __init__(self, config: DeepseekV3Config, layer_idx: int, attn_backend: str = "auto",
@@ -76,11 +78,13 @@ class DeepseekV3DecoderLayer(nn.Module):
         else:
             self.mlp = SwiGLUMLP(c.hidden_size, c.intermediate_size, c.hidden_act)
 
-    def forward(self, h, cos, sin, cu_seqlens, max_seqlen, doc_ids=None, num_docs=0):
-        """``h[T, D] -> (h[T, D], RouterStats | None, seq_loss | None)`` (see the class docstring)."""
+    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cu_seqlens: torch.Tensor,
+                max_seqlen: int, doc_ids: torch.Tensor | None = None, num_docs: int = 0) -> LayerOutput:
+        """``h[T, D] -> LayerOutput(h[T, D], RouterStats | None, seq_aux | None)``: stats and (with
+        ``doc_ids [T]`` int64) the sequence-wise loss of an MoE layer; neither for a dense one."""
         h = h + self.self_attn(self.input_layernorm(h), cos, sin, cu_seqlens, max_seqlen)
         x = self.post_attention_layernorm(h)
         if isinstance(self.mlp, DeepseekV3MoE):
             y, stats, seq = self.mlp(x, doc_ids, num_docs)
-            return h + y, stats, seq
-        return h + self.mlp(x), None, None
+            return LayerOutput(h + y, stats, seq)
+        return LayerOutput(h + self.mlp(x))

@@ -28,10 +28,10 @@ from xt.models.common.flops import causal_lm_flops_per_token
 from xt.models.common.init import expert_load_fractions
 from xt.models.common.lm_loss import head_outputs
 from xt.models.common.norm import RMSNorm
-from xt.models.common.output import CausalLMOutput, pack_inputs
+from xt.models.common.output import CausalLMOutput, pack_inputs, run_layers
 from xt.models.common.parallel_plan import decoder_plan
 from xt.models.common.router import RouterStats
-from xt.models.common.sigmoid_router import SigmoidGroupRouter
+from xt.models.deepseek_v3.sigmoid_router import SigmoidGroupRouter
 from xt.models.common.sinks_attention import packed_doc_positions
 from xt.models.common.yarn import rope_cos_sin, rope_inv_freq
 from xt.models.deepseek_v3.config import DeepseekV3Config
@@ -58,18 +58,15 @@ class DeepseekV3Model(nn.Module):
         inv_freq, factor = rope_inv_freq(c.rope_parameters, c.qk_rope_head_dim, c.max_position_embeddings)
         return rope_cos_sin(position_ids, inv_freq, factor, dtype)
 
-    def forward(self, input_ids, position_ids, cu_seqlens, max_seqlen, doc_ids=None, num_docs=0):
-        """Packed ``input_ids[T]`` -> ``(hidden[T, D] after the final norm, stats list, seq-loss list, cos, sin)``."""
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
+                doc_ids: torch.Tensor | None = None, num_docs: int = 0
+                ) -> tuple[torch.Tensor, list[RouterStats], list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Packed ``input_ids[T]`` -> ``(hidden[T, D] after the final norm, stats list, seq-loss list,
+        cos, sin)``: the same three as every family's body (:func:`~xt.models.common.output.run_layers`),
+        then the rope ``cos, sin [T, Dr/2]`` that the MTP depths reuse."""
         h = self.embed_tokens(input_ids)
         cos, sin = self.rope(position_ids, h.dtype)
-        stats: list[RouterStats] = []
-        seq: list[torch.Tensor] = []
-        for layer in self.layers:
-            h, s, q = layer(h, cos, sin, cu_seqlens, max_seqlen, doc_ids, num_docs)
-            if s is not None:
-                stats.append(s)
-            if q is not None:
-                seq.append(q)
+        h, stats, seq = run_layers(self.layers, h, cos, sin, cu_seqlens, max_seqlen, doc_ids, num_docs)
         return self.norm(h), stats, seq, cos, sin
 
 

@@ -19,6 +19,7 @@ from torch import nn
 from xt.core.labels import IGNORE_INDEX
 from xt.models.common.lm_loss import head_loss_sum
 from xt.models.common.norm import RMSNorm
+from xt.models.common.output import LayerOutput
 from xt.models.deepseek_v3.config import DeepseekV3Config
 from xt.models.deepseek_v3.layers import DeepseekV3DecoderLayer
 
@@ -36,8 +37,9 @@ class DeepseekV3MTPLayer(DeepseekV3DecoderLayer):
     ``enorm``, ``hnorm`` (RMSNorm), ``eh_proj`` (``Linear(2D, D)``) and ``shared_head.norm``.
 
     ``forward(h_prev[T, D], emb[T, D], cos, sin, cu_seqlens, max_seqlen, doc_ids, num_docs)`` returns
-    ``(h^k[T, D], head_in[T, D], RouterStats | None, seq_loss | None)``: ``head_in`` is
-    ``shared_head.norm(h^k)``, what the shared LM head reads. The whole depth runs in ``forward``
+    ``(LayerOutput(h^k[T, D], RouterStats | None, seq_aux | None), head_in[T, D])``: the decoder
+    block's :class:`~xt.models.common.output.LayerOutput`, and ``head_in = shared_head.norm(h^k)``,
+    what the shared LM head reads. The whole depth runs in ``forward``
     (called as a module), so a wrapper that hooks a layer's call (FSDP2 unit, activation
     checkpointing) covers every parameter of it.
     """
@@ -50,12 +52,13 @@ class DeepseekV3MTPLayer(DeepseekV3DecoderLayer):
         self.eh_proj = nn.Linear(2 * D, D, bias=False)
         self.shared_head = _SharedHead(D, eps)
 
-    def forward(self, h_prev: torch.Tensor, emb: torch.Tensor, cos, sin, cu_seqlens, max_seqlen, doc_ids=None,
-                num_docs: int = 0):
-        """``h_prev, emb [T, D] -> (h^k [T, D], head_in [T, D], RouterStats | None, seq_loss | None)``."""
+    def forward(self, h_prev: torch.Tensor, emb: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cu_seqlens: torch.Tensor, max_seqlen: int, doc_ids: torch.Tensor | None = None,
+                num_docs: int = 0) -> tuple[LayerOutput, torch.Tensor]:
+        """``h_prev, emb [T, D] -> (LayerOutput(h^k [T, D], stats, seq_aux), head_in [T, D])``."""
         x = self.eh_proj(torch.cat([self.enorm(emb), self.hnorm(h_prev)], dim=-1))
-        h, stats, seq = super().forward(x, cos, sin, cu_seqlens, max_seqlen, doc_ids, num_docs)
-        return h, self.shared_head.norm(h), stats, seq
+        out = super().forward(x, cos, sin, cu_seqlens, max_seqlen, doc_ids, num_docs)
+        return out, self.shared_head.norm(out.hidden)
 
 
 def shift_in_document(x: torch.Tensor, k: int, doc_ids: torch.Tensor, fill: int) -> torch.Tensor:
@@ -97,12 +100,13 @@ def mtp_loss(layers, embed_tokens: nn.Module, lm_head: nn.Module, hidden: torch.
     h = hidden
     for k, layer in enumerate(layers, start=1):
         emb = embed_tokens(shift_in_document(p.input_ids, k, doc_ids, 0))
-        h, head_in, s, q = layer(h, emb, cos, sin, p.cu_seqlens, p.max_seqlen, seq_docs, num_docs)
+        out, head_in = layer(h, emb, cos, sin, p.cu_seqlens, p.max_seqlen, seq_docs, num_docs)
+        h = out.hidden
         target = shift_in_document(p.labels, k, doc_ids, IGNORE_INDEX)
         n = (target != IGNORE_INDEX).sum().clamp(min=1)
         losses.append(head_loss_sum(head_in, lm_head.weight, target) / n)  # fused: no [T, V] logits
-        if s is not None:
-            stats.append(s)
-        if q is not None:
-            seq.append(q)
+        if out.router_stats is not None:
+            stats.append(out.router_stats)
+        if out.seq_aux is not None:
+            seq.append(out.seq_aux)
     return torch.stack(losses).mean(), stats, seq

@@ -22,7 +22,7 @@ import xt.models.common.yarn  # noqa: F401  (registers the yarn rope type)
 from xt.models.common.flops import causal_lm_flops_per_token
 from xt.models.common.moe import MoEBlock
 from xt.models.common.norm import RMSNorm
-from xt.models.common.output import CausalLMOutput, pack_inputs
+from xt.models.common.output import CausalLMOutput, LayerOutput, pack_inputs, run_layers
 from xt.models.common.parallel_plan import decoder_plan
 from xt.models.common.rope import RotaryEmbedding, apply_rotary
 from xt.models.common.router import RouterStats, load_balancing_loss
@@ -84,11 +84,11 @@ class GptOssDecoderLayer(nn.Module):
                                           c.swiglu_limit, backend=expert_backend))
 
     def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cu_seqlens: torch.Tensor,
-                max_seqlen: int) -> tuple[torch.Tensor, RouterStats]:
-        """``h[T, D] -> (h[T, D], RouterStats)``."""
+                max_seqlen: int) -> LayerOutput:
+        """``h[T, D] -> LayerOutput(h[T, D], RouterStats)``; ``cos, sin [T, head_dim]`` float32."""
         h = h + self.self_attn(self.input_layernorm(h), cos, sin, cu_seqlens, max_seqlen)
         y, stats = self.mlp(self.post_attention_layernorm(h))
-        return h + y, stats
+        return LayerOutput(h + y, stats)
 
 
 class GptOssModel(nn.Module):
@@ -104,15 +104,13 @@ class GptOssModel(nn.Module):
         self.rotary_emb = RotaryEmbedding(config.head_dim, float(params.pop("rope_theta")), params)
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, cu_seqlens: torch.Tensor,
-                max_seqlen: int) -> tuple[torch.Tensor, list[RouterStats]]:
-        """Packed ``input_ids[T]`` -> ``(hidden[T, D], per-layer router stats)``."""
+                max_seqlen: int) -> tuple[torch.Tensor, list[RouterStats], list[torch.Tensor]]:
+        """Packed ``input_ids[T]`` -> ``(hidden[T, D] after the final norm, per-layer router stats,
+        [] (no sequence-wise aux loss))`` (:func:`~xt.models.common.output.run_layers`)."""
         h = self.embed_tokens(input_ids)
         cos, sin = self.rotary_emb(position_ids)
-        stats = []
-        for layer in self.layers:
-            h, s = layer(h, cos, sin, cu_seqlens, max_seqlen)
-            stats.append(s)
-        return self.norm(h), stats
+        h, stats, seq = run_layers(self.layers, h, cos, sin, cu_seqlens, max_seqlen)
+        return self.norm(h), stats, seq
 
 
 class GptOssForCausalLM(nn.Module):
@@ -157,7 +155,7 @@ class GptOssForCausalLM(nn.Module):
             ValueError: inputs that break the batch contract.
         """
         p = pack_inputs(input_ids, labels, position_ids, cu_seqlens, max_seqlen, attention_mask)
-        hidden, stats = self.model(p.input_ids, p.position_ids, p.cu_seqlens, p.max_seqlen)
+        hidden, stats, _ = self.model(p.input_ids, p.position_ids, p.cu_seqlens, p.max_seqlen)
         out = head_outputs(CausalLMOutput(), hidden, self.lm_head, p, return_logits, return_hidden)
         if self.config.router_aux_loss_coef:
             out.aux_loss = self.config.router_aux_loss_coef * load_balancing_loss(stats)

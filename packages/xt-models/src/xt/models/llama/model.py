@@ -23,7 +23,7 @@ from xt.models.common.attention import Attention
 from xt.models.common.flops import causal_lm_flops_per_token
 from xt.models.common.mlp import SwiGLUMLP
 from xt.models.common.norm import RMSNorm
-from xt.models.common.output import CausalLMOutput, pack_inputs
+from xt.models.common.output import CausalLMOutput, LayerOutput, pack_inputs, run_layers
 from xt.models.common.parallel_plan import decoder_plan
 from xt.models.common.rope import RotaryEmbedding
 from xt.models.common.init import init_linear_and_embedding_
@@ -49,10 +49,11 @@ class LlamaDecoderLayer(nn.Module):
         self.mlp = SwiGLUMLP(c.hidden_size, c.intermediate_size, c.hidden_act)
 
     def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cu_seqlens: torch.Tensor,
-                max_seqlen: int) -> torch.Tensor:
-        """``h[T, D] -> h[T, D]``; ``cos, sin [T, head_dim]`` float32."""
+                max_seqlen: int) -> LayerOutput:
+        """``h[T, D] -> LayerOutput(h[T, D])`` (dense: no router stats); ``cos, sin [T, head_dim]``
+        float32, ``cu_seqlens [D+1]`` int32."""
         h = h + self.self_attn(self.input_layernorm(h), cos, sin, cu_seqlens, max_seqlen)
-        return h + self.mlp(self.post_attention_layernorm(h))
+        return LayerOutput(h + self.mlp(self.post_attention_layernorm(h)))
 
 
 class LlamaModel(nn.Module):
@@ -67,13 +68,13 @@ class LlamaModel(nn.Module):
         self.rotary_emb = RotaryEmbedding(config.head_dim, float(params.pop("rope_theta")), params)
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, cu_seqlens: torch.Tensor,
-                max_seqlen: int) -> torch.Tensor:
-        """Packed ``input_ids[T]`` -> ``hidden[T, D]`` after the final norm."""
+                max_seqlen: int) -> tuple[torch.Tensor, list, list[torch.Tensor]]:
+        """Packed ``input_ids[T]`` -> ``(hidden[T, D] after the final norm, [], [])`` (dense: no
+        router stats, no sequence-wise aux loss; :func:`~xt.models.common.output.run_layers`)."""
         h = self.embed_tokens(input_ids)
         cos, sin = self.rotary_emb(position_ids)
-        for layer in self.layers:
-            h = layer(h, cos, sin, cu_seqlens, max_seqlen)
-        return self.norm(h)
+        h, stats, seq = run_layers(self.layers, h, cos, sin, cu_seqlens, max_seqlen)
+        return self.norm(h), stats, seq
 
 
 class LlamaForCausalLM(nn.Module):
@@ -116,7 +117,7 @@ class LlamaForCausalLM(nn.Module):
             ValueError: inputs that break the batch contract (message names the field).
         """
         p = pack_inputs(input_ids, labels, position_ids, cu_seqlens, max_seqlen, attention_mask)
-        hidden = self.model(p.input_ids, p.position_ids, p.cu_seqlens, p.max_seqlen)
+        hidden, _, _ = self.model(p.input_ids, p.position_ids, p.cu_seqlens, p.max_seqlen)
         return head_outputs(CausalLMOutput(), hidden, self.lm_head, p, return_logits, return_hidden)
 
     def active_params(self) -> int:

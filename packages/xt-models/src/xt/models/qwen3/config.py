@@ -5,25 +5,34 @@ A dense model has ``num_experts == 0``.
 """
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 import msgspec
 
 from xt.models.common.hf_config import ConfigError, convert_known_fields, rope_fields_from_hf
 from xt.models.common.rope import ROPE_INIT_FUNCTIONS
+from xt.models.common.zoo_config import HFConfigMixin, read_hf_config
 
 __all__ = ["Qwen3Config", "ConfigError"]
 
 _ARCH = {"qwen3": "Qwen3ForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM"}
 
 
-class Qwen3Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class Qwen3Config(HFConfigMixin, msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Qwen3 / Qwen3-MoE hyper-parameters (HF names; sizes are counts, not bytes).
+
+    On the shared :class:`~xt.models.common.zoo_config.HFConfigMixin` (``from_hf_dict`` /
+    ``to_hf_dict``); ``model_type`` is a field here (``qwen3`` or ``qwen3_moe``) and picks the
+    architecture written out.
 
     Raises (at construction, via ``__post_init__``):
         ConfigError: (`xt.models.ModelConfigError`) a value out of range or inconsistent; the
             message names the field, ``.field`` holds it.
     """
+
+    HF_ARCHITECTURE: ClassVar[str] = _ARCH["qwen3"]
+    HF_MODEL_TYPE: ClassVar[str] = "qwen3"
     vocab_size: int
     hidden_size: int
     intermediate_size: int
@@ -143,16 +152,19 @@ class Qwen3Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     # -- HF ----------------------------------------------------------------------------------
     @classmethod
-    def from_hf_dict(cls, d: dict[str, Any], source: str = "config.json") -> "Qwen3Config":
-        """Build from an HF config dict; unknown (other HF) keys are ignored.
+    def from_hf(cls, d: dict[str, Any] | str | Path) -> "Qwen3Config":
+        """From an HF config dict or ``config.json`` path; unknown (other HF) keys are ignored.
 
-        Accepts ``num_local_experts`` (what transformers 5.24 writes) for ``num_experts``, and both
-        rope forms (``rope_theta`` at top level or inside ``rope_parameters``).
+        Accepts ``num_local_experts`` (what transformers 5.24 writes) for ``num_experts``, both
+        rope forms (``rope_theta`` at top level or inside ``rope_parameters``), and infers
+        ``model_type`` from ``architectures`` when it is missing. Use ``from_hf_dict(d, source)``
+        (the registry's entry point) to name another source in the messages.
 
         Raises:
             ConfigError: a missing/ill-typed/out-of-range field (named in the message).
         """
-        d = dict(d)
+        src = "config.json" if isinstance(d, dict) else str(d)
+        d = dict(d if isinstance(d, dict) else read_hf_config(d))
         if "num_experts" not in d and "num_local_experts" in d:
             d["num_experts"] = d["num_local_experts"]
         if "model_type" not in d:
@@ -161,14 +173,20 @@ class Qwen3Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         rope = rope_fields_from_hf(d)
         d.pop("rope_theta", None)
         d.pop("rope_parameters", None)
-        return convert_known_fields(cls, {**d, **rope}, source)
+        return convert_known_fields(cls, {**d, **rope}, src)
 
-    def to_hf_dict(self) -> dict[str, Any]:
-        """The HF ``config.json`` dict (transformers 5 form: ``rope_parameters`` holds ``rope_theta``)."""
-        d = msgspec.to_builtins(self)
+    def hf_architecture(self) -> str:
+        """``Qwen3ForCausalLM`` or ``Qwen3MoeForCausalLM``, by ``model_type``."""
+        return _ARCH[self.model_type]
+
+    def hf_model_type(self) -> str:
+        """``model_type`` as configured (``qwen3`` or ``qwen3_moe``)."""
+        return self.model_type
+
+    def _hf_extra(self, d: dict[str, Any]) -> dict[str, Any]:
+        """transformers 5 form (``rope_parameters`` holds ``rope_theta``); no MoE keys when dense."""
         d.pop("rope_theta")
         d["rope_parameters"] = {**self.rope_parameters, "rope_theta": self.rope_theta}
-        d["architectures"] = [_ARCH[self.model_type]]
         if self.num_experts == 0:
             for k in ("num_experts", "num_experts_per_tok", "moe_intermediate_size", "norm_topk_prob",
                       "decoder_sparse_step", "mlp_only_layers", "router_aux_loss_coef", "router_z_loss_coef"):

@@ -25,7 +25,7 @@ from xt.models.common.lm_loss import head_outputs
 from xt.models.common.mlp import SwiGLUMLP
 from xt.models.common.moe import MoEBlock
 from xt.models.common.norm import RMSNorm
-from xt.models.common.output import CausalLMOutput, pack_inputs
+from xt.models.common.output import CausalLMOutput, LayerOutput, pack_inputs, run_layers
 from xt.models.common.parallel_plan import decoder_plan
 from xt.models.common.rope import RotaryEmbedding
 from xt.models.common.router import RouterStats, load_balancing_loss, z_loss
@@ -64,14 +64,15 @@ class Qwen3DecoderLayer(nn.Module):
         return isinstance(self.mlp, MoEBlock)
 
     def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cu_seqlens: torch.Tensor,
-                max_seqlen: int) -> tuple[torch.Tensor, RouterStats | None]:
-        """``h[T, D] -> (h[T, D], RouterStats or None for a dense layer)``."""
+                max_seqlen: int) -> LayerOutput:
+        """``h[T, D] -> LayerOutput(h[T, D], RouterStats, or None for a dense layer)``; ``cos, sin
+        [T, head_dim]`` float32, ``cu_seqlens [D+1]`` int32."""
         h = h + self.self_attn(self.input_layernorm(h), cos, sin, cu_seqlens, max_seqlen)
         x = self.post_attention_layernorm(h)
         if self.is_moe:
             y, stats = self.mlp(x)
-            return h + y, stats
-        return h + self.mlp(x), None
+            return LayerOutput(h + y, stats)
+        return LayerOutput(h + self.mlp(x))
 
 
 class Qwen3Model(nn.Module):
@@ -85,16 +86,13 @@ class Qwen3Model(nn.Module):
         self.rotary_emb = RotaryEmbedding(config.head_dim, config.rope_theta, config.rope_parameters)
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, cu_seqlens: torch.Tensor,
-                max_seqlen: int) -> tuple[torch.Tensor, list[RouterStats]]:
-        """Packed ``input_ids[T]`` -> ``(hidden[T, D] after the final norm, per-MoE-layer stats)``."""
+                max_seqlen: int) -> tuple[torch.Tensor, list[RouterStats], list[torch.Tensor]]:
+        """Packed ``input_ids[T]`` -> ``(hidden[T, D] after the final norm, per-MoE-layer stats,
+        [] (no sequence-wise aux loss))`` (:func:`~xt.models.common.output.run_layers`)."""
         h = self.embed_tokens(input_ids)
         cos, sin = self.rotary_emb(position_ids)
-        stats: list[RouterStats] = []
-        for layer in self.layers:
-            h, s = layer(h, cos, sin, cu_seqlens, max_seqlen)
-            if s is not None:
-                stats.append(s)
-        return self.norm(h), stats
+        h, stats, seq = run_layers(self.layers, h, cos, sin, cu_seqlens, max_seqlen)
+        return self.norm(h), stats, seq
 
 
 class Qwen3ForCausalLM(nn.Module):
@@ -159,7 +157,7 @@ class Qwen3ForCausalLM(nn.Module):
             ValueError: inputs that break the batch contract (message names the field).
         """
         p = pack_inputs(input_ids, labels, position_ids, cu_seqlens, max_seqlen, attention_mask)
-        hidden, stats = self.model(p.input_ids, p.position_ids, p.cu_seqlens, p.max_seqlen)
+        hidden, stats, _ = self.model(p.input_ids, p.position_ids, p.cu_seqlens, p.max_seqlen)
         out = head_outputs(CausalLMOutput(), hidden, self.lm_head, p, return_logits, return_hidden)
         if stats:
             c = self.config
