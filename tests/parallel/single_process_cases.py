@@ -35,9 +35,9 @@ def batch(tokens: int = 48, seed: int = 1) -> dict:
     return {"input_ids": ids[:-1], "labels": labels, "position_ids": pos, "cu_seqlens": cu, "max_seqlen": max(lens)}
 
 
-def saved_activation_bytes(model, b: dict) -> tuple[int, torch.Tensor]:
-    """Bytes autograd keeps for backward during one forward (what activation checkpointing cuts),
-    and the summed loss."""
+def saved_bytes(call):
+    """``(bytes autograd keeps for backward while `call()` runs, its result)``: what activation
+    checkpointing cuts."""
     total = 0
 
     def pack(t):
@@ -46,8 +46,13 @@ def saved_activation_bytes(model, b: dict) -> tuple[int, torch.Tensor]:
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = model(**b).loss_sum
-    return total, loss
+        out = call()
+    return total, out
+
+
+def saved_activation_bytes(model, b: dict) -> tuple[int, torch.Tensor]:
+    """Bytes autograd keeps for backward during one forward, and the summed loss."""
+    return saved_bytes(lambda: model(**b).loss_sum)
 
 
 def step(model, b: dict) -> dict:

@@ -19,6 +19,7 @@ from xt.core.engine.step import forward_backward
 from xt.models import build_model
 from xt.models.common.moe import MoEBlock
 from xt.parallel import ParallelConfig
+from single_process_cases import saved_bytes
 from xt.parallel.single import describe_single, parallelize_single
 
 torch.set_num_threads(1)
@@ -104,16 +105,7 @@ def test_more_chunks_than_tokens_gives_the_same_result():
 
 
 def _saved_bytes(block: MoEBlock, x: torch.Tensor) -> int:
-    total = 0
-
-    def pack(t):
-        nonlocal total
-        total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        block(x)[0].sum()
-    return total
+    return saved_bytes(lambda: block(x)[0].sum())[0]
 
 
 def test_chunks_drop_the_routed_activations():
