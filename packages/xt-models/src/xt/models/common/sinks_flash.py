@@ -12,8 +12,9 @@ Backward (our derivation): with ``D' = rowsum(dO' * O')``, the true score gradie
 with ``P_j = exp(s_j - lse_saved)``; called with ``(dO', O', lse')`` it therefore returns exactly
 the sink attention's dq/dk/dv. The sink's own gradient is ``dk_h = -sum_t exp(k_h - lse'_t) D'_t``.
 
-Inner kernels (``forward(q, k, v, cu, max_seqlen, scale, window) -> (O [T, H, Dv], lse [H, T])`` and
-``backward(dO', q, k, v, O', lse', ...) -> (dq, dk, dv)``):
+Inner kernels (``forward(q, k, v, cu, max_seqlen, scale, window) -> (O [T, H, Dv], lse [H, T], aux)``
+and ``backward(dO', q, k, v, O', lse', ..., aux) -> (dq, dk, dv)``, ``aux`` being what the kernel's
+backward needs back, e.g. its RNG state):
 - ``"reference"``: exact masked attention per document in float32/float64, any device (tests,
   CPU); it materialises each document's ``[n, n]`` scores.
 - ``"varlen"``: torch's flash varlen ops (``torch.ops.torch_attn._varlen_attn`` and
@@ -46,7 +47,7 @@ def _ref_forward(q, k, v, cu, max_seqlen, scale, window):
         row_lse = torch.logsumexp(scores, -1)  # [H, n]
         out[s:e] = (torch.exp(scores - row_lse[..., None]) @ vd).transpose(0, 1)
         lse[:, s:e] = row_lse
-    return out.to(q.dtype), lse
+    return out.to(q.dtype), lse, None
 
 
 def _mask(n: int, window: int | None, device) -> torch.Tensor:
@@ -57,7 +58,7 @@ def _mask(n: int, window: int | None, device) -> torch.Tensor:
     return m
 
 
-def _ref_backward(dout, q, k, v, out, lse, cu, max_seqlen, scale, window):
+def _ref_backward(dout, q, k, v, out, lse, cu, max_seqlen, scale, window, aux=None):
     """The flash backward's formula from (O, lse), per document (module docstring)."""
     T, H, _ = q.shape
     G = k.shape[1]
@@ -88,14 +89,12 @@ def _window_size(window: int | None) -> list[int]:
 
 
 def _varlen_forward(q, k, v, cu, max_seqlen, scale, window):
-    out, lse, rng = torch.ops.torch_attn._varlen_attn(q, k, v, cu, cu, max_seqlen, max_seqlen, True, scale,
-                                                      _window_size(window))
-    _varlen_forward.rng = rng
-    return out, lse
+    # the third output is the kernel's RNG state, which its backward takes back
+    return torch.ops.torch_attn._varlen_attn(q, k, v, cu, cu, max_seqlen, max_seqlen, True, scale,
+                                             _window_size(window))
 
 
-def _varlen_backward(dout, q, k, v, out, lse, cu, max_seqlen, scale, window):
-    rng = getattr(_varlen_forward, "rng", torch.empty(0, device=q.device))
+def _varlen_backward(dout, q, k, v, out, lse, cu, max_seqlen, scale, window, rng):
     return torch.ops.torch_attn._varlen_attn_backward(dout.contiguous(), q, k, v, out, lse.contiguous(), cu, cu,
                                                       max_seqlen, max_seqlen, True, rng, scale,
                                                       _window_size(window))
@@ -108,13 +107,14 @@ class _SinksAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, sinks, cu, max_seqlen, scale, window, kind):
         fwd, _ = _KERNELS[kind]
-        out, lse = fwd(q, k, v, cu, max_seqlen, scale, window)  # out [T, H, Dv], lse [H, T]
+        out, lse, aux = fwd(q, k, v, cu, max_seqlen, scale, window)  # out [T, H, Dv], lse [H, T]
         acc = torch.promote_types(q.dtype, torch.float32)  # float64 stays float64
         lse_aug = torch.logaddexp(lse.to(acc), sinks.to(acc)[:, None])  # [H, T]
         c = torch.exp(lse.to(acc) - lse_aug).transpose(0, 1)[..., None]  # sigmoid(lse - k), [T, H, 1]
         out_s = (out.to(acc) * c).to(out.dtype)
         ctx.save_for_backward(q, k, v, sinks, cu, out_s, lse_aug)
         ctx.cfg = (max_seqlen, scale, window, kind)
+        ctx.aux = aux
         return out_s
 
     @staticmethod
@@ -124,7 +124,7 @@ class _SinksAttention(torch.autograd.Function):
         _, bwd = _KERNELS[kind]
         # the flash kernels keep lse in float32; the reference follows the inputs (float64 tests)
         lse_in = lse_aug if kind == "reference" else lse_aug.to(torch.float32)
-        dq, dk, dv = bwd(dout, q, k, v, out_s, lse_in, cu, max_seqlen, scale, window)
+        dq, dk, dv = bwd(dout, q, k, v, out_s, lse_in, cu, max_seqlen, scale, window, ctx.aux)
         acc = lse_aug.dtype
         d_row = (dout.to(acc) * out_s.to(acc)).sum(-1)  # [T, H]
         p_sink = torch.exp(sinks.to(acc)[None, :] - lse_aug.transpose(0, 1))  # [T, H]
