@@ -97,11 +97,12 @@ def test_more_chunks_than_tokens_gives_the_same_result():
     block = MoEBlock.swiglu_topk(16, 8, 4, 2, True)
     x = torch.randn(2, 16, requires_grad=True)
     y_ref, _ = block(x)
+    (g_ref,) = torch.autograd.grad(y_ref.sum(), x)
     block.routed_token_chunks = 5  # three of the chunks are empty
     y, _ = block(x)
+    (g,) = torch.autograd.grad(y.sum(), x)
     assert torch.allclose(y, y_ref, rtol=0, atol=1e-6)
-    y.sum().backward()
-    assert x.grad is not None and torch.isfinite(x.grad).all()
+    assert torch.allclose(g, g_ref, rtol=0, atol=1e-6)
 
 
 def _saved_bytes(block: MoEBlock, x: torch.Tensor) -> int:
