@@ -81,3 +81,40 @@ def test_gpt_oss_attn_backend_reaches_every_sinks_attention_and_bad_names_are_re
     assert cores and all(m.backend == "varlen" for m in cores)
     with pytest.raises(ValueError, match="attn_backend 'flex' is not available for sinks attention"):
         build_model(cfg, attn_backend="flex")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpt_oss_auto_runs_flash_under_autocast_and_matches_the_masked_path(monkeypatch):
+    """GPT-OSS under bf16 autocast with the default backend goes through the flash kernel (never the
+    [T, T] path) and gives the masked reference's loss and gradients within bf16 tolerance."""
+    import xt.models.common.sinks_flash as sf
+    from xt.models import build_model
+    from zoo_helpers import hf_config, pack, random_docs
+
+    cfg = hf_config("gpt_oss").to_dict()
+    torch.manual_seed(0)
+    model = build_model(cfg).cuda()
+    docs = random_docs([40, 17, 70], seed=3)
+    batch = {k: (v.cuda() if torch.is_tensor(v) else v) for k, v in pack(docs).items()}
+    kernels = []
+    orig = sf.sinks_attention_lse
+    monkeypatch.setattr(sf, "sinks_attention_lse", lambda *a, **k: kernels.append(a[-1]) or orig(*a, **k))
+
+    def run(backend):
+        for m in model.modules():
+            if isinstance(m, SinksCoreAttention):
+                m.backend = backend
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = model(**batch)
+        out.loss_sum.backward()
+        return out.loss_sum.detach().float(), torch.cat([p.grad.flatten().float() for p in model.parameters()
+                                                          if p.grad is not None])
+
+    ref_loss, ref_g = run("sdpa")
+    assert kernels == []
+    loss, g = run("auto")
+    assert kernels and set(kernels) == {"varlen"}
+    assert abs(float(loss - ref_loss)) <= 2e-2 * abs(float(ref_loss))
+    assert _rel(g, ref_g) <= 5e-2

@@ -21,8 +21,9 @@ from torch import nn
 __all__ = ["document_mask", "packed_doc_positions", "core_attention", "SinksCoreAttention", "SINKS_BACKENDS",
            "set_sinks_backend"]
 
-#: "auto"/"sdpa": the masked path below; "varlen": flash varlen with the sink correction
-#: (`xt.models.common.sinks_flash`, CUDA, no [T, T]; not yet run on a GPU).
+#: "sdpa": the masked path below; "varlen": flash varlen with the sink correction; "auto": flash on
+#: CUDA for bf16/fp16 (or autocast) inputs, the masked path otherwise (`xt.models.common.sinks_flash`:
+#: no [T, T] scores)
 SINKS_BACKENDS = ("auto", "sdpa", "varlen")
 
 _LOOP_MAX_DOCS = 8
@@ -126,9 +127,10 @@ class SinksCoreAttention(nn.Module):
     mask from :func:`document_mask`; scores are materialised, so memory grows with the square of
     the document length: a reference backend for CPU, tests and moderate sequence lengths.
 
-    With ``backend="varlen"`` and sinks given, the call goes to
-    :func:`xt.models.common.sinks_flash.sinks_attention_lse` on torch's flash varlen kernel
-    instead (memory linear in T; CUDA bf16/fp16).
+    With sinks given, ``backend="varlen"``, or ``"auto"`` on CUDA with bf16/fp16 q/k/v (float32 ones
+    inside a bf16/fp16 autocast region are cast first, as for a matmul), the call goes to
+    :func:`xt.models.common.sinks_flash.sinks_attention_lse` on flash attention's varlen kernel
+    instead: no score matrix, memory linear in T (GPU check: tests/models_zoo/test_zoo_sinks_flash.py).
 
     Args:
         softmax_scale: multiplier of ``q k^T``; None means ``Dq ** -0.5``.
@@ -148,9 +150,13 @@ class SinksCoreAttention(nn.Module):
                 sinks: torch.Tensor | None = None) -> torch.Tensor:
         """Attend over the packed documents; shapes in the class docstring."""
         scale = self.softmax_scale if self.softmax_scale is not None else q.shape[-1] ** -0.5
-        if self.backend == "varlen" and sinks is not None:
-            from xt.models.common.sinks_flash import sinks_attention_lse
-            return sinks_attention_lse(q, k, v, sinks, cu_seqlens, max_seqlen, scale, sliding_window, "varlen")
+        if sinks is not None and self.backend in ("auto", "varlen"):
+            from xt.kernels import autocast_inputs
+            fq, fk, fv = autocast_inputs(q, k, v)  # attention is a matmul under autocast
+            flash = fq.is_cuda and fq.dtype in (torch.bfloat16, torch.float16) and fq.dtype == fk.dtype == fv.dtype
+            if flash or self.backend == "varlen":
+                from xt.models.common.sinks_flash import sinks_attention_lse
+                return sinks_attention_lse(fq, fk, fv, sinks, cu_seqlens, max_seqlen, scale, sliding_window, "varlen")
         bounds = cu_seqlens.tolist()
         if len(bounds) - 1 <= _LOOP_MAX_DOCS:  # one [n, n] block per document: T**2 / D memory
             outs = []

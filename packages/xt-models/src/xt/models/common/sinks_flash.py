@@ -17,10 +17,10 @@ and ``backward(dO', q, k, v, O', lse', ..., aux) -> (dq, dk, dv)``, ``aux`` bein
 backward needs back, e.g. its RNG state):
 - ``"reference"``: exact masked attention per document in float32/float64, any device (tests,
   CPU); it materialises each document's ``[n, n]`` scores.
-- ``"varlen"``: torch's flash varlen ops (``torch.ops.torch_attn._varlen_attn`` and
-  ``_varlen_attn_backward``, CUDA, bf16/fp16) with ``window_size=(W - 1, 0)``: memory linear in T.
-  Not yet run on a GPU (2026-12-01): `SinksCoreAttention` uses it only when asked
-  (``backend="varlen"``); tests/models_zoo/test_zoo_sinks_flash.py has its GPU check.
+- ``"varlen"``: aten's flash varlen ops (``torch.ops.aten._flash_attention_forward`` and
+  ``_flash_attention_backward``, CUDA, bf16/fp16) with ``window_size_left = W - 1``: memory linear in T.
+  `SinksCoreAttention` uses it for ``"auto"`` on CUDA; tests/models_zoo/test_zoo_sinks_flash.py
+  checks it against the reference on the GPU.
 """
 from __future__ import annotations
 
@@ -84,20 +84,26 @@ def _ref_backward(dout, q, k, v, out, lse, cu, max_seqlen, scale, window, aux=No
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
-def _window_size(window: int | None) -> list[int]:
-    return [-1, 0] if window is None else [window - 1, 0]
+def _window(window: int | None) -> dict:
+    # flash's local attention: W - 1 keys to the left plus the query itself, none to the right
+    return {"window_size_left": -1 if window is None else window - 1, "window_size_right": 0}
 
 
 def _varlen_forward(q, k, v, cu, max_seqlen, scale, window):
-    # the third output is the kernel's RNG state, which its backward takes back
-    return torch.ops.torch_attn._varlen_attn(q, k, v, cu, cu, max_seqlen, max_seqlen, True, scale,
-                                             _window_size(window))
+    # aten's flash op itself (the one torch.nn.attention.varlen wraps; its keyword schema is the same
+    # in torch 2.11 and 2.13, while the torch_attn wrapper op is registered only once that module is
+    # imported and changed signature). aux: the RNG state and scratch tensor its backward takes back
+    out, lse, rng, unused, _ = torch.ops.aten._flash_attention_forward(
+        q, k, v, cu, cu, max_seqlen, max_seqlen, 0.0, True, False, scale=scale, **_window(window))
+    return out, lse, (rng, unused)
 
 
-def _varlen_backward(dout, q, k, v, out, lse, cu, max_seqlen, scale, window, rng):
-    return torch.ops.torch_attn._varlen_attn_backward(dout.contiguous(), q, k, v, out, lse.contiguous(), cu, cu,
-                                                      max_seqlen, max_seqlen, True, rng, scale,
-                                                      _window_size(window))
+def _varlen_backward(dout, q, k, v, out, lse, cu, max_seqlen, scale, window, aux):
+    rng, unused = aux
+    dq, dk, dv = torch.ops.aten._flash_attention_backward(
+        dout.contiguous(), q, k, v, out, lse.contiguous(), cu, cu, max_seqlen, max_seqlen, 0.0, True, rng, unused,
+        scale=scale, **_window(window))
+    return dq, dk, dv
 
 
 _KERNELS = {"reference": (_ref_forward, _ref_backward), "varlen": (_varlen_forward, _varlen_backward)}
