@@ -89,6 +89,55 @@ def test_kgrouped_writes_every_block_over_dirty_output():
     assert rel(out[1], a[:19].double().t() @ b[:19].double()) <= 1e-5
 
 
+def test_kgrouped_accumulates_into_a_float32_output():
+    """``kgrouped(..., out=acc)`` adds every expert's product into the float32 ``acc`` (empty
+    experts unchanged), from fp16 operands."""
+    c = torch.tensor([5, 0, 17, 2])
+    a, b = torch.randn(24, 24).half(), torch.randn(24, 40).half()
+    acc = torch.randn(4, 24, 40)
+    before = acc.clone()
+    assert gg_triton.kgrouped(a, b, c, out=acc) is acc
+    ends = c.cumsum(0).tolist()
+    for e, (s, t) in enumerate(zip([0] + ends[:-1], ends)):
+        want = before[e].double() + a[s:t].double().t() @ b[s:t].double()
+        assert rel(acc[e], want) <= 1e-6
+    assert bool((acc[1] == before[1]).all())
+    with pytest.raises(ValueError, match="float32"):
+        gg_triton.kgrouped(a, b, c, out=acc.half())
+
+
+def test_expert_weight_gradients_accumulate_into_fp32_masters(monkeypatch):
+    """With fp16 compute copies (`ComputeWeights`), the experts' weight gradients of every
+    micro-batch after the first are added by the kernel straight into the fp32 masters' .grad:
+    the sum over micro-batches equals the float64 one, and the fused path was taken."""
+    from xt.core.engine.compute_weights import ComputeWeights
+
+    calls = []
+    orig = gg_triton.kgrouped
+    monkeypatch.setattr(gg_triton, "kgrouped", lambda *a, **k: calls.append("out" in k) or orig(*a, **k))
+    counts = [[6, 0, 9], [3, 8, 1]]
+    d, f = 16, 24
+    g = torch.Generator().manual_seed(4)
+    mod = torch.nn.Module()
+    mod.w1 = torch.nn.Parameter(torch.randn(3, 2 * f, d, generator=g) / d ** 0.5)
+    mod.w2 = torch.nn.Parameter(torch.randn(3, d, f, generator=g) / f ** 0.5)
+    weights = ComputeWeights(mod, torch.float16)
+    ref = [torch.zeros(3, 2 * f, d, dtype=torch.float64), torch.zeros(3, d, f, dtype=torch.float64)]
+    from _refs import swiglu_experts_f64
+    for cnt in counts:
+        x = torch.randn(sum(cnt), d, generator=g).half()
+        dy = torch.randn(sum(cnt), d, generator=g).half()
+        with weights.swapped():
+            swiglu_experts(x, mod.w1, mod.w2, torch.tensor(cnt), backend="triton").backward(dy)
+        w64 = [mod.w1.detach().half().double().requires_grad_(), mod.w2.detach().half().double().requires_grad_()]
+        for r, gr in zip(ref, torch.autograd.grad(swiglu_experts_f64(x.double(), *w64, torch.tensor(cnt)), w64,
+                                                  dy.double())):
+            r += gr
+    assert calls == [False, False, True, True]  # micro-batch 1 through the hook, 2 fused
+    assert mod.w1.grad.dtype == torch.float32
+    assert rel(mod.w1.grad, ref[0]) <= 2e-3 and rel(mod.w2.grad, ref[1]) <= 2e-3
+
+
 @settings(max_examples=6, deadline=None)
 @given(T=st.integers(0, 9), K=st.integers(1, 3), E=st.integers(1, 5), d=st.sampled_from([1, 20]),
        seed=st.integers(0, 2**16))

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["ComputeWeights", "eligible_parameters"]
+__all__ = ["ComputeWeights", "eligible_parameters", "grad_master"]
 
 
 def _is_plain(p: torch.Tensor) -> bool:
@@ -117,6 +117,7 @@ class ComputeWeights:
         copy = nn.Parameter(torch.empty_like(master, dtype=self.dtype), requires_grad=master.requires_grad)
         if master.requires_grad:
             copy.register_post_accumulate_grad_hook(_accumulate_into(master))
+            copy._xt_grad_master = master  # for kernels that accumulate into it themselves: grad_master
         return copy
 
     def refresh(self) -> None:
@@ -192,9 +193,24 @@ class _CompiledAdd:
 _add_into = _CompiledAdd()
 
 
+def grad_master(weight: torch.Tensor) -> nn.Parameter | None:
+    """The fp32 master whose ``.grad`` receives `weight`'s gradient, when `weight` is a
+    `ComputeWeights` copy; None for any other tensor.
+
+    A kernel's backward may add its float32 weight gradient into ``grad_master(w).grad`` itself
+    (when that ``.grad`` exists: from the second micro-batch of a step on) and return None for
+    ``w``: the same sum as returning the 16-bit gradient for the hook to add, without writing and
+    re-reading it, and without its rounding to 16 bits (Megatron-LM's "gradient accumulation
+    fusion" into ``main_grad``). `xt.kernels.moe.swiglu_experts` does this for the expert weights.
+    """
+    return getattr(weight, "_xt_grad_master", None)
+
+
 def _accumulate_into(master: nn.Parameter):
     def hook(copy: torch.Tensor) -> None:
         g, copy.grad = copy.grad, None
+        if g is None:  # every use of the copy added its gradient into master.grad itself
+            return
         if master.grad is None:
             master.grad = g.to(master.dtype)
         else:  # fp32 += bf16 (promoted elementwise): exact like autocast's cast-then-add

@@ -7,6 +7,7 @@ P x Q the per-expert weight-gradient block.
   where ``B_e = w[e]`` (``w[E, K, N]``) or ``B_e = w[e]ᵀ`` (``w[E, N, K]``, ``trans_b=True``).
 * ``kgrouped(a[R, P], b[R, Q], counts[E]) -> c[E, P, Q]`` with ``c[e] = a[rows of e]ᵀ @ b[rows of e]``;
   experts without rows get exactly zero (every output tile is written, empty sums included).
+  ``kgrouped(..., out=main_grad)`` adds the products into a float32 ``[E, P, Q]`` in the epilogue.
 * ``mgrouped_swiglu`` / ``mgrouped_dswiglu``: the m-grouped product with the SwiGLU forward or
   backward in its epilogue (used by :mod:`xt.kernels.moe.swiglu_experts`).
 
@@ -105,6 +106,11 @@ _mgrouped_tuned = triton.autotune(_M_CONFIGS + _ACT_CONFIGS + _SMALL, key=["N", 
 _kgrouped_tuned = triton.autotune(_K_CONFIGS + _SMALL, key=["P", "Q", "M_BUCKET", "E"],
                                   prune_configs_by={"early_config_prune": _prune},
                                   do_bench=_autotune_bench)(_kgrouped_kernel)
+# The accumulating variant: tuned on its own (a read-modify-write epilogue favours other tiles), and
+# the autotuner puts ``c`` back after every timed launch (each one adds into it).
+_kgrouped_accum_tuned = triton.autotune(_K_CONFIGS + _SMALL, key=["P", "Q", "M_BUCKET", "E"],
+                                        prune_configs_by={"early_config_prune": _prune},
+                                        restore_value=["c_ptr"], do_bench=_autotune_bench)(_kgrouped_kernel)
 # Small fixed blocks for the CPU interpreter (tests): autotuning there would only cost time.
 _INTERP = {"BM": 16, "BN": 16, "BK": 16, "GROUP_M": 2, "num_warps": 4}
 # Whether this module's kernels were created by Triton's interpreter (decided when it is imported).
@@ -221,25 +227,38 @@ def mgrouped_dswiglu(dy: torch.Tensor, w: torch.Tensor, gate_up: torch.Tensor, c
     return _product_m(dy, w, counts, trans_b, 2, gate_up)
 
 
-def kgrouped(a: torch.Tensor, b: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+def kgrouped(a: torch.Tensor, b: torch.Tensor, counts: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """k-grouped GEMM ``c[e] = a[rows of e]ᵀ @ b[rows of e]`` -> ``[E, P, Q]`` in ``a.dtype``;
-    every block is written, so experts with no rows get exact zeros."""
+    every block is written, so experts with no rows get exact zeros.
+
+    With ``out`` (a contiguous float32 ``[E, P, Q]``, e.g. an fp32 main gradient) the products are
+    added into it in the kernel's epilogue from the float32 accumulators (``out += c``; no 16-bit
+    ``c`` is written or read back) and ``out`` is returned.
+
+    Raises:
+        ValueError: ``out`` of the wrong shape, dtype or layout; unaligned rows on the GPU.
+    """
     a, b = a.contiguous(), b.contiguous()
     R, P = a.shape
     Q = b.shape[1]
     E = counts.numel()
+    accum = out is not None
+    if accum and (out.dtype != torch.float32 or tuple(out.shape) != (E, P, Q) or not out.is_contiguous()
+                  or out.device != a.device):
+        raise ValueError(f"grouped_gemm[triton]: out must be a contiguous float32 [{E}, {P}, {Q}] on {a.device}; "
+                         f"got {out.dtype} {tuple(out.shape)} on {out.device}")
     if R == 0 or P == 0 or Q == 0:
-        return torch.zeros(E, P, Q, dtype=a.dtype, device=a.device)
-    c = torch.empty(E, P, Q, dtype=a.dtype, device=a.device)
+        return out if accum else torch.zeros(E, P, Q, dtype=a.dtype, device=a.device)
+    c = out if accum else torch.empty(E, P, Q, dtype=a.dtype, device=a.device)
     counts = counts.to(device=a.device, dtype=torch.int32)
     E, e_pow2, sms, bucket, prec = _common(a, counts)
     ensure_allocator(a.device)
     args = (a, b, c, counts, R, P, Q, E, bucket)
     if _INTERPRETED:
         tma = INTERPRETER_USE_TMA and _tma_ok(a, b)
-        kw = dict(_INTERP, USE_TMA=tma, EPI_TMA=tma)
+        kw = dict(_INTERP, USE_TMA=tma, EPI_TMA=tma and not accum)
         grid = (min(sms, E * triton.cdiv(P, kw["BM"]) * triton.cdiv(Q, kw["BN"])),)
-        _kgrouped_kernel[grid](*args, E_POW2=e_pow2, DOT_PREC=prec, **kw)
+        _kgrouped_kernel[grid](*args, E_POW2=e_pow2, DOT_PREC=prec, ACCUM=accum, **kw)
         return c
     if not _tma_ok(a, b):
         raise ValueError("grouped_gemm[triton]: dW operands need 16-byte aligned rows; got "
@@ -250,7 +269,9 @@ def kgrouped(a: torch.Tensor, b: torch.Tensor, counts: torch.Tensor) -> torch.Te
     with torch.cuda.device(a.device):
         if bucket == SMALL:
             kw = _static("k", a)
-            _kgrouped_kernel[grid(kw)](*args, E_POW2=e_pow2, DOT_PREC=prec, **kw)
+            _kgrouped_kernel[grid(kw)](*args, E_POW2=e_pow2, DOT_PREC=prec, ACCUM=accum, **kw)
+        elif accum:
+            _kgrouped_accum_tuned[grid](*args, E_POW2=e_pow2, DOT_PREC=prec, ACCUM=True)
         else:
             _kgrouped_tuned[grid](*args, E_POW2=e_pow2, DOT_PREC=prec)
     return c

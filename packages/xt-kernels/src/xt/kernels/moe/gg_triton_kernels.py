@@ -187,8 +187,10 @@ def _mgrouped_kernel(x_ptr, w_ptr, y_ptr, aux_ptr, counts_ptr, R, N, K, E, M_BUC
 def _kgrouped_kernel(a_ptr, b_ptr, c_ptr, counts_ptr, R, P, Q, E, M_BUCKET,
                      E_POW2: tl.constexpr, USE_TMA: tl.constexpr, DOT_PREC: tl.constexpr,
                      BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
-                     EPI_TMA: tl.constexpr = False, WS: tl.constexpr = False):
+                     EPI_TMA: tl.constexpr = False, WS: tl.constexpr = False, ACCUM: tl.constexpr = False):
     # Here BM x BN is the output block over (P, Q) and BK the block of rows reduced over.
+    # ACCUM: c (float32) += the block instead of c = the block (weight-gradient accumulation into an
+    # fp32 main gradient in the epilogue: no 16-bit dW round trip through memory).
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     e_idx = tl.arange(0, E_POW2)
@@ -200,7 +202,7 @@ def _kgrouped_kernel(a_ptr, b_ptr, c_ptr, counts_ptr, R, P, Q, E, M_BUCKET,
     if USE_TMA:
         a_desc = tl.make_tensor_descriptor(a_ptr, shape=[R, P], strides=[P, 1], block_shape=[BK, BM])
         b_desc = tl.make_tensor_descriptor(b_ptr, shape=[R, Q], strides=[Q, 1], block_shape=[BK, BN])
-    if EPI_TMA:
+    if EPI_TMA and not ACCUM:
         c_desc = tl.make_tensor_descriptor(c_ptr, shape=[E * P, Q], strides=[Q, 1], block_shape=[BM, BN])
     for tile in tl.range(pid, E * per_e, nprog, warp_specialize=WS):
         e = tile // per_e
@@ -236,10 +238,15 @@ def _kgrouped_kernel(a_ptr, b_ptr, c_ptr, counts_ptr, R, P, Q, E, M_BUCKET,
             b = tl.load(b_ptr + rows64[:, None] * Q + rq[None, :], mask=valid[:, None] & (rq[None, :] < Q),
                         other=0.0)
             acc = tl.dot(tl.trans(a), b, acc, input_precision=DOT_PREC)
-        out = acc.to(c_ptr.dtype.element_ty)
-        if EPI_TMA and p0 + BM <= P:  # rows of the block stay inside expert e's [P, Q] slab
-            c_desc.store([e * P + p0, q0], out)
-        else:
+        if ACCUM:
             mask = (rp[:, None] < P) & (rq[None, :] < Q)
-            tl.store(c_ptr + e.to(tl.int64) * P * Q + rp.to(tl.int64)[:, None] * Q + rq[None, :],
-                     out, mask=mask)
+            c_ptrs = c_ptr + e.to(tl.int64) * P * Q + rp.to(tl.int64)[:, None] * Q + rq[None, :]
+            tl.store(c_ptrs, tl.load(c_ptrs, mask=mask, other=0.0) + acc, mask=mask)
+        else:
+            out = acc.to(c_ptr.dtype.element_ty)
+            if EPI_TMA and p0 + BM <= P:  # rows of the block stay inside expert e's [P, Q] slab
+                c_desc.store([e * P + p0, q0], out)
+            else:
+                mask = (rp[:, None] < P) & (rq[None, :] < Q)
+                tl.store(c_ptr + e.to(tl.int64) * P * Q + rp.to(tl.int64)[:, None] * Q + rq[None, :],
+                         out, mask=mask)

@@ -93,29 +93,55 @@ class _SwiGLUExperts(torch.autograd.Function):
     of the down projection, the two k-grouped weight gradients, and the gate/up dX."""
 
     @staticmethod
-    def forward(ctx, x, w_gate_up, w_down, counts, backend_gate_up: str, backend_down: str):
+    def forward(ctx, x, w_gate_up, w_down, counts, backend_gate_up: str, backend_down: str, fuse_wgrad: bool):
         gate_up_swiglu, _, mgrouped, _ = _kernels()
         gate_up, h = gate_up_swiglu(x, w_gate_up, counts, backend_gate_up)
         y = mgrouped(h, w_down, counts, True, backend_down)
         ctx.save_for_backward(x, w_gate_up, w_down, counts, gate_up, h)
         ctx.backends = (backend_gate_up, backend_down)
+        # fp32 master weights whose .grad the weight gradients may be added into (see _wgrad)
+        ctx.masters = (_fusable_master(w_gate_up, x, fuse_wgrad), _fusable_master(w_down, x, fuse_wgrad))
         return y
 
     @staticmethod
     def backward(ctx, dy):
         x, w_gate_up, w_down, counts, gate_up, h = ctx.saved_tensors
         b1, b2 = ctx.backends
+        m1, m2 = ctx.masters
         _, down_dswiglu, mgrouped, kgrouped = _kernels()
         dy = dy.contiguous()
         d_gate_up = down_dswiglu(dy, w_down, gate_up, counts, b2)
         dx = dw1 = dw2 = None
         if ctx.needs_input_grad[2]:
-            dw2 = kgrouped(dy, h, counts, b2)
+            dw2 = _wgrad(kgrouped, dy, h, counts, b2, m2)
         if ctx.needs_input_grad[1]:
-            dw1 = kgrouped(d_gate_up, x, counts, b1)
+            dw1 = _wgrad(kgrouped, d_gate_up, x, counts, b1, m1)
         if ctx.needs_input_grad[0]:
             dx = mgrouped(d_gate_up, w_gate_up, counts, False, b1)
-        return dx, dw1, dw2, None, None, None
+        return dx, dw1, dw2, None, None, None, None
+
+
+def _fusable_master(w: torch.Tensor, x: torch.Tensor, fuse: bool):
+    """``w``'s fp32 master (`xt.core.engine.compute_weights.grad_master`) when its weight gradient
+    can be added into the master's ``.grad`` by the Triton k-grouped kernel: eager mode (the
+    custom ops used under torch.compile do not mutate), 16-bit operands, Triton usable for them."""
+    if not fuse or torch.compiler.is_compiling() or x.dtype not in (torch.bfloat16, torch.float16):
+        return None
+    from xt.core.engine.compute_weights import grad_master
+    master = grad_master(w)
+    if master is None or master.dtype != torch.float32 or master.shape != w.shape:
+        return None
+    return master
+
+
+def _wgrad(kgrouped, a, b, counts, backend, master):
+    """The k-grouped weight gradient ``[E, P, Q]``, or None when it was added into ``master.grad``
+    (which exists from a step's second micro-batch on; the first one goes through the hook)."""
+    g = None if master is None else master.grad
+    if g is not None and g.dtype == torch.float32 and g.is_contiguous() and g.shape == master.shape:
+        kernel_set("triton").kgrouped(a, b, counts, out=g)
+        return None
+    return kgrouped(a, b, counts, backend)
 
 
 def swiglu_experts_reference(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor,
@@ -188,6 +214,9 @@ def swiglu_experts(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tenso
         b1, b2 = _auto_backends(x, w_gate_up, w_down, tokens_per_expert)
     else:
         b1 = b2 = name
+    # the weight gradients go into fp32 master gradients through Triton under "auto" (where Triton
+    # runs the m-grouped products) or when Triton was asked for them
+    fuse = _split(b1)[0] == "triton" and (name == "auto" or _split(b1)[1] == _split(b2)[1] == "triton")
     if x.device.type == "cuda":  # once here rather than in each of the six kernel launches
         tokens_per_expert = tokens_per_expert.to(torch.int32)
-    return _SwiGLUExperts.apply(x, w_gate_up, w_down, tokens_per_expert, b1, b2)
+    return _SwiGLUExperts.apply(x, w_gate_up, w_down, tokens_per_expert, b1, b2, fuse)
