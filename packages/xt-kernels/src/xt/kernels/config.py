@@ -6,6 +6,8 @@ Example (TOML)::
     grouped_gemm = "auto"   # auto | triton | torch | reference | npu
     permute = "auto"        # also sets unpermute
     loss = "auto"           # fused linear cross-entropy (also sets log_probs)
+    rms_norm = "auto"       # RMSNorm (+ residual add): compiled on CUDA
+    rope = "auto"           # rotary embeddings: compiled on CUDA
 """
 from __future__ import annotations
 
@@ -28,6 +30,9 @@ class KernelsConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         permute: token permute/unpermute (``auto``: Triton on CUDA, torch ops elsewhere).
         loss: fused linear cross-entropy and the per-token ``log_probs`` op (``auto``: Triton on
             CUDA, torch ops elsewhere).
+        rms_norm: RMSNorm with its residual add (``auto``/``triton``: ``torch.compile``-fused on
+            CUDA; ``torch``: eager ops; :mod:`xt.kernels.norm`).
+        rope: rotary embeddings (as ``rms_norm``).
 
     Raises:
         ValueError: (at construction) a field that is not a known backend name; decoding with
@@ -36,6 +41,8 @@ class KernelsConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     grouped_gemm: Backend = "auto"
     permute: Backend = "auto"
     loss: Backend = "auto"
+    rms_norm: Backend = "auto"
+    rope: Backend = "auto"
 
     def __post_init__(self) -> None:
         for field in self.__struct_fields__:
@@ -49,3 +56,5 @@ def apply_kernels_config(cfg: KernelsConfig) -> None:
     set_backend("grouped_gemm", cfg.grouped_gemm)
     set_backend("permute", cfg.permute)
     set_backend("loss", cfg.loss)
+    set_backend("rms_norm", cfg.rms_norm)
+    set_backend("rope", cfg.rope)

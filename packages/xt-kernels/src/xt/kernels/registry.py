@@ -1,7 +1,8 @@
 """Backend registry of the kernel ops: which implementation runs each op.
 
 Ops: ``"grouped_gemm"``, ``"permute"``, ``"unpermute"``, ``"loss"`` (the fused linear
-cross-entropy), ``"log_probs"`` (the fused per-token log-probabilities / entropy). Backend names: ``"auto"``, ``"triton"``, ``"torch"``, ``"reference"``, ``"npu"``
+cross-entropy), ``"log_probs"`` (the fused per-token log-probabilities / entropy), ``"rms_norm"``
+and ``"rope"`` (the glue ops of :mod:`xt.kernels.norm`). Backend names: ``"auto"``, ``"triton"``, ``"torch"``, ``"reference"``, ``"npu"``
 (what each means per op: :mod:`xt.kernels.moe.backends` and docs/architecture.md, Kernels and
 backends).
 
@@ -17,12 +18,12 @@ from typing import Callable
 
 __all__ = ["OPS", "BACKENDS", "register", "set_backend", "get_backend", "dispatch"]
 
-OPS = ("grouped_gemm", "permute", "unpermute", "loss", "log_probs")
+OPS = ("grouped_gemm", "permute", "unpermute", "loss", "log_probs", "rms_norm", "rope")
 BACKENDS = ("auto", "triton", "torch", "reference", "npu")
 #: the module that registers each op (named in the error when it has not been imported yet)
 _HOME = {"grouped_gemm": "xt.kernels.moe.grouped_gemm", "permute": "xt.kernels.moe.permute",
          "unpermute": "xt.kernels.moe.permute", "loss": "xt.kernels.loss.linear_ce",
-         "log_probs": "xt.kernels.loss.log_probs"}
+         "log_probs": "xt.kernels.loss.log_probs", "rms_norm": "xt.kernels.norm", "rope": "xt.kernels.norm"}
 _selected: dict[str, str] = {op: "auto" for op in OPS}
 _factories: dict[str, Callable[[str], Callable]] = {}
 

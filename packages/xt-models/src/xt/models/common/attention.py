@@ -16,6 +16,7 @@ from torch import nn
 from xt.models.common.core_attention import CoreAttention
 from xt.models.common.norm import RMSNorm
 from xt.models.common.rope import apply_rotary
+from xt.kernels.norm import qk_norm_rope
 
 __all__ = ["Attention"]
 
@@ -75,8 +76,9 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(T, self.num_attention_heads, self.head_dim)
         k = self.k_proj(x).view(T, self.num_key_value_heads, self.head_dim)
         v = self.v_proj(x).view(T, self.num_key_value_heads, self.head_dim)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if self.q_norm is not None:  # one fused op: norms, RoPE, the autocast cast (xt.kernels.norm)
+            q, k = qk_norm_rope(q, k, self.q_norm.weight, self.k_norm.weight, self.q_norm.eps, self.k_norm.eps, cos, sin)
+        else:
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         out = self.core_attention(q, k, v, cu_seqlens, max_seqlen)
         return self.o_proj(out.reshape(T, self.num_attention_heads * self.head_dim))

@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from xt.kernels.norm import rms_norm
+
 __all__ = ["RMSNorm"]
 
 
@@ -27,12 +29,14 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(hidden_size))
         self.eps = float(eps)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalise ``x[..., hidden_size]``; see the class docstring."""
-        dtype = x.dtype
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(dtype)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        """Normalise ``x[..., hidden_size]``; see the class docstring.
+
+        With ``residual`` (same shape), normalises ``s = x + residual`` and returns ``(y, s)``: the
+        pre-norm block's residual add and the next norm in one fused op on CUDA
+        (`xt.kernels.norm.rms_norm`, backend ``kernels.rms_norm``).
+        """
+        return rms_norm(x, self.weight, self.eps, residual)
 
     def reset_parameters(self) -> None:
         """Set ``weight`` to ones."""

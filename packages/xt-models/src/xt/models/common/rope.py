@@ -15,6 +15,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from xt.kernels.norm import rope
+
 __all__ = ["ROPE_INIT_FUNCTIONS", "register_rope_type", "RotaryEmbedding", "apply_rotary"]
 
 RopeInitFn = Callable[[int, float, dict[str, Any]], tuple[torch.Tensor, float]]
@@ -72,10 +74,19 @@ class RotaryEmbedding(nn.Module):
         # Validate variant parameters at build time.
         ROPE_INIT_FUNCTIONS[self.rope_type](head_dim, self.rope_theta, self.rope_parameters)
 
+    def _inv_freq(self, device: torch.device) -> tuple[torch.Tensor, float]:
+        # computed on the host once per device and kept (not a buffer: no state, meta-safe); copying
+        # it in every forward would synchronise the host with the GPU each time
+        cache = self.__dict__.setdefault("_inv_freq_cache", {})
+        if device not in cache:
+            inv_freq, scale = ROPE_INIT_FUNCTIONS[self.rope_type](self.head_dim, self.rope_theta, self.rope_parameters)
+            cache[device] = (inv_freq.to(device), scale)
+        return cache[device]
+
     def forward(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``position_ids[...]`` int -> ``(cos, sin)`` each ``[..., head_dim]`` float32."""
-        inv_freq, scale = ROPE_INIT_FUNCTIONS[self.rope_type](self.head_dim, self.rope_theta, self.rope_parameters)
-        freqs = position_ids.to(torch.float32)[..., None] * inv_freq.to(position_ids.device)
+        inv_freq, scale = self._inv_freq(position_ids.device)
+        freqs = position_ids.to(torch.float32)[..., None] * inv_freq
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos() * scale, emb.sin() * scale
 
@@ -84,9 +95,6 @@ class RotaryEmbedding(nn.Module):
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x[T, H, head_dim]`` by ``cos/sin [T, head_dim]``; math in float32, result in ``x.dtype``."""
-    xf = x.float()
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-xf[..., half:], xf[..., :half]), dim=-1)
-    out = xf * cos[:, None, :] + rotated * sin[:, None, :]
-    return out.to(x.dtype)
+    """Rotate ``x[T, H, head_dim]`` by ``cos/sin [T, head_dim]``; math in float32, result in ``x.dtype``
+    (`xt.kernels.norm.rope`: one fused op on CUDA, backend ``kernels.rope``)."""
+    return rope(x, cos, sin)

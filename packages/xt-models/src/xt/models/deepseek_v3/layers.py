@@ -82,8 +82,8 @@ class DeepseekV3DecoderLayer(nn.Module):
                 max_seqlen: int, doc_ids: torch.Tensor | None = None, num_docs: int = 0) -> LayerOutput:
         """``h[T, D] -> LayerOutput(h[T, D], RouterStats | None, seq_aux | None)``: stats and (with
         ``doc_ids [T]`` int64) the sequence-wise loss of an MoE layer; neither for a dense one."""
-        h = h + self.self_attn(self.input_layernorm(h), cos, sin, cu_seqlens, max_seqlen)
-        x = self.post_attention_layernorm(h)
+        x, h = self.post_attention_layernorm(self.self_attn(self.input_layernorm(h), cos, sin, cu_seqlens,
+                                                             max_seqlen), residual=h)  # h += attn; x = norm(h)
         if isinstance(self.mlp, DeepseekV3MoE):
             y, stats, seq = self.mlp(x, doc_ids, num_docs)
             return LayerOutput(h + y, stats, seq)

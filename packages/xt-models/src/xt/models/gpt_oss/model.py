@@ -86,8 +86,9 @@ class GptOssDecoderLayer(nn.Module):
     def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cu_seqlens: torch.Tensor,
                 max_seqlen: int) -> LayerOutput:
         """``h[T, D] -> LayerOutput(h[T, D], RouterStats)``; ``cos, sin [T, head_dim]`` float32."""
-        h = h + self.self_attn(self.input_layernorm(h), cos, sin, cu_seqlens, max_seqlen)
-        y, stats = self.mlp(self.post_attention_layernorm(h))
+        x, h = self.post_attention_layernorm(self.self_attn(self.input_layernorm(h), cos, sin, cu_seqlens,
+                                                             max_seqlen), residual=h)  # h += attn; x = norm(h)
+        y, stats = self.mlp(x)
         return LayerOutput(h + y, stats)
 
 

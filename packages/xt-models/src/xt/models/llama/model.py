@@ -52,8 +52,9 @@ class LlamaDecoderLayer(nn.Module):
                 max_seqlen: int) -> LayerOutput:
         """``h[T, D] -> LayerOutput(h[T, D])`` (dense: no router stats); ``cos, sin [T, head_dim]``
         float32, ``cu_seqlens [D+1]`` int32."""
-        h = h + self.self_attn(self.input_layernorm(h), cos, sin, cu_seqlens, max_seqlen)
-        return LayerOutput(h + self.mlp(self.post_attention_layernorm(h)))
+        x, h = self.post_attention_layernorm(self.self_attn(self.input_layernorm(h), cos, sin, cu_seqlens,
+                                                             max_seqlen), residual=h)  # h += attn; x = norm(h)
+        return LayerOutput(h + self.mlp(x))
 
 
 class LlamaModel(nn.Module):

@@ -67,8 +67,8 @@ class Qwen3DecoderLayer(nn.Module):
                 max_seqlen: int) -> LayerOutput:
         """``h[T, D] -> LayerOutput(h[T, D], RouterStats, or None for a dense layer)``; ``cos, sin
         [T, head_dim]`` float32, ``cu_seqlens [D+1]`` int32."""
-        h = h + self.self_attn(self.input_layernorm(h), cos, sin, cu_seqlens, max_seqlen)
-        x = self.post_attention_layernorm(h)
+        x, h = self.post_attention_layernorm(self.self_attn(self.input_layernorm(h), cos, sin, cu_seqlens,
+                                                             max_seqlen), residual=h)  # h += attn; x = norm(h)
         if self.is_moe:
             y, stats = self.mlp(x)
             return LayerOutput(h + y, stats)

@@ -1,0 +1,57 @@
+"""``torch.compile`` for small hot-path functions on CUDA: eager everywhere else, and eager from
+then on (with one warning) where compilation fails.
+
+Used for the elementwise and reduction glue between the big kernels (RMSNorm with its residual
+add, RoPE): eagerly each of those is several kernels over ``[T, D]`` float32 tensors, compiled it is
+one fused Triton kernel forward and one or two backward. The token dimension is marked dynamic, so
+a run compiles each function once per hidden size, not once per micro-batch length.
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+
+import torch
+
+__all__ = ["CudaCompiled"]
+
+
+class CudaCompiled:
+    """``fn`` compiled (``torch.compile(fn, fullgraph=True)``) when its first argument is a CUDA tensor.
+
+    Args:
+        fn: a pure tensor function (no Python side effects, no data-dependent control flow).
+        name: how warnings name it.
+        dynamic_args: positions of the arguments whose dimension 0 (the token dimension) varies
+            between calls; they are marked dynamic (``torch._dynamo.maybe_mark_dynamic``) so one
+            graph serves every length.
+
+    Calling it returns ``fn(*args)``'s value. CPU tensors, and every call after compilation failed,
+    run ``fn`` eagerly (same math; Inductor may round reductions differently in the last bit).
+    """
+
+    def __init__(self, fn: Callable, name: str, dynamic_args: Sequence[int] = (0,)) -> None:
+        self.fn = fn
+        self.name = name
+        self.dynamic_args = tuple(dynamic_args)
+        self._compiled: Callable | None = None
+        self._broken = False
+
+    def __call__(self, *args):
+        if self._broken or not (isinstance(args[0], torch.Tensor) and args[0].is_cuda):
+            return self.fn(*args)
+        if self._compiled is None:
+            self._compiled = torch.compile(self.fn, fullgraph=True)
+        for i in self.dynamic_args:
+            a = args[i]
+            if isinstance(a, torch.Tensor) and a.dim() > 0:
+                torch._dynamo.maybe_mark_dynamic(a, 0)
+        try:
+            return self._compiled(*args)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - no compiler / an Inductor limitation: eager is correct
+            self._broken = True
+            warnings.warn(f"{self.name}: torch.compile failed ({type(e).__name__}: {str(e)[:200]}); "
+                          "running it eagerly from now on", RuntimeWarning, stacklevel=2)
+            return self.fn(*args)
