@@ -56,8 +56,34 @@ class StepStats:
     loss_metrics: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+def check_packed_on_host(batch: Mapping[str, Any]) -> None:
+    """Check a host micro-batch's ``cu_seqlens`` against its packed ``input_ids [T]`` (start at 0,
+    never fall, end at T or, for a sequence-parallel shard with ``position_ids``, a multiple of T).
+
+    Models read device-resident ``cu_seqlens`` back only when they must (that stalls the host
+    every forward), so micro-batches are checked here, on the host, before they are copied.
+
+    Raises:
+        ValueError: boundaries that break this (the message names ``cu_seqlens`` and T).
+    """
+    cu, ids = batch.get("cu_seqlens"), batch.get("input_ids")
+    if not (isinstance(cu, torch.Tensor) and isinstance(ids, torch.Tensor)) or cu.device.type != "cpu" \
+            or ids.dim() != 1 or cu.dim() != 1 or cu.numel() < 2:
+        return  # not packed host tensors: the model checks what it gets
+    b, T = cu.tolist(), ids.shape[0]
+    shard = "position_ids" in batch and T > 0 and b[-1] > T and b[-1] % T == 0
+    if b[0] != 0 or (b[-1] != T and not shard) or any(y < x for x, y in zip(b[:-1], b[1:])):
+        raise ValueError(f"micro-batch cu_seqlens must rise from 0 to T={T}; got {b[:8]}{'...' if len(b) > 8 else ''}")
+
+
 def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
-    """Copy a micro-batch's tensors to `device` (non-blocking); other values pass through."""
+    """Copy a micro-batch's tensors to `device` (non-blocking), after `check_packed_on_host`;
+    other values pass through.
+
+    Raises:
+        ValueError: from `check_packed_on_host`.
+    """
+    check_packed_on_host(batch)
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
             for k, v in batch.items()}
 
@@ -108,6 +134,7 @@ def forward_backward(model: nn.Module, micro_batches: Sequence[Mapping[str, Any]
     if not micro_batches:
         raise ValueError("forward_backward needs at least one micro-batch")
     loss = TokenMeanLoss() if loss is None else loss
+    seq_len = effective_seq_len(micro_batches)  # from the host copies: no device read-back
     mbs = [to_device(mb, device) for mb in micro_batches]
     n = len(mbs)
     world = dist_ctx.world_size
@@ -124,7 +151,7 @@ def forward_backward(model: nn.Module, micro_batches: Sequence[Mapping[str, Any]
             result = as_loss_output(loss(out, mb, ctx), loss)
             result.objective.backward()
             acc.add(out, result)
-    return acc.reduce(dist_ctx, mbs, global_tokens)
+    return acc.reduce(dist_ctx, mbs, global_tokens, seq_len)
 
 
 @torch.no_grad()
@@ -190,7 +217,7 @@ class _Accumulator:
         _add_into(self.loss_metrics, result.metrics, torch.float64, self.device)
 
     def reduce(self, dist_ctx: DistContext, mbs: list[dict[str, Any]],
-               global_tokens: torch.Tensor) -> StepStats:
+               global_tokens: torch.Tensor, seq_len: float) -> StepStats:
         n, world = len(mbs), dist_ctx.world_size
         num_tokens = sum(int(mb["input_ids"].numel()) for mb in mbs)
         packed = torch.stack([self.loss.double(), self.aux.double(),
@@ -206,7 +233,7 @@ class _Accumulator:
             aux_loss=(packed[1] / (n * world)).float() if self.has_aux else None,
             loss_tokens=n_global,
             num_tokens=int(packed[2].item()),
-            seq_len=effective_seq_len(mbs),
+            seq_len=seq_len,
             metrics=metrics,
             objective=packed[3].float(),
             loss_metrics=loss_metrics,

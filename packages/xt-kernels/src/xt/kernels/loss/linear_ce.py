@@ -79,7 +79,10 @@ class _LinearCE(torch.autograd.Function):
         grad_h = torch.empty_like(hidden) if need_h else None
         grad_w = weight_grad_buffer(weight) if need_w else None
         ctx.weight_dtype = weight.dtype
-        scale = 1.0 / torch.as_tensor(denom, dtype=acc, device=hidden.device)
+        # a Python denominator becomes a device scalar by a fill, not a host-to-device copy (which
+        # would synchronise the host with the GPU once per micro-batch)
+        scale = (1.0 / denom.to(device=hidden.device, dtype=acc) if isinstance(denom, torch.Tensor)
+                 else torch.full((), 1.0 / float(denom), dtype=acc, device=hidden.device))
         loss_sum = torch.zeros((), dtype=acc, device=hidden.device)
         z_sum = torch.zeros((), dtype=acc, device=hidden.device)
         step = _step(kind)

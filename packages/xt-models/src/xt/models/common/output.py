@@ -11,7 +11,7 @@ import torch
 if TYPE_CHECKING:
     from xt.models.common.router import RouterStats
 
-__all__ = ["CausalLMOutput", "LayerOutput", "run_layers", "PackedInput", "pack_inputs"]
+__all__ = ["CausalLMOutput", "LayerOutput", "run_layers", "PackedInput", "pack_inputs", "check_cu_seqlens"]
 
 
 @dataclass
@@ -131,6 +131,22 @@ def _positions_from_cu(cu: torch.Tensor, total: int) -> torch.Tensor:
     return idx - cu.to(torch.int64)[doc]
 
 
+def check_cu_seqlens(bounds: list[int], T: int, sp_shard_ok: bool = False) -> None:
+    """Check packed document boundaries ``bounds`` (``cu_seqlens`` as a list) for ``T`` tokens.
+
+    They must start at 0, never fall, and end at T; a sequence-parallel shard (``sp_shard_ok``: it
+    brings its own ``position_ids``) holds T of the n*T tokens that the *global* boundaries
+    describe, so they may end at a multiple of T.
+
+    Raises:
+        ValueError: boundaries that break this, naming ``cu_seqlens`` and T.
+    """
+    sp_shard = sp_shard_ok and T > 0 and bounds[-1] > T and bounds[-1] % T == 0
+    if (bounds[0] != 0 or (bounds[-1] != T and not sp_shard)
+            or any(b > a for a, b in zip(bounds[1:], bounds[:-1]))):
+        raise ValueError(f"cu_seqlens must rise from 0 to T={T}; got {bounds[:8]}{'...' if len(bounds) > 8 else ''}")
+
+
 def pack_inputs(input_ids: torch.Tensor, labels: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, cu_seqlens: torch.Tensor | None = None,
                 max_seqlen: int | None = None, attention_mask: torch.Tensor | None = None) -> PackedInput:
@@ -180,13 +196,12 @@ def pack_inputs(input_ids: torch.Tensor, labels: torch.Tensor | None = None,
         cu_seqlens = torch.tensor([0, T], dtype=torch.int32, device=input_ids.device)
     if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2 or cu_seqlens.is_floating_point():
         raise ValueError(f"cu_seqlens must be a 1-D integer tensor [D+1]; got {tuple(cu_seqlens.shape)} {cu_seqlens.dtype}")
-    bounds = cu_seqlens.tolist()
-    # A sequence-parallel shard (xt.parallel) holds T of the n*T tokens that the *global*
-    # cu_seqlens describes; its position_ids come with the batch.
-    sp_shard = position_ids is not None and T > 0 and bounds[-1] > T and bounds[-1] % T == 0
-    if (bounds[0] != 0 or (bounds[-1] != T and not sp_shard)
-            or any(b > a for a, b in zip(bounds[1:], bounds[:-1]))):
-        raise ValueError(f"cu_seqlens must rise from 0 to T={T}; got {bounds[:8]}{'...' if len(bounds) > 8 else ''}")
+    # Reading device-resident boundaries back would stall the host once per forward: with
+    # max_seqlen given they are checked where they were made instead (on the host: xt.data's
+    # packer, and the engine's to_device for every micro-batch).
+    bounds = None if (cu_seqlens.device.type != "cpu" and max_seqlen is not None) else cu_seqlens.tolist()
+    if bounds is not None:
+        check_cu_seqlens(bounds, T, position_ids is not None)
     cu_seqlens = cu_seqlens.to(torch.int32)
     for name, t in (("labels", labels), ("position_ids", position_ids)):
         if t is not None and tuple(t.shape) != (T,):
