@@ -43,6 +43,34 @@ def family(name: str) -> str:
     return "other"
 
 
+def sync_report(trainer, mbs, sync) -> None:
+    """One unprofiled step: its wall and process CPU time (all threads; near the wall time means
+    the host is the bottleneck), then the same step again under ``set_sync_debug_mode("warn")``
+    with each synchronising call site and how often it fired."""
+    import collections
+    import warnings
+
+    t, c = time.perf_counter(), time.process_time()
+    trainer.train_step(mbs)
+    sync()
+    wall, cpu = time.perf_counter() - t, time.process_time() - c
+    print(f"sync-debug: step wall {wall:.3f}s, process CPU {cpu:.3f}s ({100 * cpu / wall:.0f}% of wall)", flush=True)
+    sites: collections.Counter = collections.Counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            trainer.train_step(mbs)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    for w in caught:
+        if "synchroniz" in str(w.message):
+            sites[f"{w.filename}:{w.lineno}"] += 1
+    print(f"sync-debug: {sum(sites.values())} synchronising calls in one step", flush=True)
+    for site, n in sites.most_common(25):
+        print(f"  {n:5d}  {site}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("config")
@@ -50,6 +78,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--top", type=int, default=30)
+    ap.add_argument("--sync-debug", action="store_true",
+                    help="before profiling, run one step with torch.cuda.set_sync_debug_mode('warn') and list "
+                         "every host-synchronising call site, and report the step's CPU time vs wall time")
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "benchmarks/results"), "profile-step.txt"))
     args = ap.parse_args()
 
@@ -77,6 +108,8 @@ def main() -> None:
     batches = [draw() for _ in range(args.steps)]
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     sync()
+    if args.sync_debug:
+        sync_report(trainer, draw(), sync)
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         t = time.perf_counter()
         tokens = 0

@@ -106,9 +106,11 @@ _mgrouped_tuned = triton.autotune(_M_CONFIGS + _ACT_CONFIGS + _SMALL, key=["N", 
 _kgrouped_tuned = triton.autotune(_K_CONFIGS + _SMALL, key=["P", "Q", "M_BUCKET", "E"],
                                   prune_configs_by={"early_config_prune": _prune},
                                   do_bench=_autotune_bench)(_kgrouped_kernel)
-# The accumulating variant: tuned on its own (a read-modify-write epilogue favours other tiles), and
-# the autotuner puts ``c`` back after every timed launch (each one adds into it).
-_kgrouped_accum_tuned = triton.autotune(_K_CONFIGS + _SMALL, key=["P", "Q", "M_BUCKET", "E"],
+# The accumulating variant: tuned on its own (a read-modify-write epilogue favours other tiles), once
+# per weight shape (its time is the fp32 [E, P, Q] traffic, nearly independent of the row count: no
+# re-tuning when a micro-batch's rows change bucket), and the autotuner puts ``c`` back after every
+# timed launch (each one adds into it).
+_kgrouped_accum_tuned = triton.autotune(_K_CONFIGS + _SMALL, key=["P", "Q", "E"],
                                         prune_configs_by={"early_config_prune": _prune},
                                         restore_value=["c_ptr"], do_bench=_autotune_bench)(_kgrouped_kernel)
 # Small fixed blocks for the CPU interpreter (tests): autotuning there would only cost time.
