@@ -31,6 +31,8 @@ and the gate/up + SwiGLU one 4% on the Qwen3-30B-A3B shape (H200,
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 import triton
 
@@ -229,6 +231,31 @@ def mgrouped_dswiglu(dy: torch.Tensor, w: torch.Tensor, gate_up: torch.Tensor, c
     return _product_m(dy, w, counts, trans_b, 2, gate_up)
 
 
+_small_compiled: set[tuple] = set()
+
+
+def _compile_small_variant(a: torch.Tensor, c: torch.Tensor, counts: torch.Tensor, e_pow2: int, prec: str,
+                           accum: bool) -> None:
+    """Compile, on the first large call, the fixed-config kernel the small calls of this shape will
+    launch: otherwise its Triton compilation (seconds) lands on whichever later step first has a
+    micro-batch with few rows, a stall after warm-up. Launched on a 16 x 16 stand-in of the same
+    specialisation (16-divisible sizes, aligned rows, the same E) with no rows, into scratch."""
+    key = (a.device, a.dtype, c.dtype, counts.numel(), accum)
+    if key in _small_compiled:
+        return
+    _small_compiled.add(key)
+    E = counts.numel()
+    dummy = torch.zeros(16, 16, dtype=a.dtype, device=a.device)  # rows exist; every expert owns none
+    scratch = torch.zeros(E, 16, 16, dtype=c.dtype, device=a.device)
+    kw = _static("k", a)
+    try:
+        _kgrouped_kernel[(1,)](dummy, dummy, scratch, torch.zeros_like(counts), 16, 16, 16, E, SMALL,
+                               E_POW2=e_pow2, DOT_PREC=prec, ACCUM=accum, **kw)
+    except Exception as e:  # noqa: BLE001 - only a compile-ahead; the real small call compiles it anyway
+        warnings.warn(f"grouped_gemm[triton]: compiling the small-call dW kernel ahead failed ({e}); it will "
+                      "compile on first use", RuntimeWarning, stacklevel=3)
+
+
 def kgrouped(a: torch.Tensor, b: torch.Tensor, counts: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """k-grouped GEMM ``c[e] = a[rows of e]ᵀ @ b[rows of e]`` -> ``[E, P, Q]`` in ``a.dtype``;
     every block is written, so experts with no rows get exact zeros.
@@ -272,7 +299,9 @@ def kgrouped(a: torch.Tensor, b: torch.Tensor, counts: torch.Tensor, out: torch.
         if bucket == SMALL:
             kw = _static("k", a)
             _kgrouped_kernel[grid(kw)](*args, E_POW2=e_pow2, DOT_PREC=prec, ACCUM=accum, **kw)
-        elif accum:
+            return c
+        _compile_small_variant(a, c, counts, e_pow2, prec, accum)
+        if accum:
             _kgrouped_accum_tuned[grid](*args, E_POW2=e_pow2, DOT_PREC=prec, ACCUM=True)
         else:
             _kgrouped_tuned[grid](*args, E_POW2=e_pow2, DOT_PREC=prec)
