@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from xt.cli.errors import debug_from_env, reported_errors
+from xt.cli.errors import EXIT_STOPPED, debug_from_env, reported_errors
 
 __all__ = ["main", "cli"]
 
@@ -23,7 +23,8 @@ def cli(ctx: click.Context, debug: bool) -> None:
     `torchrun --nproc-per-node N -m xt.cli.main train CONFIG` (layout from the [parallel] section).
 
     A mistake (config, model config, data, checkpoint) ends with one `error: ...` line naming the
-    key, file and line, and exit status 1; Ctrl-C exits with 130. For a bug report, run
+    key, file and line, and exit status 1. SIGINT / SIGTERM during `xt train` save a checkpoint
+    and exit with 75; a second Ctrl-C stops at once with 130. For a bug report, run
     `xt --debug ...` (or set XT_DEBUG=1) to see the full traceback.
     """
     ctx.ensure_object(dict)["debug"] = debug or debug_from_env()
@@ -52,14 +53,20 @@ def _last_checkpoint_note(config: str, overrides: tuple[str, ...]) -> str:
               help="Resume from the newest checkpoint in train.out_dir ('auto') or a checkpoint folder.")
 @click.pass_context
 def train(ctx: click.Context, config: str, overrides: tuple[str, ...], resume: str | None) -> None:
-    """Train the model described by CONFIG (a TOML file; see examples/)."""
+    """Train the model described by CONFIG (a TOML file; see examples/).
+
+    SIGINT (Ctrl-C) or SIGTERM: the step under way finishes, a checkpoint is saved, the command
+    to continue is printed, and the exit status is 75; a second Ctrl-C stops at once (130).
+    """
     # Before CUDA initialises: long or varying micro-batches fragment the default allocator (a
     # 262,144-token step on an H200 failed with 27 GiB reserved but unallocated); the user's own
     # PYTORCH_CUDA_ALLOC_CONF wins. The banner prints the setting in effect.
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     with reported_errors(_debug(ctx), on_interrupt=lambda: _last_checkpoint_note(config, overrides)):
         from xt.cli.train import run_train
-        run_train(config, list(overrides), resume)
+        result = run_train(config, list(overrides), resume)
+    if result.interrupted:
+        sys.exit(EXIT_STOPPED)
 
 
 @cli.command()

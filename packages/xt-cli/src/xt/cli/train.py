@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shlex
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,7 +30,7 @@ from xt.kernels.config import apply_kernels_config
 from xt.models import build_run_model, from_pretrained, generate, save_pretrained, section_config, unused_model_keys
 from xt.parallel import apply_layout, check_layout, describe_layout, device_for_run, exporter, rank_loader
 
-__all__ = ["run_train", "build_run", "greedy_sample"]
+__all__ = ["run_train", "build_run", "greedy_sample", "resume_command"]
 
 
 def greedy_sample(model, tokenizer, prompt: str, max_new_tokens: int, chat: bool = False) -> str:
@@ -107,14 +108,25 @@ def run_train(config: str | Path | None, overrides: Sequence[str] = (), resume: 
     result = trainer.fit(resume=resume if resume is not None else cfg.checkpoint.resume)
     skipped = getattr(rank_data, "skipped", 0)
     if is_main:
-        _report(console, cfg, result, skipped)
+        _report(console, cfg, result, skipped, resume_command(config, overrides))
     return result
 
 
-def _report(console: Console, cfg: XTConfig, result: TrainResult, skipped: int) -> None:
+def resume_command(config: str | Path | None, overrides: Sequence[str]) -> str:
+    """The shell command that continues this run: ``xt train CONFIG [--set ...] --resume auto``."""
+    sets = "".join(f" --set {shlex.quote(o)}" for o in overrides)
+    return f"xt train {shlex.quote(str(config))}{sets} --resume auto"
+
+
+def _report(console: Console, cfg: XTConfig, result: TrainResult, skipped: int, again: str) -> None:
     out = Path(cfg.train.out_dir)
     start = int(result.resumed_from.name.split("-")[-1]) if result.resumed_from else 0
-    if result.step == start:
+    if result.interrupted or result.out_of_time:
+        why = result.interrupted or f"train.max_minutes = {cfg.train.max_minutes:g}"
+        console.print(f"\n[bold]stopped[/bold] by {why} after step {result.step} of {cfg.train.steps}; "
+                      f"checkpoint {result.checkpoint}", highlight=False)
+        console.print(f"  continue with: {escape(again)}", highlight=False)
+    elif result.step == start:
         console.print(f"\n[bold]done[/bold]: already at step {result.step} (train.steps = {cfg.train.steps}); "
                       "nothing to train")
     else:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,9 @@ from xt.core.engine.engine import Engine
 from xt.core.engine.metrics import (MetricsWriter, default_peak_tflops, max_memory_gib, mfu,
                                     read_metrics)
 from xt.core.engine.report import ProgressReporter, plot_loss_curve
+from xt.core.engine.result import TrainResult
 from xt.core.engine.step import StepStats
+from xt.core.engine.stop import StopDecision, StopWatch
 
 __all__ = ["Trainer", "TrainResult", "ENGINE_STATE"]
 
@@ -47,31 +48,6 @@ ENGINE_STATE = "engine"
 def _from_engine(name: str, doc: str) -> property:
     """A read-only Trainer attribute that is the engine's attribute `name`."""
     return property(lambda self: getattr(self.engine, name), doc=doc)
-
-
-@dataclass
-class TrainResult:
-    """Outcome of `Trainer.fit`.
-
-    Attributes:
-        step: optimizer steps completed.
-        metrics: the last step's metrics (empty if no step ran).
-        metrics_path, plot_path: ``out_dir/metrics.jsonl`` and ``out_dir/loss.png``.
-        checkpoint: the last checkpoint saved or resumed from, or None.
-        hf_path: the HF export folder, or None if not exported.
-        wall_s: seconds spent in `fit`.
-        stopped_early: True when the loader ran out before the configured steps.
-    """
-
-    step: int
-    metrics: dict[str, Any]
-    metrics_path: Path
-    plot_path: Path | None
-    checkpoint: Path | None
-    hf_path: Path | None
-    wall_s: float
-    stopped_early: bool = False
-    resumed_from: Path | None = field(default=None)
 
 
 class Trainer:
@@ -243,6 +219,12 @@ class Trainer:
                 resume + M steps equal N + M steps in one go.
             until_step: stop after this step (the LR schedule still spans `train.steps`).
 
+        On the main thread, the first SIGINT or SIGTERM lets the step under way finish, saves a
+        checkpoint and returns with ``interrupted`` set (a second one raises `KeyboardInterrupt`
+        at once); ``train.max_minutes`` stops the same way but also exports; a checkpoint is
+        saved every ``checkpoint.every_steps`` steps and ``checkpoint.every_minutes`` minutes
+        (`xt.core.engine.stop`).
+
         Returns:
             `TrainResult` (outputs are under `train.out_dir`).
 
@@ -258,29 +240,24 @@ class Trainer:
         if self.device.type == "cuda":  # max_memory_gib is this run's peak, not the process's
             torch.cuda.reset_peak_memory_stats(self.device)
         cfg, main = self.train_cfg, self.dist.is_main
-        path = resolve_resume(resume if resume is not None else self.ckpt_cfg.resume, self.out_dir)
-        if path is not None:
-            self.load(path)
-        else:
-            old = latest_checkpoint(self.out_dir)
-            if old is not None:
-                raise FileExistsError(
-                    f"{self.out_dir} already holds checkpoints (latest {old.name}) from an earlier "
-                    "run; resume it with resume='auto' (--resume auto) or use another "
-                    "train.out_dir")
-            seed_everything(cfg.seed)
+        asked = resume if resume is not None else self.ckpt_cfg.resume
+        path = self._start(asked)
         self.model.train()
         metrics_path = self.out_dir / "metrics.jsonl"
         writer = MetricsWriter(metrics_path, self.step if path else None) if main else None
         last_ckpt: Path | None = path
         last: dict[str, Any] = {}
         stop = min(cfg.steps, until_step if until_step is not None else cfg.steps)
-        every, early = self.ckpt_cfg.every_steps, False
+        every, early, why = self.ckpt_cfg.every_steps, False, StopDecision()
         it = iter(self.loader)
+        watch = StopWatch(cfg.max_minutes, self.ckpt_cfg.every_minutes)
         try:
-            with ProgressReporter(stop, self.step, cfg.log_every, main, self.console) as rep:
+            with watch, ProgressReporter(stop, self.step, cfg.log_every, main, self.console) as rep:
                 if path is not None:
                     rep.print(f"resumed from {path} at step {self.step}")
+                elif asked == "auto":
+                    rep.print(f"resume auto: no complete checkpoint in {self.out_dir / 'checkpoints'}; "
+                              "starting a fresh run at step 1")
                 while self.step < stop:
                     mbs = self._draw(it)
                     if mbs is None:
@@ -291,15 +268,21 @@ class Trainer:
                     if writer:
                         writer.write(last)
                     rep.update(self.step, last)
-                    if every and self.step % every == 0:
+                    why = watch.poll(self.dist, self.device)
+                    if why.stop:
+                        rep.print(f"{why.signal or 'train.max_minutes'}: stopping after step {self.step}")
+                        break
+                    if (every and self.step % every == 0) or why.checkpoint_due:
                         last_ckpt = self.save()
+                        watch.checkpointed()
+                saved_now = last_ckpt is not None and last_ckpt.name == f"step-{self.step}"
+                if (self.ckpt_cfg.save_final or why.stop) and not saved_now:
+                    last_ckpt = self.save()  # still under the handlers: a first signal cannot cut it
         finally:
             if writer:
                 writer.close()
-        saved_now = last_ckpt is not None and last_ckpt.name == f"step-{self.step}"
-        if self.ckpt_cfg.save_final and not saved_now:
-            last_ckpt = self.save()
-        hf_path = self._export() if self.step >= cfg.steps or early else None
+        done = self.step >= cfg.steps or early or why.out_of_time
+        hf_path = self._export() if done and why.signal is None else None
         plot_path = None
         if main and metrics_path.exists():
             plot_path = plot_loss_curve(read_metrics(metrics_path, strict=False),
@@ -307,7 +290,22 @@ class Trainer:
         return TrainResult(step=self.step, metrics=last, metrics_path=metrics_path,
                            plot_path=plot_path, checkpoint=last_ckpt, hf_path=hf_path,
                            wall_s=time.perf_counter() - t_start, stopped_early=early,
-                           resumed_from=path)
+                           resumed_from=path, interrupted=why.signal, out_of_time=why.out_of_time)
+
+    def _start(self, resume: str | Path | None) -> Path | None:
+        """Load the checkpoint `resume` names, or seed a fresh run; returns the checkpoint or None."""
+        path = resolve_resume(resume, self.out_dir)
+        if path is not None:
+            self.load(path)
+            return path
+        old = latest_checkpoint(self.out_dir)
+        if old is not None:
+            raise FileExistsError(
+                f"{self.out_dir} already holds checkpoints (latest {old.name}) from an earlier "
+                "run; resume it with resume='auto' (--resume auto) or use another "
+                "train.out_dir")
+        seed_everything(self.train_cfg.seed)
+        return None
 
     def _export(self) -> Path | None:
         if not self.ckpt_cfg.hf_export:
