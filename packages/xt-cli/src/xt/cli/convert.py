@@ -4,8 +4,9 @@ An XT checkpoint (``runs/NAME/checkpoints/step-N``) holds model and optimizer st
 distributed checkpoint, resharded on load to any layout; an HF folder holds ``config.json`` and
 safetensors with transformers' key names.
 
-* XT → HF needs the run's config (for the architecture) and writes an HF folder that
-  ``transformers.AutoModelForCausalLM.from_pretrained`` loads.
+* XT → HF needs the run's config (for the architecture and the tokenizer) and writes an HF folder
+  that ``transformers.AutoTokenizer`` and ``AutoModelForCausalLM.from_pretrained`` load (weights,
+  ``config.json``, ``generation_config.json``, the tokenizer files and chat template).
 * HF → XT writes a weights-only DCP folder (``config.json`` + ``model/``), which
   ``model.init_from`` accepts like an HF folder: large models then load sharded in parallel.
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from xt.cli.config import load_xt_config
 from xt.core.checkpoint.layout import is_complete
+from xt.data import save_tokenizer
 from xt.models import build_run_model, from_pretrained, save_pretrained, save_xt_weights
 from xt.models.weights import is_hf_folder, load_training_checkpoint
 
@@ -48,6 +50,7 @@ def convert_checkpoint(src: str | Path, dst: str | Path, config: str | Path | No
         model = build_run_model(cfg.model, device="cpu")
         load_training_checkpoint(model, src)
         save_pretrained(model, tmp)
+        save_tokenizer(cfg.data.tokenizer, tmp)
     elif is_hf_folder(src):
         save_xt_weights(from_pretrained(src), tmp)
     else:

@@ -12,7 +12,7 @@ import os
 import shlex
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from rich.console import Console
@@ -25,12 +25,12 @@ from xt.core.checkpoint import seed_everything
 from xt.core.distributed import DistContext
 from xt.core.engine import Trainer, TrainResult, read_metrics
 from xt.core.engine.metrics import step_time_summary
-from xt.data import build_loader, load_tokenizer
+from xt.data import build_loader, load_tokenizer, save_tokenizer
 from xt.kernels.config import apply_kernels_config
 from xt.models import build_run_model, from_pretrained, generate, save_pretrained, section_config, unused_model_keys
 from xt.parallel import apply_layout, check_layout, describe_layout, device_for_run, exporter, rank_loader
 
-__all__ = ["run_train", "build_run", "greedy_sample", "resume_command"]
+__all__ = ["run_train", "build_run", "greedy_sample", "resume_command", "hf_exporter"]
 
 
 def greedy_sample(model, tokenizer, prompt: str, max_new_tokens: int, chat: bool = False) -> str:
@@ -57,6 +57,21 @@ def build_run(cfg: XTConfig, device: torch.device) -> tuple[nn.Module, DistConte
     apply_kernels_config(cfg.kernels)
     model, dist = apply_layout(model, cfg.parallel, device_type=device.type)
     return model, dist, rank_loader(functools.partial(build_loader, cfg.data), dist)
+
+
+def hf_exporter(cfg: XTConfig, dist: DistContext) -> Callable[[nn.Module, Path], None]:
+    """The run's ``export_hf(model, path)`` hook: the HF weights and configs
+    (``xt.parallel.exporter(save_pretrained, dist)``: every rank gathers, the main rank writes),
+    then, on the main rank, the tokenizer of ``[data]`` with its chat template
+    (`xt.data.save_tokenizer`), so the folder alone is enough for transformers."""
+    export = exporter(save_pretrained, dist)
+
+    def hook(model: nn.Module, path: Path) -> None:
+        export(model, path)
+        if getattr(dist, "is_main", True):
+            save_tokenizer(cfg.data.tokenizer, path)
+
+    return hook
 
 
 def run_train(config: str | Path | None, overrides: Sequence[str] = (), resume: str | None = None,
@@ -98,7 +113,7 @@ def run_train(config: str | Path | None, overrides: Sequence[str] = (), resume: 
         if callable(summary):
             console.print(f"data: {summary()}")
     trainer = Trainer(model, loader, cfg.train, cfg.optim, cfg.schedule, cfg.checkpoint, dist=dist,
-                      export_hf=exporter(save_pretrained, dist), console=console)
+                      export_hf=hf_exporter(cfg, dist), console=console)
     if is_main:
         console.print(f"precision: {escape(trainer.precision_summary)}", highlight=False)
         console.print(f"layout: {escape(describe_layout(cfg.parallel, dist, model))}", highlight=False)

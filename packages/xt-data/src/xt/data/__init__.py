@@ -4,7 +4,8 @@ Main entry points (see packages/xt-data/README.md):
 - `DataConfig` / `data_config_from_dict`: the ``[data]`` config section.
 - `build_loader(cfg, dp_rank, dp_size)` → `PackedLoader` of contract micro-batches with
   `state_dict()` / `load_state_dict()`.
-- `asset_path(name)`, `load_tokenizer(name_or_path)`: pinned real assets and tokenizers.
+- `asset_path(name)`, `load_tokenizer(name_or_path)`, `save_tokenizer(name_or_path, folder)`: pinned real
+  assets and tokenizers (saved next to an HF export).
 - `check_data(cfg)`: open the source and parse its first records (fail fast, `DataError`);
   `check_data_section(cfg, config, overrides)` also says where a bad ``data.KEY`` is set.
 """
@@ -15,9 +16,9 @@ from xt.data.dataset import TokenizedDataset, build_dataset, tokenize_source
 from xt.data.errors import AssetError, ChecksumError, DataError
 from xt.data.loader import PackedLoader, build_loader
 from xt.data.packing import IGNORE_INDEX, make_batch, pack_boundaries, split_documents
-from xt.data.tokenizer import load_tokenizer
+from xt.data.tokenizer import load_tokenizer, save_tokenizer
 
 __all__ = ["ASSETS", "AssetError", "ChecksumError", "DataConfig", "DataError", "IGNORE_INDEX",
            "PackedLoader", "TokenizedDataset", "asset_path", "build_dataset", "build_loader",
-           "cache_dir", "check_data", "check_data_section", "data_config_from_dict", "load_tokenizer", "make_batch",
+           "cache_dir", "check_data", "check_data_section", "data_config_from_dict", "load_tokenizer", "make_batch", "save_tokenizer",
            "pack_boundaries", "split_documents", "tokenize_source"]

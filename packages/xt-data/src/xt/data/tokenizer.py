@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 from pathlib import Path
 
 from xt.data.assets import asset_path
@@ -48,6 +49,36 @@ def load_tokenizer(name_or_path: str):
         return AutoTokenizer.from_pretrained(str(Path(target).expanduser()) if looks_local else target)
     except Exception as e:  # transformers raises OSError/ValueError/HF errors: name the input
         raise DataError(f"tokenizer: cannot load {name_or_path!r}: {type(e).__name__}: {e}") from e
+
+
+def save_tokenizer(name_or_path: str, folder: str | Path) -> list[str]:
+    """Write the tokenizer `name_or_path` (as `load_tokenizer` takes it) into `folder` the way
+    transformers' ``save_pretrained`` does: ``tokenizer.json``, ``tokenizer_config.json`` and the
+    chat template (``chat_template.jinja``), so ``AutoTokenizer.from_pretrained(folder)`` works
+    offline on that folder alone. Each file is written under a temporary folder inside `folder`
+    and renamed into place.
+
+    Returns:
+        The file names written.
+
+    Raises:
+        DataError: as `load_tokenizer`.
+    """
+    import shutil
+    import tempfile
+
+    tok = load_tokenizer(name_or_path)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder, prefix=".tokenizer-"))
+    try:
+        tok.save_pretrained(str(tmp))
+        names = sorted(p.name for p in tmp.iterdir() if p.is_file())
+        for name in names:
+            os.replace(tmp / name, folder / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return names
 
 
 def tokenizer_fingerprint(name_or_path: str) -> str:
