@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -225,3 +226,16 @@ def test_missing_files_are_one_error_line(tmp_path: Path):
     _user_error(r, "config file not found", "nope.toml")
     assert "Usage:" not in r.stderr
     _user_error(_xt("convert", str(tmp_path / "nope_src"), str(tmp_path / "dst")), "nope_src", "does not exist")
+
+
+@pytest.mark.parametrize("name, env, why", [
+    ("qwen2", {}, "not in the local hub cache"),
+    ("someone/no-such-tokenizer", {"HF_HUB_OFFLINE": "1"}, "the hub is switched off")])
+def test_unknown_tokenizer_fails_at_once_listing_the_built_ins(tiny_run: Path, tmp_path: Path, name, env, why):
+    """Not built-in, not a folder, not in the hub cache: one error line naming the key, the value
+    and the built-in names, without asking the hub (before: 51 s of retries, then a traceback)."""
+    env = {**env, "HF_HOME": str(tmp_path / "empty_hf_home")}
+    t0 = time.monotonic()
+    r = _xt("train", str(tiny_run), "--set", f"data.tokenizer='{name}'", env=env)
+    line = _user_error(r, "data.tokenizer", repr(name), "llama3, qwen3", why, "--set")
+    assert time.monotonic() - t0 < 30, line
