@@ -66,10 +66,11 @@ def test_hf_export_generates_with_transformers_alone(tiny_run: Path, tmp_path: P
     ours = generate(from_pretrained(hf), [got["prompt"]], 6, eos_token_id=151645)[0]
     assert got["new"][:len(ours)] == ours and len(ours) >= 1
 
-    # xt convert of the run's checkpoint, with the config saved or given: the same complete folder
+    # xt convert of the run's checkpoint, the config taken from the run folder: the same complete folder
     dst = tmp_path / "converted"
-    r = CliRunner().invoke(cli, ["convert", str(result.checkpoint), str(dst), "--config", str(tiny_run)])
+    r = CliRunner().invoke(cli, ["convert", str(result.checkpoint), str(dst)])
     assert r.exit_code == 0, r.output
+    assert f"xt convert: wrote {dst} from {result.checkpoint}" in r.output
     assert {p.name for p in dst.iterdir()} == EXPECTED
     for name in EXPECTED - {"model.safetensors"}:
         assert (dst / name).read_bytes() == (hf / name).read_bytes(), name

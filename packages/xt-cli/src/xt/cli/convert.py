@@ -4,7 +4,8 @@ An XT checkpoint (``runs/NAME/checkpoints/step-N``) holds model and optimizer st
 distributed checkpoint, resharded on load to any layout; an HF folder holds ``config.json`` and
 safetensors with transformers' key names.
 
-* XT → HF needs the run's config (for the architecture and the tokenizer) and writes an HF folder
+* XT → HF needs the run's config (for the architecture and the tokenizer; by default the
+  ``config.toml`` that `xt train` saved in the run folder) and writes an HF folder
   that ``transformers.AutoTokenizer`` and ``AutoModelForCausalLM.from_pretrained`` load (weights,
   ``config.json``, ``generation_config.json``, the tokenizer files and chat template).
 * HF → XT writes a weights-only DCP folder (``config.json`` + ``model/``), which
@@ -17,6 +18,7 @@ import shutil
 from pathlib import Path
 
 from xt.cli.config import load_xt_config
+from xt.cli.config_cmd import RUN_CONFIG
 from xt.core.checkpoint.layout import is_complete
 from xt.data import save_tokenizer
 from xt.models import build_run_model, from_pretrained, save_pretrained, save_xt_weights
@@ -33,7 +35,8 @@ def convert_checkpoint(src: str | Path, dst: str | Path, config: str | Path | No
 
     Raises:
         FileNotFoundError: `src` does not exist.
-        ValueError: `src` is neither format; XT → HF without `config`; `dst` exists.
+        ValueError: `src` is neither format; XT → HF without `config` and without the
+            ``config.toml`` that `xt train` keeps in the run folder; `dst` exists.
         xt.core.config.ConfigError: bad `config`.
     """
     src, dst = Path(src), Path(dst)
@@ -45,7 +48,11 @@ def convert_checkpoint(src: str | Path, dst: str | Path, config: str | Path | No
     shutil.rmtree(tmp, ignore_errors=True)
     if is_complete(src):
         if config is None:
-            raise ValueError("xt convert: an XT checkpoint needs --config (the run's TOML) to know the architecture")
+            saved = src.parent.parent / RUN_CONFIG  # runs/NAME/checkpoints/step-N -> runs/NAME/config.toml
+            if not saved.is_file():
+                raise ValueError(f"xt convert: {saved} does not exist; give the run's TOML with --config "
+                                 "(it says the architecture and the tokenizer)")
+            config = saved
         cfg = load_xt_config(config)
         model = build_run_model(cfg.model, device="cpu")
         load_training_checkpoint(model, src)

@@ -20,8 +20,9 @@ from rich.markup import escape
 from torch import nn
 
 from xt.cli.config import XTConfig, load_xt_config
+from xt.cli.config_cmd import write_run_config
 from xt.cli.preflight import preflight
-from xt.core.checkpoint import seed_everything
+from xt.core.checkpoint import latest_checkpoint, seed_everything
 from xt.core.distributed import DistContext
 from xt.core.engine import Trainer, TrainResult, read_metrics
 from xt.core.engine.metrics import step_time_summary
@@ -79,7 +80,7 @@ def run_train(config: str | Path | None, overrides: Sequence[str] = (), resume: 
     """Train as `config` says (see :mod:`xt.cli.config`); returns the engine's `TrainResult`.
 
     Prints where the outputs are (metrics JSONL, loss-curve PNG, checkpoints, HF export) and a
-    greedy sample from the exported model.
+    greedy sample from the exported model. The resolved config goes to ``train.out_dir/config.toml``.
 
     Raises:
         xt.core.config.ConfigError: bad config, including bad ``[model.config]`` fields and missing
@@ -120,7 +121,10 @@ def run_train(config: str | Path | None, overrides: Sequence[str] = (), resume: 
         if device.type == "cuda":
             alloc = os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or "torch's default"
             console.print(f"cuda allocator: PYTORCH_CUDA_ALLOC_CONF={escape(alloc)}", highlight=False)
-    result = trainer.fit(resume=resume if resume is not None else cfg.checkpoint.resume)
+    resume = resume if resume is not None else cfg.checkpoint.resume
+    if is_main and (resume is not None or latest_checkpoint(cfg.train.out_dir) is None):
+        write_run_config(cfg, config)  # not over the config of another run that fit() will refuse
+    result = trainer.fit(resume=resume)
     skipped = getattr(rank_data, "skipped", 0)
     if is_main:
         _report(console, cfg, result, skipped, resume_command(config, overrides))
