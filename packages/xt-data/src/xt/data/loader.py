@@ -105,9 +105,12 @@ class PackedLoader:
                 "chunk_len": self.chunk_len, "seed": self.seed, "shuffle": self.shuffle}
 
     def state_dict(self) -> dict:
-        """Position after the last micro-batch yielded: plain ints/strings (JSON-able)."""
+        """Position after the last micro-batch yielded: plain ints/strings (JSON-able). The same on
+        every rank but ``last_epoch`` (named in ``per_rank_keys``), so a checkpoint re-splits over
+        another number of ranks (`xt.core.checkpoint.load_checkpoint`)."""
         return {"version": STATE_VERSION, "epoch": self._pos[0], "index": self._pos[1],
-                "steps": self.steps, "last_epoch": self.epoch, **self._fingerprint()}
+                "steps": self.steps, "last_epoch": self.epoch, "per_rank_keys": ["last_epoch"],
+                **self._fingerprint()}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a `state_dict`: the next micro-batch is the one that followed when it was taken.

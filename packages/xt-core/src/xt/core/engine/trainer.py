@@ -21,25 +21,22 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from xt.core.checkpoint import (Stateful, latest_checkpoint, load_checkpoint, resolve_resume,
-                                save_checkpoint, seed_everything)
+from xt.core.checkpoint import (Stateful, latest_checkpoint, load_checkpoint, read_saved_extra_state,
+                                resolve_resume, save_checkpoint, saved_world_size, seed_everything)
 from xt.core.checkpoint.extra import check_extra_state
 from xt.core.checkpoint.layout import saved_extra_state_names
 from xt.core.config import CheckpointConfig, OptimConfig, ScheduleConfig, TrainConfig
 from xt.core.distributed import DistContext
 from xt.core.engine.engine import Engine
-from xt.core.engine.metrics import (MetricsWriter, default_peak_tflops, max_memory_gib, mfu,
-                                    read_metrics)
+from xt.core.engine.metrics import MetricsWriter, default_peak_tflops, read_metrics, step_metrics
 from xt.core.engine.report import ProgressReporter, plot_loss_curve
 from xt.core.engine.result import TrainResult
+from xt.core.engine.resume import (RUN_SETTINGS, RunSettings, apply_fresh_hyperparameters, changed_settings,
+                                   refuse_changes, resume_report, snapshot_hyperparameters)
 from xt.core.engine.step import StepStats
 from xt.core.engine.stop import StopDecision, StopWatch
 
 __all__ = ["Trainer", "TrainResult", "ENGINE_STATE"]
-
-_CORE_KEYS = {"step", "loss", "aux_loss", "grad_norm", "lr", "tokens_per_s", "mfu",
-              "max_memory_gib", "num_tokens", "loss_tokens", "seq_len", "step_time_s",
-              "skipped_steps"}
 
 #: the name under which `Trainer` checkpoints its `Engine` (step counters + LR schedule)
 ENGINE_STATE = "engine"
@@ -91,10 +88,13 @@ class Trainer:
                                 "needs an iterable with state_dict()/load_state_dict() "
                                 "(docs/contracts.md, Loader)")
         extra = check_extra_state(extra_state)
-        if ENGINE_STATE in extra:
-            raise ValueError(f"Trainer: extra_state name {ENGINE_STATE!r} is the Trainer's own "
-                             "(its Engine); pick another name")
+        for own in (ENGINE_STATE, RUN_SETTINGS):
+            if own in extra:
+                raise ValueError(f"Trainer: extra_state name {own!r} is the Trainer's own "
+                                 "(its Engine and its config sections); pick another name")
         self.engine = Engine.from_config(model, train, optim, schedule, dist=dist)
+        self.settings = RunSettings(train=train, optim=optim, schedule=schedule)
+        self.resume_changes: list[tuple[str, Any, Any]] | None = None
         self.model, self.loader, self.extra_state = model, loader, extra
         self.train_cfg, self.optim_cfg = train, optim
         self.schedule_cfg, self.ckpt_cfg = schedule, checkpoint
@@ -147,27 +147,18 @@ class Trainer:
         return {**self._metrics(stats, opt.grad_norm, opt.lr, dt), **opt.metrics}
 
     def _metrics(self, stats: StepStats, grad_norm: float, lr: float, dt: float) -> dict[str, Any]:
-        tokens_per_s = stats.num_tokens / dt if dt > 0 else None
-        fpt = getattr(self.model, "flops_per_token", None)
-        util = None
-        if callable(fpt) and tokens_per_s is not None:
-            util = mfu(float(fpt(max(1, round(stats.seq_len)))), tokens_per_s, self.peak_tflops,
-                       self.dist.world_size)
-        m: dict[str, Any] = {
-            "step": self.step, "loss": float(stats.loss),
-            "aux_loss": None if stats.aux_loss is None else float(stats.aux_loss),
-            "grad_norm": grad_norm, "lr": lr, "tokens_per_s": tokens_per_s, "mfu": util,
-            "max_memory_gib": max_memory_gib(self.device), "num_tokens": stats.num_tokens,
-            "loss_tokens": stats.loss_tokens, "seq_len": stats.seq_len, "step_time_s": dt,
-            "skipped_steps": self.engine.skipped_steps,
-        }
-        for k, v in stats.metrics.items():
-            m[f"model.{k}" if k in _CORE_KEYS else k] = v.cpu().tolist() if v.ndim else float(v)
-        return m
+        return step_metrics(self.model, stats, grad_norm=grad_norm, lr=lr, dt=dt, step=self.step,
+                            skipped_steps=self.engine.skipped_steps, device=self.device,
+                            peak_tflops=self.peak_tflops, world_size=self.dist.world_size)
 
     # -- checkpoints ------------------------------------------------------------------------
-    def _checkpointed_state(self) -> dict[str, Stateful]:
-        return {ENGINE_STATE: self.engine, **self.extra_state}
+    def _checkpointed_state(self, names: list[str] | None = None) -> dict[str, Stateful]:
+        """What a checkpoint holds by name; for a load, `names` (the checkpoint's) drops the
+        run settings from checkpoints written before they were saved."""
+        state = {ENGINE_STATE: self.engine, RUN_SETTINGS: self.settings, **self.extra_state}
+        if names is not None and RUN_SETTINGS not in names:
+            del state[RUN_SETTINGS]
+        return state
 
     def save(self) -> Path:
         """Checkpoint the current state (collective; see `save_checkpoint`): model and optimizer
@@ -181,9 +172,14 @@ class Trainer:
         """Restore a checkpoint (model, optimizer, engine and LR schedule, loader, extra states,
         RNG); returns its step.
 
+        The current ``[optim]`` hyper-parameters, ``[schedule]`` and ``train.steps`` apply from
+        the next step; what changed since the checkpoint is kept in ``resume_changes`` (None for a
+        checkpoint that does not record its settings), see `xt.core.engine.resume`.
+
         Raises:
             xt.core.errors.CheckpointError: see `load_checkpoint`, e.g. the checkpoint lacks one
-                of this Trainer's named extra states. A checkpoint written before the engine
+                of this Trainer's named extra states, or a changed setting that cannot apply
+                (``optim.decay_1d_params``). A checkpoint written before the engine
                 state existed (no ``engine`` entry) loads its step and LR schedule from
                 ``trainer.pt`` instead.
         """
@@ -196,8 +192,15 @@ class Trainer:
             self.engine.load_state_dict({"step": step, "skipped_steps": 0,
                                          "scheduler": None if sched is None else sched.state_dict()})
             return step
-        return load_checkpoint(path, self.model, self.optimizer, None, self.loader, self.dist,
-                               extra_state=self._checkpointed_state())  # the engine re-casts its copies
+        self.resume_changes = None
+        if names is not None and RUN_SETTINGS in names:
+            self.resume_changes = changed_settings(read_saved_extra_state(path, RUN_SETTINGS), self.settings.current)
+            refuse_changes(self.resume_changes, path)
+        fresh = snapshot_hyperparameters(self.optimizer, self.engine.scheduler)
+        step = load_checkpoint(path, self.model, self.optimizer, None, self.loader, self.dist,
+                               extra_state=self._checkpointed_state(names))  # the engine re-casts its copies
+        apply_fresh_hyperparameters(self.optimizer, self.engine.scheduler, fresh)
+        return step
 
     # -- the run ----------------------------------------------------------------------------
     def _draw(self, it: Any) -> list[dict[str, Any]] | None:
@@ -254,7 +257,9 @@ class Trainer:
         try:
             with watch, ProgressReporter(stop, self.step, cfg.log_every, main, self.console) as rep:
                 if path is not None:
-                    rep.print(f"resumed from {path} at step {self.step}")
+                    for line in resume_report(path, self.step, saved_world_size(path), self.dist.world_size,
+                                              self.resume_changes):
+                        rep.print(line)
                 elif asked == "auto":
                     rep.print(f"resume auto: no complete checkpoint in {self.out_dir / 'checkpoints'}; "
                               "starting a fresh run at step 1")
