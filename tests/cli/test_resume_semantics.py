@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -61,9 +62,13 @@ def test_resume_on_another_rank_count_equals_one_run(tiny_run: Path, tmp_path: P
                    *set_args(base + ["train.steps=4", "train.micro_batches_per_step=1"])], tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "saved on 1 rank, resumed on 2: model and optimizer resharded (DCP)" in r.stdout
+    # the banner: the model's parameters in all, and this rank's FSDP2 shard of them
+    total, local = (float(x) for x in re.search(r"([\d.]+)M parameters \(([\d.]+)M on this rank\)", r.stdout).groups())
     out = io.StringIO()
     run_train(tiny_run, base + ["train.steps=6"], resume="auto", console=Console(file=out, width=300))
     assert "saved on 2 ranks, resumed on 1" in out.getvalue()
+    assert f"{total:.1f}M parameters ({total:.1f}M on this rank)" in out.getvalue()
+    assert abs(local - total / 2) <= 0.1  # half of every sharded parameter (rounding: 0.1M)
     ref = tmp_path / "ref"
     run_train(tiny_run, base + ["train.steps=6", f"train.out_dir='{ref}'"], console=quiet)
     got = {row["step"]: row for row in metric_rows(tmp_path / "run")}

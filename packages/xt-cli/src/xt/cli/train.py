@@ -31,7 +31,7 @@ from xt.kernels.config import apply_kernels_config
 from xt.models import build_run_model, from_pretrained, generate, save_pretrained, section_config, unused_model_keys
 from xt.parallel import apply_layout, check_layout, describe_layout, device_for_run, exporter, rank_loader
 
-__all__ = ["run_train", "build_run", "greedy_sample", "resume_command", "hf_exporter"]
+__all__ = ["run_train", "build_run", "greedy_sample", "resume_command", "hf_exporter", "parameter_counts"]
 
 
 def greedy_sample(model, tokenizer, prompt: str, max_new_tokens: int, chat: bool = False) -> str:
@@ -103,12 +103,12 @@ def run_train(config: str | Path | None, overrides: Sequence[str] = (), resume: 
                       f"this model family does not read (a typo?): {escape(', '.join(unused))}")
     model, dist, loader = build_run(cfg, device)
     is_main = getattr(dist, "is_main", True)
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params, n_local = parameter_counts(model)
     rank_data = getattr(loader, "loader", loader)  # under SP: the wrapped data-parallel loader
     if is_main:
         arch = (getattr(model.config, "to_hf_dict", lambda: {})().get("architectures") or [type(model).__name__])[0]
         console.print(f"[bold]xt train[/bold] {config}: {arch}, "
-                      f"{n_params / 1e6:.1f}M parameters (this rank), device {device}, "
+                      f"{n_params / 1e6:.1f}M parameters ({n_local / 1e6:.1f}M on this rank), device {device}, "
                       f"world size {getattr(dist, 'world_size', 1)}; setup {time.perf_counter() - t0:.1f}s")
         summary = getattr(rank_data, "summary", None)
         if callable(summary):
@@ -129,6 +129,16 @@ def run_train(config: str | Path | None, overrides: Sequence[str] = (), resume: 
     if is_main:
         _report(console, cfg, result, skipped, resume_command(config, overrides))
     return result
+
+
+def parameter_counts(model: nn.Module) -> tuple[int, int]:
+    """``(total, on this rank)`` parameter counts: a sharded parameter (a DTensor, FSDP2 or EP)
+    counts its global size in the total and its local shard on this rank; tied ones count once."""
+    total = local = 0
+    for p in model.parameters():
+        total += p.numel()  # a DTensor's numel() is its global size
+        local += p.to_local().numel() if hasattr(p, "to_local") else p.numel()
+    return total, local
 
 
 def resume_command(config: str | Path | None, overrides: Sequence[str]) -> str:
