@@ -53,9 +53,10 @@ def _torchrun(args: list[str], tmp: Path) -> subprocess.CompletedProcess:
 def test_resume_on_another_rank_count_equals_one_run(tiny_run: Path, tmp_path: Path):
     """1 process (2 micro-batches a step) -> 2 ranks under torchrun (FSDP2, 1 each) -> 1 process:
     every step sees the same global micro-batches as the uninterrupted single run (token counts
-    equal exactly), and the losses agree to fp32 rounding. Aux loss off: it is not split-invariant."""
+    equal exactly), and the losses agree to fp32 rounding; so does the held-out loss, whichever
+    layout computed it. Aux loss off: it is not split-invariant."""
     from xt.cli.train import run_train
-    base = CONSTANT + ["model.config.router_aux_loss_coef=0.0"]
+    base = CONSTANT + ["model.config.router_aux_loss_coef=0.0", "eval.every_steps=2", "eval.split=0.1"]
     quiet = Console(file=io.StringIO())
     run_train(tiny_run, base + ["train.steps=2"], console=quiet)
     r = _torchrun([str(tiny_run), "--resume", "auto",
@@ -78,3 +79,8 @@ def test_resume_on_another_rank_count_equals_one_run(tiny_run: Path, tmp_path: P
         g = got[w["step"]]
         assert (g["num_tokens"], g["loss_tokens"]) == (w["num_tokens"], w["loss_tokens"]), w["step"]
         assert abs(g["loss"] - w["loss"]) <= 1e-5 * abs(w["loss"]), (w["step"], g["loss"], w["loss"])
+    # held-out loss (steps 2 and 6 on one process, step 4 on two FSDP2 ranks): the single run's
+    evals = [(w["step"], w["eval_loss"], w["eval_tokens"]) for w in want if "eval_loss" in w]
+    assert [s for s, _, _ in evals] == [2, 4, 6]
+    for s, loss, tokens in evals:
+        assert got[s]["eval_tokens"] == tokens and abs(got[s]["eval_loss"] - loss) <= 1e-5 * loss, s

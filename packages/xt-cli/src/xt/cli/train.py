@@ -26,7 +26,7 @@ from xt.core.checkpoint import latest_checkpoint, seed_everything
 from xt.core.distributed import DistContext
 from xt.core.engine import Trainer, TrainResult, read_metrics
 from xt.core.engine.metrics import step_time_summary
-from xt.data import build_loader, load_tokenizer, save_tokenizer
+from xt.data import build_eval_batches, build_loader, load_tokenizer, save_tokenizer
 from xt.kernels.config import apply_kernels_config
 from xt.models import build_run_model, from_pretrained, generate, save_pretrained, section_config, unused_model_keys
 from xt.parallel import apply_layout, check_layout, describe_layout, device_for_run, exporter, rank_loader
@@ -57,7 +57,8 @@ def build_run(cfg: XTConfig, device: torch.device) -> tuple[nn.Module, DistConte
     model = build_run_model(cfg.model, device)
     apply_kernels_config(cfg.kernels)
     model, dist = apply_layout(model, cfg.parallel, device_type=device.type)
-    return model, dist, rank_loader(functools.partial(build_loader, cfg.data), dist)
+    split = cfg.eval.split if cfg.eval.enabled else 0.0
+    return model, dist, rank_loader(functools.partial(build_loader, cfg.data, eval_split=split), dist)
 
 
 def hf_exporter(cfg: XTConfig, dist: DistContext) -> Callable[[nn.Module, Path], None]:
@@ -105,6 +106,7 @@ def run_train(config: str | Path | None, overrides: Sequence[str] = (), resume: 
     is_main = getattr(dist, "is_main", True)
     n_params, n_local = parameter_counts(model)
     rank_data = getattr(loader, "loader", loader)  # under SP: the wrapped data-parallel loader
+    evals = rank_loader(functools.partial(build_eval_batches, cfg.data, cfg.eval), dist) if cfg.eval.enabled else None
     if is_main:
         arch = (getattr(model.config, "to_hf_dict", lambda: {})().get("architectures") or [type(model).__name__])[0]
         console.print(f"[bold]xt train[/bold] {config}: {arch}, "
@@ -113,8 +115,13 @@ def run_train(config: str | Path | None, overrides: Sequence[str] = (), resume: 
         summary = getattr(rank_data, "summary", None)
         if callable(summary):
             console.print(f"data: {summary()}")
+        if evals is not None:
+            held = getattr(evals, "loader", evals)
+            console.print(f"eval: {held.num_tokens} held-out label tokens every {cfg.eval.every_steps} steps "
+                          f"({len(held)} micro-batches on this rank)", highlight=False)
     trainer = Trainer(model, loader, cfg.train, cfg.optim, cfg.schedule, cfg.checkpoint, dist=dist,
-                      export_hf=hf_exporter(cfg, dist), console=console)
+                      export_hf=hf_exporter(cfg, dist), console=console, eval_batches=evals,
+                      eval_every=cfg.eval.every_steps)
     if is_main:
         console.print(f"precision: {escape(trainer.precision_summary)}", highlight=False)
         console.print(f"layout: {escape(describe_layout(cfg.parallel, dist, model))}", highlight=False)

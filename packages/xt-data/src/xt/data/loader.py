@@ -151,14 +151,20 @@ class PackedLoader:
         return self.dataset.empty
 
 
-def build_loader(cfg: DataConfig, dp_rank: int = 0, dp_size: int = 1, tokenizer=None) -> PackedLoader:
+def build_loader(cfg: DataConfig, dp_rank: int = 0, dp_size: int = 1, tokenizer=None,
+                 eval_split: float = 0.0) -> PackedLoader:
     """Read, tokenize (cached) and wrap the data of `cfg` in a `PackedLoader`.
 
     `tokenizer`, if given, must be the tokenizer named by ``cfg.tokenizer`` (saves loading it twice).
+    `eval_split` > 0 leaves out the documents `xt.data.evaluation.split_dataset` holds out for
+    evaluation (``eval.split``).
 
     Raises:
         DataError: any data or configuration problem (file:line, field name).
     """
     ds = build_dataset(cfg, tokenizer)
+    if eval_split:
+        from xt.data.evaluation import split_dataset
+        ds = split_dataset(ds, eval_split, cfg.seed)[0]
     return PackedLoader(ds, cfg.tokens_per_micro_batch, cfg.chunk_len, cfg.seed, cfg.shuffle,
                         dp_rank, dp_size)

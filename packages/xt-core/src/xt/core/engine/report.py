@@ -29,6 +29,8 @@ def format_metrics(step: int, total: int, m: Mapping[str, Any]) -> str:
         parts.append(f"mfu {100 * m['mfu']:.1f}%")
     if m.get("max_memory_gib") is not None:
         parts.append(f"mem {m['max_memory_gib']:.2f} GiB")
+    if m.get("eval_loss") is not None:
+        parts.append(f"eval_loss {m['eval_loss']:.4f} ppl {m['eval_ppl']:.1f}")
     if m.get("skipped_steps"):
         parts.append(f"skipped {m['skipped_steps']} (non-finite grad norm)")
     return " | ".join(parts)
@@ -68,14 +70,14 @@ class ProgressReporter:
         return self
 
     def update(self, step: int, metrics: Mapping[str, Any]) -> None:
-        """Advance the bar to `step`; print a line on log steps."""
+        """Advance the bar to `step`; print a line on log steps and on evaluation steps."""
         if not self.enabled:
             return
         if self._progress is not None:
             loss = metrics.get("loss")
             info = f"loss {loss:.4f}" if loss is not None else ""
             self._progress.update(self._task, completed=step, info=info)
-        if step % self.log_every == 0 or step == self.total:
+        if step % self.log_every == 0 or step == self.total or metrics.get("eval_loss") is not None:
             self.print(format_metrics(step, self.total, metrics))
 
     def print(self, text: str) -> None:
@@ -91,7 +93,7 @@ class ProgressReporter:
 
 
 def loss_figure(records: Sequence[Mapping[str, Any]], title: str = "training loss"):
-    """A matplotlib `Figure` of ``loss`` against ``step`` and, when present, ``aux_loss`` on a
+    """A matplotlib `Figure` of ``loss`` (and ``eval_loss`` where evaluated) against ``step`` and, when present, ``aux_loss`` on a
     panel of its own below (it is ~100x smaller: on the loss axis it would be a flat line at 0 and
     pull the axis down to 0). Each axis spans its own data. Records without a loss are skipped.
 
@@ -106,6 +108,9 @@ def loss_figure(records: Sequence[Mapping[str, Any]], title: str = "training los
     axes = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1]) if aux else [fig.subplots()]
     ax = axes[0]
     ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="loss (token-mean CE)")
+    ev = [r for r in rows if r.get("eval_loss") is not None]
+    if ev:
+        ax.plot([r["step"] for r in ev], [r["eval_loss"] for r in ev], "o-", label="eval_loss (held out)")
     ax.set_ylabel("loss (nats)")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)

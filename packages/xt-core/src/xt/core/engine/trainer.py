@@ -13,7 +13,7 @@ When it is exhausted the run stops early (an incomplete last step is dropped).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from xt.core.checkpoint.layout import saved_extra_state_names
 from xt.core.config import CheckpointConfig, OptimConfig, ScheduleConfig, TrainConfig
 from xt.core.distributed import DistContext
 from xt.core.engine.engine import Engine
+from xt.core.engine.evaluate import evaluate_loss
 from xt.core.engine.metrics import MetricsWriter, default_peak_tflops, read_metrics, step_metrics
 from xt.core.engine.report import ProgressReporter, plot_loss_curve
 from xt.core.engine.result import TrainResult
@@ -65,6 +66,10 @@ class Trainer:
         export_hf: ``export_hf(model, path)`` writing the final model in HF format; called on
             every rank when `checkpoint.hf_export` is set (it must gather/write on rank 0 itself).
         console: rich console for the progress bar and log lines (default stdout).
+        eval_batches, eval_every: held-out micro-batches of this rank (iterated once per
+            evaluation; the same count on every rank) and the cadence in steps (0 = none); the
+            step's record then gets ``eval_loss``, ``eval_ppl`` and ``eval_tokens``
+            (`xt.core.engine.evaluate.evaluate_loss`), also after the last step.
         extra_state: named `Stateful` objects (``state_dict()`` / ``load_state_dict()``) saved
             with every checkpoint and restored on resume (`xt.core.checkpoint.extra`); the name
             ``"engine"`` is the Trainer's own.
@@ -72,7 +77,8 @@ class Trainer:
     Raises:
         TypeError: if `loader` lacks `state_dict`/`load_state_dict`, the model has no
             parameters, or an `extra_state` entry is not a Stateful.
-        ValueError: if `extra_state` uses the name ``"engine"``.
+        ValueError: if `extra_state` uses the name ``"engine"`` or ``"settings"``, or `eval_every`
+            is set without `eval_batches`.
     """
 
     def __init__(self, model: nn.Module, loader: Any, train: TrainConfig,
@@ -81,7 +87,8 @@ class Trainer:
                  dist: DistContext | None = None,
                  export_hf: Callable[[nn.Module, Path], None] | None = None,
                  console: Console | None = None,
-                 extra_state: Mapping[str, Stateful] | None = None) -> None:
+                 extra_state: Mapping[str, Stateful] | None = None,
+                 eval_batches: Iterable[Mapping[str, Any]] | None = None, eval_every: int = 0) -> None:
         for attr in ("state_dict", "load_state_dict", "__iter__"):
             if not callable(getattr(loader, attr, None)):
                 raise TypeError(f"loader {type(loader).__name__} has no {attr}(); the engine "
@@ -100,6 +107,9 @@ class Trainer:
         self.schedule_cfg, self.ckpt_cfg = schedule, checkpoint
         self.dist = self.engine.dist
         self.export_hf = export_hf
+        if eval_every and eval_batches is None:
+            raise ValueError("Trainer: eval_every > 0 needs eval_batches")
+        self.eval_batches, self.eval_every = eval_batches, eval_every
         self.console = console or Console()
         self.device = self.engine.device
         self.out_dir = Path(train.out_dir)
@@ -270,6 +280,8 @@ class Trainer:
                         rep.print(f"loader exhausted after step {self.step}; stopping")
                         break
                     last = self.train_step(mbs)
+                    if self.eval_every and (self.step % self.eval_every == 0 or self.step == cfg.steps):
+                        last.update(evaluate_loss(self.engine, self.eval_batches))
                     if writer:
                         writer.write(last)
                     rep.update(self.step, last)
