@@ -15,6 +15,7 @@ from typing import Sequence
 
 from xt.cli.config import XTConfig
 from xt.core.checkpoint import resolve_resume
+from xt.core.engine.tracking import check_tracking
 from xt.data import DataError, check_data, check_data_section, eval_data_config
 from xt.models import check_model_section
 
@@ -35,6 +36,7 @@ def preflight(cfg: XTConfig, config: str | Path | None, overrides: Sequence[str]
         FileNotFoundError: an explicit resume path that does not exist.
     """
     check_model_section(cfg.model, config, overrides)
+    check_tracking(cfg.tracking)
     check_data_section(cfg.data, config, overrides)
     if cfg.eval.paths:
         try:

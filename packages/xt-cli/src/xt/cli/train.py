@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import msgspec
 import torch
 from rich.console import Console
 from rich.markup import escape
@@ -121,7 +122,8 @@ def run_train(config: str | Path | None, overrides: Sequence[str] = (), resume: 
                           f"({len(held)} micro-batches on this rank)", highlight=False)
     trainer = Trainer(model, loader, cfg.train, cfg.optim, cfg.schedule, cfg.checkpoint, dist=dist,
                       export_hf=hf_exporter(cfg, dist), console=console, eval_batches=evals,
-                      eval_every=cfg.eval.every_steps)
+                      eval_every=cfg.eval.every_steps, tracking=cfg.tracking,
+                      run_config=msgspec.to_builtins(cfg))
     if is_main:
         console.print(f"precision: {escape(trainer.precision_summary)}", highlight=False)
         console.print(f"layout: {escape(describe_layout(cfg.parallel, dist, model))}", highlight=False)

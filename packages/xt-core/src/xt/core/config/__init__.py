@@ -9,17 +9,17 @@ Public API:
     ConfigError, ConfigFieldError                 errors (see their docstrings; ConfigError is an
                                                   xt.core.errors.XTError)
     config_error_at(key, message, path, overrides) a ConfigError located like load_config's
-    OptimConfig, ScheduleConfig, TrainConfig, CheckpointConfig   the engine's sections
+    OptimConfig, ScheduleConfig, TrainConfig, CheckpointConfig, TrackingConfig   the engine's sections
 """
 from xt.core.config.base import ConfigError, ConfigFieldError, ConfigStruct, require, require_in
 from xt.core.config.dump import dump_config
 from xt.core.config.keys import ConfigKey, attribute_docs, config_keys
 from xt.core.config.loader import (apply_overrides, config_error_at, convert_config, find_key_line,
                                    load_config, locate_key, parse_override)
-from xt.core.config.sections import CheckpointConfig, OptimConfig, ScheduleConfig, TrainConfig
+from xt.core.config.sections import CheckpointConfig, OptimConfig, ScheduleConfig, TrackingConfig, TrainConfig
 
 __all__ = [
     "CheckpointConfig", "ConfigError", "ConfigKey", "attribute_docs", "config_keys", "ConfigFieldError", "ConfigStruct", "OptimConfig",
-    "ScheduleConfig", "TrainConfig", "apply_overrides", "config_error_at", "convert_config", "dump_config",
+    "ScheduleConfig", "TrackingConfig", "TrainConfig", "apply_overrides", "config_error_at", "convert_config", "dump_config",
     "find_key_line", "load_config", "locate_key", "parse_override", "require", "require_in",
 ]

@@ -17,7 +17,7 @@ from typing import Literal
 
 from xt.core.config.base import ConfigStruct, require, require_in
 
-__all__ = ["OptimConfig", "ScheduleConfig", "TrainConfig", "CheckpointConfig"]
+__all__ = ["OptimConfig", "ScheduleConfig", "TrainConfig", "CheckpointConfig", "TrackingConfig"]
 
 
 def _finite(x: float) -> bool:
@@ -183,3 +183,28 @@ class CheckpointConfig(ConfigStruct):
         require(self.keep_last >= 0, "keep_last", f"must be >= 0 (0 = keep all), got {self.keep_last}")
         require(self.resume is None or bool(self.resume), "resume",
                 "must be 'auto', a checkpoint path, or omitted")
+
+
+class TrackingConfig(ConfigStruct):
+    """Experiment tracking beside ``metrics.jsonl`` (which is always written). Only the main rank logs.
+
+    Attributes:
+        tensorboard: write TensorBoard event files to ``out_dir/tensorboard`` (torch's
+            `SummaryWriter`; needs the ``tensorboard`` package, extra ``xt-core[tensorboard]``).
+            Every numeric metric of a step is a scalar at that step; on resume the events after the
+            checkpoint's step are purged.
+        wandb: Weights & Biases: "off" (default), "offline" (a local run under ``out_dir/wandb``,
+            no network; ``wandb sync`` uploads it later) or "online". Needs the ``wandb`` package
+            (extra ``xt-core[wandb]``).
+        project: the W&B project name.
+        run_name: the run's name in TensorBoard and W&B; None = the name of ``train.out_dir``.
+    """
+
+    tensorboard: bool = False
+    wandb: Literal["off", "offline", "online"] = "off"
+    project: str = "xt"
+    run_name: str | None = None
+
+    def __post_init__(self) -> None:
+        require_in(self.wandb, ("off", "offline", "online"), "wandb")
+        require(bool(self.project), "project", "must be a non-empty name")

@@ -25,7 +25,7 @@ from xt.core.checkpoint import (Stateful, latest_checkpoint, load_checkpoint, re
                                 resolve_resume, save_checkpoint, saved_world_size, seed_everything)
 from xt.core.checkpoint.extra import check_extra_state
 from xt.core.checkpoint.layout import saved_extra_state_names
-from xt.core.config import CheckpointConfig, OptimConfig, ScheduleConfig, TrainConfig
+from xt.core.config import CheckpointConfig, OptimConfig, ScheduleConfig, TrackingConfig, TrainConfig
 from xt.core.distributed import DistContext
 from xt.core.engine.engine import Engine
 from xt.core.engine.evaluate import evaluate_loss
@@ -36,6 +36,7 @@ from xt.core.engine.resume import (RUN_SETTINGS, RunSettings, apply_fresh_hyperp
                                    refuse_changes, resume_report, snapshot_hyperparameters)
 from xt.core.engine.step import StepStats
 from xt.core.engine.stop import StopDecision, StopWatch
+from xt.core.engine.tracking import Trackers
 
 __all__ = ["Trainer", "TrainResult", "ENGINE_STATE"]
 
@@ -70,6 +71,8 @@ class Trainer:
             evaluation; the same count on every rank) and the cadence in steps (0 = none); the
             step's record then gets ``eval_loss``, ``eval_ppl`` and ``eval_tokens``
             (`xt.core.engine.evaluate.evaluate_loss`), also after the last step.
+        tracking: TensorBoard / W&B beside metrics.jsonl (`xt.core.engine.tracking`), main rank
+            only; `run_config` (a dict, e.g. the resolved config) is recorded by W&B.
         extra_state: named `Stateful` objects (``state_dict()`` / ``load_state_dict()``) saved
             with every checkpoint and restored on resume (`xt.core.checkpoint.extra`); the name
             ``"engine"`` is the Trainer's own.
@@ -88,7 +91,8 @@ class Trainer:
                  export_hf: Callable[[nn.Module, Path], None] | None = None,
                  console: Console | None = None,
                  extra_state: Mapping[str, Stateful] | None = None,
-                 eval_batches: Iterable[Mapping[str, Any]] | None = None, eval_every: int = 0) -> None:
+                 eval_batches: Iterable[Mapping[str, Any]] | None = None, eval_every: int = 0,
+                 tracking: TrackingConfig = TrackingConfig(), run_config: Mapping[str, Any] | None = None) -> None:
         for attr in ("state_dict", "load_state_dict", "__iter__"):
             if not callable(getattr(loader, attr, None)):
                 raise TypeError(f"loader {type(loader).__name__} has no {attr}(); the engine "
@@ -110,6 +114,7 @@ class Trainer:
         if eval_every and eval_batches is None:
             raise ValueError("Trainer: eval_every > 0 needs eval_batches")
         self.eval_batches, self.eval_every = eval_batches, eval_every
+        self.tracking, self.run_config = tracking, run_config
         self.console = console or Console()
         self.device = self.engine.device
         self.out_dir = Path(train.out_dir)
@@ -258,6 +263,8 @@ class Trainer:
         self.model.train()
         metrics_path = self.out_dir / "metrics.jsonl"
         writer = MetricsWriter(metrics_path, self.step if path else None) if main else None
+        enabled = self.tracking.tensorboard or self.tracking.wandb != "off"
+        trackers = Trackers(self.tracking, self.out_dir, self.step, self.run_config) if main and enabled else None
         last_ckpt: Path | None = path
         last: dict[str, Any] = {}
         stop = min(cfg.steps, until_step if until_step is not None else cfg.steps)
@@ -284,6 +291,8 @@ class Trainer:
                         last.update(evaluate_loss(self.engine, self.eval_batches))
                     if writer:
                         writer.write(last)
+                    if trackers:
+                        trackers.log(last)
                     rep.update(self.step, last)
                     why = watch.poll(self.dist, self.device)
                     if why.stop:
@@ -298,6 +307,8 @@ class Trainer:
         finally:
             if writer:
                 writer.close()
+            if trackers:
+                trackers.close()
         done = self.step >= cfg.steps or early or why.out_of_time
         hf_path = self._export() if done and why.signal is None else None
         plot_path = None
