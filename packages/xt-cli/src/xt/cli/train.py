@@ -136,7 +136,8 @@ def run_train(config: str | Path | None, overrides: Sequence[str] = (), resume: 
     result = trainer.fit(resume=resume)
     skipped = getattr(rank_data, "skipped", 0)
     if is_main:
-        _report(console, cfg, result, skipped, resume_command(config, overrides))
+        realised = getattr(rank_data, "realised_mix", None)
+        _report(console, cfg, result, skipped, resume_command(config, overrides), realised() if realised else None)
     return result
 
 
@@ -156,7 +157,8 @@ def resume_command(config: str | Path | None, overrides: Sequence[str]) -> str:
     return f"xt train {shlex.quote(str(config))}{sets} --resume auto"
 
 
-def _report(console: Console, cfg: XTConfig, result: TrainResult, skipped: int, again: str) -> None:
+def _report(console: Console, cfg: XTConfig, result: TrainResult, skipped: int, again: str,
+            mix: dict[str, float] | None = None) -> None:
     out = Path(cfg.train.out_dir)
     start = int(result.resumed_from.name.split("-")[-1]) if result.resumed_from else 0
     if result.interrupted or result.out_of_time:
@@ -176,6 +178,10 @@ def _report(console: Console, cfg: XTConfig, result: TrainResult, skipped: int, 
                           f"(warm-up); slowest later step {times['max_over_median']:.2f}x the median")
     if skipped:
         console.print(f"skipped {skipped} bad records (data.on_error = 'skip')")
+    if mix:
+        console.print("  data mix    " + ", ".join(f"{name} {100 * share:.1f}%" for name, share in mix.items())
+                      + " of the micro-batches drawn (weights " + ", ".join(f"{m.weight:g}" for m in cfg.data.mix) + ")",
+                      highlight=False)
     if result.metrics.get("skipped_steps"):
         console.print(f"skipped {result.metrics['skipped_steps']} optimizer steps with a non-finite gradient "
                       "norm (train.nonfinite_grad = 'skip')")

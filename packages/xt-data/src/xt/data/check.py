@@ -54,6 +54,11 @@ def check_data(cfg: DataConfig, records_per_file: int = 8) -> None:
             hold no documents at all (all empty or all skipped).
         AssetError: a built-in corpus that cannot be fetched (a `DataError`).
     """
+    if cfg.source == "mix":
+        from xt.data.mixing import mix_parts
+        for part, _ in mix_parts(cfg):
+            check_data(part, records_per_file)
+        return
     if cfg.source != "files":
         check_corpus(cfg.source, cfg.mode)
         asset_path(cfg.source)

@@ -24,6 +24,7 @@ from xt.core.config import ConfigStruct, require
 from xt.core.labels import IGNORE_INDEX
 from xt.data.config import DataConfig
 from xt.data.dataset import TokenizedDataset, build_dataset
+from xt.data.errors import DataError
 from xt.data.packing import make_batch, pack_boundaries, split_documents
 
 __all__ = ["EvalConfig", "EvalBatches", "split_dataset", "eval_data_config", "build_eval_batches"]
@@ -89,8 +90,6 @@ def split_dataset(ds: TokenizedDataset, fraction: float, seed: int) -> tuple[Tok
     Raises:
         xt.data.DataError: fewer than 2 documents (nothing would be left to train on).
     """
-    from xt.data.errors import DataError
-
     n = ds.num_documents
     if n < 2:
         raise DataError(f"eval.split: the training source has {n} document(s); nothing to hold out")
@@ -107,7 +106,7 @@ def eval_data_config(data: DataConfig, ev: EvalConfig) -> DataConfig:
     """The ``[data]`` section that reads `ev`'s held-out source: `ev.paths` as files (same format,
     mode, encoding, tokenizer, EOS and budget), or the training source itself for a split."""
     if ev.paths:
-        return msgspec.structs.replace(data, source="files", paths=tuple(ev.paths), max_documents=None)
+        return msgspec.structs.replace(data, source="files", paths=tuple(ev.paths), max_documents=None, mix=())
     return data
 
 
@@ -145,8 +144,10 @@ def build_eval_batches(data: DataConfig, ev: EvalConfig, dp_rank: int = 0, dp_si
     """The evaluation micro-batches of data-parallel rank `dp_rank` of `dp_size` (module docstring).
 
     Raises:
-        xt.data.DataError: unreadable or empty held-out data.
+        xt.data.DataError: unreadable or empty held-out data, or a split of a data mix.
     """
+    if ev.split and data.source == "mix":
+        raise DataError("eval.split: a data mix has no single source to split; give held-out files in eval.paths")
     cfg = eval_data_config(data, ev)
     ds = build_dataset(cfg, tokenizer)
     if ev.split:

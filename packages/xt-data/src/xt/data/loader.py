@@ -89,13 +89,21 @@ class PackedLoader:
     def __iter__(self) -> "PackedLoader":
         return self
 
+    def batch_at(self, pos: tuple[int, int]) -> dict:
+        """The micro-batch at stream position ``(epoch, index)`` (any rank's; no state changes)."""
+        order, bounds = self.plan(pos[0])
+        ids = order[bounds[pos[1]]:bounds[pos[1] + 1]]
+        return make_batch(self.dataset.tokens, self.dataset.loss_mask, self.chunk_starts[ids],
+                          self.chunk_lengths[ids])
+
+    def advance(self, pos: tuple[int, int], n: int) -> tuple[int, int]:
+        """The stream position `n` micro-batches after `pos` (epochs roll over)."""
+        return self._advance(pos, n)
+
     def __next__(self) -> dict:
         """The next micro-batch of this rank (see the module doc for the format)."""
         epoch, index = self._advance(self._pos, self.dp_rank)
-        order, bounds = self.plan(epoch)
-        ids = order[bounds[index]:bounds[index + 1]]
-        batch = make_batch(self.dataset.tokens, self.dataset.loss_mask, self.chunk_starts[ids],
-                           self.chunk_lengths[ids])
+        batch = self.batch_at((epoch, index))
         self._pos = self._advance(self._pos, self.dp_size)
         self.epoch, self.steps = epoch, self.steps + 1
         return batch
@@ -152,16 +160,20 @@ class PackedLoader:
 
 
 def build_loader(cfg: DataConfig, dp_rank: int = 0, dp_size: int = 1, tokenizer=None,
-                 eval_split: float = 0.0) -> PackedLoader:
+                 eval_split: float = 0.0):
     """Read, tokenize (cached) and wrap the data of `cfg` in a `PackedLoader`.
 
     `tokenizer`, if given, must be the tokenizer named by ``cfg.tokenizer`` (saves loading it twice).
     `eval_split` > 0 leaves out the documents `xt.data.evaluation.split_dataset` holds out for
-    evaluation (``eval.split``).
+    evaluation (``eval.split``). ``source = "mix"`` gives a `xt.data.mixing.MixedLoader` over the
+    ``[[data.mix]]`` sources instead (same contract).
 
     Raises:
         DataError: any data or configuration problem (file:line, field name).
     """
+    if cfg.source == "mix":
+        from xt.data.mixing import MixedLoader
+        return MixedLoader.from_config(cfg, dp_rank, dp_size, tokenizer)
     ds = build_dataset(cfg, tokenizer)
     if eval_split:
         from xt.data.evaluation import split_dataset

@@ -1,7 +1,8 @@
 """Write a validated config back as TOML (e.g. ``out_dir/config.toml`` for reproducibility).
 
 `load_config(path, cls)` of the written text gives back an equal object. Fields set to None are
-left out (TOML has no null; on reload they take their None default), or with
+left out (TOML has no null; on reload they take their None default; inside inline tables, such
+as the entries of an array of tables, they are always left out), or with
 ``unset_as_comments=True`` written as a comment ``# key = (unset)`` so that every key shows.
 Dicts become tables.
 """
@@ -41,7 +42,7 @@ def _scalar(v: Any) -> str:
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_scalar(x) for x in v) + "]"
     if isinstance(v, dict):
-        return "{" + ", ".join(f"{_key(k)} = {_scalar(x)}" for k, x in v.items()) + "}"
+        return "{" + ", ".join(f"{_key(k)} = {_scalar(x)}" for k, x in v.items() if x is not None) + "}"
     raise TypeError(f"dump_config: cannot write {type(v).__name__} value {v!r} as TOML")
 
 
