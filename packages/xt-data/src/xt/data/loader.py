@@ -16,6 +16,7 @@ import torch
 from xt.data.config import DataConfig
 from xt.data.dataset import TokenizedDataset, build_dataset
 from xt.data.errors import DataError
+from xt.data.mixing import MixedLoader, mix_parts
 from xt.data.packing import make_batch, pack_boundaries, split_documents
 
 STATE_VERSION = 1
@@ -171,9 +172,12 @@ def build_loader(cfg: DataConfig, dp_rank: int = 0, dp_size: int = 1, tokenizer=
     Raises:
         DataError: any data or configuration problem (file:line, field name).
     """
-    if cfg.source == "mix":
-        from xt.data.mixing import MixedLoader
-        return MixedLoader.from_config(cfg, dp_rank, dp_size, tokenizer)
+    if cfg.source == "mix":  # each source tokenized and cached like a single one, its own shuffle seed
+        parts = mix_parts(cfg)
+        loaders = [PackedLoader(build_dataset(c, tokenizer), c.tokens_per_micro_batch, c.chunk_len, c.seed + i,
+                                c.shuffle) for i, (c, _) in enumerate(parts)]
+        names = [c.source if c.source != "files" else ", ".join(c.paths) for c, _ in parts]
+        return MixedLoader(loaders, [w for _, w in parts], names, dp_rank, dp_size)
     ds = build_dataset(cfg, tokenizer)
     if eval_split:
         from xt.data.evaluation import split_dataset

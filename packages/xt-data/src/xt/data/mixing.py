@@ -16,9 +16,7 @@ from __future__ import annotations
 import msgspec
 
 from xt.data.config import DataConfig
-from xt.data.dataset import build_dataset
 from xt.data.errors import DataError
-from xt.data.loader import PackedLoader
 
 __all__ = ["MixedLoader", "mix_parts"]
 
@@ -32,16 +30,13 @@ def mix_parts(cfg: DataConfig) -> list[tuple[DataConfig, float]]:
              float(m.weight)) for m in cfg.mix]
 
 
-def _name(cfg: DataConfig) -> str:
-    return cfg.source if cfg.source != "files" else ", ".join(cfg.paths)
-
-
 class MixedLoader:
     """The loader contract (an endless iterator of micro-batches with ``state_dict()`` /
     ``load_state_dict()``) over weighted sources (module docstring).
 
     Args:
-        loaders: one `PackedLoader` per source (built with dp_rank 0, dp_size 1: this class splits).
+        loaders: one `xt.data.PackedLoader` per source (built with dp_rank 0, dp_size 1: this class
+            splits); `xt.data.build_loader` builds them for ``source = "mix"``.
         weights: > 0 each, relative.
         names: for the summary and `realised_mix`.
         dp_rank, dp_size: data-parallel rank and world size.
@@ -50,7 +45,7 @@ class MixedLoader:
         DataError: bad weights or ranks.
     """
 
-    def __init__(self, loaders: list[PackedLoader], weights: list[float], names: list[str],
+    def __init__(self, loaders: list, weights: list[float], names: list[str],
                  dp_rank: int = 0, dp_size: int = 1) -> None:
         if len(loaders) != len(weights) or not loaders or min(weights) <= 0:
             raise DataError(f"data.mix: need one weight > 0 per source, got {weights}")
@@ -61,14 +56,6 @@ class MixedLoader:
         self.credits = [0.0] * len(loaders)
         self.picks = [0] * len(loaders)
         self.pos = [(0, 0)] * len(loaders)
-
-    @classmethod
-    def from_config(cls, cfg: DataConfig, dp_rank: int = 0, dp_size: int = 1, tokenizer=None) -> MixedLoader:
-        """Build the sources of ``cfg.mix`` (each tokenized and cached like a single source)."""
-        parts = mix_parts(cfg)
-        loaders = [PackedLoader(build_dataset(c, tokenizer), c.tokens_per_micro_batch, c.chunk_len, c.seed + i,
-                                c.shuffle) for i, (c, _) in enumerate(parts)]
-        return cls(loaders, [w for _, w in parts], [_name(c) for c, _ in parts], dp_rank, dp_size)
 
     def _pick(self) -> int:
         total = sum(self.weights)
