@@ -1,12 +1,10 @@
-"""`xt config show` / `xt config keys` and the run folder's config.toml."""
+"""`xt config show` / `xt config keys` (the run folder's config.toml: tests/cli/test_mix.py)."""
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import msgspec
 from click.testing import CliRunner
-from rich.console import Console
 
 from xt.cli.config import XTConfig, load_xt_config
 from xt.cli.main import cli
@@ -53,11 +51,3 @@ def test_keys_lists_every_key_with_default_type_and_doc():
         {k for k in listed if k.startswith("checkpoint.")}
     r = CliRunner().invoke(cli, ["config", "keys", "chekpoint"])
     assert r.exit_code == 1 and "the sections are checkpoint, data" in r.output
-
-
-def test_run_folder_keeps_the_resolved_config(tiny_run: Path, tmp_path: Path):
-    from xt.cli.train import run_train
-    sets = ["train.steps=1", "checkpoint.hf_export=false", "sample.max_new_tokens=0", "optim.lr=0.02"]
-    run_train(tiny_run, sets, console=Console(file=io.StringIO()))
-    saved = tmp_path / "run" / "config.toml"
-    assert load_xt_config(saved) == load_xt_config(tiny_run, sets)

@@ -1,7 +1,9 @@
 """`[eval]`: held-out loss every N steps equals a float64 recomputation with transformers on the
-exported weights; a split holds documents out of training; the plot and console show it."""
+exported weights; a split holds documents out of training; the plot, the console and (with
+`tracking.tensorboard`) the TensorBoard events show it."""
 from __future__ import annotations
 
+import importlib.util
 import io
 import math
 from pathlib import Path
@@ -39,7 +41,9 @@ def test_eval_loss_equals_a_float64_recomputation(tiny_run: Path, tmp_path: Path
     from xt.data import build_dataset, build_eval_batches, build_loader, split_dataset
 
     out = io.StringIO()
-    run_train(tiny_run, EVAL + ["sample.max_new_tokens=0"], console=Console(file=out, width=300))
+    tb = importlib.util.find_spec("tensorboard") is not None
+    run_train(tiny_run, EVAL + ["sample.max_new_tokens=0", f"tracking.tensorboard={str(tb).lower()}"],
+              console=Console(file=out, width=300))
     rows = metric_rows(tmp_path / "run")
     evals = [r for r in rows if "eval_loss" in r]
     assert [r["step"] for r in evals] == [2, 4]
@@ -63,6 +67,23 @@ def test_eval_loss_equals_a_float64_recomputation(tiny_run: Path, tmp_path: Path
 
     labels = [l.get_label() for l in loss_figure(rows).axes[0].get_lines()]
     assert labels == ["loss (token-mean CE)", "eval_loss (held out)"]
+    if tb:
+        _check_tensorboard(tmp_path / "run", rows)
+
+
+def _check_tensorboard(run: Path, rows: list[dict]) -> None:
+    """The event files hold metrics.jsonl's numbers (as float32) at their steps; lists are skipped."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"loss", "aux_loss", "grad_norm", "lr", "tokens_per_s", "eval_loss", "eval_ppl"} <= tags
+    assert "expert_load" not in tags
+    for tag in ("loss", "grad_norm", "lr", "num_tokens", "eval_loss"):
+        want = [(r["step"], r[tag]) for r in rows if tag in r]
+        got = acc.Scalars(tag)
+        assert [e.step for e in got] == [s for s, _ in want]
+        assert [e.value for e in got] == pytest.approx([v for _, v in want], rel=1e-6)
 
 
 def test_eval_needs_held_out_data(tiny_run: Path):

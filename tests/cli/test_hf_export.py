@@ -1,4 +1,5 @@
-"""The HF folder of `xt train` (and of `xt convert`) is complete: transformers alone, offline and
+"""`train.max_minutes` stops a run with a checkpoint and the export, and that HF folder of `xt train`
+(and of `xt convert`) is complete: transformers alone, offline and
 from that folder only, loads its tokenizer (with the chat template) and model and generates the
 tokens XT's own greedy decoding gives; every file is readable by others (umask mode, not 0600)."""
 from __future__ import annotations
@@ -46,9 +47,15 @@ def test_hf_export_generates_with_transformers_alone(tiny_run: Path, tmp_path: P
     from xt.data import load_tokenizer
     from xt.models import from_pretrained, generate
 
-    result = run_train(tiny_run, ["train.steps=2", "checkpoint.every_steps=0", "sample.max_new_tokens=0"],
-                       console=Console(file=io.StringIO()))
+    # a time budget of ~0 s, spent after the first step: it stops with a checkpoint and the export
+    out = io.StringIO()
+    result = run_train(tiny_run, ["train.max_minutes=1e-9", "checkpoint.every_steps=0", "sample.max_new_tokens=0"],
+                       console=Console(file=out, width=300))
+    assert result.out_of_time and result.interrupted is None and result.step == 1
+    assert result.checkpoint == tmp_path / "run" / "checkpoints" / "step-1" and (result.checkpoint / "meta.json").is_file()
+    assert "stopped by train.max_minutes = 1e-09 after step 1 of 4" in out.getvalue()
     hf = result.hf_path
+    assert hf == tmp_path / "run" / "hf"
     assert {p.name for p in hf.iterdir()} == EXPECTED
     mask = os.umask(0)
     os.umask(mask)

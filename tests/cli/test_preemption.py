@@ -1,6 +1,6 @@
 """Preemption-safe `xt train`: SIGTERM mid-run saves a checkpoint and exits 75, `--resume auto`
-then gives the losses of an uninterrupted run; `train.max_minutes` stops with a checkpoint and an
-export; `--resume auto` says when it found nothing.
+then gives the losses of an uninterrupted run and says when it found nothing (`train.max_minutes`:
+tests/cli/test_hf_export.py).
 
 The tiny config of conftest.py, fp32. The schedule is constant after one warmup step, so the
 interrupted run (train.steps = 100000, stopped by the signal at some step N) and the reference
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from cli_helpers import QUICK, metric_rows, set_args, signal_mid_run, xt_run
+from cli_helpers import QUICK, metric_rows, set_args, signal_mid_run
 
 CONSTANT = QUICK + ["schedule.decay='constant'", "checkpoint.every_steps=0"]
 
@@ -32,27 +32,14 @@ def test_sigterm_then_resume_auto_equals_an_uninterrupted_run(tiny_run: Path, tm
     assert f"continue with: xt train {tiny_run}" in out and "--resume auto" in out
     assert not (run / "hf").exists()  # an interrupted run is not exported
 
-    r = xt_run("train", str(tiny_run), "--resume", "auto", *set_args(CONSTANT + [f"train.steps={n + 2}"]))
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert f"resumed from {ckpt} at step {n}" in r.stdout
-    ref = tmp_path / "ref"
-    r = xt_run("train", str(tiny_run), "--resume", "auto",
-               *set_args(CONSTANT + [f"train.steps={n + 2}", f"train.out_dir='{ref}'"]))
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert f"resume auto: no complete checkpoint in {ref / 'checkpoints'}; starting a fresh run at step 1" in r.stdout
+    from xt.cli.train import run_train  # the rest in this process: the same code, no interpreter start-up
+    out = io.StringIO()
+    run_train(tiny_run, CONSTANT + [f"train.steps={n + 2}"], resume="auto", console=Console(file=out, width=300))
+    assert f"resumed from {ckpt} at step {n}" in out.getvalue()
+    ref, out = tmp_path / "ref", io.StringIO()
+    run_train(tiny_run, CONSTANT + [f"train.steps={n + 2}", f"train.out_dir='{ref}'"], resume="auto",
+              console=Console(file=out, width=300))
+    assert f"resume auto: no complete checkpoint in {ref / 'checkpoints'}; starting a fresh run at step 1" in out.getvalue()
     got = {row["step"]: row["loss"] for row in metric_rows(run)}  # the last record of a step wins
     want = [row["loss"] for row in metric_rows(ref)]
     assert len(want) == n + 2 and [got[s] for s in range(1, n + 3)] == want
-
-
-def test_max_minutes_stops_with_checkpoint_and_export(tiny_run: Path, tmp_path: Path):
-    from xt.cli.train import run_train
-    out = io.StringIO()
-    run = tmp_path / "run"
-    # a budget of ~0 s: spent after the first step
-    result = run_train(tiny_run, ["train.max_minutes=1e-9", "checkpoint.every_steps=0", "sample.max_new_tokens=0"],
-                       console=Console(file=out, width=300))
-    assert result.out_of_time and result.interrupted is None and result.step == 1
-    assert result.checkpoint == run / "checkpoints" / "step-1" and (result.checkpoint / "meta.json").is_file()
-    assert result.hf_path == run / "hf" and (run / "hf" / "model.safetensors").is_file()
-    assert "stopped by train.max_minutes = 1e-09 after step 1 of 4" in out.getvalue()
