@@ -82,7 +82,7 @@ class Trackers:
             for k, v in values.items():
                 self.tb.add_scalar(k, v, step)
         if self.wandb_run is not None:
-            self.wandb_run.log(values, step=step)
+            self.wandb_run.log(values, step=step, commit=True)  # a record is a whole step
 
     def close(self) -> None:
         """Flush and close the writers."""
