@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,19 +21,7 @@ from rich.console import Console
 
 from xt.cli.main import cli
 
-QUICK = ["checkpoint.hf_export=false", "sample.max_new_tokens=0"]
-
-
-def _xt(*args: str, env: dict[str, str] | None = None, timeout: int = 180) -> subprocess.CompletedProcess:
-    """Run `python -m xt.cli.main ARGS` (stdout, stderr captured as text)."""
-    full_env = {k: v for k, v in os.environ.items() if k != "XT_DEBUG"}
-    full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "xt.cli.main", *args], capture_output=True, text=True,
-                          timeout=timeout, env=full_env)
-
-
-def _sets(items: list[str]) -> list[str]:
-    return [a for item in items for a in ("--set", item)]
+from cli_helpers import QUICK, set_args as _sets, signal_mid_run, xt_run as _xt
 
 
 def _user_error(r: subprocess.CompletedProcess, *needles: str) -> str:
@@ -158,36 +145,21 @@ def test_resume_path_that_is_not_a_checkpoint(tiny_run: Path, tmp_path: Path, ta
     _user_error(_xt("train", str(tiny_run), "--resume", str(tmp_path / target)), "resume", needle)
 
 
-def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, f"{path} did not appear"
-        time.sleep(0.05)
-
-
-def test_ctrl_c_keeps_the_last_finished_checkpoint(tiny_run: Path, tmp_path: Path):
-    """SIGINT mid-run: exit 130, no traceback, the message names the last finished checkpoint, and
-    `--resume auto` continues from it."""
+def test_ctrl_c_saves_a_checkpoint_and_exits_75(tiny_run: Path, tmp_path: Path):
+    """SIGINT mid-run: the step under way finishes and is checkpointed, exit 75 (not 130), no
+    traceback, the command to continue is printed, and `--resume auto` continues from it."""
     sets = _sets(QUICK + ["train.steps=100000", "checkpoint.every_steps=1"])
-    # SIG_DFL in the child: a test run started from a background shell job inherits SIGINT
-    # ignored, and Python then installs no KeyboardInterrupt handler
-    proc = subprocess.Popen([sys.executable, "-m", "xt.cli.main", "train", str(tiny_run), *sets],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
-        _wait_for(tmp_path / "run" / "checkpoints" / "step-2" / "meta.json", proc)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, out + err
+    code, out, err = signal_mid_run(["train", str(tiny_run), *sets],
+                                    tmp_path / "run" / "checkpoints" / "step-2" / "meta.json", signal.SIGINT)
+    assert code == 75, out + err
     assert "Traceback" not in out + err, out + err
     from xt.core.checkpoint import latest_checkpoint
     last = latest_checkpoint(tmp_path / "run")
-    assert last is not None and f"interrupted: the last finished checkpoint is {last}" in err, err
     step = int(last.name.split("-")[1])
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == step  # the last finished step is the one checkpointed
+    assert f"stopped by SIGINT after step {step} of 100000; checkpoint {last}" in out, out
+    assert "continue with: xt train" in out and "--resume auto" in out
     r = _xt("train", str(tiny_run), "--resume", "auto", *_sets(QUICK + [f"train.steps={step + 1}"]))
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"resumed from {last} at step {step}" in r.stdout
@@ -254,3 +226,16 @@ def test_missing_files_are_one_error_line(tmp_path: Path):
     _user_error(r, "config file not found", "nope.toml")
     assert "Usage:" not in r.stderr
     _user_error(_xt("convert", str(tmp_path / "nope_src"), str(tmp_path / "dst")), "nope_src", "does not exist")
+
+
+@pytest.mark.parametrize("name, env, why", [
+    ("qwen2", {}, "not in the local hub cache"),
+    ("someone/no-such-tokenizer", {"HF_HUB_OFFLINE": "1"}, "the hub is switched off")])
+def test_unknown_tokenizer_fails_at_once_listing_the_built_ins(tiny_run: Path, tmp_path: Path, name, env, why):
+    """Not built-in, not a folder, not in the hub cache: one error line naming the key, the value
+    and the built-in names, without asking the hub (before: 51 s of retries, then a traceback)."""
+    env = {**env, "HF_HOME": str(tmp_path / "empty_hf_home")}
+    t0 = time.monotonic()
+    r = _xt("train", str(tiny_run), "--set", f"data.tokenizer='{name}'", env=env)
+    line = _user_error(r, "data.tokenizer", repr(name), "llama3, qwen3", why, "--set")
+    assert time.monotonic() - t0 < 30, line

@@ -44,7 +44,7 @@ def test_resume_with_extra_state_equals_one_run(tmp_path):
     first, _ = _trainer(tmp_path / "split")
     r1 = first.fit(until_step=N)
     meta = json.loads((r1.checkpoint / "meta.json").read_text())
-    assert meta["extra_state"] == ["coef", "engine"]
+    assert meta["extra_state"] == ["coef", "engine", "settings"]
     torch.manual_seed(999)
     random.seed(999)
     second, coef = _trainer(tmp_path / "split")

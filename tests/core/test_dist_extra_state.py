@@ -78,5 +78,5 @@ def test_two_ranks_save_and_restore_their_own_extra_state(tmp_path):
     for r in range(WORLD):
         assert saved[r]["coef"]["history"] == out[r]["at_save"]["history"]
         assert saved[r]["engine"]["step"] == N
-    assert json.loads((ck / "meta.json").read_text())["extra_state"] == ["coef", "engine"]
+    assert json.loads((ck / "meta.json").read_text())["extra_state"] == ["coef", "engine", "settings"]
     assert not (tmp_path / "bad" / "checkpoints").exists()  # refused before anything was written

@@ -59,7 +59,8 @@ def test_sharded_save_and_load(tmp_path):
         assert rel_err(AutoModelForCausalLM.from_pretrained(tmp_path / "sh")(ids).logits, ref) <= 1e-6
     # saving again unsharded removes the stale shards and index
     save_pretrained(ours, tmp_path / "sh")
-    assert sorted(p.name for p in (tmp_path / "sh").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "sh").iterdir()) == ["config.json", "generation_config.json",
+                                                                   "model.safetensors"]
 
 
 def test_save_explicit_full_state_dict_and_bf16(tmp_path):

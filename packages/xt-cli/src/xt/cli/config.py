@@ -10,6 +10,8 @@ A TOML file maps one-to-one onto :class:`XTConfig`; each table is one section::
     [checkpoint] # xt.core CheckpointConfig
     [parallel]   # xt.parallel ParallelConfig (fsdp_size, ep_size, sp_size, AC, ...)
     [kernels]    # xt.kernels KernelsConfig (backend per op)
+    [tracking]   # xt.core TrackingConfig (TensorBoard, W&B)
+    [eval]       # xt.data EvalConfig: held-out loss every N steps (files or a split of the documents)
     [sample]     # SampleSection: the greedy sample printed after training
 
 Load with :func:`load_xt_config`; ``--set section.key=value`` overrides any entry.
@@ -23,9 +25,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from xt.core.config import (CheckpointConfig, ConfigStruct, OptimConfig, ScheduleConfig, TrainConfig,
-                            load_config, require)
-from xt.data import DataConfig
+from xt.core.config import (CheckpointConfig, ConfigStruct, OptimConfig, ScheduleConfig, TrackingConfig,
+                            TrainConfig, load_config, require)
+from xt.data import DataConfig, EvalConfig
 from xt.kernels.config import KernelsConfig
 from xt.models import ModelSection
 from xt.parallel import ParallelConfig
@@ -61,6 +63,8 @@ class XTConfig(ConfigStruct):
     checkpoint: CheckpointConfig = CheckpointConfig()
     parallel: ParallelConfig = ParallelConfig()
     kernels: KernelsConfig = KernelsConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    eval: EvalConfig = EvalConfig()
     sample: SampleSection = SampleSection()
 
 

@@ -4,8 +4,10 @@ An XT checkpoint (``runs/NAME/checkpoints/step-N``) holds model and optimizer st
 distributed checkpoint, resharded on load to any layout; an HF folder holds ``config.json`` and
 safetensors with transformers' key names.
 
-* XT → HF needs the run's config (for the architecture) and writes an HF folder that
-  ``transformers.AutoModelForCausalLM.from_pretrained`` loads.
+* XT → HF needs the run's config (for the architecture and the tokenizer; by default the
+  ``config.toml`` that `xt train` saved in the run folder) and writes an HF folder
+  that ``transformers.AutoTokenizer`` and ``AutoModelForCausalLM.from_pretrained`` load (weights,
+  ``config.json``, ``generation_config.json``, the tokenizer files and chat template).
 * HF → XT writes a weights-only DCP folder (``config.json`` + ``model/``), which
   ``model.init_from`` accepts like an HF folder: large models then load sharded in parallel.
 """
@@ -16,7 +18,9 @@ import shutil
 from pathlib import Path
 
 from xt.cli.config import load_xt_config
+from xt.cli.config_cmd import RUN_CONFIG
 from xt.core.checkpoint.layout import is_complete
+from xt.data import save_tokenizer
 from xt.models import build_run_model, from_pretrained, save_pretrained, save_xt_weights
 from xt.models.weights import is_hf_folder, load_training_checkpoint
 
@@ -31,7 +35,8 @@ def convert_checkpoint(src: str | Path, dst: str | Path, config: str | Path | No
 
     Raises:
         FileNotFoundError: `src` does not exist.
-        ValueError: `src` is neither format; XT → HF without `config`; `dst` exists.
+        ValueError: `src` is neither format; XT → HF without `config` and without the
+            ``config.toml`` that `xt train` keeps in the run folder; `dst` exists.
         xt.core.config.ConfigError: bad `config`.
     """
     src, dst = Path(src), Path(dst)
@@ -43,11 +48,16 @@ def convert_checkpoint(src: str | Path, dst: str | Path, config: str | Path | No
     shutil.rmtree(tmp, ignore_errors=True)
     if is_complete(src):
         if config is None:
-            raise ValueError("xt convert: an XT checkpoint needs --config (the run's TOML) to know the architecture")
+            saved = src.parent.parent / RUN_CONFIG  # runs/NAME/checkpoints/step-N -> runs/NAME/config.toml
+            if not saved.is_file():
+                raise ValueError(f"xt convert: {saved} does not exist; give the run's TOML with --config "
+                                 "(it says the architecture and the tokenizer)")
+            config = saved
         cfg = load_xt_config(config)
         model = build_run_model(cfg.model, device="cpu")
         load_training_checkpoint(model, src)
         save_pretrained(model, tmp)
+        save_tokenizer(cfg.data.tokenizer, tmp)
     elif is_hf_folder(src):
         save_xt_weights(from_pretrained(src), tmp)
     else:

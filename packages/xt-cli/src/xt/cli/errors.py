@@ -2,8 +2,11 @@
 
 * A user mistake (`xt.core.errors.XTError`: config, model config, data, layout, checkpoint) or a
   file that cannot be read (`OSError`) prints one line ``error: MESSAGE`` to stderr; exit status 1.
-* Ctrl-C (`KeyboardInterrupt`) prints ``interrupted: ...`` (for `xt train`: the last finished
-  checkpoint, or that none was saved); exit status 130.
+* `xt train` catches the first SIGINT / SIGTERM itself (`xt.core.engine.stop`): it saves a
+  checkpoint, prints how to continue and exits with `EXIT_STOPPED` (75).
+* Ctrl-C that reaches here (`KeyboardInterrupt`: outside the training loop, or a second Ctrl-C)
+  prints ``interrupted: ...`` (for `xt train`: the last finished checkpoint, or that none was
+  saved); exit status 130.
 * With ``xt --debug`` or ``XT_DEBUG=1`` the full traceback is shown instead (for bug reports).
 
 Anything else is a bug and keeps its traceback.
@@ -20,10 +23,13 @@ import click
 
 from xt.core.errors import XTError
 
-__all__ = ["debug_from_env", "error_message", "reported_errors", "EXIT_ERROR", "EXIT_INTERRUPTED"]
+__all__ = ["debug_from_env", "error_message", "reported_errors", "EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_STOPPED"]
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+#: `xt train` stopped by SIGINT/SIGTERM after saving a checkpoint: EX_TEMPFAIL of sysexits.h
+#: ("try again later"), so a job scheduler can tell a clean preemption from a crash or a kill
+EXIT_STOPPED = 75
 
 
 def debug_from_env() -> bool:

@@ -1,4 +1,4 @@
-"""The `xt` command: `xt train`, `xt convert`."""
+"""The `xt` command: `xt train`, `xt convert`, `xt config show|keys`."""
 from __future__ import annotations
 
 import os
@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from xt.cli.errors import debug_from_env, reported_errors
+from xt.cli.errors import EXIT_STOPPED, debug_from_env, reported_errors
 
 __all__ = ["main", "cli"]
 
@@ -23,7 +23,8 @@ def cli(ctx: click.Context, debug: bool) -> None:
     `torchrun --nproc-per-node N -m xt.cli.main train CONFIG` (layout from the [parallel] section).
 
     A mistake (config, model config, data, checkpoint) ends with one `error: ...` line naming the
-    key, file and line, and exit status 1; Ctrl-C exits with 130. For a bug report, run
+    key, file and line, and exit status 1. SIGINT / SIGTERM during `xt train` save a checkpoint
+    and exit with 75; a second Ctrl-C stops at once with 130. For a bug report, run
     `xt --debug ...` (or set XT_DEBUG=1) to see the full traceback.
     """
     ctx.ensure_object(dict)["debug"] = debug or debug_from_env()
@@ -52,32 +53,71 @@ def _last_checkpoint_note(config: str, overrides: tuple[str, ...]) -> str:
               help="Resume from the newest checkpoint in train.out_dir ('auto') or a checkpoint folder.")
 @click.pass_context
 def train(ctx: click.Context, config: str, overrides: tuple[str, ...], resume: str | None) -> None:
-    """Train the model described by CONFIG (a TOML file; see examples/)."""
+    """Train the model described by CONFIG (a TOML file). `xt config keys` lists every key with
+    its default and meaning; `xt config show CONFIG` prints the config as resolved. The run folder
+    (train.out_dir) keeps the resolved config as config.toml.
+
+    SIGINT (Ctrl-C) or SIGTERM: the step under way finishes, a checkpoint is saved, the command
+    to continue is printed, and the exit status is 75; a second Ctrl-C stops at once (130).
+    """
     # Before CUDA initialises: long or varying micro-batches fragment the default allocator (a
     # 262,144-token step on an H200 failed with 27 GiB reserved but unallocated); the user's own
     # PYTORCH_CUDA_ALLOC_CONF wins. The banner prints the setting in effect.
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     with reported_errors(_debug(ctx), on_interrupt=lambda: _last_checkpoint_note(config, overrides)):
         from xt.cli.train import run_train
-        run_train(config, list(overrides), resume)
+        result = run_train(config, list(overrides), resume)
+    if result.interrupted:
+        sys.exit(EXIT_STOPPED)
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Show a run's resolved config, or list every config key with its default and meaning."""
+
+
+@config_group.command("show")
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override a config entry (TOML literal), as for `xt train`. Repeatable.")
+@click.pass_context
+def config_show(ctx: click.Context, config: str, overrides: tuple[str, ...]) -> None:
+    """Print CONFIG as `xt train` resolves it: TOML with every default filled in."""
+    with reported_errors(_debug(ctx)):
+        from xt.cli.config_cmd import show
+        click.echo(show(config, list(overrides)), nl=False)
+
+
+@config_group.command("keys")
+@click.argument("section", required=False)
+@click.pass_context
+def config_keys_cmd(ctx: click.Context, section: str | None) -> None:
+    """List the config keys (of SECTION, e.g. `train`, or all): default, type, meaning."""
+    with reported_errors(_debug(ctx)):
+        from xt.cli.config_cmd import keys_text
+        click.echo(keys_text(section), nl=False)
 
 
 @cli.command()
 @click.argument("src", type=click.Path())
 @click.argument("dst", type=click.Path())
 @click.option("--config", "config", default=None, type=click.Path(dir_okay=False),
-              help="The training config of the run (needed to convert an XT checkpoint to HF).")
+              help="The training config of the run (XT -> HF; default: the config.toml that "
+                   "xt train saved in the run folder).")
 @click.pass_context
 def convert(ctx: click.Context, src: str, dst: str, config: str | None) -> None:
     """Convert between an XT training checkpoint and an HF checkpoint folder.
 
-    XT -> HF: SRC is a checkpoint folder (runs/NAME/checkpoints/step-N) and --config the run's TOML.
-    HF -> XT: SRC is an HF folder (config.json + safetensors); DST becomes an XT checkpoint that
-    `xt train --resume DST` or `model.init_from` can start from.
+    XT -> HF: SRC is a checkpoint folder (runs/NAME/checkpoints/step-N); the run's config comes
+    from runs/NAME/config.toml unless --config is given. DST gets the weights, config.json,
+    generation_config.json and the tokenizer.
+    HF -> XT: SRC is an HF folder (config.json + safetensors); DST becomes XT weights (DCP) that
+    `model.init_from = "DST"` starts a run from (not a training checkpoint: no optimizer state).
     """
     with reported_errors(_debug(ctx), also=(ValueError,)):
         from xt.cli.convert import convert_checkpoint
-        convert_checkpoint(src, dst, config)
+        out = convert_checkpoint(src, dst, config)
+        click.echo(f"xt convert: wrote {out} from {src}")
 
 
 def main() -> None:

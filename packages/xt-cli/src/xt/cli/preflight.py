@@ -15,7 +15,8 @@ from typing import Sequence
 
 from xt.cli.config import XTConfig
 from xt.core.checkpoint import resolve_resume
-from xt.data import check_data_section
+from xt.core.engine.tracking import check_tracking
+from xt.data import DataError, check_data, check_data_section, eval_data_config
 from xt.models import check_model_section
 
 __all__ = ["preflight"]
@@ -29,10 +30,17 @@ def preflight(cfg: XTConfig, config: str | Path | None, overrides: Sequence[str]
     Raises:
         xt.core.config.ConfigError: a missing ``model.init_from`` / ``model.hf_config`` path, or
             a bad model field (as ``model.config.FIELD``), with file and line.
-        xt.data.DataError: unreadable, malformed or empty data (`xt.data.check_data_section`).
+        xt.data.DataError: unreadable, malformed or empty data (`xt.data.check_data_section`), or
+            held-out ``eval.paths`` of that kind.
         xt.core.errors.CheckpointError: an explicit resume path that is not a complete checkpoint.
         FileNotFoundError: an explicit resume path that does not exist.
     """
     check_model_section(cfg.model, config, overrides)
+    check_tracking(cfg.tracking)
     check_data_section(cfg.data, config, overrides)
+    if cfg.eval.paths:
+        try:
+            check_data(eval_data_config(cfg.data, cfg.eval))
+        except DataError as e:
+            raise type(e)(f"eval.paths: {e}") from e
     resolve_resume(resume if resume is not None else cfg.checkpoint.resume, cfg.train.out_dir)

@@ -9,27 +9,30 @@ from __future__ import annotations
 
 import functools
 import os
+import shlex
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
+import msgspec
 import torch
 from rich.console import Console
 from rich.markup import escape
 from torch import nn
 
 from xt.cli.config import XTConfig, load_xt_config
+from xt.cli.config_cmd import write_run_config
 from xt.cli.preflight import preflight
-from xt.core.checkpoint import seed_everything
+from xt.core.checkpoint import latest_checkpoint, seed_everything
 from xt.core.distributed import DistContext
 from xt.core.engine import Trainer, TrainResult, read_metrics
 from xt.core.engine.metrics import step_time_summary
-from xt.data import build_loader, load_tokenizer
+from xt.data import build_eval_batches, build_loader, load_tokenizer, save_tokenizer
 from xt.kernels.config import apply_kernels_config
 from xt.models import build_run_model, from_pretrained, generate, save_pretrained, section_config, unused_model_keys
 from xt.parallel import apply_layout, check_layout, describe_layout, device_for_run, exporter, rank_loader
 
-__all__ = ["run_train", "build_run", "greedy_sample"]
+__all__ = ["run_train", "build_run", "greedy_sample", "resume_command", "hf_exporter", "parameter_counts"]
 
 
 def greedy_sample(model, tokenizer, prompt: str, max_new_tokens: int, chat: bool = False) -> str:
@@ -55,7 +58,23 @@ def build_run(cfg: XTConfig, device: torch.device) -> tuple[nn.Module, DistConte
     model = build_run_model(cfg.model, device)
     apply_kernels_config(cfg.kernels)
     model, dist = apply_layout(model, cfg.parallel, device_type=device.type)
-    return model, dist, rank_loader(functools.partial(build_loader, cfg.data), dist)
+    split = cfg.eval.split if cfg.eval.enabled else 0.0
+    return model, dist, rank_loader(functools.partial(build_loader, cfg.data, eval_split=split), dist)
+
+
+def hf_exporter(cfg: XTConfig, dist: DistContext) -> Callable[[nn.Module, Path], None]:
+    """The run's ``export_hf(model, path)`` hook: the HF weights and configs
+    (``xt.parallel.exporter(save_pretrained, dist)``: every rank gathers, the main rank writes),
+    then, on the main rank, the tokenizer of ``[data]`` with its chat template
+    (`xt.data.save_tokenizer`), so the folder alone is enough for transformers."""
+    export = exporter(save_pretrained, dist)
+
+    def hook(model: nn.Module, path: Path) -> None:
+        export(model, path)
+        if getattr(dist, "is_main", True):
+            save_tokenizer(cfg.data.tokenizer, path)
+
+    return hook
 
 
 def run_train(config: str | Path | None, overrides: Sequence[str] = (), resume: str | None = None,
@@ -63,7 +82,7 @@ def run_train(config: str | Path | None, overrides: Sequence[str] = (), resume: 
     """Train as `config` says (see :mod:`xt.cli.config`); returns the engine's `TrainResult`.
 
     Prints where the outputs are (metrics JSONL, loss-curve PNG, checkpoints, HF export) and a
-    greedy sample from the exported model.
+    greedy sample from the exported model. The resolved config goes to ``train.out_dir/config.toml``.
 
     Raises:
         xt.core.config.ConfigError: bad config, including bad ``[model.config]`` fields and missing
@@ -86,35 +105,68 @@ def run_train(config: str | Path | None, overrides: Sequence[str] = (), resume: 
                       f"this model family does not read (a typo?): {escape(', '.join(unused))}")
     model, dist, loader = build_run(cfg, device)
     is_main = getattr(dist, "is_main", True)
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params, n_local = parameter_counts(model)
     rank_data = getattr(loader, "loader", loader)  # under SP: the wrapped data-parallel loader
+    evals = rank_loader(functools.partial(build_eval_batches, cfg.data, cfg.eval), dist) if cfg.eval.enabled else None
     if is_main:
         arch = (getattr(model.config, "to_hf_dict", lambda: {})().get("architectures") or [type(model).__name__])[0]
         console.print(f"[bold]xt train[/bold] {config}: {arch}, "
-                      f"{n_params / 1e6:.1f}M parameters (this rank), device {device}, "
+                      f"{n_params / 1e6:.1f}M parameters ({n_local / 1e6:.1f}M on this rank), device {device}, "
                       f"world size {getattr(dist, 'world_size', 1)}; setup {time.perf_counter() - t0:.1f}s")
         summary = getattr(rank_data, "summary", None)
         if callable(summary):
             console.print(f"data: {summary()}")
+        if evals is not None:
+            held = getattr(evals, "loader", evals)
+            console.print(f"eval: {held.num_tokens} held-out label tokens every {cfg.eval.every_steps} steps "
+                          f"({len(held)} micro-batches on this rank)", highlight=False)
     trainer = Trainer(model, loader, cfg.train, cfg.optim, cfg.schedule, cfg.checkpoint, dist=dist,
-                      export_hf=exporter(save_pretrained, dist), console=console)
+                      export_hf=hf_exporter(cfg, dist), console=console, eval_batches=evals,
+                      eval_every=cfg.eval.every_steps, tracking=cfg.tracking,
+                      run_config=msgspec.to_builtins(cfg))
     if is_main:
         console.print(f"precision: {escape(trainer.precision_summary)}", highlight=False)
         console.print(f"layout: {escape(describe_layout(cfg.parallel, dist, model))}", highlight=False)
         if device.type == "cuda":
             alloc = os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or "torch's default"
             console.print(f"cuda allocator: PYTORCH_CUDA_ALLOC_CONF={escape(alloc)}", highlight=False)
-    result = trainer.fit(resume=resume if resume is not None else cfg.checkpoint.resume)
+    resume = resume if resume is not None else cfg.checkpoint.resume
+    if is_main and (resume is not None or latest_checkpoint(cfg.train.out_dir) is None):
+        write_run_config(cfg, config)  # not over the config of another run that fit() will refuse
+    result = trainer.fit(resume=resume)
     skipped = getattr(rank_data, "skipped", 0)
     if is_main:
-        _report(console, cfg, result, skipped)
+        realised = getattr(rank_data, "realised_mix", None)
+        _report(console, cfg, result, skipped, resume_command(config, overrides), realised() if realised else None)
     return result
 
 
-def _report(console: Console, cfg: XTConfig, result: TrainResult, skipped: int) -> None:
+def parameter_counts(model: nn.Module) -> tuple[int, int]:
+    """``(total, on this rank)`` parameter counts: a sharded parameter (a DTensor, FSDP2 or EP)
+    counts its global size in the total and its local shard on this rank; tied ones count once."""
+    total = local = 0
+    for p in model.parameters():
+        total += p.numel()  # a DTensor's numel() is its global size
+        local += p.to_local().numel() if hasattr(p, "to_local") else p.numel()
+    return total, local
+
+
+def resume_command(config: str | Path | None, overrides: Sequence[str]) -> str:
+    """The shell command that continues this run: ``xt train CONFIG [--set ...] --resume auto``."""
+    sets = "".join(f" --set {shlex.quote(o)}" for o in overrides)
+    return f"xt train {shlex.quote(str(config))}{sets} --resume auto"
+
+
+def _report(console: Console, cfg: XTConfig, result: TrainResult, skipped: int, again: str,
+            mix: dict[str, float] | None = None) -> None:
     out = Path(cfg.train.out_dir)
     start = int(result.resumed_from.name.split("-")[-1]) if result.resumed_from else 0
-    if result.step == start:
+    if result.interrupted or result.out_of_time:
+        why = result.interrupted or f"train.max_minutes = {cfg.train.max_minutes:g}"
+        console.print(f"\n[bold]stopped[/bold] by {why} after step {result.step} of {cfg.train.steps}; "
+                      f"checkpoint {result.checkpoint}", highlight=False)
+        console.print(f"  continue with: {escape(again)}", highlight=False)
+    elif result.step == start:
         console.print(f"\n[bold]done[/bold]: already at step {result.step} (train.steps = {cfg.train.steps}); "
                       "nothing to train")
     else:
@@ -126,6 +178,10 @@ def _report(console: Console, cfg: XTConfig, result: TrainResult, skipped: int) 
                           f"(warm-up); slowest later step {times['max_over_median']:.2f}x the median")
     if skipped:
         console.print(f"skipped {skipped} bad records (data.on_error = 'skip')")
+    if mix:
+        console.print("  data mix    " + ", ".join(f"{name} {100 * share:.1f}%" for name, share in mix.items())
+                      + " of the micro-batches drawn (weights " + ", ".join(f"{m.weight:g}" for m in cfg.data.mix) + ")",
+                      highlight=False)
     if result.metrics.get("skipped_steps"):
         console.print(f"skipped {result.metrics['skipped_steps']} optimizer steps with a non-finite gradient "
                       "norm (train.nonfinite_grad = 'skip')")

@@ -19,6 +19,7 @@ from xt.data.config import DataConfig
 from xt.data.corpora import check_corpus
 from xt.data.errors import DataError
 from xt.data.sources import SourceStats, expand_paths, read_files
+from xt.data.tokenizer import load_tokenizer
 
 __all__ = ["check_data", "check_data_section"]
 
@@ -53,6 +54,11 @@ def check_data(cfg: DataConfig, records_per_file: int = 8) -> None:
             hold no documents at all (all empty or all skipped).
         AssetError: a built-in corpus that cannot be fetched (a `DataError`).
     """
+    if cfg.source == "mix":
+        from xt.data.mixing import mix_parts
+        for part, _ in mix_parts(cfg):
+            check_data(part, records_per_file)
+        return
     if cfg.source != "files":
         check_corpus(cfg.source, cfg.mode)
         asset_path(cfg.source)
@@ -67,7 +73,8 @@ def check_data(cfg: DataConfig, records_per_file: int = 8) -> None:
 
 def check_data_section(cfg: DataConfig, config: str | Path | None, overrides: Sequence[str] = ()) -> None:
     """:func:`check_data` of the ``[data]`` section `cfg`, read from the TOML file `config` (or
-    None) with the ``--set`` strings `overrides`.
+    None) with the ``--set`` strings `overrides`, and its tokenizer (`load_tokenizer`: a name that
+    is neither built-in, a folder nor a reachable hub id fails at once, listing the built-in names).
 
     Raises:
         DataError: as :func:`check_data`; a message about a ``data.KEY`` is prefixed with where that
@@ -75,6 +82,7 @@ def check_data_section(cfg: DataConfig, config: str | Path | None, overrides: Se
     """
     try:
         check_data(cfg)
+        load_tokenizer(cfg.tokenizer)  # cached: the loader reuses it; a bad name fails here, offline
     except DataError as e:
         m = _DATA_KEY.match(str(e))
         if m is None:

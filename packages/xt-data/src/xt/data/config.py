@@ -2,18 +2,57 @@
 from __future__ import annotations
 
 import codecs
+import math
 from typing import Any, Literal
 
 from xt.core.config import ConfigStruct, convert_config, require
 from xt.data.corpora import CORPORA
 
 
+def _check_source(source: str, paths: tuple[str, ...], allow_mix: bool) -> None:
+    """`source` is a corpus, ``"files"`` with `paths`, or (where allowed) ``"mix"``; paths only with files.
+
+    Raises:
+        xt.core.config.ConfigFieldError: naming ``source`` or ``paths``.
+    """
+    names = "'files' (with paths) or 'mix' (with [[data.mix]])" if allow_mix else "'files' (with paths)"
+    require(source == "files" or (allow_mix and source == "mix") or source in CORPORA, "source",
+            f"must be one of {sorted(CORPORA)} or {names}, got {source!r}")
+    require(source != "files" or bool(paths), "paths", "must name at least one file or folder when source='files'")
+    require(source == "files" or not paths, "paths",
+            f"is only used with source='files', not with {source!r}")
+
+
+class MixSource(ConfigStruct):
+    """One source of a data mix (``[[data.mix]]``); tokenizer, format, budget and the rest come
+    from ``[data]``.
+
+    Attributes:
+        source: a built-in corpus name or ``"files"`` (then `paths` is required).
+        paths: files or folders for ``source = "files"``.
+        weight: its share of the micro-batches, relative to the other sources' weights (> 0).
+        max_documents: read at most this many of its documents; None = all.
+    """
+
+    source: str
+    paths: tuple[str, ...] = ()
+    weight: float = 1.0
+    max_documents: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_source(self.source, self.paths, allow_mix=False)
+        require(isinstance(self.weight, (int, float)) and math.isfinite(self.weight) and self.weight > 0,
+                "weight", f"must be a number > 0, got {self.weight!r}")
+        require(self.max_documents is None or self.max_documents >= 1, "max_documents",
+                f"must be >= 1 or unset, got {self.max_documents}")
+
+
 class DataConfig(ConfigStruct):
     """Where the training text comes from and how it is tokenized and packed.
 
     Attributes:
-        source: a built-in corpus (``"shakespeare"``, ``"sotu"``, ``"brown"``, ``"chitchat"``) or
-            ``"files"`` (then `paths` is required).
+        source: a built-in corpus (``"shakespeare"``, ``"sotu"``, ``"brown"``, ``"chitchat"``),
+            ``"files"`` (then `paths` is required) or ``"mix"`` (then `mix` is required).
         paths: files or folders (recursive) for ``source="files"``.
         format: ``"auto"`` (``.jsonl`` files are JSONL, others plain text), ``"jsonl"`` or ``"text"``.
         mode: ``"pretrain"`` (``{"text"}`` records / text files; every token is a target),
@@ -30,6 +69,9 @@ class DataConfig(ConfigStruct):
         on_error: ``"raise"`` (bad record → `DataError` with file:line) or ``"skip"`` (count them).
         max_documents: read at most this many documents (quick runs, tests). None = all.
         cache: keep tokenized ids in ``$XT_CACHE/tokens`` keyed by tokenizer and source contents.
+        mix: with ``source = "mix"``, the sources (``[[data.mix]]`` tables, `MixSource`) and their
+            weights; each micro-batch comes from one source, picked so that the shares follow the
+            weights (`xt.data.mixing`).
     """
 
     source: str = "shakespeare"
@@ -46,6 +88,7 @@ class DataConfig(ConfigStruct):
     on_error: Literal["raise", "skip"] = "raise"
     max_documents: int | None = None
     cache: bool = True
+    mix: tuple[MixSource, ...] = ()
 
     def __post_init__(self) -> None:
         """Check values and combinations.
@@ -54,12 +97,12 @@ class DataConfig(ConfigStruct):
             xt.core.config.ConfigFieldError: naming the field and what is allowed (`load_config`
             reports it as ``data.FIELD`` with file and line).
         """
-        require(self.source == "files" or self.source in CORPORA, "source",
-                f"must be one of {sorted(CORPORA)} or 'files' (with paths), got {self.source!r}")
-        require(self.source != "files" or bool(self.paths), "paths",
-                "must name at least one file or folder when source='files'")
-        require(self.source == "files" or not self.paths, "paths",
-                f"is only used with source='files', not with the built-in corpus {self.source!r}")
+        _check_source(self.source, self.paths, allow_mix=True)
+        require(self.source == "mix" or not self.mix, "mix", "is only used with source = 'mix'")
+        require(self.source != "mix" or len(self.mix) >= 2, "mix",
+                "must list at least two [[data.mix]] sources when source = 'mix'")
+        require(self.source != "mix" or self.max_documents is None, "max_documents",
+                "is set per source in [[data.mix]] when source = 'mix'")
         require(self.tokens_per_micro_batch >= 2, "tokens_per_micro_batch",
                 f"must be >= 2, got {self.tokens_per_micro_batch}")
         require(self.max_seq_len is None or self.max_seq_len >= 2, "max_seq_len",

@@ -16,6 +16,7 @@ import torch
 from xt.data.config import DataConfig
 from xt.data.dataset import TokenizedDataset, build_dataset
 from xt.data.errors import DataError
+from xt.data.mixing import MixedLoader, mix_parts
 from xt.data.packing import make_batch, pack_boundaries, split_documents
 
 STATE_VERSION = 1
@@ -89,13 +90,21 @@ class PackedLoader:
     def __iter__(self) -> "PackedLoader":
         return self
 
+    def batch_at(self, pos: tuple[int, int]) -> dict:
+        """The micro-batch at stream position ``(epoch, index)`` (any rank's; no state changes)."""
+        order, bounds = self.plan(pos[0])
+        ids = order[bounds[pos[1]]:bounds[pos[1] + 1]]
+        return make_batch(self.dataset.tokens, self.dataset.loss_mask, self.chunk_starts[ids],
+                          self.chunk_lengths[ids])
+
+    def advance(self, pos: tuple[int, int], n: int) -> tuple[int, int]:
+        """The stream position `n` micro-batches after `pos` (epochs roll over)."""
+        return self._advance(pos, n)
+
     def __next__(self) -> dict:
         """The next micro-batch of this rank (see the module doc for the format)."""
         epoch, index = self._advance(self._pos, self.dp_rank)
-        order, bounds = self.plan(epoch)
-        ids = order[bounds[index]:bounds[index + 1]]
-        batch = make_batch(self.dataset.tokens, self.dataset.loss_mask, self.chunk_starts[ids],
-                           self.chunk_lengths[ids])
+        batch = self.batch_at((epoch, index))
         self._pos = self._advance(self._pos, self.dp_size)
         self.epoch, self.steps = epoch, self.steps + 1
         return batch
@@ -105,9 +114,12 @@ class PackedLoader:
                 "chunk_len": self.chunk_len, "seed": self.seed, "shuffle": self.shuffle}
 
     def state_dict(self) -> dict:
-        """Position after the last micro-batch yielded: plain ints/strings (JSON-able)."""
+        """Position after the last micro-batch yielded: plain ints/strings (JSON-able). The same on
+        every rank but ``last_epoch`` (named in ``per_rank_keys``), so a checkpoint re-splits over
+        another number of ranks (`xt.core.checkpoint.load_checkpoint`)."""
         return {"version": STATE_VERSION, "epoch": self._pos[0], "index": self._pos[1],
-                "steps": self.steps, "last_epoch": self.epoch, **self._fingerprint()}
+                "steps": self.steps, "last_epoch": self.epoch, "per_rank_keys": ["last_epoch"],
+                **self._fingerprint()}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a `state_dict`: the next micro-batch is the one that followed when it was taken.
@@ -148,14 +160,27 @@ class PackedLoader:
         return self.dataset.empty
 
 
-def build_loader(cfg: DataConfig, dp_rank: int = 0, dp_size: int = 1, tokenizer=None) -> PackedLoader:
+def build_loader(cfg: DataConfig, dp_rank: int = 0, dp_size: int = 1, tokenizer=None,
+                 eval_split: float = 0.0):
     """Read, tokenize (cached) and wrap the data of `cfg` in a `PackedLoader`.
 
     `tokenizer`, if given, must be the tokenizer named by ``cfg.tokenizer`` (saves loading it twice).
+    `eval_split` > 0 leaves out the documents `xt.data.evaluation.split_dataset` holds out for
+    evaluation (``eval.split``). ``source = "mix"`` gives a `xt.data.mixing.MixedLoader` over the
+    ``[[data.mix]]`` sources instead (same contract).
 
     Raises:
         DataError: any data or configuration problem (file:line, field name).
     """
+    if cfg.source == "mix":  # each source tokenized and cached like a single one, its own shuffle seed
+        parts = mix_parts(cfg)
+        loaders = [PackedLoader(build_dataset(c, tokenizer), c.tokens_per_micro_batch, c.chunk_len, c.seed + i,
+                                c.shuffle) for i, (c, _) in enumerate(parts)]
+        names = [c.source if c.source != "files" else ", ".join(c.paths) for c, _ in parts]
+        return MixedLoader(loaders, [w for _, w in parts], names, dp_rank, dp_size)
     ds = build_dataset(cfg, tokenizer)
+    if eval_split:
+        from xt.data.evaluation import split_dataset
+        ds = split_dataset(ds, eval_split, cfg.seed)[0]
     return PackedLoader(ds, cfg.tokens_per_micro_batch, cfg.chunk_len, cfg.seed, cfg.shuffle,
                         dp_rank, dp_size)

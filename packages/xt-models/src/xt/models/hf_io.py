@@ -17,7 +17,10 @@ from xt.models.common.hf_config import read_config_json
 from xt.models.common.safetensors_io import CheckpointReader, atomic_write_text, write_safetensors
 from xt.models.registry import build_model, get_spec
 
-__all__ = ["from_pretrained", "save_pretrained"]
+__all__ = ["from_pretrained", "save_pretrained", "generation_config"]
+
+GENERATION_CONFIG = "generation_config.json"
+_TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
 
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
@@ -67,7 +70,8 @@ def from_pretrained(path: str | Path, *, dtype: torch.dtype | None = None, devic
 
 def save_pretrained(model: nn.Module, path: str | Path, *, max_shard_size: int | str = "5GB",
                     state_dict: dict[str, torch.Tensor] | None = None) -> list[str]:
-    """Write ``config.json`` and the weights of ``model`` (HF keys) into folder ``path``.
+    """Write ``config.json``, ``generation_config.json`` (:func:`generation_config`) and the
+    weights of ``model`` (HF keys) into folder ``path``.
 
     Weights larger than ``max_shard_size`` (bytes or ``"5GB"``-style) are split into shards with
     an index. Files are written atomically (temporary name, then rename). With tied embeddings
@@ -95,4 +99,17 @@ def save_pretrained(model: nn.Module, path: str | Path, *, max_shard_size: int |
     hf["dtype"] = str(dtype).removeprefix("torch.")
     files = write_safetensors(spec.to_hf(state, config), path, max_shard_size)
     atomic_write_text(path / "config.json", json.dumps(hf, indent=2, sort_keys=True) + "\n")
-    return files + ["config.json"]
+    atomic_write_text(path / GENERATION_CONFIG, json.dumps(generation_config(hf), indent=2, sort_keys=True) + "\n")
+    return files + ["config.json", GENERATION_CONFIG]
+
+
+def generation_config(hf_config: dict) -> dict:
+    """The ``generation_config.json`` of an HF ``config.json`` dict: its special token ids
+    (``bos_token_id``, ``eos_token_id``, ``pad_token_id``, those it sets) and greedy decoding
+    (``do_sample = false``), the fields transformers' ``GenerationConfig.from_model_config`` takes
+    from a model config; ``generate`` then stops at the model's end-of-sequence token."""
+    out = {k: hf_config[k] for k in _TOKEN_IDS if hf_config.get(k) is not None}
+    if "pad_token_id" not in out and "eos_token_id" in out:  # generate() pads finished rows with it
+        eos = out["eos_token_id"]
+        out["pad_token_id"] = eos[0] if isinstance(eos, list) else eos
+    return {**out, "do_sample": False}

@@ -35,7 +35,7 @@ from xt.core.checkpoint.rng import get_rng_state, set_rng_state
 from xt.core.distributed import DistContext, LocalDistContext
 from xt.core.errors import CheckpointError
 
-__all__ = ["save_checkpoint", "load_checkpoint", "check_model_fits"]
+__all__ = ["save_checkpoint", "load_checkpoint", "check_model_fits", "read_saved_extra_state", "saved_world_size"]
 
 MODEL_OPTIM = "model_optim"
 TRAINER = "trainer.pt"
@@ -180,6 +180,67 @@ def check_model_fits(path: str | Path, model_sd: dict[str, Any]) -> None:
                               f"(another train.out_dir)")
 
 
+def read_saved_extra_state(path: str | Path, name: str, rank: int = 0) -> Any:
+    """The named extra state `name` as saved by `rank` in checkpoint `path` (loaded with
+    ``weights_only=True``), e.g. to compare settings before anything is restored.
+
+    Raises:
+        xt.core.errors.CheckpointError: the checkpoint holds no extra state `name`.
+    """
+    state = torch.load(Path(path) / f"rank-{rank}.pt", map_location="cpu", weights_only=True)
+    if name not in state.get("extra", {}):
+        raise CheckpointError(f"{path} holds no extra state {name!r}")
+    return state["extra"][name]
+
+
+def saved_world_size(path: str | Path) -> int:
+    """The number of ranks a complete checkpoint was saved on (its ``meta.json``)."""
+    return int(json.loads((Path(path) / META).read_text(encoding="utf-8")).get("world_size", 1))
+
+
+def _rank_state_for(path: Path, saved_world: int, dist_ctx: DistContext) -> dict[str, Any]:
+    """The per-rank state (loader, RNG, extra states) this rank restores.
+
+    Same world size: its own ``rank-R.pt``. Another world size: the loader and extra states must
+    be the same on every saved rank (a global stream position such as `xt.data.PackedLoader`'s,
+    replicated counters such as the engine's; keys a state lists under ``"per_rank_keys"`` are
+    not compared), and then every rank takes them from rank 0 and
+    the RNG state of saved rank ``R % saved_world``; the loader re-splits the stream over the new
+    ranks itself. State that differs per rank cannot be re-split and is refused.
+    """
+    if saved_world == dist_ctx.world_size:
+        return torch.load(path / f"rank-{dist_ctx.rank}.pt", map_location="cpu", weights_only=True)
+    states = [torch.load(path / f"rank-{r}.pt", map_location="cpu", weights_only=True) for r in range(saved_world)]
+    for part in ("loader", "extra"):
+        differ = [r for r in range(1, saved_world) if not _same(_shared(states[r][part]), _shared(states[0][part]))]
+        if differ:
+            what = "loader position" if part == "loader" else "named extra state"
+            raise CheckpointError(f"{path} was saved on {saved_world} ranks and its {what} differs between "
+                                  f"rank 0 and rank {differ[0]}, so it cannot be re-split over "
+                                  f"{dist_ctx.world_size} ranks; resume on {saved_world} ranks")
+    return {**states[0], "rng": states[dist_ctx.rank % saved_world]["rng"]}
+
+
+def _shared(state: Any) -> Any:
+    """`state` without the keys it lists under ``"per_rank_keys"`` (informational per-rank values,
+    such as the epoch of the last batch a rank drew, that may differ where the position does not)."""
+    if isinstance(state, dict) and "per_rank_keys" in state:
+        return {k: v for k, v in state.items() if k not in set(state["per_rank_keys"]) | {"per_rank_keys"}}
+    return state
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equality of nested state (dicts, lists, tensors, python values)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape \
+            and a.dtype == b.dtype and bool(torch.equal(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
 def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: Any, loader: Any, dist_ctx: DistContext | None = None, *,
                     extra_state: Mapping[str, Stateful] | None = None) -> int:
@@ -188,6 +249,11 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     Restores model and optimizer (DCP, resharded to the current layout if needed), scheduler,
     this rank's loader state, the named extra states and, last, the RNG states. Call on every
     rank, after building the model, optimizer and scheduler exactly as for a fresh run.
+
+    A checkpoint saved on another number of ranks loads when its loader and extra states are the
+    same on every saved rank (a global stream position, replicated counters): every rank takes
+    rank 0's and the RNG state of saved rank ``rank % saved_world_size``; DCP reshards the model
+    and optimizer (`_rank_state_for`).
 
     Args:
         path: a complete ``step-N`` folder.
@@ -198,7 +264,8 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     Raises:
         TypeError: a bad `extra_state` entry.
         xt.core.errors.CheckpointError: (a ValueError) if `path` is not a complete checkpoint, it
-            was saved with a different number of ranks (loader/RNG state is per rank), its
+            was saved on a different number of ranks with loader or extra states that differ
+            between them, its
             model tensors do not fit `model` (names or shapes differ: another model config),
             it lacks a named extra state in `extra_state` or the scheduler state asked for, or
             the ranks pass different names; nothing is loaded then.
@@ -214,9 +281,7 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
         raise CheckpointError(f"{path} is not a complete checkpoint (no {META}, or not named step-N "
                               f"under {CHECKPOINTS}/)")
     meta = json.loads((path / META).read_text(encoding="utf-8"))
-    if meta.get("world_size") != dist_ctx.world_size:
-        raise CheckpointError(f"{path} was saved with world_size={meta.get('world_size')}, this run "
-                              f"has world_size={dist_ctx.world_size}; loader and RNG state are per rank")
+    rank_state = _rank_state_for(path, int(meta.get("world_size", 1)), dist_ctx)
     check_same_names_on_ranks(list(extra), dist_ctx, _device(model), f"loading {path}")
     match_saved_names(path, meta.get("extra_state", []), list(extra))
     trainer = torch.load(path / TRAINER, map_location="cpu", weights_only=True)
@@ -231,7 +296,6 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd)
     if scheduler is not None:
         scheduler.load_state_dict(trainer["scheduler"])
-    rank_state = torch.load(path / f"rank-{dist_ctx.rank}.pt", map_location="cpu", weights_only=True)
     loader.load_state_dict(rank_state["loader"])
     for name, obj in extra.items():
         obj.load_state_dict(rank_state["extra"][name])

@@ -17,7 +17,7 @@ from typing import Literal
 
 from xt.core.config.base import ConfigStruct, require, require_in
 
-__all__ = ["OptimConfig", "ScheduleConfig", "TrainConfig", "CheckpointConfig"]
+__all__ = ["OptimConfig", "ScheduleConfig", "TrainConfig", "CheckpointConfig", "TrackingConfig"]
 
 
 def _finite(x: float) -> bool:
@@ -118,6 +118,9 @@ class TrainConfig(ConfigStruct):
         peak_tflops: the accelerator's peak dense TFLOP/s for MFU (per device). None = auto:
             989 (H100/H200 bf16 dense) on CUDA; on CPU no peak is assumed and `mfu` is logged as
             null (set it to your CPU's peak to get an estimate).
+        max_minutes: time budget of the training loop in minutes (None = none). When it is spent
+            the run stops after the step under way, saves a checkpoint and exports like a
+            finished run; `--resume auto` continues it. > 0.
     """
 
     steps: int = 1000
@@ -130,6 +133,7 @@ class TrainConfig(ConfigStruct):
     log_every: int = 10
     out_dir: str = "runs/xt"
     peak_tflops: float | None = None
+    max_minutes: float | None = None
 
     def __post_init__(self) -> None:
         require(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
@@ -142,13 +146,21 @@ class TrainConfig(ConfigStruct):
         require(bool(self.out_dir), "out_dir", "must be a non-empty path")
         require(self.peak_tflops is None or (_finite(self.peak_tflops) and self.peak_tflops > 0),
                 "peak_tflops", f"must be > 0 or omitted, got {self.peak_tflops!r}")
+        require(self.max_minutes is None or (_finite(self.max_minutes) and self.max_minutes > 0),
+                "max_minutes", f"must be > 0 or omitted, got {self.max_minutes!r}")
 
 
 class CheckpointConfig(ConfigStruct):
     """Checkpointing and final export.
 
+    A run never loses more than `every_steps` steps or `every_minutes` minutes of work, whichever
+    comes first; SIGINT / SIGTERM also save a checkpoint after the step under way (see
+    `xt.core.engine.stop`).
+
     Attributes:
-        every_steps: save every this many optimizer steps; 0 = only at the end. >= 0.
+        every_steps: save every this many optimizer steps; 0 = no step cadence. >= 0.
+        every_minutes: save when this many minutes have passed since the last checkpoint (or the
+            start), checked after each step; 0 = no time cadence. >= 0. Default 30.
         keep_last: keep only the newest this many checkpoints; 0 = keep all. >= 0.
         save_final: save a checkpoint after the last step.
         hf_export: after the last step, call the Trainer's `export_hf(model, out_dir / "hf")`
@@ -158,6 +170,7 @@ class CheckpointConfig(ConfigStruct):
     """
 
     every_steps: int = 0
+    every_minutes: float = 30.0
     keep_last: int = 2
     save_final: bool = True
     hf_export: bool = True
@@ -165,6 +178,33 @@ class CheckpointConfig(ConfigStruct):
 
     def __post_init__(self) -> None:
         require(self.every_steps >= 0, "every_steps", f"must be >= 0, got {self.every_steps}")
+        require(_finite(self.every_minutes) and self.every_minutes >= 0, "every_minutes",
+                f"must be >= 0 (0 = no time cadence), got {self.every_minutes!r}")
         require(self.keep_last >= 0, "keep_last", f"must be >= 0 (0 = keep all), got {self.keep_last}")
         require(self.resume is None or bool(self.resume), "resume",
                 "must be 'auto', a checkpoint path, or omitted")
+
+
+class TrackingConfig(ConfigStruct):
+    """Experiment tracking beside ``metrics.jsonl`` (which is always written). Only the main rank logs.
+
+    Attributes:
+        tensorboard: write TensorBoard event files to ``out_dir/tensorboard`` (torch's
+            `SummaryWriter`; needs the ``tensorboard`` package, extra ``xt-core[tensorboard]``).
+            Every numeric metric of a step is a scalar at that step; on resume the events after the
+            checkpoint's step are purged.
+        wandb: Weights & Biases: "off" (default), "offline" (a local run under ``out_dir/wandb``,
+            no network; ``wandb sync`` uploads it later) or "online". Needs the ``wandb`` package
+            (extra ``xt-core[wandb]``).
+        project: the W&B project name.
+        run_name: the run's name in TensorBoard and W&B; None = the name of ``train.out_dir``.
+    """
+
+    tensorboard: bool = False
+    wandb: Literal["off", "offline", "online"] = "off"
+    project: str = "xt"
+    run_name: str | None = None
+
+    def __post_init__(self) -> None:
+        require_in(self.wandb, ("off", "offline", "online"), "wandb")
+        require(bool(self.project), "project", "must be a non-empty name")

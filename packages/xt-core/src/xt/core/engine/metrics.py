@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["effective_seq_len", "mfu", "max_memory_gib", "default_peak_tflops", "to_jsonable",
+__all__ = ["step_metrics", "effective_seq_len", "mfu", "max_memory_gib", "default_peak_tflops", "to_jsonable",
            "MetricsWriter", "read_metrics"]
 
 H100_H200_BF16_DENSE_TFLOPS = 989.0
@@ -167,3 +167,39 @@ def step_time_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, float] | N
     worst = later[-1]
     return {"median_s": median, "warmup_s": max(0.0, times[0] - median), "max_after_first_s": worst,
             "max_over_median": worst / median if median > 0 else float("inf")}
+
+
+_CORE_KEYS = {"step", "loss", "aux_loss", "grad_norm", "lr", "tokens_per_s", "mfu",
+              "max_memory_gib", "num_tokens", "loss_tokens", "seq_len", "step_time_s",
+              "skipped_steps"}
+
+
+def step_metrics(model: Any, stats: Any, *, grad_norm: float, lr: float, dt: float, step: int,
+                 skipped_steps: int, device: torch.device, peak_tflops: float | None,
+                 world_size: int) -> dict[str, Any]:
+    """The metrics record of one optimizer step (docs/architecture.md, Metrics), python numbers.
+
+    Args:
+        model: for ``flops_per_token(seq_len)`` (MFU; None without it).
+        stats: the step's `xt.core.engine.step.StepStats` (loss, aux_loss, token counts, seq_len,
+            the model's own ``metrics``, added under their names or ``model.NAME`` on a clash).
+        grad_norm, lr: from the optimizer step. dt: seconds of the step.
+        step, skipped_steps: the engine's counters after the step.
+        device: for ``max_memory_gib``. peak_tflops: per device, or None. world_size: ranks.
+    """
+    tokens_per_s = stats.num_tokens / dt if dt > 0 else None
+    fpt = getattr(model, "flops_per_token", None)
+    util = None
+    if callable(fpt) and tokens_per_s is not None:
+        util = mfu(float(fpt(max(1, round(stats.seq_len)))), tokens_per_s, peak_tflops, world_size)
+    m: dict[str, Any] = {
+        "step": step, "loss": float(stats.loss),
+        "aux_loss": None if stats.aux_loss is None else float(stats.aux_loss),
+        "grad_norm": grad_norm, "lr": lr, "tokens_per_s": tokens_per_s, "mfu": util,
+        "max_memory_gib": max_memory_gib(device), "num_tokens": stats.num_tokens,
+        "loss_tokens": stats.loss_tokens, "seq_len": stats.seq_len, "step_time_s": dt,
+        "skipped_steps": skipped_steps,
+    }
+    for k, v in stats.metrics.items():
+        m[f"model.{k}" if k in _CORE_KEYS else k] = v.cpu().tolist() if v.ndim else float(v)
+    return m

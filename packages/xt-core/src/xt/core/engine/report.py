@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 
-__all__ = ["ProgressReporter", "format_metrics", "plot_loss_curve"]
+__all__ = ["ProgressReporter", "format_metrics", "loss_figure", "plot_loss_curve"]
 
 
 def format_metrics(step: int, total: int, m: Mapping[str, Any]) -> str:
@@ -29,6 +29,8 @@ def format_metrics(step: int, total: int, m: Mapping[str, Any]) -> str:
         parts.append(f"mfu {100 * m['mfu']:.1f}%")
     if m.get("max_memory_gib") is not None:
         parts.append(f"mem {m['max_memory_gib']:.2f} GiB")
+    if m.get("eval_loss") is not None:
+        parts.append(f"eval_loss {m['eval_loss']:.4f} ppl {m['eval_ppl']:.1f}")
     if m.get("skipped_steps"):
         parts.append(f"skipped {m['skipped_steps']} (non-finite grad norm)")
     return " | ".join(parts)
@@ -68,14 +70,14 @@ class ProgressReporter:
         return self
 
     def update(self, step: int, metrics: Mapping[str, Any]) -> None:
-        """Advance the bar to `step`; print a line on log steps."""
+        """Advance the bar to `step`; print a line on log steps and on evaluation steps."""
         if not self.enabled:
             return
         if self._progress is not None:
             loss = metrics.get("loss")
             info = f"loss {loss:.4f}" if loss is not None else ""
             self._progress.update(self._task, completed=step, info=info)
-        if step % self.log_every == 0 or step == self.total:
+        if step % self.log_every == 0 or step == self.total or metrics.get("eval_loss") is not None:
             self.print(format_metrics(step, self.total, metrics))
 
     def print(self, text: str) -> None:
@@ -90,35 +92,55 @@ class ProgressReporter:
             self._progress = None
 
 
+def loss_figure(records: Sequence[Mapping[str, Any]], title: str = "training loss"):
+    """A matplotlib `Figure` of ``loss`` (and ``eval_loss`` where evaluated) against ``step`` and, when present, ``aux_loss`` on a
+    panel of its own below (it is ~100x smaller: on the loss axis it would be a flat line at 0 and
+    pull the axis down to 0). Each axis spans its own data. Records without a loss are skipped.
+
+    Returns:
+        The figure; ``fig.axes[0]`` is the loss panel, ``fig.axes[1]`` the aux-loss panel if any.
+    """
+    from matplotlib.figure import Figure  # no pyplot: no global backend state, Agg canvas
+
+    rows = [r for r in records if r.get("loss") is not None]
+    aux = [r for r in rows if r.get("aux_loss") is not None]
+    fig = Figure(figsize=(7, 5.5 if aux else 4), dpi=100)
+    axes = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1]) if aux else [fig.subplots()]
+    ax = axes[0]
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="loss (token-mean CE)")
+    ev = [r for r in rows if r.get("eval_loss") is not None]
+    if ev:
+        ax.plot([r["step"] for r in ev], [r["eval_loss"] for r in ev], "o-", label="eval_loss (held out)")
+    ax.set_ylabel("loss (nats)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    if aux:
+        axes[1].plot([r["step"] for r in aux], [r["aux_loss"] for r in aux], color="tab:orange", label="aux_loss")
+        axes[1].set_ylabel("aux_loss")
+        axes[1].grid(True, alpha=0.3)
+        axes[1].legend()
+    axes[-1].set_xlabel("step")
+    fig.tight_layout()
+    return fig
+
+
 def plot_loss_curve(records: Sequence[Mapping[str, Any]], path: str | Path,
                     title: str = "training loss") -> Path:
-    """Write a PNG of ``loss`` (and ``aux_loss`` when present) against ``step``.
+    """Write the PNG of `loss_figure` to `path` (parent folders created; temp file, then rename).
 
     Args:
         records: metrics dicts with ``step`` and ``loss`` (e.g. `read_metrics` output); records
             without a loss are skipped.
-        path: the PNG to write (parent folders created).
+        path: the PNG to write.
         title: plot title.
 
     Returns:
         The written path.
     """
-    from matplotlib.figure import Figure  # no pyplot: no global backend state, Agg canvas
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    rows = [r for r in records if r.get("loss") is not None]
-    fig = Figure(figsize=(7, 4), dpi=100)
-    ax = fig.subplots()
-    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="loss (token-mean CE)")
-    aux = [r for r in rows if r.get("aux_loss") is not None]
-    if aux:
-        ax.plot([r["step"] for r in aux], [r["aux_loss"] for r in aux], label="aux_loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, format="png")
+    tmp = path.with_name(f".{path.name}.tmp")
+    loss_figure(records, title).savefig(tmp, format="png")
+    tmp.replace(path)
     return path

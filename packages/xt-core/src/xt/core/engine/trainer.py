@@ -13,8 +13,7 @@ When it is exhausted the run stops early (an incomplete last step is dropped).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,23 +21,24 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from xt.core.checkpoint import (Stateful, latest_checkpoint, load_checkpoint, resolve_resume,
-                                save_checkpoint, seed_everything)
+from xt.core.checkpoint import (Stateful, latest_checkpoint, load_checkpoint, read_saved_extra_state,
+                                resolve_resume, save_checkpoint, saved_world_size, seed_everything)
 from xt.core.checkpoint.extra import check_extra_state
 from xt.core.checkpoint.layout import saved_extra_state_names
-from xt.core.config import CheckpointConfig, OptimConfig, ScheduleConfig, TrainConfig
+from xt.core.config import CheckpointConfig, OptimConfig, ScheduleConfig, TrackingConfig, TrainConfig
 from xt.core.distributed import DistContext
 from xt.core.engine.engine import Engine
-from xt.core.engine.metrics import (MetricsWriter, default_peak_tflops, max_memory_gib, mfu,
-                                    read_metrics)
+from xt.core.engine.evaluate import evaluate_loss
+from xt.core.engine.metrics import MetricsWriter, default_peak_tflops, read_metrics, step_metrics
 from xt.core.engine.report import ProgressReporter, plot_loss_curve
+from xt.core.engine.result import TrainResult
+from xt.core.engine.resume import (RUN_SETTINGS, RunSettings, apply_fresh_hyperparameters, changed_settings,
+                                   refuse_changes, resume_report, snapshot_hyperparameters)
 from xt.core.engine.step import StepStats
+from xt.core.engine.stop import StopDecision, StopWatch
+from xt.core.engine.tracking import Trackers
 
 __all__ = ["Trainer", "TrainResult", "ENGINE_STATE"]
-
-_CORE_KEYS = {"step", "loss", "aux_loss", "grad_norm", "lr", "tokens_per_s", "mfu",
-              "max_memory_gib", "num_tokens", "loss_tokens", "seq_len", "step_time_s",
-              "skipped_steps"}
 
 #: the name under which `Trainer` checkpoints its `Engine` (step counters + LR schedule)
 ENGINE_STATE = "engine"
@@ -47,31 +47,6 @@ ENGINE_STATE = "engine"
 def _from_engine(name: str, doc: str) -> property:
     """A read-only Trainer attribute that is the engine's attribute `name`."""
     return property(lambda self: getattr(self.engine, name), doc=doc)
-
-
-@dataclass
-class TrainResult:
-    """Outcome of `Trainer.fit`.
-
-    Attributes:
-        step: optimizer steps completed.
-        metrics: the last step's metrics (empty if no step ran).
-        metrics_path, plot_path: ``out_dir/metrics.jsonl`` and ``out_dir/loss.png``.
-        checkpoint: the last checkpoint saved or resumed from, or None.
-        hf_path: the HF export folder, or None if not exported.
-        wall_s: seconds spent in `fit`.
-        stopped_early: True when the loader ran out before the configured steps.
-    """
-
-    step: int
-    metrics: dict[str, Any]
-    metrics_path: Path
-    plot_path: Path | None
-    checkpoint: Path | None
-    hf_path: Path | None
-    wall_s: float
-    stopped_early: bool = False
-    resumed_from: Path | None = field(default=None)
 
 
 class Trainer:
@@ -92,6 +67,12 @@ class Trainer:
         export_hf: ``export_hf(model, path)`` writing the final model in HF format; called on
             every rank when `checkpoint.hf_export` is set (it must gather/write on rank 0 itself).
         console: rich console for the progress bar and log lines (default stdout).
+        eval_batches, eval_every: held-out micro-batches of this rank (iterated once per
+            evaluation; the same count on every rank) and the cadence in steps (0 = none); the
+            step's record then gets ``eval_loss``, ``eval_ppl`` and ``eval_tokens``
+            (`xt.core.engine.evaluate.evaluate_loss`), also after the last step.
+        tracking: TensorBoard / W&B beside metrics.jsonl (`xt.core.engine.tracking`), main rank
+            only; `run_config` (a dict, e.g. the resolved config) is recorded by W&B.
         extra_state: named `Stateful` objects (``state_dict()`` / ``load_state_dict()``) saved
             with every checkpoint and restored on resume (`xt.core.checkpoint.extra`); the name
             ``"engine"`` is the Trainer's own.
@@ -99,7 +80,8 @@ class Trainer:
     Raises:
         TypeError: if `loader` lacks `state_dict`/`load_state_dict`, the model has no
             parameters, or an `extra_state` entry is not a Stateful.
-        ValueError: if `extra_state` uses the name ``"engine"``.
+        ValueError: if `extra_state` uses the name ``"engine"`` or ``"settings"``, or `eval_every`
+            is set without `eval_batches`.
     """
 
     def __init__(self, model: nn.Module, loader: Any, train: TrainConfig,
@@ -108,22 +90,31 @@ class Trainer:
                  dist: DistContext | None = None,
                  export_hf: Callable[[nn.Module, Path], None] | None = None,
                  console: Console | None = None,
-                 extra_state: Mapping[str, Stateful] | None = None) -> None:
+                 extra_state: Mapping[str, Stateful] | None = None,
+                 eval_batches: Iterable[Mapping[str, Any]] | None = None, eval_every: int = 0,
+                 tracking: TrackingConfig = TrackingConfig(), run_config: Mapping[str, Any] | None = None) -> None:
         for attr in ("state_dict", "load_state_dict", "__iter__"):
             if not callable(getattr(loader, attr, None)):
                 raise TypeError(f"loader {type(loader).__name__} has no {attr}(); the engine "
                                 "needs an iterable with state_dict()/load_state_dict() "
                                 "(docs/contracts.md, Loader)")
         extra = check_extra_state(extra_state)
-        if ENGINE_STATE in extra:
-            raise ValueError(f"Trainer: extra_state name {ENGINE_STATE!r} is the Trainer's own "
-                             "(its Engine); pick another name")
+        for own in (ENGINE_STATE, RUN_SETTINGS):
+            if own in extra:
+                raise ValueError(f"Trainer: extra_state name {own!r} is the Trainer's own "
+                                 "(its Engine and its config sections); pick another name")
         self.engine = Engine.from_config(model, train, optim, schedule, dist=dist)
+        self.settings = RunSettings(train=train, optim=optim, schedule=schedule)
+        self.resume_changes: list[tuple[str, Any, Any]] | None = None
         self.model, self.loader, self.extra_state = model, loader, extra
         self.train_cfg, self.optim_cfg = train, optim
         self.schedule_cfg, self.ckpt_cfg = schedule, checkpoint
         self.dist = self.engine.dist
         self.export_hf = export_hf
+        if eval_every and eval_batches is None:
+            raise ValueError("Trainer: eval_every > 0 needs eval_batches")
+        self.eval_batches, self.eval_every = eval_batches, eval_every
+        self.tracking, self.run_config = tracking, run_config
         self.console = console or Console()
         self.device = self.engine.device
         self.out_dir = Path(train.out_dir)
@@ -171,27 +162,18 @@ class Trainer:
         return {**self._metrics(stats, opt.grad_norm, opt.lr, dt), **opt.metrics}
 
     def _metrics(self, stats: StepStats, grad_norm: float, lr: float, dt: float) -> dict[str, Any]:
-        tokens_per_s = stats.num_tokens / dt if dt > 0 else None
-        fpt = getattr(self.model, "flops_per_token", None)
-        util = None
-        if callable(fpt) and tokens_per_s is not None:
-            util = mfu(float(fpt(max(1, round(stats.seq_len)))), tokens_per_s, self.peak_tflops,
-                       self.dist.world_size)
-        m: dict[str, Any] = {
-            "step": self.step, "loss": float(stats.loss),
-            "aux_loss": None if stats.aux_loss is None else float(stats.aux_loss),
-            "grad_norm": grad_norm, "lr": lr, "tokens_per_s": tokens_per_s, "mfu": util,
-            "max_memory_gib": max_memory_gib(self.device), "num_tokens": stats.num_tokens,
-            "loss_tokens": stats.loss_tokens, "seq_len": stats.seq_len, "step_time_s": dt,
-            "skipped_steps": self.engine.skipped_steps,
-        }
-        for k, v in stats.metrics.items():
-            m[f"model.{k}" if k in _CORE_KEYS else k] = v.cpu().tolist() if v.ndim else float(v)
-        return m
+        return step_metrics(self.model, stats, grad_norm=grad_norm, lr=lr, dt=dt, step=self.step,
+                            skipped_steps=self.engine.skipped_steps, device=self.device,
+                            peak_tflops=self.peak_tflops, world_size=self.dist.world_size)
 
     # -- checkpoints ------------------------------------------------------------------------
-    def _checkpointed_state(self) -> dict[str, Stateful]:
-        return {ENGINE_STATE: self.engine, **self.extra_state}
+    def _checkpointed_state(self, names: list[str] | None = None) -> dict[str, Stateful]:
+        """What a checkpoint holds by name; for a load, `names` (the checkpoint's) drops the
+        run settings from checkpoints written before they were saved."""
+        state = {ENGINE_STATE: self.engine, RUN_SETTINGS: self.settings, **self.extra_state}
+        if names is not None and RUN_SETTINGS not in names:
+            del state[RUN_SETTINGS]
+        return state
 
     def save(self) -> Path:
         """Checkpoint the current state (collective; see `save_checkpoint`): model and optimizer
@@ -205,9 +187,14 @@ class Trainer:
         """Restore a checkpoint (model, optimizer, engine and LR schedule, loader, extra states,
         RNG); returns its step.
 
+        The current ``[optim]`` hyper-parameters, ``[schedule]`` and ``train.steps`` apply from
+        the next step; what changed since the checkpoint is kept in ``resume_changes`` (None for a
+        checkpoint that does not record its settings), see `xt.core.engine.resume`.
+
         Raises:
             xt.core.errors.CheckpointError: see `load_checkpoint`, e.g. the checkpoint lacks one
-                of this Trainer's named extra states. A checkpoint written before the engine
+                of this Trainer's named extra states, or a changed setting that cannot apply
+                (``optim.decay_1d_params``). A checkpoint written before the engine
                 state existed (no ``engine`` entry) loads its step and LR schedule from
                 ``trainer.pt`` instead.
         """
@@ -220,8 +207,15 @@ class Trainer:
             self.engine.load_state_dict({"step": step, "skipped_steps": 0,
                                          "scheduler": None if sched is None else sched.state_dict()})
             return step
-        return load_checkpoint(path, self.model, self.optimizer, None, self.loader, self.dist,
-                               extra_state=self._checkpointed_state())  # the engine re-casts its copies
+        self.resume_changes = None
+        if names is not None and RUN_SETTINGS in names:
+            self.resume_changes = changed_settings(read_saved_extra_state(path, RUN_SETTINGS), self.settings.current)
+            refuse_changes(self.resume_changes, path)
+        fresh = snapshot_hyperparameters(self.optimizer, self.engine.scheduler)
+        step = load_checkpoint(path, self.model, self.optimizer, None, self.loader, self.dist,
+                               extra_state=self._checkpointed_state(names))  # the engine re-casts its copies
+        apply_fresh_hyperparameters(self.optimizer, self.engine.scheduler, fresh)
+        return step
 
     # -- the run ----------------------------------------------------------------------------
     def _draw(self, it: Any) -> list[dict[str, Any]] | None:
@@ -243,6 +237,12 @@ class Trainer:
                 resume + M steps equal N + M steps in one go.
             until_step: stop after this step (the LR schedule still spans `train.steps`).
 
+        On the main thread, the first SIGINT or SIGTERM lets the step under way finish, saves a
+        checkpoint and returns with ``interrupted`` set (a second one raises `KeyboardInterrupt`
+        at once); ``train.max_minutes`` stops the same way but also exports; a checkpoint is
+        saved every ``checkpoint.every_steps`` steps and ``checkpoint.every_minutes`` minutes
+        (`xt.core.engine.stop`).
+
         Returns:
             `TrainResult` (outputs are under `train.out_dir`).
 
@@ -258,29 +258,28 @@ class Trainer:
         if self.device.type == "cuda":  # max_memory_gib is this run's peak, not the process's
             torch.cuda.reset_peak_memory_stats(self.device)
         cfg, main = self.train_cfg, self.dist.is_main
-        path = resolve_resume(resume if resume is not None else self.ckpt_cfg.resume, self.out_dir)
-        if path is not None:
-            self.load(path)
-        else:
-            old = latest_checkpoint(self.out_dir)
-            if old is not None:
-                raise FileExistsError(
-                    f"{self.out_dir} already holds checkpoints (latest {old.name}) from an earlier "
-                    "run; resume it with resume='auto' (--resume auto) or use another "
-                    "train.out_dir")
-            seed_everything(cfg.seed)
+        asked = resume if resume is not None else self.ckpt_cfg.resume
+        path = self._start(asked)
         self.model.train()
         metrics_path = self.out_dir / "metrics.jsonl"
         writer = MetricsWriter(metrics_path, self.step if path else None) if main else None
+        enabled = self.tracking.tensorboard or self.tracking.wandb != "off"
+        trackers = Trackers(self.tracking, self.out_dir, self.step, self.run_config) if main and enabled else None
         last_ckpt: Path | None = path
         last: dict[str, Any] = {}
         stop = min(cfg.steps, until_step if until_step is not None else cfg.steps)
-        every, early = self.ckpt_cfg.every_steps, False
+        every, early, why = self.ckpt_cfg.every_steps, False, StopDecision()
         it = iter(self.loader)
+        watch = StopWatch(cfg.max_minutes, self.ckpt_cfg.every_minutes)
         try:
-            with ProgressReporter(stop, self.step, cfg.log_every, main, self.console) as rep:
+            with watch, ProgressReporter(stop, self.step, cfg.log_every, main, self.console) as rep:
                 if path is not None:
-                    rep.print(f"resumed from {path} at step {self.step}")
+                    for line in resume_report(path, self.step, saved_world_size(path), self.dist.world_size,
+                                              self.resume_changes):
+                        rep.print(line)
+                elif asked == "auto":
+                    rep.print(f"resume auto: no complete checkpoint in {self.out_dir / 'checkpoints'}; "
+                              "starting a fresh run at step 1")
                 while self.step < stop:
                     mbs = self._draw(it)
                     if mbs is None:
@@ -288,18 +287,30 @@ class Trainer:
                         rep.print(f"loader exhausted after step {self.step}; stopping")
                         break
                     last = self.train_step(mbs)
+                    if self.eval_every and (self.step % self.eval_every == 0 or self.step == cfg.steps):
+                        last.update(evaluate_loss(self.engine, self.eval_batches))
                     if writer:
                         writer.write(last)
+                    if trackers:
+                        trackers.log(last)
                     rep.update(self.step, last)
-                    if every and self.step % every == 0:
+                    why = watch.poll(self.dist, self.device)
+                    if why.stop:
+                        rep.print(f"{why.signal or 'train.max_minutes'}: stopping after step {self.step}")
+                        break
+                    if (every and self.step % every == 0) or why.checkpoint_due:
                         last_ckpt = self.save()
+                        watch.checkpointed()
+                saved_now = last_ckpt is not None and last_ckpt.name == f"step-{self.step}"
+                if (self.ckpt_cfg.save_final or why.stop) and not saved_now:
+                    last_ckpt = self.save()  # still under the handlers: a first signal cannot cut it
         finally:
             if writer:
                 writer.close()
-        saved_now = last_ckpt is not None and last_ckpt.name == f"step-{self.step}"
-        if self.ckpt_cfg.save_final and not saved_now:
-            last_ckpt = self.save()
-        hf_path = self._export() if self.step >= cfg.steps or early else None
+            if trackers:
+                trackers.close()
+        done = self.step >= cfg.steps or early or why.out_of_time
+        hf_path = self._export() if done and why.signal is None else None
         plot_path = None
         if main and metrics_path.exists():
             plot_path = plot_loss_curve(read_metrics(metrics_path, strict=False),
@@ -307,7 +318,22 @@ class Trainer:
         return TrainResult(step=self.step, metrics=last, metrics_path=metrics_path,
                            plot_path=plot_path, checkpoint=last_ckpt, hf_path=hf_path,
                            wall_s=time.perf_counter() - t_start, stopped_early=early,
-                           resumed_from=path)
+                           resumed_from=path, interrupted=why.signal, out_of_time=why.out_of_time)
+
+    def _start(self, resume: str | Path | None) -> Path | None:
+        """Load the checkpoint `resume` names, or seed a fresh run; returns the checkpoint or None."""
+        path = resolve_resume(resume, self.out_dir)
+        if path is not None:
+            self.load(path)
+            return path
+        old = latest_checkpoint(self.out_dir)
+        if old is not None:
+            raise FileExistsError(
+                f"{self.out_dir} already holds checkpoints (latest {old.name}) from an earlier "
+                "run; resume it with resume='auto' (--resume auto) or use another "
+                "train.out_dir")
+        seed_everything(self.train_cfg.seed)
+        return None
 
     def _export(self) -> Path | None:
         if not self.ckpt_cfg.hf_export:

@@ -3,7 +3,8 @@
 {"total_size": bytes}, "weight_map": {key: file}}``), as transformers' ``save_pretrained`` does.
 
 Every file is written to a temporary name in the target folder and renamed into place
-(``os.replace``), so a reader never sees a half-written file.
+(``os.replace``), so a reader never sees a half-written file. Files get the usual mode of the
+process umask (``0o644`` under umask 022), like any other file the user writes.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-__all__ = ["parse_size", "CheckpointReader", "write_safetensors", "atomic_write_text"]
+__all__ = ["parse_size", "CheckpointReader", "write_safetensors", "atomic_write_text", "default_file_mode"]
 
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
@@ -41,6 +42,13 @@ def parse_size(size: int | str) -> int:
     if n <= 0:
         raise ValueError(f"max_shard_size must be > 0; got {size!r}")
     return n
+
+
+def default_file_mode() -> int:
+    """The mode a newly created file gets under the process umask (``0o644`` under umask 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -123,6 +131,7 @@ def write_safetensors(state: dict[str, torch.Tensor], path: str | Path, max_shar
         # copy per shard: views of one stacked tensor must not share storage in safetensors
         save_file({k: v.detach().to("cpu", copy=True).contiguous() for k, v in shard.items()}, str(tmp),
                   metadata={"format": "pt"})
+        os.chmod(tmp, default_file_mode())  # safetensors creates its files 0600: others could not read the export
         os.replace(tmp, out / name)
     written = list(names)
     if n > 1:

@@ -1,0 +1,62 @@
+"""Helpers shared by the `xt` subprocess tests: run the command, pass `--set` items, wait for a file."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+#: `--set` items that keep a test run short: no HF export, no greedy sample
+QUICK = ["checkpoint.hf_export=false", "sample.max_new_tokens=0"]
+
+
+def xt_run(*args: str, env: dict[str, str] | None = None, timeout: int = 180) -> subprocess.CompletedProcess:
+    """Run `python -m xt.cli.main ARGS` (stdout, stderr captured as text; XT_DEBUG unset)."""
+    full_env = {k: v for k, v in os.environ.items() if k != "XT_DEBUG"}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "xt.cli.main", *args], capture_output=True, text=True,
+                          timeout=timeout, env=full_env)
+
+
+def set_args(items: list[str]) -> list[str]:
+    """``["a=1", "b=2"]`` -> ``["--set", "a=1", "--set", "b=2"]``."""
+    return [a for item in items for a in ("--set", item)]
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
+    """Poll until `path` exists; fail with the process's output if it ends first or time runs out."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.05)
+
+
+def metric_rows(out_dir: Path) -> list[dict]:
+    """The records of ``out_dir/metrics.jsonl``, in file order."""
+    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def signal_mid_run(args: list[str], wait_path: Path, sig: int) -> tuple[int, str, str]:
+    """Start `python -m xt.cli.main ARGS`, send `sig` once `wait_path` exists, and wait for the end.
+
+    The child starts with SIGINT at its default: a test run from a background shell job inherits
+    SIGINT ignored, and Python would then install no handler for it.
+
+    Returns:
+        (exit status, stdout, stderr).
+    """
+    proc = subprocess.Popen([sys.executable, "-m", "xt.cli.main", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        wait_for(wait_path, proc)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, out, err
