@@ -14,6 +14,11 @@ writes the ``[R, 2F]`` activations several more times in the forward and backwar
   ``d_gate_up[R, 2F]`` directly; the weight gradients and dX are the plain grouped GEMMs of
   :mod:`xt.kernels.moe.gg_op` (experts without rows get exactly zero weight gradient).
 
+With bf16/fp16 compute copies of fp32 master weights (`xt.core.engine.compute_weights`) and the
+m-grouped products in Triton, the two weight gradients of every micro-batch after a step's first
+are added into the masters' fp32 ``.grad`` in the k-grouped kernel's epilogue instead of being
+returned (``_wgrad``; docs/architecture.md, gradient accumulation fusion).
+
 The fused epilogues exist in the Triton kernel set (:mod:`xt.kernels.moe.gg_triton`); the other
 kernel sets (``torch``, ``npu``, ``loop``) run the same two custom ops with the activation in
 PyTorch, so every backend gives the same function.
