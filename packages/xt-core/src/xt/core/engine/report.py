@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 
-__all__ = ["ProgressReporter", "format_metrics", "plot_loss_curve"]
+__all__ = ["ProgressReporter", "format_metrics", "plot_curves", "plot_loss_curve"]
 
 
 def format_metrics(step: int, total: int, m: Mapping[str, Any]) -> str:
@@ -17,6 +17,8 @@ def format_metrics(step: int, total: int, m: Mapping[str, Any]) -> str:
     parts = [f"step {step}/{total}"]
     if m.get("loss") is not None:
         parts.append(f"loss {m['loss']:.4f}")
+    if m.get("reward_mean") is not None:
+        parts.append(f"reward {m['reward_mean']:.3f}")
     if m.get("aux_loss") is not None:
         parts.append(f"aux {m['aux_loss']:.4f}")
     if m.get("lr") is not None:
@@ -72,8 +74,9 @@ class ProgressReporter:
         if not self.enabled:
             return
         if self._progress is not None:
-            loss = metrics.get("loss")
-            info = f"loss {loss:.4f}" if loss is not None else ""
+            loss, reward = metrics.get("loss"), metrics.get("reward_mean")
+            info = (f"loss {loss:.4f}" if loss is not None else
+                    f"reward {reward:.3f}" if reward is not None else "")
             self._progress.update(self._task, completed=step, info=info)
         if step % self.log_every == 0 or step == self.total:
             self.print(format_metrics(step, self.total, metrics))
@@ -90,6 +93,40 @@ class ProgressReporter:
             self._progress = None
 
 
+def plot_curves(records: Sequence[Mapping[str, Any]], path: str | Path, series: Mapping[str, str], *,
+                title: str, ylabel: str) -> Path:
+    """Write a PNG of one line per metric against ``step``.
+
+    Args:
+        records: metrics dicts with ``step`` (e.g. `read_metrics` output).
+        path: the PNG to write (parent folders created).
+        series: ``{metric key: legend label}``; records where a key is missing or None are skipped
+            for that line, and a key with no value at all draws nothing.
+        title, ylabel: the plot's title and y-axis label.
+
+    Returns:
+        The written path.
+    """
+    from matplotlib.figure import Figure  # no pyplot: no global backend state, Agg canvas
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = Figure(figsize=(7, 4), dpi=100)
+    ax = fig.subplots()
+    for key, label in series.items():
+        rows = [r for r in records if r.get(key) is not None]
+        if rows:
+            ax.plot([r["step"] for r in rows], [r[key] for r in rows], label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    return path
+
+
 def plot_loss_curve(records: Sequence[Mapping[str, Any]], path: str | Path,
                     title: str = "training loss") -> Path:
     """Write a PNG of ``loss`` (and ``aux_loss`` when present) against ``step``.
@@ -103,22 +140,6 @@ def plot_loss_curve(records: Sequence[Mapping[str, Any]], path: str | Path,
     Returns:
         The written path.
     """
-    from matplotlib.figure import Figure  # no pyplot: no global backend state, Agg canvas
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     rows = [r for r in records if r.get("loss") is not None]
-    fig = Figure(figsize=(7, 4), dpi=100)
-    ax = fig.subplots()
-    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="loss (token-mean CE)")
-    aux = [r for r in rows if r.get("aux_loss") is not None]
-    if aux:
-        ax.plot([r["step"] for r in aux], [r["aux_loss"] for r in aux], label="aux_loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    return path
+    return plot_curves(rows, path, {"loss": "loss (token-mean CE)", "aux_loss": "aux_loss"}, title=title,
+                       ylabel="loss")
