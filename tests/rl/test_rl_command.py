@@ -10,15 +10,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner
 from rich.console import Console
 
+from xt.cli.main import cli
 from xt.cli.rl import run_rl
 
 HERE = Path(__file__).resolve().parent
@@ -144,11 +144,10 @@ def test_moe_run_with_routing_replay_logs_the_agreement(tmp_path):
 def test_config_mistakes_are_one_error_line(tmp_path, line, value, needles):
     path = _config(tmp_path, "bad")
     path.write_text(path.read_text().replace(line, value))
-    r = subprocess.run([sys.executable, "-m", "xt.cli.main", "rl", str(path)], capture_output=True, text=True,
-                       timeout=120)
-    out = r.stdout + r.stderr
-    assert r.returncode == 1 and "Traceback" not in out, out
-    errors = [x for x in r.stderr.splitlines() if x.startswith("error: ")]
+    r = CliRunner().invoke(cli, ["rl", str(path)])
+    out = r.output
+    assert r.exit_code == 1 and "Traceback" not in out, out
+    errors = [x for x in out.splitlines() if x.startswith("error: ")]
     assert len(errors) == 1, out
     for n in needles:
         assert n in errors[0], (n, errors[0])

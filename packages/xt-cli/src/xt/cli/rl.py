@@ -7,8 +7,8 @@ samples, tokenizer, resume path) -> seed -> model (`xt.models.build_run_model`) 
 (with a frozen reference copy when ``rl.kl_coef > 0``) -> `GRPOLoop.step` per RL step, each making
 ``rollout.updates_per_step`` optimizer steps. Outputs under ``train.out_dir``: ``metrics.jsonl``
 (one line per RL step), ``reward.png``, ``checkpoints/step-N`` (model, optimizer, engine/schedule,
-prompt position, weight version, RNG; atomic) and, with ``--resume auto``, a run that continues
-exactly as if it had not stopped.
+prompt position, weight version, RNG; atomic; with ``--resume auto`` the run continues exactly as
+if it had not stopped) and ``hf/`` (the trained policy, with ``checkpoint.hf_export``).
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from xt.core.engine.metrics import MetricsWriter
 from xt.core.engine.report import ProgressReporter, plot_curves
 from xt.data import load_tokenizer
 from xt.kernels.config import apply_kernels_config
-from xt.models import build_run_model, check_model_section
+from xt.models import build_run_model, check_model_section, save_pretrained
 from xt.rl.loop.grpo import GRPOLoop, RewardWorker
 from xt.rl.loop.prompts import PromptSource, render_prompt, task_samples
 from xt.rl.loop.trainer import PolicyTrainer
@@ -51,6 +51,7 @@ class RLResult:
     checkpoint: Path | None
     resumed_from: Path | None
     wall_s: float
+    hf_path: Path | None = None
 
 
 class _RunState:
@@ -135,6 +136,8 @@ def run_rl(config: str | Path | None, overrides: Sequence[str] = (), resume: str
     extra = {"engine": engine, "rl_run": state}
     if path is not None:
         load_checkpoint(path, model, engine.optimizer, None, prompts, extra_state=extra)
+    if cfg.train.peak_tflops is not None:
+        console.print("[yellow]warning[/yellow]: train.peak_tflops is not used by xt rl (it reports no MFU)")
     n_params = sum(p.numel() for p in model.parameters())
     console.print(f"[bold]xt rl[/bold] {escape(str(config))}: {type(model).__name__}, {n_params / 1e6:.1f}M "
                   f"parameters, device {device}; task {cfg.task.source}:{cfg.task.name} ({len(samples)} samples), "
@@ -174,10 +177,14 @@ def run_rl(config: str | Path | None, overrides: Sequence[str] = (), resume: str
             trainer.close()
     if cfg.checkpoint.save_final and (last_ckpt is None or last_ckpt.name != f"step-{engine.step}"):
         last_ckpt = save()
+    hf = None
+    if cfg.checkpoint.hf_export:
+        hf = out_dir / "hf"
+        save_pretrained(model, hf)
     rows = read_metrics(metrics_path, strict=False)
     plot = plot_curves(rows, out_dir / "reward.png", {"reward_mean": "reward mean", "pass_at_1": "pass@1"},
                        title=f"xt rl: {cfg.task.name}", ylabel="reward") if rows else None
-    result = RLResult(engine.step, last, metrics_path, plot, last_ckpt, path, time.perf_counter() - t_start)
+    result = RLResult(engine.step, last, metrics_path, plot, last_ckpt, path, time.perf_counter() - t_start, hf)
     _report(console, rows, result)
     return result
 
@@ -193,3 +200,5 @@ def _report(console: Console, rows: list[dict[str, Any]], r: RLResult) -> None:
         console.print(f"  reward plot {r.plot_path}")
     if r.checkpoint:
         console.print(f"  checkpoint  {r.checkpoint}")
+    if r.hf_path:
+        console.print(f"  HF model    {r.hf_path}")

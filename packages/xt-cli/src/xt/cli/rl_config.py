@@ -9,7 +9,7 @@ One TOML file, one table per section::
     [train]      # xt.core TrainConfig: steps (optimizer steps), micro-batches, dtype, seed, out_dir
     [optim]      # xt.core OptimConfig (AdamW)
     [schedule]   # xt.core ScheduleConfig
-    [checkpoint] # xt.core CheckpointConfig (every_steps, keep_last, resume; hf_export is not used by xt rl)
+    [checkpoint] # xt.core CheckpointConfig (every_steps, keep_last, save_final, resume, hf_export)
     [kernels]    # xt.kernels KernelsConfig
 
 Load with :func:`load_rl_config`; ``--set section.key=value`` overrides any entry. Every error names
@@ -46,6 +46,9 @@ class RLRunConfig(RunSections):
         per_update = self.rollout.prompts_per_step * self.rollout.group_size // u
         require(self.train.micro_batches_per_step <= per_update, "train.micro_batches_per_step",
                 f"must be <= the samples of one update ({per_update}), got {self.train.micro_batches_per_step}")
+        require(not (self.rl.kl_coef > 0 and self.rl.kl_in == "reward"), "rl.kl_in",
+                "'reward' (KL subtracted from the reward) is not wired into xt rl yet; use 'loss' "
+                "(xt.rl.kl.kl_penalized_rewards is there for a driver of your own)")
         require(self.rl.max_response_tokens == 0 or self.rl.max_response_tokens >= self.rollout.max_new_tokens,
                 "rl.max_response_tokens", f"must be 0 (= rollout.max_new_tokens) or >= rollout.max_new_tokens "
                 f"({self.rollout.max_new_tokens}), got {self.rl.max_response_tokens}")

@@ -44,7 +44,9 @@ def routing_agreement(model: nn.Module, batch: Mapping[str, Any]) -> dict[str, f
     dev = next(model.parameters()).device
     inputs = {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
     with record_routing(model) as rec:
-        model(**inputs)  # no routed_experts: a replay pre-hook clears the routers, they route themselves
+        # no routed_experts: a replay pre-hook clears the routers, they route themselves; the
+        # hidden states are enough (no [T, V] logits)
+        model(**inputs, return_hidden=True)
     own = rec.call(0)
     rec_ids = recorded.to(own.device, torch.int64)
     if own.shape != rec_ids.shape:
