@@ -4,7 +4,8 @@ Per step (a `TrainRequest`): the samples are split in order into ``updates_per_s
 each update into ``micro_batches`` RL micro-batches (`xt.rl.batch.pack_samples`, with the rollout's
 log-probs and, under routing replay, its experts). With more than one update the old log-probs of
 all samples are computed first (`forward_log_probs`, the policy before this step); with one they
-are the current ones (ratio 1 exactly, no extra forward). A reference model, when ``rl.kl_coef > 0``,
+are the current ones (ratio 1 exactly, no extra forward). On MoE models the routing agreement with
+the rollout (`xt.rl.replay.routing_agreement`) is measured before each update and averaged. A reference model, when ``rl.kl_coef > 0``,
 gives ``ref_log_probs``. Each update is ``Engine.forward_backward(mbs, PolicyLoss)`` then
 ``optim_step``, and bumps the weight version.
 """
@@ -99,10 +100,7 @@ class PolicyTrainer:
 
         updates = [[samples[i] for i in part] for part in split_evenly(len(samples), self.updates_per_step)]
         per_update = [self._batches(u, self.routing_replay) for u in updates]
-        if self.is_moe and has_experts:  # how often the trainer's own routing differs from the rollout's
-            for mb in self._batches(samples, True):
-                for k, v in routing_agreement(self.engine.model, mb).items():
-                    add(k, v)
+        measure = self.is_moe and has_experts  # how often the trainer's own routing differs from the rollout's
         if self.updates_per_step > 1:
             for mbs in per_update:
                 for mb, old in zip(mbs, forward_log_probs(self.engine, mbs, temperature=self.rl.temperature)):
@@ -112,7 +110,11 @@ class PolicyTrainer:
                 for mb, ref in zip(mbs, forward_log_probs(self.reference, mbs, temperature=self.rl.temperature)):
                     mb["ref_log_probs"] = ref
         tokens = 0
-        for mbs in per_update:
+        for u, mbs in zip(updates, per_update):
+            if measure:  # before each update: after the first one the weights are no longer the rollout's
+                for mb in (mbs if self.routing_replay else self._batches(u, True)):
+                    for k, v in routing_agreement(self.engine.model, mb).items():
+                        add(k, v)
             self.engine.zero_grad()
             stats = self.engine.forward_backward(mbs, self.loss)
             opt = self.engine.optim_step()
