@@ -49,6 +49,19 @@ def demo(session: nox.Session) -> None:
 
 
 @nox.session
+def rl_demo(session: nox.Session) -> None:
+    """GRPO on SmolLM2-135M-Instruct for one-digit arithmetic (CPU; README, "RL on the CPU").
+
+    Converts the pinned GGUF asset to an HF folder once (`runs/smollm2-135m-instruct`), then runs
+    `xt rl examples/rl_smollm2_arithmetic.toml --resume auto` (extra args are passed on).
+    """
+    _install_xt(session, "reasoning-gym>=0.1.25", "gguf>=0.10")
+    if not os.path.isdir("runs/smollm2-135m-instruct"):
+        session.run("xt", "convert", "asset:smollm2-135m-instruct-gguf", "runs/smollm2-135m-instruct", env=_env())
+    session.run("xt", "rl", "examples/rl_smollm2_arithmetic.toml", "--resume", "auto", *session.posargs, env=_env())
+
+
+@nox.session
 def tests(session: nox.Session) -> None:
     """Install everything and run the whole suite (CI runs exactly this)."""
     _install_xt(session, *TEST_DEPS)

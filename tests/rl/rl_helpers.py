@@ -144,3 +144,25 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """``||a - b|| / ||b||`` in float64 (docs/architecture.md, Numerics)."""
     a, b = torch.as_tensor(a).detach().double(), torch.as_tensor(b).detach().double()
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def tiny_moe(arch: str, seed: int = 0, dtype: torch.dtype = torch.float32):
+    """A 2-MoE-layer XT Qwen3-MoE (E=8, K=2) or DeepSeek-V3 (1 dense + 2 MoE layers, E=8 in 4 groups,
+    top-2 groups, K=3, a shared expert), random init."""
+    torch.manual_seed(seed)
+    if arch == "qwen3_moe":
+        from xt.models.qwen3.config import Qwen3Config
+        from xt.models.qwen3.model import Qwen3ForCausalLM
+        cfg = Qwen3Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, head_dim=8, initializer_range=0.3,
+                          num_experts=8, num_experts_per_tok=2, moe_intermediate_size=16, norm_topk_prob=True,
+                          router_aux_loss_coef=0.0)
+        return Qwen3ForCausalLM(cfg).to(dtype)
+    from xt.models.deepseek_v3.config import DeepseekV3Config
+    from xt.models.deepseek_v3.model import DeepseekV3ForCausalLM
+    cfg = DeepseekV3Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, moe_intermediate_size=16,
+                           num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4, n_shared_experts=1,
+                           n_routed_experts=8, kv_lora_rank=16, q_lora_rank=24, qk_rope_head_dim=8, v_head_dim=12,
+                           qk_nope_head_dim=8, n_group=4, topk_group=2, num_experts_per_tok=3,
+                           first_k_dense_replace=1, max_position_embeddings=64, routed_scaling_factor=2.5)
+    return DeepseekV3ForCausalLM(cfg, init_std=0.3).to(dtype)

@@ -31,3 +31,9 @@ def by_kind(completion, sample):
 
 
 NOT_CALLABLE = 3
+
+
+def vowel_share(completion, sample):
+    """A reward a random model's text already varies on: the share of vowels among its letters."""
+    letters = [c for c in completion.lower() if c.isalpha()]
+    return sum(c in "aeiou" for c in letters) / len(letters) if letters else 0.0

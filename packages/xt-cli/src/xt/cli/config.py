@@ -32,7 +32,7 @@ from xt.kernels.config import KernelsConfig
 from xt.models import ModelSection
 from xt.parallel import ParallelConfig
 
-__all__ = ["SampleSection", "XTConfig", "load_xt_config"]
+__all__ = ["RunSections", "SampleSection", "XTConfig", "load_xt_config"]
 
 
 class SampleSection(ConfigStruct):
@@ -52,17 +52,23 @@ class SampleSection(ConfigStruct):
         require(self.max_new_tokens >= 0, "max_new_tokens", f"must be >= 0, got {self.max_new_tokens}")
 
 
-class XTConfig(ConfigStruct):
-    """Everything `xt train` needs (module docstring)."""
+class RunSections(ConfigStruct):
+    """The sections every run command shares: ``[model]``, ``[train]``, ``[optim]``, ``[schedule]``,
+    ``[checkpoint]`` and ``[kernels]`` (`xt train`'s `XTConfig` and `xt rl`'s config add theirs)."""
 
     model: ModelSection
-    data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     optim: OptimConfig = OptimConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
-    parallel: ParallelConfig = ParallelConfig()
     kernels: KernelsConfig = KernelsConfig()
+
+
+class XTConfig(RunSections):
+    """Everything `xt train` needs (module docstring)."""
+
+    data: DataConfig = DataConfig()
+    parallel: ParallelConfig = ParallelConfig()
     tracking: TrackingConfig = TrackingConfig()
     eval: EvalConfig = EvalConfig()
     sample: SampleSection = SampleSection()

@@ -10,6 +10,8 @@ safetensors with transformers' key names.
   ``config.json``, ``generation_config.json``, the tokenizer files and chat template).
 * HF → XT writes a weights-only DCP folder (``config.json`` + ``model/``), which
   ``model.init_from`` accepts like an HF folder: large models then load sharded in parallel.
+* GGUF → HF: a ``.gguf`` file or a pinned asset ``asset:NAME`` (`xt.cli.gguf`) becomes an HF folder
+  with its tokenizer (e.g. ``xt convert asset:smollm2-135m-instruct-gguf runs/smollm2``).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from pathlib import Path
 
 from xt.cli.config import load_xt_config
 from xt.cli.config_cmd import RUN_CONFIG
+from xt.cli.gguf import gguf_to_hf, resolve_gguf
 from xt.core.checkpoint.layout import is_complete
 from xt.data import save_tokenizer
 from xt.models import build_run_model, from_pretrained, save_pretrained, save_xt_weights
@@ -35,18 +38,21 @@ def convert_checkpoint(src: str | Path, dst: str | Path, config: str | Path | No
 
     Raises:
         FileNotFoundError: `src` does not exist.
-        ValueError: `src` is neither format; XT → HF without `config` and without the
+        ValueError: `src` is none of the formats; XT → HF without `config` and without the
             ``config.toml`` that `xt train` keeps in the run folder; `dst` exists.
         xt.core.config.ConfigError: bad `config`.
     """
+    gguf = resolve_gguf(src)
     src, dst = Path(src), Path(dst)
-    if not src.exists():
+    if gguf is None and not src.exists():
         raise FileNotFoundError(f"xt convert: source {src} does not exist")
     if dst.exists():
         raise ValueError(f"xt convert: destination {dst} exists; remove it or choose another")
     tmp = dst.with_name(dst.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    if is_complete(src):
+    if gguf is not None:
+        gguf_to_hf(gguf, tmp)
+    elif is_complete(src):
         if config is None:
             saved = src.parent.parent / RUN_CONFIG  # runs/NAME/checkpoints/step-N -> runs/NAME/config.toml
             if not saved.is_file():

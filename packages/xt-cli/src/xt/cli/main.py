@@ -1,4 +1,4 @@
-"""The `xt` command: `xt train`, `xt convert`, `xt config show|keys`."""
+"""The `xt` command: `xt train`, `xt rl`, `xt convert`, `xt config show|keys`."""
 from __future__ import annotations
 
 import os
@@ -34,24 +34,35 @@ def _debug(ctx: click.Context) -> bool:
     return bool((ctx.find_root().obj or {}).get("debug")) or debug_from_env()
 
 
-def _last_checkpoint_note(config: str, overrides: tuple[str, ...]) -> str:
-    """What to say after Ctrl-C in `xt train`: the newest finished checkpoint of the run, if any."""
-    from xt.cli.config import load_xt_config
+def _last_checkpoint_note(out_dir: str) -> str:
+    """What to say after Ctrl-C: the newest finished checkpoint under `out_dir`, if any."""
     from xt.core.checkpoint import latest_checkpoint
-    out_dir = load_xt_config(config, list(overrides)).train.out_dir
     last = latest_checkpoint(out_dir)
     if last is None:
         return f"no checkpoint was saved in {out_dir}"
     return f"the last finished checkpoint is {last}; continue with --resume auto"
 
 
+def _train_out_dir(config: str, overrides: tuple[str, ...]) -> str:
+    from xt.cli.config import load_xt_config
+    return load_xt_config(config, list(overrides)).train.out_dir
+
+
+def run_options(command):
+    """The arguments every run command takes: CONFIG, ``--set`` (repeatable) and ``--resume``."""
+    command = click.pass_context(command)
+    command = click.option("--resume", default=None, metavar="auto|PATH",
+                           help="Resume from the newest checkpoint in train.out_dir ('auto') or a "
+                                "checkpoint folder.")(command)
+    command = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+                           help="Override a config entry (TOML literal), e.g. --set train.steps=100. "
+                                "Repeatable.")(command)
+    # a missing file: one error line (load_config)
+    return click.argument("config", type=click.Path(dir_okay=False))(command)
+
+
 @cli.command()
-@click.argument("config", type=click.Path(dir_okay=False))  # a missing file: one error line (load_config)
-@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
-              help="Override a config entry (TOML literal), e.g. --set train.steps=100. Repeatable.")
-@click.option("--resume", default=None, metavar="auto|PATH",
-              help="Resume from the newest checkpoint in train.out_dir ('auto') or a checkpoint folder.")
-@click.pass_context
+@run_options
 def train(ctx: click.Context, config: str, overrides: tuple[str, ...], resume: str | None) -> None:
     """Train the model described by CONFIG (a TOML file). `xt config keys` lists every key with
     its default and meaning; `xt config show CONFIG` prints the config as resolved. The run folder
@@ -64,7 +75,7 @@ def train(ctx: click.Context, config: str, overrides: tuple[str, ...], resume: s
     # 262,144-token step on an H200 failed with 27 GiB reserved but unallocated); the user's own
     # PYTORCH_CUDA_ALLOC_CONF wins. The banner prints the setting in effect.
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
-    with reported_errors(_debug(ctx), on_interrupt=lambda: _last_checkpoint_note(config, overrides)):
+    with reported_errors(_debug(ctx), on_interrupt=lambda: _last_checkpoint_note(_train_out_dir(config, overrides))):
         from xt.cli.train import run_train
         result = run_train(config, list(overrides), resume)
     if result.interrupted:
@@ -96,6 +107,26 @@ def config_keys_cmd(ctx: click.Context, section: str | None) -> None:
     with reported_errors(_debug(ctx)):
         from xt.cli.config_cmd import keys_text
         click.echo(keys_text(section), nl=False)
+
+
+@cli.command()
+@run_options
+def rl(ctx: click.Context, config: str, overrides: tuple[str, ...], resume: str | None) -> None:
+    """Reinforcement learning (GRPO family) of the model described by CONFIG on one process.
+
+    Each step samples rollout.group_size responses for rollout.prompts_per_step prompts with XT's
+    KV-cache generation, scores them in a reward process pool, and makes rollout.updates_per_step
+    policy-gradient updates ([rl] section). Writes metrics.jsonl, reward.png and checkpoints to
+    train.out_dir.
+    """
+    with reported_errors(_debug(ctx), on_interrupt=lambda: _last_checkpoint_note(_rl_out_dir(config, overrides))):
+        from xt.cli.rl import run_rl
+        run_rl(config, list(overrides), resume)
+
+
+def _rl_out_dir(config: str, overrides: tuple[str, ...]) -> str:
+    from xt.cli.rl_config import load_rl_config
+    return load_rl_config(config, list(overrides)).train.out_dir
 
 
 @cli.command()

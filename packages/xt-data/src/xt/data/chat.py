@@ -86,6 +86,24 @@ def spans_to_mask(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) 
     return (k >= 0) & (first < ends[k.clamp(min=0)])
 
 
+def encode_chat_prompt(tokenizer, messages: list[dict]) -> list[int]:
+    """Token ids of a generation prompt: `messages` rendered by the chat template with the assistant
+    header appended (``add_generation_prompt=True``), tokenized without adding special tokens again.
+
+    The template already writes any BOS, so the ids hold it exactly once, and they are a prefix of
+    :func:`encode_chats`'s ids for the same messages followed by the assistant's answer (what an RL
+    rollout samples and the trainer then scores).
+
+    Raises:
+        DataError: the tokenizer has no chat template (naming it).
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise DataError(f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} has no chat template; "
+                        f"chat prompts need one")
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
 def encode_chats(tokenizer, convs: list[list[dict]], wheres: list[str]) -> list[tuple[list[int], torch.Tensor]]:
     """Tokenize conversations with the tokenizer's chat template.
 

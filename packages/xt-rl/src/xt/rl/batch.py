@@ -15,6 +15,7 @@ token are ``-100``.
 | ``ref_log_probs`` | ``[T]`` float32 | ``log π_ref(labels[t])`` of the reference policy (needed for a KL term) |
 | ``rollout_log_probs`` | ``[T]`` float32 | the rollout engine's log-probs of the sampled tokens (needed for mismatch correction) |
 | ``loss_mask`` | ``[T]`` bool/float | optional extra mask (e.g. DAPO overlong filtering): 0 drops the token from the loss and from its counts |
+| ``routed_experts`` | ``[L, T, K]`` int | optional: the rollout's experts of every MoE layer for every token, for routing replay; this key *is* passed to the model, whose `xt.models.common.routing_replay.enable_routing_replay` hook takes it |
 
 `RL_KEYS` are kept out of the model call by the losses (``model_inputs``). `pack_samples` builds
 such a micro-batch from token lists.
@@ -30,6 +31,9 @@ from xt.core.labels import IGNORE_INDEX
 
 __all__ = ["RL_KEYS", "PER_TOKEN_KEYS", "loss_token_mask", "sequence_lengths", "sequence_index",
            "expand_to_tokens", "segment_sum", "pack_samples"]
+
+#: the routing-replay key: passed to the model (its replay hook removes it), not a loss input
+ROUTED_EXPERTS = "routed_experts"
 
 #: per-token inputs of the RL losses that the model must not receive
 PER_TOKEN_KEYS = ("advantages", "old_log_probs", "ref_log_probs", "rollout_log_probs")
@@ -114,7 +118,8 @@ def pack_samples(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[
                  old_log_probs: Sequence[Sequence[float]] | None = None,
                  ref_log_probs: Sequence[Sequence[float]] | None = None,
                  rollout_log_probs: Sequence[Sequence[float]] | None = None,
-                 keep: Sequence[bool] | torch.Tensor | None = None) -> dict[str, Any]:
+                 keep: Sequence[bool] | torch.Tensor | None = None,
+                 routed_experts: Sequence[torch.Tensor] | None = None) -> dict[str, Any]:
     """Pack N (prompt, response) samples into one RL micro-batch (module docstring).
 
     Sample i becomes document i: ``input_ids = prompt + response``; ``labels[t]`` is the next token
@@ -128,6 +133,8 @@ def pack_samples(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[
             token (float32).
         keep: ``[N]`` bool; False sets ``loss_mask`` 0 on the whole sample (e.g.
             `xt.rl.dapo.overlong_keep`). Without it no ``loss_mask`` is written.
+        routed_experts: per sample ``[L, len(prompt) + len(response), K]`` expert ids (the rollout's),
+            concatenated into ``routed_experts [L, T, K]`` int64 for routing replay.
 
     Returns:
         ``{"input_ids", "labels", "position_ids", "cu_seqlens", "max_seqlen", ...}`` with the given
@@ -168,4 +175,12 @@ def pack_samples(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[
         if keep_t.numel() != len(responses):
             raise ValueError(f"pack_samples: keep has {keep_t.numel()} values for {len(responses)} samples")
         batch["loss_mask"] = expand_to_tokens(keep_t, torch.tensor(lens))
+    if routed_experts is not None:
+        if len(routed_experts) != len(responses):
+            raise ValueError(f"pack_samples: routed_experts has {len(routed_experts)} samples for {len(responses)}")
+        for i, (r, n) in enumerate(zip(routed_experts, lens)):
+            if r.ndim != 3 or r.shape[1] != n:
+                raise ValueError(f"pack_samples: routed_experts[{i}] has shape {tuple(r.shape)}; need "
+                                 f"[layers, {n} (prompt + response tokens), top_k]")
+        batch[ROUTED_EXPERTS] = torch.cat([torch.as_tensor(r, dtype=torch.int64) for r in routed_experts], dim=1)
     return batch

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 
-__all__ = ["ProgressReporter", "format_metrics", "loss_figure", "plot_loss_curve"]
+__all__ = ["ProgressReporter", "format_metrics", "loss_figure", "plot_curves", "plot_loss_curve"]
 
 
 def format_metrics(step: int, total: int, m: Mapping[str, Any]) -> str:
@@ -17,6 +17,8 @@ def format_metrics(step: int, total: int, m: Mapping[str, Any]) -> str:
     parts = [f"step {step}/{total}"]
     if m.get("loss") is not None:
         parts.append(f"loss {m['loss']:.4f}")
+    if m.get("reward_mean") is not None:
+        parts.append(f"reward {m['reward_mean']:.3f}")
     if m.get("aux_loss") is not None:
         parts.append(f"aux {m['aux_loss']:.4f}")
     if m.get("lr") is not None:
@@ -74,8 +76,9 @@ class ProgressReporter:
         if not self.enabled:
             return
         if self._progress is not None:
-            loss = metrics.get("loss")
-            info = f"loss {loss:.4f}" if loss is not None else ""
+            loss, reward = metrics.get("loss"), metrics.get("reward_mean")
+            info = (f"loss {loss:.4f}" if loss is not None else
+                    f"reward {reward:.3f}" if reward is not None else "")
             self._progress.update(self._task, completed=step, info=info)
         if step % self.log_every == 0 or step == self.total or metrics.get("eval_loss") is not None:
             self.print(format_metrics(step, self.total, metrics))
@@ -123,6 +126,42 @@ def loss_figure(records: Sequence[Mapping[str, Any]], title: str = "training los
     axes[-1].set_xlabel("step")
     fig.tight_layout()
     return fig
+
+
+def plot_curves(records: Sequence[Mapping[str, Any]], path: str | Path, series: Mapping[str, str], *,
+                title: str, ylabel: str) -> Path:
+    """Write a PNG of one line per metric against ``step``.
+
+    Args:
+        records: metrics dicts with ``step`` (e.g. `read_metrics` output).
+        path: the PNG to write (parent folders created).
+        series: ``{metric key: legend label}``; records where a key is missing or None are skipped
+            for that line, and a key with no value at all draws nothing.
+        title, ylabel: the plot's title and y-axis label.
+
+    Returns:
+        The written path.
+    """
+    from matplotlib.figure import Figure  # no pyplot: no global backend state, Agg canvas
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = Figure(figsize=(7, 4), dpi=100)
+    ax = fig.subplots()
+    for key, label in series.items():
+        rows = [r for r in records if r.get(key) is not None]
+        if rows:
+            ax.plot([r["step"] for r in rows], [r[key] for r in rows], label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png")
+    tmp.replace(path)
+    return path
 
 
 def plot_loss_curve(records: Sequence[Mapping[str, Any]], path: str | Path,

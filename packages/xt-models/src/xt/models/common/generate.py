@@ -17,14 +17,17 @@ Sampling: temperature scaling then nucleus (top-p) filtering (Holtzman et al. 20
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from xt.models.common.routing_replay import RoutingRecord, record_routing
 from xt.models.common.sinks_attention import core_attention, document_mask, packed_doc_positions
 
-__all__ = ["DecodeState", "CachedCoreAttention", "use_kv_cache", "sample_next", "generate"]
+__all__ = ["DecodeState", "CachedCoreAttention", "use_kv_cache", "processed_log_probs", "sample_next",
+           "Generation", "generate_detailed", "generate"]
 
 
 class DecodeState:
@@ -108,6 +111,27 @@ def use_kv_cache(model: nn.Module, state: DecodeState):
             mod.core_attention = core
 
 
+def processed_log_probs(logits: torch.Tensor, temperature: float, top_p: float = 1.0) -> torch.Tensor:
+    """``[B, V]`` float32 log-probabilities of the distribution :func:`sample_next` samples from.
+
+    ``log_softmax(logits / temperature)``; with ``top_p < 1`` the tokens outside the nucleus get
+    ``-inf`` and the rest are renormalised (minus the log of the nucleus mass). ``temperature == 0``
+    (greedy) gives the raw ``log_softmax(logits)``.
+
+    Raises:
+        ValueError: ``temperature < 0`` or ``top_p`` outside ``(0, 1]``.
+    """
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise ValueError(f"temperature must be >= 0 and top_p in (0, 1]; got {temperature}, {top_p}")
+    logp = torch.log_softmax(logits.float() / (temperature or 1.0), dim=-1)
+    if top_p >= 1 or temperature == 0:
+        return logp
+    sp, idx = logp.exp().sort(dim=-1, descending=True)
+    drop = torch.zeros_like(sp, dtype=torch.bool).scatter(-1, idx, (sp.cumsum(-1) - sp) >= top_p)
+    logp = logp.masked_fill(drop, float("-inf"))
+    return logp - torch.logsumexp(logp, dim=-1, keepdim=True)
+
+
 def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_p: float = 1.0,
                 generator: torch.Generator | None = None) -> torch.Tensor:
     """Pick one token per row of ``logits [B, V]``.
@@ -132,21 +156,120 @@ def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_p: float = 1
     return torch.multinomial(probs / probs.sum(-1, keepdim=True), 1, generator=generator).squeeze(-1)
 
 
+@dataclass
+class Generation:
+    """What :func:`generate_detailed` returns, per sequence b of the B prompts.
+
+    Attributes:
+        tokens: the new token ids (the stop token included when emitted).
+        log_probs: per new token, its float32 log-probability under the distribution it was drawn
+            from (:func:`processed_log_probs`: temperature and top-p applied; greedy: the raw one).
+        finish_reasons: ``"stop"`` (a stop token was emitted) or ``"length"`` (``max_new_tokens`` reached).
+        routed_experts: with ``record_experts``, ``[L, len(prompt) + len(tokens), K]`` int64 expert ids of
+            every decoder MoE layer for every prompt and response token (CPU); None without it or for
+            a model without MoE layers.
+    """
+    tokens: list[list[int]]
+    log_probs: list[list[float]]
+    finish_reasons: list[str]
+    routed_experts: list[torch.Tensor] | None = None
+
+
+def _split_routing(rec: RoutingRecord, steps_cu: list[torch.Tensor], totals: list[int]) -> list[torch.Tensor]:
+    """Per sequence ``[L, totals[b], K]``: the recorded step choices cut by each step's cu_seqlens."""
+    per_seq: list[list[torch.Tensor]] = [[] for _ in totals]
+    for c, cu in enumerate(steps_cu):
+        ids = rec.call(c)
+        for b in range(len(totals)):
+            per_seq[b].append(ids[:, int(cu[b]):int(cu[b + 1])])
+    return [torch.cat(parts, dim=1)[:, :n] for parts, n in zip(per_seq, totals)]
+
+
 @torch.no_grad()
-def generate(model: nn.Module, prompts: list[list[int]] | list[torch.Tensor], max_new_tokens: int,
-             temperature: float = 0.0, top_p: float = 1.0, eos_token_id: int | list[int] | None = None,
-             generator: torch.Generator | None = None, return_logprobs: bool = False
-             ) -> list[list[int]] | tuple[list[list[int]], list[list[float]]]:
-    """Continue each prompt by up to ``max_new_tokens`` tokens with a KV cache.
+def generate_detailed(model: nn.Module, prompts: list[list[int]] | list[torch.Tensor], max_new_tokens: int,
+                      temperature: float = 0.0, top_p: float = 1.0, eos_token_id: int | list[int] | None = None,
+                      generator: torch.Generator | None = None, record_experts: bool = False) -> Generation:
+    """Continue each prompt by up to ``max_new_tokens`` tokens with a KV cache (batched, no padding).
 
     Args:
         model: a zoo causal LM (see the module docstring); run in eval mode here (mode restored).
         prompts: B token lists (lengths may differ, each >= 1).
-        max_new_tokens: tokens to add per sequence.
+        max_new_tokens: tokens to add per sequence, >= 0.
         temperature, top_p, generator: see :func:`sample_next` (temperature 0 = greedy).
         eos_token_id: stop a sequence after it emits this token (or any of these tokens).
-        return_logprobs: also return, per new token, its log-probability under the model
-            (``log_softmax`` of the raw logits in float32: temperature 1, no top-p), e.g. for RL.
+        record_experts: record the experts of every decoder MoE layer for every token
+            (:mod:`xt.models.common.routing_replay`); the final tokens are then run through the model
+            once more so that they, too, have their routing.
+
+    Returns:
+        :class:`Generation`.
+
+    Raises:
+        ValueError: an empty prompt, a negative ``max_new_tokens``, or a bad temperature / top-p.
+    """
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("generate: every prompt needs at least one token")
+    if max_new_tokens < 0:
+        raise ValueError(f"generate: max_new_tokens must be >= 0, got {max_new_tokens}")
+    dev = next(model.parameters()).device
+    eos = set([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []))
+    B = len(prompts)
+    lengths = [len(p) for p in prompts]
+    state = DecodeState(B, max(lengths) + max_new_tokens + 1, dev)
+    ids = torch.cat([torch.as_tensor(p, dtype=torch.int64) for p in prompts]).to(dev)
+    cu = torch.zeros(B + 1, dtype=torch.int32, device=dev)
+    cu[1:] = torch.tensor(lengths, device=dev).cumsum(0)
+    out: list[list[int]] = [[] for _ in range(B)]
+    logps: list[list[float]] = [[] for _ in range(B)]
+    done = [False] * B
+    steps_cu: list[torch.Tensor] = []
+
+    def step(ids: torch.Tensor, cu: torch.Tensor) -> torch.Tensor:
+        steps_cu.append(cu.cpu())
+        logits = model(input_ids=ids, position_ids=state.positions(cu), cu_seqlens=cu,
+                       max_seqlen=int((cu[1:] - cu[:-1]).max())).logits
+        state.advance(cu)
+        return logits[cu[1:].long() - 1]
+
+    was_training = model.training
+    model.eval()
+    try:
+        with use_kv_cache(model, state), (record_routing(model) if record_experts else nullcontext()) as rec:
+            for i in range(max_new_tokens):
+                last = step(ids, cu)
+                nxt = sample_next(last, temperature, top_p, generator)
+                lp = processed_log_probs(last, temperature, top_p).gather(1, nxt[:, None])[:, 0].tolist()
+                for b, t in enumerate(nxt.tolist()):
+                    if not done[b]:
+                        out[b].append(t)
+                        logps[b].append(lp[b])
+                        done[b] = t in eos
+                ids = nxt
+                cu = torch.arange(B + 1, dtype=torch.int32, device=dev)
+                if all(done):
+                    break
+            if record_experts:
+                step(ids, cu)  # route the final tokens too (the prompts when max_new_tokens = 0)
+    finally:
+        model.train(was_training)
+    reasons = ["stop" if o and o[-1] in eos else "length" for o in out]
+    routed = (_split_routing(rec, steps_cu, [n + len(o) for n, o in zip(lengths, out)])
+              if record_experts and rec.calls else None)
+    return Generation(out, logps, reasons, routed)
+
+
+def generate(model: nn.Module, prompts: list[list[int]] | list[torch.Tensor], max_new_tokens: int,
+             temperature: float = 0.0, top_p: float = 1.0, eos_token_id: int | list[int] | None = None,
+             generator: torch.Generator | None = None, return_logprobs: bool = False
+             ) -> list[list[int]] | tuple[list[list[int]], list[list[float]]]:
+    """Continue each prompt by up to ``max_new_tokens`` tokens with a KV cache
+    (:func:`generate_detailed` without the extras).
+
+    Args:
+        model, prompts, max_new_tokens, temperature, top_p, eos_token_id, generator: as in
+            :func:`generate_detailed`.
+        return_logprobs: also return, per new token, its log-probability under the sampled
+            distribution (:func:`processed_log_probs`; the raw ``log_softmax`` when greedy).
 
     Returns:
         B lists of new tokens (the eos token included when emitted); with ``return_logprobs`` a pair
@@ -155,41 +278,5 @@ def generate(model: nn.Module, prompts: list[list[int]] | list[torch.Tensor], ma
     Raises:
         ValueError: an empty prompt.
     """
-    if any(len(p) == 0 for p in prompts):
-        raise ValueError("generate: every prompt needs at least one token")
-    dev = next(model.parameters()).device
-    eos = set([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []))
-    B = len(prompts)
-    lengths = [len(p) for p in prompts]
-    state = DecodeState(B, max(lengths) + max_new_tokens, dev)
-    ids = torch.cat([torch.as_tensor(p, dtype=torch.int64) for p in prompts]).to(dev)
-    cu = torch.zeros(B + 1, dtype=torch.int32, device=dev)
-    cu[1:] = torch.tensor(lengths, device=dev).cumsum(0)
-    out: list[list[int]] = [[] for _ in range(B)]
-    logps: list[list[float]] = [[] for _ in range(B)]
-    done = [False] * B
-    was_training = model.training
-    model.eval()
-    try:
-        with use_kv_cache(model, state):
-            for _ in range(max_new_tokens):
-                pos = state.positions(cu)
-                logits = model(input_ids=ids, position_ids=pos, cu_seqlens=cu,
-                               max_seqlen=int((cu[1:] - cu[:-1]).max())).logits
-                state.advance(cu)
-                last = logits[cu[1:].long() - 1]
-                nxt = sample_next(last, temperature, top_p, generator)
-                lp = torch.log_softmax(last.float(), -1).gather(1, nxt[:, None])[:, 0].tolist() if return_logprobs else None
-                for b, t in enumerate(nxt.tolist()):
-                    if not done[b]:
-                        out[b].append(t)
-                        if lp is not None:
-                            logps[b].append(lp[b])
-                        done[b] = t in eos
-                if all(done):
-                    break
-                ids = nxt
-                cu = torch.arange(B + 1, dtype=torch.int32, device=dev)
-    finally:
-        model.train(was_training)
-    return (out, logps) if return_logprobs else out
+    g = generate_detailed(model, prompts, max_new_tokens, temperature, top_p, eos_token_id, generator)
+    return (g.tokens, g.log_probs) if return_logprobs else g.tokens

@@ -27,7 +27,8 @@ from torch import nn
 
 from xt.models.common.fp32 import fp32_region
 
-__all__ = ["RouterOutput", "RouterStats", "TopKRouter", "router_stats", "load_balancing_loss", "z_loss"]
+__all__ = ["RouterOutput", "RouterStats", "TopKRouter", "checked_replay_ids", "topk_or_replay", "router_stats",
+           "load_balancing_loss", "z_loss"]
 
 
 @dataclass
@@ -67,6 +68,42 @@ torch.export.register_dataclass(RouterOutput)
 torch.export.register_dataclass(RouterStats)
 
 
+def checked_replay_ids(ids: torch.Tensor, num_tokens: int, top_k: int, num_experts: int,
+                       device: torch.device) -> torch.Tensor:
+    """Recorded expert ids for a router's ``replay_topk_ids``, checked and as int64 on `device`.
+
+    Args:
+        ids: ``[T, K]`` integer expert ids (any integer dtype, any device).
+        num_tokens, top_k, num_experts: T, K and E of the router call.
+
+    Returns:
+        ``[T, K]`` int64 on `device`.
+
+    Raises:
+        ValueError: another shape, or an id outside ``[0, E)``.
+    """
+    if tuple(ids.shape) != (num_tokens, top_k):
+        raise ValueError(f"routing replay: recorded expert ids have shape {tuple(ids.shape)} but this router "
+                         f"call has [T={num_tokens}, K={top_k}] (routed_experts must be [layers, T, top_k] "
+                         f"of the same tokens)")
+    ids = ids.to(device=device, dtype=torch.int64)
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_experts):
+        raise ValueError(f"routing replay: recorded expert ids must lie in [0, {num_experts}); got "
+                         f"[{int(ids.min())}, {int(ids.max())}]")
+    return ids
+
+
+def topk_or_replay(scores: torch.Tensor, top_k: int, replay_ids: torch.Tensor | None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(values, ids)`` ``[T, K]``: the top-k of ``scores [T, E]``, or, with recorded ``replay_ids``
+    (checked by :func:`checked_replay_ids`), those experts and the scores gathered at them
+    (differentiable in ``scores``)."""
+    if replay_ids is None:
+        return torch.topk(scores, top_k, dim=-1)
+    ids = checked_replay_ids(replay_ids, scores.shape[0], top_k, scores.shape[1], scores.device)
+    return scores.gather(1, ids), ids
+
+
 class TopKRouter(nn.Module):
     """Softmax top-k router (Qwen3-MoE / Mixtral style); the HF key is ``mlp.gate.weight``.
 
@@ -84,6 +121,10 @@ class TopKRouter(nn.Module):
     #: (xt.core.engine.compute_weights; docs/contracts.md, Model)
     xt_fp32_weights = True
 
+    #: Routing-replay seam (:mod:`xt.models.common.routing_replay`): ``[T, K]`` int expert ids that
+    #: replace the top-k choice while set (weights still come from the live logits); None = route.
+    replay_topk_ids: torch.Tensor | None = None
+
     def __init__(self, hidden_size: int, num_experts: int, top_k: int, norm_topk_prob: bool) -> None:
         super().__init__()
         if not 1 <= top_k <= num_experts:
@@ -97,15 +138,22 @@ class TopKRouter(nn.Module):
     def forward(self, x: torch.Tensor) -> RouterOutput:
         """Route ``x[T, D]`` (any float dtype).
 
+        With ``replay_topk_ids`` set, those experts are used instead of the top-k and their weights
+        are the live probabilities gathered at them (renormalised as usual), so gradients still
+        reach ``weight``.
+
         Returns:
             :class:`RouterOutput`: float32 ``logits``/``probs [T, E]``, int64 ``topk_ids [T, K]``,
             float32 ``topk_weights [T, K]``; computed in float32 also inside a bf16 autocast region.
+
+        Raises:
+            ValueError: ``replay_topk_ids`` whose shape is not ``[T, K]`` or whose ids are outside ``[0, E)``.
         """
         # Autocast off: it would run F.linear in bf16 and change which experts win the top-k.
         with fp32_region(x):
             logits = F.linear(x.float(), self.weight.float())
             probs = torch.softmax(logits, dim=-1)
-            topk_weights, topk_ids = torch.topk(probs, self.top_k, dim=-1)
+            topk_weights, topk_ids = topk_or_replay(probs, self.top_k, self.replay_topk_ids)
             if self.norm_topk_prob:
                 topk_weights = topk_weights / topk_weights.sum(dim=-1, keepdim=True)
         return RouterOutput(logits, probs, topk_ids, topk_weights)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xt.models.common.fp32 import fp32_region
-from xt.models.common.router import RouterOutput
+from xt.models.common.router import RouterOutput, checked_replay_ids
 
 __all__ = ["SigmoidGroupRouter", "sequence_balance_loss", "aux_free_bias_update"]
 
@@ -63,6 +63,10 @@ class SigmoidGroupRouter(nn.Module):
     #: (xt.core.engine.compute_weights; docs/contracts.md, Model)
     xt_fp32_weights = True
 
+    #: Routing-replay seam (:mod:`xt.models.common.routing_replay`): ``[T, K]`` int expert ids that
+    #: replace the group-limited top-k while set (weights from the live sigmoid scores); None = route.
+    replay_topk_ids: torch.Tensor | None = None
+
     def __init__(self, hidden_size: int, num_experts: int, top_k: int, n_group: int = 1, topk_group: int = 1,
                  routed_scaling_factor: float = 1.0, norm_topk_prob: bool = True) -> None:
         super().__init__()
@@ -78,22 +82,22 @@ class SigmoidGroupRouter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> RouterOutput:
         """Route ``x[T, D]`` (any float dtype); outputs as in the class docstring, float32 also
-        inside a bf16 autocast region."""
+        inside a bf16 autocast region. With ``replay_topk_ids`` set, those experts replace the
+        selection (bias and groups are not consulted) and the weights are the live scores at them.
+
+        Raises:
+            ValueError: ``replay_topk_ids`` not ``[T, K]`` or with ids outside ``[0, E)``.
+        """
         # Autocast off: it would run F.linear in bf16 and change which experts win the top-k.
         with fp32_region(x):
             logits = F.linear(x.float(), self.weight.float())
             scores = logits.sigmoid()
-            choice = scores + self.e_score_correction_bias.float()
             with torch.no_grad():
-                if self.n_group > 1:
-                    T = choice.shape[0]
-                    grouped = choice.view(T, self.n_group, -1)
-                    group_scores = grouped.topk(2, dim=-1).values.sum(-1)
-                    keep = torch.zeros_like(group_scores, dtype=torch.bool)
-                    keep.scatter_(1, group_scores.topk(self.topk_group, dim=-1).indices, True)
-                    choice = choice.masked_fill(~keep.repeat_interleave(self.num_experts // self.n_group, dim=1),
-                                                float("-inf"))
-                topk_ids = choice.topk(self.top_k, dim=-1).indices
+                if self.replay_topk_ids is not None:
+                    topk_ids = checked_replay_ids(self.replay_topk_ids, x.shape[0], self.top_k,
+                                                  self.num_experts, scores.device)
+                else:
+                    topk_ids = self._select(scores + self.e_score_correction_bias.float())
                 if self.training:
                     counts = torch.bincount(topk_ids.reshape(-1), minlength=self.num_experts).float()
                     self.load_acc = counts if self.load_acc is None else self.load_acc.to(counts.device) + counts
@@ -102,6 +106,17 @@ class SigmoidGroupRouter(nn.Module):
                 w = w / (w.sum(dim=-1, keepdim=True) + 1e-20)
             w = w * self.routed_scaling_factor
         return RouterOutput(logits, scores, topk_ids, w)
+
+    def _select(self, choice: torch.Tensor) -> torch.Tensor:
+        """``[T, K]`` ids: the top-k of ``choice [T, E]`` (= s + b) within the ``topk_group`` best groups."""
+        if self.n_group > 1:
+            T = choice.shape[0]
+            group_scores = choice.view(T, self.n_group, -1).topk(2, dim=-1).values.sum(-1)
+            keep = torch.zeros_like(group_scores, dtype=torch.bool)
+            keep.scatter_(1, group_scores.topk(self.topk_group, dim=-1).indices, True)
+            choice = choice.masked_fill(~keep.repeat_interleave(self.num_experts // self.n_group, dim=1),
+                                        float("-inf"))
+        return choice.topk(self.top_k, dim=-1).indices
 
     def _apply(self, fn, recurse: bool = True):
         """Like ``nn.Module._apply`` but ``e_score_correction_bias`` stays float32 (as HF keeps it):

@@ -17,7 +17,7 @@ from torch import nn
 from xt.kernels.moe import grouped_gemm
 from xt.models.common.experts import GroupedExperts
 from xt.models.common.fp32 import fp32_region
-from xt.models.common.router import RouterOutput
+from xt.models.common.router import RouterOutput, topk_or_replay
 
 __all__ = ["GptOssRouter", "GptOssExperts", "clamped_swiglu"]
 
@@ -36,6 +36,10 @@ class GptOssRouter(nn.Module):
     #: (xt.core.engine.compute_weights; docs/contracts.md, Model)
     xt_fp32_weights = True
 
+    #: Routing-replay seam (:mod:`xt.models.common.routing_replay`): ``[T, K]`` int expert ids that
+    #: replace the top-k while set (softmax over the live logits at them); None = route.
+    replay_topk_ids: torch.Tensor | None = None
+
     def __init__(self, hidden_size: int, num_experts: int, top_k: int) -> None:
         super().__init__()
         self.num_experts, self.top_k = num_experts, top_k
@@ -45,11 +49,16 @@ class GptOssRouter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> RouterOutput:
         """Route ``x[T, D]`` (any float dtype); float32 ``logits``/``probs [T, E]``, int64
-        ``topk_ids [T, K]`` and float32 ``topk_weights [T, K]``, also inside a bf16 autocast region."""
+        ``topk_ids [T, K]`` and float32 ``topk_weights [T, K]``, also inside a bf16 autocast region.
+        With ``replay_topk_ids`` set, those experts are used (softmax over the live logits at them).
+
+        Raises:
+            ValueError: ``replay_topk_ids`` not ``[T, K]`` or with ids outside ``[0, E)``.
+        """
         # Autocast off: it would run F.linear in bf16 and change which experts win the top-k.
         with fp32_region(x):
             logits = F.linear(x.float(), self.weight.float(), self.bias.float())
-            top_vals, topk_ids = torch.topk(logits, self.top_k, dim=-1)
+            top_vals, topk_ids = topk_or_replay(logits, self.top_k, self.replay_topk_ids)
             topk_weights = torch.softmax(top_vals, dim=-1)
             probs = torch.softmax(logits, dim=-1)
         return RouterOutput(logits, probs, topk_ids, topk_weights)

@@ -17,6 +17,7 @@ __all__ = ["BUILTIN_REWARDS", "RewardError", "reward_fn_path", "load_reward_fn"]
 BUILTIN_REWARDS = {
     "math_verify": "xt.rl.rewards.math_answers:math_verify_reward",
     "reasoning_gym": "xt.rl.rewards.gym_tasks:reasoning_gym_reward",
+    "numeric_answer": "xt.rl.rewards.numeric:numeric_answer_reward",
 }
 
 

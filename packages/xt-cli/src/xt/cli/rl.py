@@ -1,0 +1,204 @@
+"""`xt rl`: a synchronous GRPO-family RL run on one process, composed from xt.rl's parts.
+
+Order: config (`xt.cli.rl_config`) and its checks before anything is built (model section, task
+samples, tokenizer, resume path) -> seed -> model (`xt.models.build_run_model`) -> `Engine.from_config`
+(`[train]` precision, AdamW, schedule over ``train.steps``) -> the loop's parts: `PromptSource`,
+`XTRolloutEngine` on the same model (colocated), `RewardWorker` over `RewardPool`, `PolicyTrainer`
+(with a frozen reference copy when ``rl.kl_coef > 0``) -> `GRPOLoop.step` per RL step, each making
+``rollout.updates_per_step`` optimizer steps. Outputs under ``train.out_dir``: ``metrics.jsonl``
+(one line per RL step), ``reward.png``, ``checkpoints/step-N`` (model, optimizer, engine/schedule,
+prompt position, weight version, RNG; atomic; with ``--resume auto`` the run continues exactly as
+if it had not stopped) and ``hf/`` (the trained policy, with ``checkpoint.hf_export``).
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from rich.console import Console
+from rich.markup import escape
+
+from xt.cli.rl_config import RLRunConfig, load_rl_config
+from xt.core.checkpoint import latest_checkpoint, load_checkpoint, resolve_resume, save_checkpoint, seed_everything
+from xt.core.config.loader import config_error_at
+from xt.core.errors import ConfigError
+from xt.core.engine import Engine, read_metrics
+from xt.core.engine.metrics import MetricsWriter
+from xt.core.engine.report import ProgressReporter, plot_curves
+from xt.data import load_tokenizer
+from xt.kernels.config import apply_kernels_config
+from xt.models import build_run_model, check_model_section, save_pretrained
+from xt.rl.loop.grpo import GRPOLoop, RewardWorker
+from xt.rl.loop.prompts import PromptSource, render_prompt, task_samples
+from xt.rl.loop.trainer import PolicyTrainer
+from xt.rl.rewards import RewardPool
+from xt.rl.rollout import XTRolloutEngine
+
+__all__ = ["RLResult", "run_rl"]
+
+
+@dataclass
+class RLResult:
+    """What `run_rl` did: the last optimizer step, the last RL step's metrics, output paths."""
+    step: int
+    metrics: dict[str, Any]
+    metrics_path: Path
+    plot_path: Path | None
+    checkpoint: Path | None
+    resumed_from: Path | None
+    wall_s: float
+    hf_path: Path | None = None
+
+
+class _RunState:
+    """The loop's own checkpointed state: the weight version."""
+
+    def __init__(self, trainer: PolicyTrainer, rollout: XTRolloutEngine) -> None:
+        self.trainer, self.rollout = trainer, rollout
+
+    def state_dict(self) -> dict[str, int]:
+        return {"weight_version": self.trainer.weight_version}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.trainer.weight_version = int(state["weight_version"])
+        self.rollout.weight_version = int(state["weight_version"])
+
+
+def _tokenizer(cfg: RLRunConfig, config: Any, overrides: Sequence[str]):
+    name = cfg.task.tokenizer
+    if name == "model":
+        if not cfg.model.init_from:
+            raise config_error_at("task.tokenizer", "task.tokenizer = 'model' but model.init_from is not set: name a tokenizer "
+                                  "('qwen3', 'llama3' or a folder)", path=config, overrides=overrides)
+        name = cfg.model.init_from
+    return load_tokenizer(name)
+
+
+def _stop_ids(tok) -> list[int]:
+    ids = {tok.eos_token_id} if tok.eos_token_id is not None else set()
+    for t in ("<|im_end|>", "<|eot_id|>"):
+        i = tok.convert_tokens_to_ids(t) if t in tok.get_vocab() else None
+        if i is not None:
+            ids.add(i)
+    return sorted(ids)
+
+
+def run_rl(config: str | Path | None, overrides: Sequence[str] = (), resume: str | None = None,
+           console: Console | None = None, until_step: int | None = None) -> RLResult:
+    """Run RL as `config` says (module docstring).
+
+    Args:
+        config: the TOML file; overrides: ``--set`` entries; resume: "auto", a checkpoint folder, or
+            None (then ``checkpoint.resume``).
+        console: where to print (default stdout).
+        until_step: stop after this optimizer step (the schedule still spans ``train.steps``).
+
+    Raises:
+        xt.core.config.ConfigError: a bad config entry, task or tokenizer (key, file, line).
+        xt.core.errors.CheckpointError: a resume checkpoint that does not fit this run.
+        FileExistsError: a fresh start in an ``out_dir`` that already holds checkpoints.
+    """
+    console = console or Console(soft_wrap=True)
+    t_start = time.perf_counter()
+    cfg = load_rl_config(config, overrides)
+    check_model_section(cfg.model, config, overrides)
+    path = resolve_resume(resume if resume is not None else cfg.checkpoint.resume, cfg.train.out_dir)
+    out_dir = Path(cfg.train.out_dir)
+    if path is None and latest_checkpoint(out_dir) is not None:
+        raise FileExistsError(f"{out_dir} already holds checkpoints (latest {latest_checkpoint(out_dir).name}); "
+                              "resume with --resume auto or use another train.out_dir")
+    try:
+        samples = task_samples(cfg.task)
+    except ConfigError as e:  # name the file and line of the task key
+        if e.key and not e.path:
+            raise config_error_at(e.key, str(e), path=config, overrides=overrides) from None
+        raise
+    tok = _tokenizer(cfg, config, overrides)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    seed_everything(cfg.train.seed)
+    model = build_run_model(cfg.model, device)
+    apply_kernels_config(cfg.kernels)
+    reference = None
+    if cfg.rl.kl_coef > 0 and cfg.rl.kl_in == "loss":
+        ref_model = copy.deepcopy(model).requires_grad_(False)
+        reference = Engine.from_config(ref_model, cfg.train, cfg.optim, cfg.schedule)
+    engine = Engine.from_config(model, cfg.train, cfg.optim, cfg.schedule)
+    prompts = PromptSource(samples, seed=cfg.task.seed)
+    rollout = XTRolloutEngine(model, max_batch_sequences=cfg.rollout.max_batch_sequences)
+    trainer = PolicyTrainer(engine, cfg.rl, updates_per_step=cfg.rollout.updates_per_step,
+                            micro_batches=cfg.train.micro_batches_per_step,
+                            routing_replay=cfg.rollout.routing_replay, reference=reference)
+    state = _RunState(trainer, rollout)
+    extra = {"engine": engine, "rl_run": state}
+    if path is not None:
+        load_checkpoint(path, model, engine.optimizer, None, prompts, extra_state=extra)
+    if cfg.train.peak_tflops is not None:
+        console.print("[yellow]warning[/yellow]: train.peak_tflops is not used by xt rl (it reports no MFU)")
+    n_params = sum(p.numel() for p in model.parameters())
+    console.print(f"[bold]xt rl[/bold] {escape(str(config))}: {type(model).__name__}, {n_params / 1e6:.1f}M "
+                  f"parameters, device {device}; task {cfg.task.source}:{cfg.task.name} ({len(samples)} samples), "
+                  f"{cfg.rollout.prompts_per_step} prompts x {cfg.rollout.group_size} samples per step, "
+                  f"reward {cfg.rl.reward.function}, routing replay "
+                  f"{'on' if trainer.routing_replay else 'off' if trainer.is_moe else 'n/a (dense)'}; "
+                  f"precision {escape(engine.precision_summary)}", highlight=False)
+    u = cfg.rollout.updates_per_step
+    stop = min(cfg.train.steps, until_step if until_step is not None else cfg.train.steps)
+    metrics_path = out_dir / "metrics.jsonl"
+    writer = MetricsWriter(metrics_path, engine.step // u if path else None)
+    last: dict[str, Any] = {}
+    last_ckpt = path
+    every = cfg.checkpoint.every_steps
+
+    def save() -> Path:
+        return save_checkpoint(out_dir, engine.step, model, engine.optimizer, None, prompts,
+                               keep_last=cfg.checkpoint.keep_last, extra_state=extra)
+
+    with RewardPool.from_config(cfg.rl.reward) as pool:
+        loop = GRPOLoop(prompts, lambda s: render_prompt(tok, cfg.task, s),
+                        lambda ids: tok.decode(ids, skip_special_tokens=True), rollout, RewardWorker(pool),
+                        trainer, rl=cfg.rl, rollout_cfg=cfg.rollout, stop_token_ids=_stop_ids(tok))
+        try:
+            with ProgressReporter(stop // u, engine.step // u, cfg.train.log_every, True, console) as rep:
+                if path is not None:
+                    rep.print(f"resumed from {path} at step {engine.step}")
+                while engine.step < stop:
+                    last = loop.step(engine.step // u + 1)
+                    last["optimizer_step"] = engine.step
+                    writer.write(last)
+                    rep.update(engine.step // u, last)
+                    if every and engine.step % every == 0:
+                        last_ckpt = save()
+        finally:
+            writer.close()
+            trainer.close()
+    if cfg.checkpoint.save_final and (last_ckpt is None or last_ckpt.name != f"step-{engine.step}"):
+        last_ckpt = save()
+    hf = None
+    if cfg.checkpoint.hf_export:
+        hf = out_dir / "hf"
+        save_pretrained(model, hf)
+    rows = read_metrics(metrics_path, strict=False)
+    plot = plot_curves(rows, out_dir / "reward.png", {"reward_mean": "reward mean", "pass_at_1": "pass@1"},
+                       title=f"xt rl: {cfg.task.name}", ylabel="reward") if rows else None
+    result = RLResult(engine.step, last, metrics_path, plot, last_ckpt, path, time.perf_counter() - t_start, hf)
+    _report(console, rows, result)
+    return result
+
+
+def _report(console: Console, rows: list[dict[str, Any]], r: RLResult) -> None:
+    if rows:
+        first, end = rows[0], rows[-1]
+        console.print(f"\n[bold]done[/bold]: RL steps {first['step']}-{end['step']} in {r.wall_s:.0f}s; reward "
+                      f"{first.get('reward_mean')} (step {first['step']}) -> {end.get('reward_mean')} "
+                      f"(step {end['step']})", highlight=False)
+    console.print(f"  metrics     {r.metrics_path}")
+    if r.plot_path:
+        console.print(f"  reward plot {r.plot_path}")
+    if r.checkpoint:
+        console.print(f"  checkpoint  {r.checkpoint}")
+    if r.hf_path:
+        console.print(f"  HF model    {r.hf_path}")

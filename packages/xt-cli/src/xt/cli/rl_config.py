@@ -1,0 +1,63 @@
+"""The top-level config of `xt rl`: the RL sections next to the model and training ones.
+
+One TOML file, one table per section::
+
+    [model]      # xt.models ModelSection: HF config fields, hf_config, or init_from a checkpoint
+    [task]       # xt.rl TaskConfig: the prompts (reasoning-gym task or JSONL) and their rendering
+    [rollout]    # xt.rl RolloutConfig: prompts per step, group size, response budget, top-p, replay
+    [rl]         # xt.rl RLConfig: advantage, policy loss, KL, mismatch, overlong, [rl.reward]
+    [train]      # xt.core TrainConfig: steps (optimizer steps), micro-batches, dtype, seed, out_dir
+    [optim]      # xt.core OptimConfig (AdamW)
+    [schedule]   # xt.core ScheduleConfig
+    [checkpoint] # xt.core CheckpointConfig (every_steps, keep_last, save_final, resume, hf_export)
+    [kernels]    # xt.kernels KernelsConfig
+
+Load with :func:`load_rl_config`; ``--set section.key=value`` overrides any entry. Every error names
+the dotted key, the file and the line (`xt.core.config.load_config`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from xt.cli.config import RunSections
+from xt.core.config import load_config, require
+from xt.rl.config import RLConfig
+from xt.rl.run_config import RolloutConfig, TaskConfig
+
+__all__ = ["RLRunConfig", "load_rl_config"]
+
+
+class RLRunConfig(RunSections):
+    """Everything `xt rl` needs (module docstring): the shared run sections plus ``[task]``,
+    ``[rollout]`` and ``[rl]``."""
+
+    task: TaskConfig = TaskConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    rl: RLConfig = RLConfig()
+
+    def __post_init__(self) -> None:
+        u = self.rollout.updates_per_step
+        require(self.train.steps % u == 0, "train.steps",
+                f"must be a multiple of rollout.updates_per_step = {u} (each RL step makes that many "
+                f"optimizer steps), got {self.train.steps}")
+        require(self.checkpoint.every_steps % u == 0, "checkpoint.every_steps",
+                f"must be a multiple of rollout.updates_per_step = {u} (checkpoints fall between RL steps)")
+        per_update = self.rollout.prompts_per_step * self.rollout.group_size // u
+        require(self.train.micro_batches_per_step <= per_update, "train.micro_batches_per_step",
+                f"must be <= the samples of one update ({per_update}), got {self.train.micro_batches_per_step}")
+        require(not (self.rl.kl_coef > 0 and self.rl.kl_in == "reward"), "rl.kl_in",
+                "'reward' (KL subtracted from the reward) is not wired into xt rl yet; use 'loss' "
+                "(xt.rl.kl.kl_penalized_rewards is there for a driver of your own)")
+        require(self.rl.max_response_tokens == 0 or self.rl.max_response_tokens >= self.rollout.max_new_tokens,
+                "rl.max_response_tokens", f"must be 0 (= rollout.max_new_tokens) or >= rollout.max_new_tokens "
+                f"({self.rollout.max_new_tokens}), got {self.rl.max_response_tokens}")
+
+
+def load_rl_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RLRunConfig:
+    """Read, override and validate an RL run config.
+
+    Raises:
+        xt.core.config.ConfigError: naming the dotted key, the file and line, and what is allowed.
+    """
+    return load_config(path, RLRunConfig, overrides)

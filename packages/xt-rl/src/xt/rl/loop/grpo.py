@@ -1,0 +1,184 @@
+"""One synchronous GRPO-family RL step on one process, from separable parts.
+
+    prompts (PromptSource) --RolloutRequest--> rollout engine --RolloutResult-->
+    decode --RewardRequest--> reward worker --RewardResult--> advantages (+ DAPO shaping)
+    --TrainRequest--> PolicyTrainer --TrainResult--> weights to the rollout engine (version bump)
+
+Each arrow is a msgspec message (`xt.rl.rollout.protocol`, `xt.rl.loop.messages`), so the rollout,
+reward and trainer objects can be moved into their own processes or Ray actors without changing
+what they exchange. Here they share the process; the rollout engine holds the policy model itself
+(colocated: the weight hand-over is a version bump, ``load_weights(None, version)``).
+
+The step's metrics (`GRPOLoop.step`) are those of docs/architecture.md (RL metrics): reward mean /
+std, pass@1, the share of groups without reward spread, response lengths, the trainer's loss
+metrics (entropy, KL, clip fractions, importance ratios, mismatch), routing agreement, tokens/s of
+rollout and trainer, and the time of each part.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, NamedTuple
+
+import torch
+
+from xt.rl.advantages import group_advantages
+from xt.rl.config import RLConfig
+from xt.rl.dapo import dynamic_sampling, overlong_keep, overlong_penalty
+from xt.rl.loop.messages import RewardRequest, RewardResult, TrainRequest, TrainSample
+from xt.rl.loop.prompts import PromptSource
+from xt.rl.rollout.protocol import RolloutRequest, RolloutResult, RolloutSample, SamplingParams
+from xt.rl.run_config import RolloutConfig
+
+__all__ = ["RewardWorker", "GRPOLoop", "PASS_REWARD", "MAX_EXTRA_ROUNDS"]
+
+#: a sample "passes" (pass@1) when its reward reaches this
+PASS_REWARD = 1.0
+#: dynamic sampling draws at most this many extra rounds per step
+MAX_EXTRA_ROUNDS = 3
+
+
+class _Round(NamedTuple):
+    batch: list[dict]
+    result: RolloutResult
+    completions: list[str]
+    scored: RewardResult
+    rewards: torch.Tensor
+
+
+class RewardWorker:
+    """Scores a `RewardRequest` with a `xt.rl.rewards.RewardPool` (process pool, per-call timeouts)."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+
+    def score(self, request: RewardRequest) -> RewardResult:
+        """One reward per completion (the pool's timeout / error rewards where a call failed)."""
+        t0 = time.perf_counter()
+        res = self.pool.score(request.completions, request.samples)
+        return RewardResult(rewards=[float(r) for r in res.rewards], counts=dict(res.counts),
+                            seconds=time.perf_counter() - t0)
+
+
+class GRPOLoop:
+    """The synchronous RL loop (module docstring).
+
+    Args:
+        prompts: the `PromptSource` (its state is the data position).
+        render: ``sample -> prompt token ids`` (`xt.rl.loop.prompts.render_prompt` bound to a tokenizer).
+        decode: ``response token ids -> completion text`` (special tokens skipped).
+        rollout: a rollout engine (`xt.rl.rollout.protocol.RolloutEngine`).
+        reward: a `RewardWorker` (anything with ``score(RewardRequest) -> RewardResult``).
+        trainer: a `xt.rl.loop.trainer.PolicyTrainer`.
+        rl, rollout_cfg: the ``[rl]`` and ``[rollout]`` sections.
+        stop_token_ids: tokens that end a response (the tokenizer's end of turn).
+    """
+
+    def __init__(self, prompts: PromptSource, render: Callable[[dict], list[int]],
+                 decode: Callable[[list[int]], str], rollout: Any, reward: Any, trainer: Any, *,
+                 rl: RLConfig, rollout_cfg: RolloutConfig, stop_token_ids: list[int]) -> None:
+        self.prompts, self.render, self.decode = prompts, render, decode
+        self.rollout, self.reward, self.trainer = rollout, reward, trainer
+        self.rl, self.cfg = rl, rollout_cfg
+        self.sampling = SamplingParams(max_new_tokens=rollout_cfg.max_new_tokens, temperature=rl.temperature,
+                                       top_p=rollout_cfg.top_p, stop_token_ids=list(stop_token_ids))
+
+    def _advantages(self, rewards: torch.Tensor, samples: list[RolloutSample]
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(advantages [N], shaped rewards [N], keep [N])`` with DAPO's overlong shaping / filter."""
+        lengths = torch.tensor([len(s.response_ids) for s in samples])
+        truncated = torch.tensor([s.finish_reason == "length" for s in samples])
+        budget = self.rl.max_response_tokens or self.cfg.max_new_tokens
+        ov = self.rl.overlong
+        shaped = rewards
+        if ov.buffer_tokens:
+            shaped = rewards + overlong_penalty(lengths, max_tokens=budget, buffer_tokens=ov.buffer_tokens,
+                                                factor=ov.penalty).double()
+        keep = overlong_keep(truncated=truncated) if ov.filter else torch.ones(len(lengths), dtype=torch.bool)
+        G = self.cfg.group_size
+        adv = group_advantages(shaped.view(-1, G), estimator=self.rl.advantage, scale_by_std=self.rl.scale_by_std,
+                               eps=self.rl.std_eps, nonfinite=self.rl.nonfinite_reward).reshape(-1)
+        return adv, shaped, keep
+
+    def _round(self, step: int, round_: int, n_prompts: int) -> _Round:
+        """Draw `n_prompts` prompts, sample ``group_size`` responses each and score them."""
+        batch = self.prompts.next(n_prompts)
+        request = RolloutRequest(prompts=[self.render(s) for s in batch], n=self.cfg.group_size,
+                                 sampling=self.sampling, seed=self.cfg.seed + step + 1_000_003 * round_,
+                                 record_experts=self.cfg.routing_replay or getattr(self.trainer, "is_moe", False),
+                                 request_id=f"step-{step}.{round_}")
+        result: RolloutResult = self.rollout.generate(request)
+        completions = [self.decode(s.response_ids) for s in result.samples]
+        scored = self.reward.score(RewardRequest(completions=completions,
+                                                 samples=[batch[s.prompt_index] for s in result.samples]))
+        return _Round(batch, result, completions, scored, torch.tensor(scored.rewards, dtype=torch.float64))
+
+    def _dynamic_sampling(self, step: int, first: _Round) -> tuple[list[RolloutSample], torch.Tensor, int]:
+        """DAPO's dynamic sampling: keep the groups with reward spread, over-sample (at most
+        `MAX_EXTRA_ROUNDS` more rounds) until ``prompts_per_step`` such groups are there, then cut to
+        that many. Returns the kept samples, their rewards and the rounds drawn. With no kept group at
+        all the first round is returned unchanged (its advantages are all 0)."""
+        G, B = self.cfg.group_size, self.cfg.prompts_per_step
+        kept_s: list[RolloutSample] = []
+        kept_r: list[torch.Tensor] = []
+        rnd, rounds = first, 1
+        while True:
+            ds = dynamic_sampling(rnd.rewards.view(-1, G), target_groups=B - len(kept_r))
+            for g in ds.kept_groups.tolist():
+                kept_s.extend(rnd.result.samples[g * G:(g + 1) * G])
+                kept_r.append(rnd.rewards[g * G:(g + 1) * G])
+            if len(kept_r) >= B or rounds > MAX_EXTRA_ROUNDS:
+                break
+            rnd = self._round(step, rounds, ds.groups_to_draw)
+            rounds += 1
+        if not kept_r:
+            return list(first.result.samples), first.rewards, rounds
+        return kept_s[:B * G], torch.cat(kept_r[:B]), rounds
+
+    def step(self, step: int) -> dict[str, Any]:
+        """Run RL step `step` (1-based): rollout, rewards, advantages, updates. Returns its metrics
+        (the reward statistics are of the step's first round, before any dynamic-sampling filter)."""
+        t0 = time.perf_counter()
+        first = self._round(step, 0, self.cfg.prompts_per_step)
+        result, rewards = first.result, first.rewards
+        train_samples, train_rewards, rounds = list(result.samples), rewards, 1
+        if self.rl.dynamic_sampling:
+            train_samples, train_rewards, rounds = self._dynamic_sampling(step, first)
+        adv, shaped, keep = self._advantages(train_rewards, train_samples)
+        samples = [TrainSample(prompt_ids=s.prompt_ids, response_ids=s.response_ids, advantage=float(a),
+                               rollout_log_probs=s.log_probs, keep=bool(k), routed_experts=s.routed_experts)
+                   for s, a, k in zip(train_samples, adv.tolist(), keep.tolist())]
+        trained = self.trainer.train(TrainRequest(samples=samples, step=step))
+        t_sync = time.perf_counter()
+        self.rollout.load_weights(None, trained.weight_version)  # colocated: the same model, new version
+        sync_s = time.perf_counter() - t_sync
+        G = self.cfg.group_size
+        finite = rewards[torch.isfinite(rewards)]
+        groups = rewards.view(-1, G)
+        lens = torch.tensor([len(s.response_ids) for s in result.samples], dtype=torch.float64)
+        n_resp = int(lens.sum())
+        m: dict[str, Any] = {
+            "step": step,
+            "reward_mean": float(finite.mean()) if finite.numel() else None,
+            "reward_std": float(finite.std(unbiased=False)) if finite.numel() else None,
+            "pass_at_1": float((rewards >= PASS_REWARD).double().mean()),
+            "zero_std_group_frac": float((groups.max(1).values == groups.min(1).values).double().mean()),
+            "response_len_mean": float(lens.mean()),
+            "response_len_max": int(lens.max()),
+            "response_clipped_frac": float(torch.tensor([s.finish_reason == "length" for s in result.samples]).double().mean()),
+            "reward_timeouts": first.scored.counts.get("timeout", 0),
+            "reward_errors": first.scored.counts.get("error", 0),
+            "rollout_tokens": n_resp,
+            "rollout_s": result.seconds,
+            "rollout_tokens_per_s": n_resp / result.seconds if result.seconds > 0 else None,
+            "reward_s": first.scored.seconds,
+            "weight_sync_s": sync_s,
+            "weight_version": trained.weight_version,
+        }
+        if self.rl.overlong.buffer_tokens:
+            m["shaped_reward_mean"] = float(shaped[torch.isfinite(shaped)].mean())
+        if self.rl.dynamic_sampling:
+            m["dynamic_sampling_rounds"] = rounds
+            m["dynamic_sampling_groups"] = len(train_samples) // G
+        m.update(trained.metrics)
+        m["step_time_s"] = time.perf_counter() - t0
+        return m

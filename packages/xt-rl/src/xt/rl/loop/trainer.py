@@ -1,0 +1,136 @@
+"""The trainer part of the RL loop: one RL step's samples -> policy-gradient updates through the `Engine`.
+
+Per step (a `TrainRequest`): the samples are split in order into ``updates_per_step`` updates and
+each update into ``micro_batches`` RL micro-batches (`xt.rl.batch.pack_samples`, with the rollout's
+log-probs and, under routing replay, its experts). With more than one update the old log-probs of
+all samples are computed first (`forward_log_probs`, the policy before this step); with one they
+are the current ones (ratio 1 exactly, no extra forward). On MoE models the routing agreement with
+the rollout (`xt.rl.replay.routing_agreement`) is measured before each update and averaged. A reference model, when ``rl.kl_coef > 0``,
+gives ``ref_log_probs``. Each update is ``Engine.forward_backward(mbs, PolicyLoss)`` then
+``optim_step``, and bumps the weight version.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from xt.models.common.routing_replay import decoder_routers, enable_routing_replay
+from xt.rl.batch import pack_samples
+from xt.rl.config import RLConfig
+from xt.rl.loop.messages import TrainRequest, TrainResult, TrainSample
+from xt.rl.losses import PolicyLoss, forward_log_probs
+from xt.rl.replay import routing_agreement
+
+__all__ = ["PolicyTrainer", "split_evenly"]
+
+
+def split_evenly(n: int, parts: int) -> list[range]:
+    """``parts`` consecutive ranges covering ``range(n)``, sizes differing by at most one (none empty
+    when ``parts <= n``)."""
+    bounds = [n * i // parts for i in range(parts + 1)]
+    return [range(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+def _scalar(v: Any) -> float | None:
+    if v is None:
+        return None
+    f = float(v)
+    return f if f == f and abs(f) != float("inf") else None
+
+
+class PolicyTrainer:
+    """Policy-gradient updates of one RL step (module docstring).
+
+    Args:
+        engine: the policy's `xt.core.engine.Engine` (its model is trained in place).
+        rl: the ``[rl]`` section.
+        updates_per_step: optimizer steps per RL step (``rollout.updates_per_step``).
+        micro_batches: micro-batches per update (``train.micro_batches_per_step``).
+        routing_replay: pass the rollout's experts to the model (``rollout.routing_replay``).
+        reference: a frozen reference `Engine` for ``rl.kl_coef > 0``, else None.
+        weight_version: the version of the weights the engine holds now.
+    """
+
+    def __init__(self, engine: Any, rl: RLConfig, *, updates_per_step: int = 1, micro_batches: int = 1,
+                 routing_replay: bool = False, reference: Any = None, weight_version: int = 0) -> None:
+        if rl.kl_coef > 0 and rl.kl_in == "loss" and reference is None:
+            raise ValueError("PolicyTrainer: rl.kl_coef > 0 with rl.kl_in = 'loss' needs a reference engine")
+        self.engine, self.rl = engine, rl
+        self.loss = PolicyLoss(rl)
+        self.updates_per_step, self.micro_batches = updates_per_step, micro_batches
+        self.reference = reference
+        self.weight_version = weight_version
+        self.is_moe = bool(decoder_routers(engine.model))
+        self.routing_replay = routing_replay and self.is_moe
+        self._replay_hook = enable_routing_replay(engine.model) if self.routing_replay else None
+
+    def _batches(self, samples: Sequence[TrainSample], with_experts: bool) -> list[dict[str, Any]]:
+        out = []
+        for part in split_evenly(len(samples), self.micro_batches):
+            s = [samples[i] for i in part]
+            out.append(pack_samples(
+                [x.prompt_ids for x in s], [x.response_ids for x in s], advantages=[x.advantage for x in s],
+                rollout_log_probs=[x.rollout_log_probs for x in s], keep=[x.keep for x in s],
+                routed_experts=[x.routed_experts.to_tensor() for x in s] if with_experts else None))
+        return out
+
+    def train(self, request: TrainRequest) -> TrainResult:
+        """Run the updates of one step; returns the metrics averaged over its updates (loss metrics
+        are the engine's step sums: global token means) and the new weight version.
+
+        Raises:
+            ValueError: no samples, or routing replay without recorded experts.
+        """
+        samples = request.samples
+        if not samples:
+            raise ValueError("PolicyTrainer.train: the step has no samples")
+        has_experts = all(x.routed_experts is not None for x in samples)
+        if self.routing_replay and not has_experts:
+            raise ValueError("rollout.routing_replay: the rollout returned no routed experts for some samples")
+        t0 = time.perf_counter()
+        metrics: dict[str, list[float]] = {}
+
+        def add(k: str, v: Any) -> None:
+            f = _scalar(v)
+            if f is not None:
+                metrics.setdefault(k, []).append(f)
+
+        updates = [[samples[i] for i in part] for part in split_evenly(len(samples), self.updates_per_step)]
+        per_update = [self._batches(u, self.routing_replay) for u in updates]
+        measure = self.is_moe and has_experts  # how often the trainer's own routing differs from the rollout's
+        if self.updates_per_step > 1:
+            for mbs in per_update:
+                for mb, old in zip(mbs, forward_log_probs(self.engine, mbs, temperature=self.rl.temperature)):
+                    mb["old_log_probs"] = old
+        if self.reference is not None:
+            for mbs in per_update:
+                for mb, ref in zip(mbs, forward_log_probs(self.reference, mbs, temperature=self.rl.temperature)):
+                    mb["ref_log_probs"] = ref
+        tokens = 0
+        for u, mbs in zip(updates, per_update):
+            if measure:  # before each update: after the first one the weights are no longer the rollout's
+                for mb in (mbs if self.routing_replay else self._batches(u, True)):
+                    for k, v in routing_agreement(self.engine.model, mb).items():
+                        add(k, v)
+            self.engine.zero_grad()
+            stats = self.engine.forward_backward(mbs, self.loss)
+            opt = self.engine.optim_step()
+            tokens += stats.num_tokens
+            for k, v in stats.loss_metrics.items():
+                add(k, v)
+            add("grad_norm", getattr(opt, "grad_norm", None))
+            add("lr", getattr(opt, "lr", None))
+            self.weight_version += 1
+        dt = time.perf_counter() - t0
+        out: dict[str, float | None] = {k: sum(v) / len(v) for k, v in metrics.items()}
+        out.update(trainer_tokens=float(tokens), trainer_s=dt, trainer_tokens_per_s=tokens / dt if dt > 0 else None)
+        return TrainResult(metrics=out, weight_version=self.weight_version)
+
+    def close(self) -> None:
+        """Remove the routing-replay hook from the model."""
+        if self._replay_hook is not None:
+            self._replay_hook.remove()
+            self._replay_hook = None

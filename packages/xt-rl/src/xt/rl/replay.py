@@ -1,0 +1,58 @@
+"""How much the trainer's own routing disagrees with the rollout's (the routing-replay metric).
+
+Shape legend: L MoE layers, T tokens of a micro-batch, K top-k.
+
+With routing replay on (`xt.models.common.routing_replay`), the trainer uses the rollout's experts;
+this measures what it would have chosen itself, so a run shows how often replay matters (or, with
+replay off, how often the trainer scores tokens on other experts than the rollout used).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from xt.models.common.routing_replay import record_routing
+from xt.rl.batch import RL_KEYS, ROUTED_EXPERTS
+
+__all__ = ["routing_agreement"]
+
+
+@torch.no_grad()
+def routing_agreement(model: nn.Module, batch: Mapping[str, Any]) -> dict[str, float]:
+    """Compare the model's own top-k with the batch's recorded ``routed_experts [L, T, K]``.
+
+    Runs one forward without ``routed_experts`` (with `enable_routing_replay` installed that clears
+    the routers, so they route themselves) and records its choices.
+
+    Args:
+        model: the policy (eval/train mode left as is).
+        batch: an RL micro-batch (`xt.rl.batch`) with ``routed_experts``.
+
+    Returns:
+        ``routing_mismatch_frac``: share of the ``L·T·K`` expert slots whose expert set differs
+        (per token and layer, the experts the model picks that the rollout did not), and
+        ``routing_mismatch_tokens_frac``: share of ``(layer, token)`` pairs with any difference.
+
+    Raises:
+        KeyError: the batch has no ``routed_experts``.
+    """
+    recorded = batch[ROUTED_EXPERTS]
+    inputs = {k: v for k, v in batch.items() if k not in RL_KEYS and k not in (ROUTED_EXPERTS, "labels")}
+    dev = next(model.parameters()).device
+    inputs = {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    with record_routing(model) as rec:
+        # no routed_experts: a replay pre-hook clears the routers, they route themselves; the
+        # hidden states are enough (no [T, V] logits)
+        model(**inputs, return_hidden=True)
+    own = rec.call(0)
+    rec_ids = recorded.to(own.device, torch.int64)
+    if own.shape != rec_ids.shape:
+        raise ValueError(f"routing_agreement: the model routed {tuple(own.shape)} but the batch records "
+                         f"{tuple(rec_ids.shape)} (routed_experts must be [layers, T, top_k])")
+    same = (own[..., :, None] == rec_ids[..., None, :]).any(-1)  # [L, T, K]: own expert also recorded
+    return {"routing_mismatch_frac": float((~same).double().mean()),
+            "routing_mismatch_tokens_frac": float((~same).any(-1).double().mean())}
+

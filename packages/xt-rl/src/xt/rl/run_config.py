@@ -1,0 +1,94 @@
+"""The sections an RL run adds to the model/train/optim ones: ``[rollout]`` (how samples are drawn)
+and ``[task]`` (where the prompts come from).
+
+Both are `xt.core.config.ConfigStruct`s, so a TOML file reports a bad value as ``rollout.group_size``
+(or ``task.name``) with its file and line. The ``[rl]`` algorithm section is `xt.rl.config.RLConfig`.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+from xt.core.config import ConfigStruct, require
+
+__all__ = ["RolloutConfig", "TaskConfig"]
+
+
+class RolloutConfig(ConfigStruct):
+    """``[rollout]``: the samples of one RL step.
+
+    Attributes:
+        prompts_per_step: prompts drawn per step, >= 1.
+        group_size: samples per prompt (the GRPO group), >= 1 (>= 2 for a non-zero advantage).
+        max_new_tokens: response budget, >= 1 (also ``rl.max_response_tokens`` when that is 0).
+        top_p: nucleus sampling mass in (0, 1]; with < 1 the trainer's log-probs are of the
+            unfiltered distribution (the rollout's of the nucleus), a measured mismatch.
+        routing_replay: the trainer replays the rollout's experts (MoE models;
+            `xt.models.common.routing_replay`); the disagreement it removes is logged either way.
+        updates_per_step: optimizer steps per rollout batch (the batch split in order); with > 1 the
+            trainer's old log-probs are computed before the first update and the PPO clip matters.
+        max_batch_sequences: sequences generated together at most (0 = all of the step's).
+        seed: seeds the sampling RNG (per step: ``seed + step``).
+    """
+
+    # what one step samples
+    prompts_per_step: int = 8
+    group_size: int = 4
+    max_new_tokens: int = 64
+    top_p: float = 1.0
+    seed: int = 0
+    # how the trainer uses it
+    routing_replay: bool = False
+    updates_per_step: int = 1
+    # how the engine batches
+    max_batch_sequences: int = 0
+
+    def __post_init__(self) -> None:
+        require(self.prompts_per_step >= 1, "prompts_per_step", f"must be >= 1, got {self.prompts_per_step}")
+        require(self.group_size >= 1, "group_size", f"must be >= 1, got {self.group_size}")
+        require(self.max_new_tokens >= 1, "max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
+        require(isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1, "top_p",
+                f"must be in (0, 1], got {self.top_p!r}")
+        require(1 <= self.updates_per_step <= self.prompts_per_step * self.group_size, "updates_per_step",
+                f"must be in [1, prompts_per_step * group_size = {self.prompts_per_step * self.group_size}], "
+                f"got {self.updates_per_step}")
+        require(self.max_batch_sequences >= 0, "max_batch_sequences",
+                f"must be >= 0 (0 = all at once), got {self.max_batch_sequences}")
+
+
+class TaskConfig(ConfigStruct):
+    """``[task]``: the prompts and reference answers.
+
+    Attributes:
+        source: "reasoning_gym" (a generated task, extra ``xt-rl[gym]``) or "jsonl" (a file of
+            ``{"question": ..., "answer": ...}`` lines; other fields are passed to the reward).
+        name: the reasoning-gym task (e.g. "basic_arithmetic", "countdown").
+        path: the JSONL file (source "jsonl").
+        size: samples generated (reasoning_gym), >= 1.
+        seed: the generator's seed, and the seed of the per-epoch prompt order.
+        config: the reasoning-gym task's own fields (e.g. ``max_digits = 1``).
+        tokenizer: "qwen3", "llama3", a local tokenizer folder, or "model" (the folder of
+            ``model.init_from``).
+        chat: render each prompt with the tokenizer's chat template (one user turn, after an
+            optional system turn); false: the plain text.
+        system_prompt: the system turn ("" = none).
+        prompt_template: the user turn, with ``{question}`` replaced by the sample's question.
+    """
+
+    source: Literal["reasoning_gym", "jsonl"] = "reasoning_gym"
+    name: str = "basic_arithmetic"
+    path: str = ""
+    size: int = 1000
+    seed: int = 0
+    config: dict[str, Any] = msgspec.field(default_factory=dict)
+    tokenizer: str = "model"
+    chat: bool = True
+    system_prompt: str = ""
+    prompt_template: str = "{question}"
+
+    def __post_init__(self) -> None:
+        require(self.size >= 1, "size", f"must be >= 1, got {self.size}")
+        require(self.source != "jsonl" or bool(self.path), "path", "must name a JSONL file when source = 'jsonl'")
+        require("{question}" in self.prompt_template, "prompt_template",
+                f"must contain '{{question}}', got {self.prompt_template!r}")
