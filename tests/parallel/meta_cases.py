@@ -104,3 +104,57 @@ def run_meta_memory(spec: dict, state: dict) -> dict:
     dist.all_gather(gathered, both)
     dist.barrier()
     return {"peaks": [int(g[0]) for g in gathered], "locals": [int(g[1]) for g in gathered], "full_bytes": full}
+
+
+def run_peak(spec: dict, state: dict | None = None) -> dict:
+    """One rank (or one process with ``state=None``): meta build, layout, AdamW, two training steps;
+    the peak bytes allocated during the second step (``MemTracker``, parameters, gradients and
+    optimizer state tracked) and the planner's prediction for this rank."""
+    import torch.distributed as dist
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    from xt.core.engine.loss import count_label_tokens, micro_batch_objective
+    from xt.core.distributed import LocalDistContext
+    from xt.models import build_model
+    from xt.parallel import ParallelConfig, materialize_, parallelize
+    from xt.parallel.memory_plan import plan_memory
+    torch.manual_seed(spec["seed"])
+    model = build_model(spec["model"], device="meta", attn_backend="sdpa")
+    if state is None:
+        cfg = ParallelConfig(**spec["layout"])
+        world, rank = 1, 0
+        predicted = plan_memory(model, cfg, 1, tokens_per_micro_batch=spec["tokens"], compute_bytes=4, fsdp=False, math_attention=True)
+        materialize_(model, "cpu")
+        ctx = LocalDistContext()
+    else:
+        cfg, meshes = _meshes(spec, state)
+        world, rank = dist.get_world_size(), dist.get_rank()
+        predicted = plan_memory(model, cfg, world, rank=rank, tokens_per_micro_batch=spec["tokens"], compute_bytes=4, math_attention=True)
+        model, ctx = parallelize(model, cfg, device_type="cpu", meshes=meshes)
+        materialize_(model, "cpu")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=False)
+    dp_rank = getattr(ctx, "dp_rank", 0)
+    dp = getattr(ctx, "dp_size", 1)
+
+    def step(s):
+        lens = [spec["tokens"] // 4] * 4
+        mb = make_batch(spec["seed"] * 100 + s * dp + dp_rank, lens, spec["model"]["vocab_size"])
+        mb = ctx.shard_batch(mb) if hasattr(ctx, "shard_batch") else mb
+        n_tok = ctx.all_reduce_sum(count_label_tokens([mb], torch.device("cpu")))
+        micro_batch_objective(model(**mb), n_tok, 1, world).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    step(0)
+    tracker = MemTracker()
+    tracker.track_external(model, opt)
+    with tracker:
+        step(1)
+    peak = tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"]
+    out = {"peak": peak, "predicted": predicted.as_dict()}
+    if state is not None:
+        t = torch.tensor([float(peak), float(predicted.total)])
+        got = [torch.zeros(2) for _ in range(world)]
+        dist.all_gather(got, t)
+        out["per_rank"] = [(int(a), int(b)) for a, b in got]
+        dist.barrier()
+    return out
