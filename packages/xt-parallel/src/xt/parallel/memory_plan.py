@@ -41,7 +41,7 @@ from xt.parallel.discover import plan_for
 from xt.parallel.plan import resolve
 from xt.parallel.shard_math import local_shapes
 
-__all__ = ["MemoryPlan", "expert_param_names", "layer_activation_elements", "plan_memory"]
+__all__ = ["MemoryPlan", "ModelFacts", "model_facts", "expert_param_names", "layer_activation_elements", "plan_memory"]
 
 GIB = 1024 ** 3
 
@@ -97,8 +97,7 @@ def expert_param_names(model: nn.Module, plan=None) -> list[str]:
     return names
 
 
-def layer_activation_elements(layer: nn.Module, experts: nn.Module | None = None, top_k: int = 0, *,
-                              math_attention: bool = False, seq_len: int = 0) -> float:
+def layer_activation_elements(layer: nn.Module, experts: nn.Module | None = None, top_k: int = 0) -> float:
     """Saved activation elements per token of one decoder layer (an estimate from its linears).
 
     Every ``nn.Linear`` outside the experts saves its input (linears of one parent module with the
@@ -107,9 +106,9 @@ def layer_activation_elements(layer: nn.Module, experts: nn.Module | None = None
     ``down_proj``, largest-in/smallest-out of a block: counted by input only). Attention adds its
     rotated q and k. A norm (a module with a 1-D ``weight`` whose class name ends in ``Norm``)
     saves its input and its normalised copy (inside attention the input is a projection's output,
-    already counted; per-head q/k norms count q / k once more). With
-    `math_attention` (torch's SDPA math path, what the CPU runs) the ``[H, T, T]`` probabilities
-    are saved too, ``H * seq_len`` per token. Routed experts save
+    already counted; per-head q/k norms count q / k once more). (Torch's SDPA math path, what the
+    CPU runs, also saves the ``[H, T, T]`` probabilities: :func:`plan_memory` adds ``H * T`` per
+    token with ``math_attention``.) Routed experts save
     per token ``K (D + 2F + F + D)`` (gathered rows, gate-up output, activation, expert output for
     the weighted combine) plus the fp32 router probabilities (``2 E``).
     """
@@ -138,8 +137,6 @@ def layer_activation_elements(layer: nn.Module, experts: nn.Module | None = None
             proj = getattr(attn, {"q_norm": "q_proj", "k_norm": "k_proj"}.get(name, ""), None)
             # its input is a projection's output (counted above): only the normalised copy is new
             total += proj.out_features if isinstance(proj, nn.Linear) else norm.weight.numel()
-        if math_attention:
-            total += seq_len * _heads(attn)
         for name in ("q_proj", "q_b_proj"):
             q = getattr(attn, name, None)
             if isinstance(q, nn.Linear):
@@ -186,20 +183,76 @@ def _tied_numel(model: nn.Module) -> set[str]:
     return dup
 
 
-def plan_memory(model: nn.Module, cfg: ParallelConfig, world: int, *, tokens_per_micro_batch: int,
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the planner reads from a (meta) model, computed once by :func:`model_facts`: shapes
+    (tied parameters once), expert weight names, per-decoder-layer parameter numbers and saved
+    activation elements per token (``layer_act``, without the attention-probability term, and
+    ``layer_heads`` for it), the root's parameters, sizes, and the bf16-copy candidates."""
+
+    shapes: dict
+    experts: frozenset
+    layer_dense: tuple
+    layer_expert: tuple
+    layer_act: tuple
+    layer_heads: tuple
+    root_numel: int
+    hidden: int
+    vocab: int
+    top_k: int
+    head_passes: int
+    castable_numel: int
+    moe_layers: int
+
+
+def model_facts(model: nn.Module) -> ModelFacts:
+    """Read :class:`ModelFacts` off `model` (best built on ``"meta"``)."""
+    plan = plan_for(model, quiet=True)
+    experts = frozenset(expert_param_names(model, plan))
+    tied = _tied_numel(model)
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters() if n not in tied}
+    layer_paths = list(plan.decoder_layers)
+    moe_by_layer = {}
+    for blk in plan.moe_blocks:
+        owner = next((lp for lp in layer_paths if blk.block.startswith(lp + ".")), None)
+        if owner is not None:
+            moe_by_layer[owner] = blk
+    top_k = _config_value(model, "num_experts_per_tok", "top_k")
+    dense, expert, act, heads = [], [], [], []
+    for lp in layer_paths:
+        mine = {n: s for n, s in shapes.items() if n.startswith(lp + ".")}
+        dense.append(sum(math.prod(s) for n, s in mine.items() if n not in experts))
+        expert.append(sum(math.prod(s) for n, s in mine.items() if n in experts))
+        blk = moe_by_layer.get(lp)
+        layer = model.get_submodule(lp)
+        act.append(layer_activation_elements(layer, model.get_submodule(blk.experts) if blk else None, top_k))
+        attn = getattr(layer, "self_attn", None)
+        heads.append(_heads(attn) if attn is not None else 0)
+    in_layers = {n for n in shapes if any(n.startswith(lp + ".") for lp in layer_paths)}
+    fp32_modules = {n for n, m in model.named_modules()
+                    if getattr(m, "xt_fp32_weights", False) or isinstance(m, nn.Embedding)}
+    castable = sum(math.prod(s) for n, s in shapes.items() if len(s) >= 2 and n.rpartition(".")[0] not in fp32_modules)
+    return ModelFacts(shapes, experts, tuple(dense), tuple(expert), tuple(act), tuple(heads),
+                      sum(math.prod(s) for n, s in shapes.items() if n not in in_layers),
+                      _config_value(model, "hidden_size"), _config_value(model, "vocab_size"), top_k,
+                      1 + _config_value(model, "mtp_layers"), castable, len(moe_by_layer))
+
+
+def plan_memory(model: nn.Module | ModelFacts, cfg: ParallelConfig, world: int, *, tokens_per_micro_batch: int,
                 compute_bytes: int = 2, rank: int = 0, fsdp: bool | None = None,
                 weight_cast: bool = True, math_attention: bool = False) -> MemoryPlan:
     """Predict rank `rank`'s peak memory for one training step of `model` under `cfg`.
 
     Args:
-        model: the model, best built on ``"meta"`` (only shapes are read); an XT family or any
-            model xt.parallel can lay out.
+        model: the model, best built on ``"meta"`` (only shapes are read; an XT family or any
+            model xt.parallel can lay out), or its :func:`model_facts` (faster when planning many
+            layouts).
         cfg: the ``[parallel]`` section (sizes, AC, ``param_dtype``, ``cpu_offload``).
         world: number of GPUs.
         tokens_per_micro_batch: tokens of one micro-batch of one data-parallel rank (split over
             ``sp_size`` ranks).
         compute_bytes: element size of activations: 2 under bf16 autocast, 4 in fp32.
-        rank: which rank (shards differ by at most a row chunk).
+        rank: which rank; rank 0 holds the largest shards (FSDP2's chunks are front-loaded).
         fsdp: whether FSDP2 is applied (default: ``world > 1``, as ``xt train`` does).
         weight_cast: bf16 compute copies of plain weights (``train.weight_cast = "per_step"``).
         math_attention: the core attention saves its ``[H, T, T]`` probabilities (SDPA's math
@@ -208,68 +261,35 @@ def plan_memory(model: nn.Module, cfg: ParallelConfig, world: int, *, tokens_per
     Returns:
         A :class:`MemoryPlan`.
     """
+    f = model if isinstance(model, ModelFacts) else model_facts(model)
     fsdp = world > 1 if fsdp is None else fsdp
-    plan = plan_for(model, quiet=True)
-    experts = set(expert_param_names(model, plan))
-    tied = _tied_numel(model)
-    shapes = {n: tuple(p.shape) for n, p in model.named_parameters() if n not in tied}
-    local = local_shapes(shapes, experts, cfg, world, rank, fsdp=fsdp)
+    local = local_shapes(f.shapes, f.experts, cfg, world, rank, fsdp=fsdp)
     local_numel = sum(math.prod(s) for s in local.values())
     params = grads = 4 * local_numel
     optimizer = 8 * local_numel
     if cfg.cpu_offload:
         params = grads = optimizer = 0
-    compute_copies = 0
-    if not fsdp and compute_bytes == 2 and weight_cast:
-        fp32_modules = {n for n, m in model.named_modules() if getattr(m, "xt_fp32_weights", False)
-                        or isinstance(m, nn.Embedding)}
-        compute_copies = 2 * sum(math.prod(s) for n, s in shapes.items()
-                                 if len(s) >= 2 and n.rpartition(".")[0] not in fp32_modules)
-    layer_paths = list(plan.decoder_layers)
-    moe_by_layer = {}
-    for blk in plan.moe_blocks:
-        owner = next((lp for lp in layer_paths if blk.block.startswith(lp + ".")), None)
-        if owner is not None:
-            moe_by_layer[owner] = blk
+    compute_copies = 2 * f.castable_numel if (not fsdp and compute_bytes == 2 and weight_cast) else 0
     gathered_bytes = 2 if cfg.param_dtype == "bfloat16" else 4
-    layer_numel = []
-    for lp in layer_paths:
-        numel = sum(math.prod(s) for n, s in shapes.items() if n.startswith(lp + ".") and n not in experts)
-        numel += sum(math.prod(s) // max(cfg.ep_size, 1) for n, s in shapes.items()
-                     if n.startswith(lp + ".") and n in experts)
-        layer_numel.append(numel)
-    root_numel = sum(math.prod(s) for n, s in shapes.items() if not any(n.startswith(lp + ".") for lp in layer_paths))
     fsdp_buffers = fsdp_grad_buffers = fsdp_layer_buffers = 0
     if fsdp:
-        biggest = max(layer_numel, default=0)
-        fsdp_buffers = root_numel * gathered_bytes
+        biggest = max((d + e // cfg.ep_size for d, e in zip(f.layer_dense, f.layer_expert)), default=0)
+        fsdp_buffers = f.root_numel * gathered_bytes
         fsdp_layer_buffers = 2 * biggest * gathered_bytes
-        fsdp_grad_buffers = 4 * (root_numel + biggest)
+        fsdp_grad_buffers = 4 * (f.root_numel + biggest)
     tokens = math.ceil(tokens_per_micro_batch / cfg.sp_size)
-    per_layer = []
-    top_k = _top_k(model)
-    for lp in layer_paths:
-        layer = model.get_submodule(lp)
-        blk = moe_by_layer.get(lp)
-        ex = model.get_submodule(blk.experts) if blk is not None else None
-        per_layer.append(layer_activation_elements(layer, ex, top_k, math_attention=math_attention, seq_len=tokens))
-    hidden = _hidden_size(model)
-    ac = set(checkpointed_layer_ids(len(layer_paths), cfg.activation_checkpointing,
+    per_layer = [a + (h * tokens if math_attention else 0) for a, h in zip(f.layer_act, f.layer_heads)]
+    ac = set(checkpointed_layer_ids(len(per_layer), cfg.activation_checkpointing,
                                     cfg.activation_checkpointing_every_n))
-    kept = sum(4 * hidden if i in ac else compute_bytes * e for i, e in enumerate(per_layer))
+    kept = sum(4 * f.hidden if i in ac else compute_bytes * e for i, e in enumerate(per_layer))
     recompute = compute_bytes * max((e for i, e in enumerate(per_layer) if i in ac), default=0)
     activation_per_token = compute_bytes * sum(per_layer) + 0.0
-    activation_full_ac = 4.0 * hidden * len(per_layer) + compute_bytes * max(per_layer, default=0)
-    activations = int(tokens * kept)
-    vocab = _vocab_size(model)
-    chunk = max(1, min(tokens, (1 << 28) // max(vocab, 1)))
-    head_passes = 1 + _config_value(model, "mtp_layers")  # DeepSeek's MTP depths reuse the head
-    head_grad = 4 * vocab * hidden
-    loss = int(head_passes * (tokens * hidden * (compute_bytes + 4) + head_grad) + 4 * chunk * vocab)
-    all_to_all = 0
-    if cfg.ep_size > 1 and moe_by_layer:
-        all_to_all = int(2 * 2 * tokens * top_k * hidden * compute_bytes)
-    return MemoryPlan(params, grads, optimizer, compute_copies, fsdp_buffers, activations, loss, all_to_all,
+    activation_full_ac = 4.0 * f.hidden * len(per_layer) + compute_bytes * max(per_layer, default=0)
+    chunk = max(1, min(tokens, (1 << 28) // max(f.vocab, 1)))
+    head_grad = 4 * f.vocab * f.hidden
+    loss = int(f.head_passes * (tokens * f.hidden * (compute_bytes + 4) + head_grad) + 4 * chunk * f.vocab)
+    all_to_all = int(4 * tokens * f.top_k * f.hidden * compute_bytes) if cfg.ep_size > 1 and f.moe_layers else 0
+    return MemoryPlan(params, grads, optimizer, compute_copies, fsdp_buffers, int(tokens * kept), loss, all_to_all,
                       activation_per_token, activation_full_ac, tokens, head_grad, fsdp_grad_buffers,
                       int(tokens * recompute), fsdp_layer_buffers)
 
@@ -281,15 +301,3 @@ def _config_value(model: nn.Module, *names: str, default: int = 0) -> int:
         if v:
             return int(v)
     return default
-
-
-def _top_k(model: nn.Module) -> int:
-    return _config_value(model, "num_experts_per_tok", "top_k")
-
-
-def _hidden_size(model: nn.Module) -> int:
-    return _config_value(model, "hidden_size")
-
-
-def _vocab_size(model: nn.Module) -> int:
-    return _config_value(model, "vocab_size")
