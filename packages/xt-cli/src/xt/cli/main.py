@@ -1,4 +1,4 @@
-"""The `xt` command: `xt train`, `xt rl`, `xt convert`, `xt config show|keys`."""
+"""The `xt` command: `xt train`, `xt rl`, `xt convert`, `xt config show|keys`, `xt plan`."""
 from __future__ import annotations
 
 import os
@@ -149,6 +149,29 @@ def convert(ctx: click.Context, src: str, dst: str, config: str | None) -> None:
         from xt.cli.convert import convert_checkpoint
         out = convert_checkpoint(src, dst, config)
         click.echo(f"xt convert: wrote {out} from {src}")
+
+
+@cli.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--world", type=int, required=True, help="Number of GPUs.")
+@click.option("--gpu-memory", "gpu_memory", type=float, default=139.0, show_default=True, metavar="GiB",
+              help="Memory per GPU in GiB (an H200 has about 139 GiB).")
+@click.option("--search", is_flag=True, default=False,
+              help="Plan every valid layout (HSDP, EP, activation checkpointing) and list those that fit, fastest first.")
+@click.option("--tokens", type=int, default=None, help="Tokens per GPU micro-batch (default data.tokens_per_micro_batch).")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override a config entry. Repeatable.")
+@click.pass_context
+def plan(ctx: click.Context, config: str, world: int, gpu_memory: float, search: bool, tokens: int | None,
+         overrides: tuple[str, ...]) -> None:
+    """Per-GPU memory and estimated speed of CONFIG's layout on --world GPUs, without GPUs.
+
+    The model is built on the meta device; memory per term (parameters, gradients, AdamW state,
+    FSDP2 buffers, activations with and without recomputation, loss, all-to-all), the largest
+    micro-batch that fits, and the step time from XT's H200 rate table.
+    """
+    with reported_errors(_debug(ctx), also=(ValueError,)):
+        from xt.cli.plan import run_plan
+        run_plan(config, list(overrides), world=world, gpu_memory_gib=gpu_memory, search=search, tokens=tokens)
 
 
 def main() -> None:

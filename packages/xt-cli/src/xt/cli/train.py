@@ -52,12 +52,17 @@ def build_run(cfg: XTConfig, device: torch.device) -> tuple[nn.Module, DistConte
     """The model of ``cfg.model`` on `device` (seed beforehand), laid out by ``cfg.kernels`` and
     ``cfg.parallel``, and this rank's loader of ``cfg.data``: ``(model, dist, loader)``.
 
+    A randomly initialised model is built on the meta device, laid out there and materialised on
+    `device` with this rank's shards only (:func:`xt.parallel.apply_layout`); its values equal an
+    eager single-process build of the same seed (docs/architecture.md, Meta-device construction).
+    A model loaded with ``model.init_from`` is still built on `device`.
+
     Raises:
         what :func:`xt.models.build_run_model` and :func:`xt.parallel.apply_layout` raise.
     """
-    model = build_run_model(cfg.model, device)
+    model = build_run_model(cfg.model, device if cfg.model.init_from else torch.device("meta"))
     apply_kernels_config(cfg.kernels)
-    model, dist = apply_layout(model, cfg.parallel, device_type=device.type)
+    model, dist = apply_layout(model, cfg.parallel, device_type=device.type, device=device)
     split = cfg.eval.split if cfg.eval.enabled else 0.0
     return model, dist, rank_loader(functools.partial(build_loader, cfg.data, eval_split=split), dist)
 

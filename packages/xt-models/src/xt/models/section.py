@@ -109,7 +109,9 @@ def unused_model_keys(section: ModelSection) -> list[str]:
 def build_run_model(section: ModelSection, device: str | torch.device) -> nn.Module:
     """The model of `section` on `device`: random weights (seed beforehand, e.g. with
     ``xt.core.checkpoint.seed_everything``; float32) or loaded from ``init_from`` (an HF folder or
-    XT weights, in the checkpoint's dtype).
+    XT weights, in the checkpoint's dtype). With random weights `device` may be ``"meta"``: nothing
+    is allocated, and ``xt.parallel.apply_layout`` later materialises this rank's shards with the
+    same values.
 
     Raises:
         xt.models.ConfigError: bad or unknown HF config fields (named).

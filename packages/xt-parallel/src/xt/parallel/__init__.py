@@ -6,7 +6,8 @@ discovery by attribute names for models without one: :mod:`~xt.parallel.discover
 Building blocks (each usable on plain ``nn.Module``s): :mod:`~xt.parallel.mesh`,
 :mod:`~xt.parallel.fsdp`, :mod:`~xt.parallel.expert_parallel`, :mod:`~xt.parallel.ulysses`,
 :mod:`~xt.parallel.sp_batch`, :mod:`~xt.parallel.checkpointing`, :mod:`~xt.parallel.clip`,
-:mod:`~xt.parallel.gather`, and the HF adapter :mod:`~xt.parallel.hf_qwen3_moe`.
+:mod:`~xt.parallel.gather`, :mod:`~xt.parallel.materialize` (this rank's shards of a model built on
+the meta device), and the HF adapter :mod:`~xt.parallel.hf_qwen3_moe`.
 
 Assembling a run (any composer: ``xt train``, an RL driver), from the ``[parallel]`` section:
 :func:`check_layout` before the model is built, :func:`device_for_run`, :func:`apply_layout` (torchrun
@@ -19,6 +20,7 @@ from xt.parallel.config import ParallelConfig
 from xt.parallel.context import ParallelDistContext
 from xt.parallel.expert_parallel import AllToAllDispatcher
 from xt.parallel.export import exporter
+from xt.parallel.materialize import is_meta_model, materialize_
 from xt.parallel.layout import apply_layout, check_layout, describe_layout, device_for_run, under_torchrun
 from xt.parallel.mesh import LayoutError, ParallelMeshes, build_meshes, validate_layout
 from xt.parallel.plan import MoEBlockPlan, ParallelPlan
@@ -29,4 +31,5 @@ from xt.parallel.ulysses import UlyssesAttention
 __all__ = ["parallelize", "init_distributed", "ParallelConfig", "ParallelDistContext", "AllToAllDispatcher",
            "LayoutError", "ParallelMeshes", "build_meshes", "validate_layout", "shard_batch_for_sp",
            "UlyssesAttention", "ParallelPlan", "MoEBlockPlan", "apply_layout", "check_layout", "describe_layout",
-           "device_for_run", "under_torchrun", "rank_loader", "SequenceShardedLoader", "exporter"]
+           "device_for_run", "under_torchrun", "rank_loader", "SequenceShardedLoader", "exporter",
+           "materialize_", "is_meta_model"]

@@ -24,6 +24,7 @@ from xt.parallel.api import parallelize
 from xt.parallel.checkpointing import checkpointed_layer_ids
 from xt.parallel.config import ParallelConfig
 from xt.parallel.discover import config_sizes, plan_for
+from xt.parallel.materialize import is_meta_model, materialize_
 from xt.parallel.mesh import validate_layout
 from xt.parallel.single import check_single_process_layout, describe_single, parallelize_single
 
@@ -64,18 +65,23 @@ def check_layout(cfg: ParallelConfig, model_config: Any) -> None:
     validate_layout(cfg, world, **config_sizes(model_config))
 
 
-def apply_layout(model: nn.Module, cfg: ParallelConfig, *, device_type: str) -> tuple[nn.Module, DistContext]:
+def apply_layout(model: nn.Module, cfg: ParallelConfig, *, device_type: str,
+                 device: torch.device | None = None) -> tuple[nn.Module, DistContext]:
     """Apply the ``[parallel]`` section `cfg` to `model` (in place); build the optimizer afterwards.
 
     Under torchrun: FSDP2 / EP / Ulysses / AC (:func:`xt.parallel.parallelize`, which starts the
     process group). On one process: whatever the section sets
     (:func:`xt.parallel.single.parallelize_single`: AC, capacity, FSDP2 options at world size 1);
-    with the section at its defaults, the plain model.
+    with the section at its defaults, the plain model. A model built on the meta device is laid
+    out there and then materialised on `device`, this rank's shards only
+    (:func:`xt.parallel.materialize.materialize_`).
 
     Args:
-        model: a plain model (XT's, or an HF one adapted for xt.parallel) on its device.
+        model: a plain model (XT's, or an HF one adapted for xt.parallel) on its device, or an XT
+            model built on ``"meta"``.
         cfg: the ``[parallel]`` section.
-        device_type: ``"cuda"`` or ``"cpu"``, the device the model is on.
+        device_type: ``"cuda"`` or ``"cpu"``, the device the model is (or will be) on.
+        device: where a meta model is materialised (default :func:`device_for_run`).
 
     Returns:
         ``(model, dist)``: `dist` a `ParallelDistContext` when a layout was applied under a process
@@ -86,11 +92,16 @@ def apply_layout(model: nn.Module, cfg: ParallelConfig, *, device_type: str) -> 
         xt.parallel.LayoutError / ValueError: as :func:`xt.parallel.parallelize` /
             :func:`xt.parallel.single.parallelize_single`.
     """
+    meta = is_meta_model(model)
     if under_torchrun():
-        return parallelize(model, cfg, device_type=device_type)
-    if cfg == ParallelConfig():
-        return model, LocalDistContext()
-    return parallelize_single(model, cfg, device_type=device_type)
+        model, dist = parallelize(model, cfg, device_type=device_type)
+    elif cfg == ParallelConfig():
+        dist = LocalDistContext()
+    else:
+        model, dist = parallelize_single(model, cfg, device_type=device_type)
+    if meta:
+        materialize_(model, device or device_for_run())
+    return model, dist
 
 
 def describe_layout(cfg: ParallelConfig, dist: DistContext, model: nn.Module) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from xt.core.seeded_init import InitRule
 from xt.kernels.moe import swiglu_experts
 
 __all__ = ["GroupedExperts"]
@@ -48,6 +49,10 @@ class GroupedExperts(nn.Module):
         """Normal(0, init_std) initialisation of both stacked weights."""
         nn.init.normal_(self.gate_up_proj, std=self.init_std)
         nn.init.normal_(self.down_proj, std=self.init_std)
+
+    def xt_init_rules(self, std: float) -> dict:
+        """Init rules (:func:`xt.models.common.init.init_rules`): both stacked weights normal(0, `std`)."""
+        return {"gate_up_proj": InitRule("normal", std), "down_proj": InitRule("normal", std)}
 
     @property
     def num_local_experts(self) -> int:

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xt.core.seeded_init import InitRule
 from xt.models.common.fp32 import fp32_region
 
 __all__ = ["RouterOutput", "RouterStats", "TopKRouter", "checked_replay_ids", "topk_or_replay", "router_stats",
@@ -134,6 +135,10 @@ class TopKRouter(nn.Module):
         self.norm_topk_prob = norm_topk_prob
         self.weight = nn.Parameter(torch.empty(num_experts, hidden_size))
         nn.init.normal_(self.weight, std=0.02)
+
+    def xt_init_rules(self, std: float) -> dict:
+        """Init rules: the router weight normal(0, `std`)."""
+        return {"weight": InitRule("normal", std)}
 
     def forward(self, x: torch.Tensor) -> RouterOutput:
         """Route ``x[T, D]`` (any float dtype).

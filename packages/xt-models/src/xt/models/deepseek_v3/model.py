@@ -23,9 +23,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from xt.models.common.experts import GroupedExperts
 from xt.models.common.flops import causal_lm_flops_per_token
-from xt.models.common.init import expert_load_fractions
+from xt.models.common.init import SeededInit, expert_load_fractions, seeded_build
 from xt.models.common.lm_loss import head_outputs
 from xt.models.common.norm import RMSNorm
 from xt.models.common.output import CausalLMOutput, pack_inputs, run_layers
@@ -70,7 +69,7 @@ class DeepseekV3Model(nn.Module):
         return self.norm(h), stats, seq, cos, sin
 
 
-class DeepseekV3ForCausalLM(nn.Module):
+class DeepseekV3ForCausalLM(SeededInit, nn.Module):
     """DeepSeek-V3 / Kimi K2 causal LM following ``docs/contracts.md``.
 
     Args:
@@ -85,20 +84,15 @@ class DeepseekV3ForCausalLM(nn.Module):
                  init_std: float = 0.02) -> None:
         super().__init__()
         self.config = config
-        self.model = DeepseekV3Model(config, attn_backend, expert_backend)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.mtp = nn.ModuleList(DeepseekV3MTPLayer(config, config.num_hidden_layers + k, attn_backend, expert_backend)
-                                 for k in range(config.mtp_layers))
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(m.weight, std=init_std)
-                if getattr(m, "bias", None) is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, GroupedExperts):
-                m.init_std = init_std
-                m.reset_parameters()
+        self.init_std = init_std
+        with seeded_build(self):
+            self.model = DeepseekV3Model(config, attn_backend, expert_backend)
+            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+            self.mtp = nn.ModuleList(DeepseekV3MTPLayer(config, config.num_hidden_layers + k, attn_backend,
+                                                        expert_backend) for k in range(config.mtp_layers))
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+        self.reset_parameters()
 
     def routers(self) -> list[SigmoidGroupRouter]:
         """The MoE routers of the main layers, then of the MTP layers (the rows of :meth:`expert_load`)."""

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xt.core.seeded_init import InitRule
 from xt.models.common.fp32 import fp32_region
 from xt.models.common.router import RouterOutput, checked_replay_ids
 
@@ -79,6 +80,10 @@ class SigmoidGroupRouter(nn.Module):
         nn.init.normal_(self.weight, std=0.02)
         self.register_buffer("e_score_correction_bias", torch.zeros(num_experts, dtype=torch.float32))
         self.load_acc: torch.Tensor | None = None  # created lazily on the routing device
+
+    def xt_init_rules(self, std: float) -> dict:
+        """Init rules: weight normal(0, `std`); the balancing bias (a buffer) starts at zero."""
+        return {"weight": InitRule("normal", std), "e_score_correction_bias": InitRule("zeros")}
 
     def forward(self, x: torch.Tensor) -> RouterOutput:
         """Route ``x[T, D]`` (any float dtype); outputs as in the class docstring, float32 also

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 import xt.models.common.yarn  # noqa: F401  (registers the yarn rope type)
+from xt.core.seeded_init import InitRule
 from xt.models.common.flops import causal_lm_flops_per_token
 from xt.models.common.moe import MoEBlock
 from xt.models.common.norm import RMSNorm
@@ -27,7 +28,7 @@ from xt.models.common.parallel_plan import decoder_plan
 from xt.models.common.rope import RotaryEmbedding, apply_rotary
 from xt.models.common.router import RouterStats, load_balancing_loss
 from xt.models.common.sinks_attention import SinksCoreAttention
-from xt.models.common.init import expert_load_fractions, init_linear_and_embedding_
+from xt.models.common.init import SeededInit, expert_load_fractions, seeded_build
 from xt.models.common.lm_loss import head_outputs
 from xt.models.gpt_oss.config import GptOssConfig
 from xt.models.gpt_oss.moe import GptOssExperts, GptOssRouter
@@ -55,6 +56,10 @@ class GptOssAttention(nn.Module):
         self.sinks = nn.Parameter(torch.zeros(c.num_attention_heads))
         self.sliding_window = c.sliding_window if c.layer_types[layer_idx] == "sliding_attention" else None
         self.core_attention = SinksCoreAttention(softmax_scale=c.head_dim ** -0.5)
+
+    def xt_init_rules(self, std: float) -> dict:
+        """Init rules of the module's own parameter: the attention sinks normal(0, `std`)."""
+        return {"sinks": InitRule("normal", std)}
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cu_seqlens: torch.Tensor,
                 max_seqlen: int) -> torch.Tensor:
@@ -114,7 +119,7 @@ class GptOssModel(nn.Module):
         return self.norm(h), stats, seq
 
 
-class GptOssForCausalLM(nn.Module):
+class GptOssForCausalLM(SeededInit, nn.Module):
     """GPT-OSS causal LM following the model-forward contract of ``docs/contracts.md``.
 
     Args:
@@ -126,14 +131,13 @@ class GptOssForCausalLM(nn.Module):
     def __init__(self, config: GptOssConfig, expert_backend: str | None = None, init_std: float = 0.02) -> None:
         super().__init__()
         self.config = config
-        self.model = GptOssModel(config, expert_backend)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        init_linear_and_embedding_(self, init_std)
-        for m in self.modules():
-            if isinstance(m, (GptOssAttention, GptOssRouter)):
-                nn.init.normal_(m.sinks if isinstance(m, GptOssAttention) else m.bias, std=init_std)
+        self.init_std = init_std
+        with seeded_build(self):
+            self.model = GptOssModel(config, expert_backend)
+            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+        self.reset_parameters()
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, cu_seqlens: torch.Tensor | None = None,

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xt.core.seeded_init import InitRule
 from xt.kernels.moe import grouped_gemm
 from xt.models.common.experts import GroupedExperts
 from xt.models.common.fp32 import fp32_region
@@ -46,6 +47,10 @@ class GptOssRouter(nn.Module):
         self.weight = nn.Parameter(torch.empty(num_experts, hidden_size))
         self.bias = nn.Parameter(torch.zeros(num_experts))
         nn.init.normal_(self.weight, std=0.02)
+
+    def xt_init_rules(self, std: float) -> dict:
+        """Init rules: weight and bias normal(0, `std`) (as HF initialises GPT-OSS's router)."""
+        return {"weight": InitRule("normal", std), "bias": InitRule("normal", std)}
 
     def forward(self, x: torch.Tensor) -> RouterOutput:
         """Route ``x[T, D]`` (any float dtype); float32 ``logits``/``probs [T, E]``, int64
@@ -97,6 +102,11 @@ class GptOssExperts(GroupedExperts):
         self.alpha, self.limit = float(alpha), float(limit)
         self.gate_up_proj_bias = nn.Parameter(torch.zeros(num_experts, 2 * intermediate_size))
         self.down_proj_bias = nn.Parameter(torch.zeros(num_experts, hidden_size))
+
+    def xt_init_rules(self, std: float) -> dict:
+        """Init rules: stacked weights normal(0, `std`), their biases zero."""
+        return {**super().xt_init_rules(std), "gate_up_proj_bias": InitRule("zeros"),
+                "down_proj_bias": InitRule("zeros")}
 
     def forward(self, x_sorted: torch.Tensor, tokens_per_expert: torch.Tensor) -> torch.Tensor:
         """``x_sorted[R, D]``, ``tokens_per_expert[E_local]`` (sums to R) -> ``[R, D]`` in ``x_sorted.dtype``.

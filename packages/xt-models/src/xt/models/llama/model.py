@@ -26,7 +26,7 @@ from xt.models.common.norm import RMSNorm
 from xt.models.common.output import CausalLMOutput, LayerOutput, pack_inputs, run_layers
 from xt.models.common.parallel_plan import decoder_plan
 from xt.models.common.rope import RotaryEmbedding
-from xt.models.common.init import init_linear_and_embedding_
+from xt.models.common.init import SeededInit, seeded_build
 from xt.models.common.lm_loss import head_outputs
 from xt.models.llama.config import LlamaConfig
 
@@ -78,7 +78,7 @@ class LlamaModel(nn.Module):
         return self.norm(h), stats, seq
 
 
-class LlamaForCausalLM(nn.Module):
+class LlamaForCausalLM(SeededInit, nn.Module):
     """Llama causal LM following the model-forward contract of ``docs/contracts.md``.
 
     Args:
@@ -90,11 +90,13 @@ class LlamaForCausalLM(nn.Module):
     def __init__(self, config: LlamaConfig, attn_backend: str = "auto", init_std: float = 0.02) -> None:
         super().__init__()
         self.config = config
-        self.model = LlamaModel(config, attn_backend)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        init_linear_and_embedding_(self, init_std)
+        self.init_std = init_std
+        with seeded_build(self):
+            self.model = LlamaModel(config, attn_backend)
+            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+        self.reset_parameters()
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, cu_seqlens: torch.Tensor | None = None,

@@ -29,7 +29,7 @@ from xt.models.common.output import CausalLMOutput, LayerOutput, pack_inputs, ru
 from xt.models.common.parallel_plan import decoder_plan
 from xt.models.common.rope import RotaryEmbedding
 from xt.models.common.router import RouterStats, load_balancing_loss, z_loss
-from xt.models.common.init import expert_load_fractions, init_linear_and_embedding_
+from xt.models.common.init import SeededInit, expert_load_fractions, seeded_build
 from xt.models.qwen3.config import Qwen3Config
 
 __all__ = ["Qwen3DecoderLayer", "Qwen3Model", "Qwen3ForCausalLM"]
@@ -95,7 +95,7 @@ class Qwen3Model(nn.Module):
         return self.norm(h), stats, seq
 
 
-class Qwen3ForCausalLM(nn.Module):
+class Qwen3ForCausalLM(SeededInit, nn.Module):
     """Qwen3 / Qwen3-MoE causal LM following the model-forward contract of ``docs/contracts.md``.
 
     Args:
@@ -109,22 +109,13 @@ class Qwen3ForCausalLM(nn.Module):
     def __init__(self, config: Qwen3Config, attn_backend: str = "auto") -> None:
         super().__init__()
         self.config = config
-        self.model = Qwen3Model(config, attn_backend)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.reset_parameters()
+        self.init_std = config.initializer_range
+        with seeded_build(self):
+            self.model = Qwen3Model(config, attn_backend)
+            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
-
-    def reset_parameters(self) -> None:
-        """HF-style init: Linear/Embedding/router/experts normal(0, initializer_range), biases 0, norms 1."""
-        std = self.config.initializer_range
-        init_linear_and_embedding_(self, std)  # the router gate is an nn.Linear too
-        for m in self.modules():
-            if isinstance(m, RMSNorm):
-                m.reset_parameters()
-            elif isinstance(m, MoEBlock):
-                m.experts.init_std = std
-                m.experts.reset_parameters()
+        self.reset_parameters()
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, cu_seqlens: torch.Tensor | None = None,
