@@ -158,3 +158,25 @@ def run_peak(spec: dict, state: dict | None = None) -> dict:
         out["per_rank"] = [(int(a), int(b)) for a, b in got]
         dist.barrier()
     return out
+
+
+def run_sharded_load(spec: dict, state: dict) -> dict:
+    """One rank: meta build, layout, then its shards loaded from the HF folder ``spec["hf"]`` with
+    only its rows read; the gathered parameters and every rank's bytes read."""
+    import torch.distributed as dist
+
+    from xt.models import build_model, config_from_hf
+    from xt.models.hf_rows import hf_row_reader
+    from xt.parallel import materialize_, parallelize
+    from xt.parallel.gather import gather_full
+    cfg, meshes = _meshes(spec, state)
+    model = build_model(spec["model"], device="meta", attn_backend="sdpa")
+    model, _ = parallelize(model, cfg, device_type="cpu", meshes=meshes)
+    read, reader = hf_row_reader(spec["hf"], config_from_hf(spec["model"]))
+    materialize_(model, "cpu", read=read)
+    world = dist.get_world_size()
+    got = [torch.zeros(()) for _ in range(world)]
+    dist.all_gather(got, torch.tensor(float(reader.bytes_read)))
+    out = {"params": gather_full(model, meshes.ep_group), "bytes_read": [int(g) for g in got]}
+    dist.barrier()
+    return out

@@ -18,6 +18,7 @@ what one process initialises with the same seed, bit for bit.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -72,9 +73,10 @@ def _retie(model: nn.Module, groups: list[list[str]]) -> None:
 
 @torch.no_grad()
 def materialize_(model: nn.Module, device: torch.device | str, *, rules: dict[str, InitRule] | None = None,
-                 base_seed: int | None = None) -> nn.Module:
+                 base_seed: int | None = None,
+                 read: Callable[[str, int, int], torch.Tensor] | None = None) -> nn.Module:
     """Allocate `model`'s (meta) parameters and buffers on `device`, this rank's shards only, and
-    initialise them as one process would the full model.
+    initialise them as one process would the full model, or load them.
 
     Args:
         model: built on meta and optionally laid out (:func:`xt.parallel.parallelize`); an XT model
@@ -83,6 +85,9 @@ def materialize_(model: nn.Module, device: torch.device | str, *, rules: dict[st
         rules: ``{qualified name: InitRule}`` for every parameter and buffer (default
             ``model.init_rules()``).
         base_seed: the run's base seed (default ``model.xt_init_seed``, drawn at construction).
+        read: ``read(name, start, stop) -> rows [start, stop) of parameter name`` (e.g.
+            ``xt.models.hf_rows.hf_row_reader``): parameters are loaded from it instead, each rank
+            reading only its rows (a sharded checkpoint load); buffers are still initialised.
 
     Returns:
         `model`, in place; tied parameters stay tied.
@@ -110,5 +115,12 @@ def materialize_(model: nn.Module, device: torch.device | str, *, rules: dict[st
         start, stop = owned_rows(t)
         if local.shape[:1] != (stop - start,) and local.dim():
             raise NotImplementedError(f"{name}: local shard {tuple(local.shape)} is not rows [{start}, {stop})")
-        init_rows_(local, rules[name], name, tuple(t.shape), start, base_seed)
+        if read is not None and isinstance(t, nn.Parameter):
+            rows = read(name, start, stop)
+            if tuple(rows.shape) != tuple(local.shape):
+                raise ValueError(f"{name}: the checkpoint gives rows of shape {tuple(rows.shape)}, the model's "
+                                 f"shard is {tuple(local.shape)}")
+            local.copy_(rows)
+        else:
+            init_rows_(local, rules[name], name, tuple(t.shape), start, base_seed)
     return model

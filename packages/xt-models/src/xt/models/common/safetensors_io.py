@@ -81,17 +81,34 @@ class CheckpointReader:
             if not (self.path / fname).is_file():
                 raise ValueError(f"{index}: shard {fname} is missing")
         self._handles: dict[str, Any] = {}
+        self.bytes_read = 0  # tensor bytes read so far (get and get_rows)
 
     def keys(self) -> list[str]:
         """All tensor names."""
         return list(self.weight_map)
 
-    def get(self, key: str) -> torch.Tensor:
-        """Load one tensor (CPU)."""
+    def _handle(self, key: str):
         fname = self.weight_map[key]
         if fname not in self._handles:
             self._handles[fname] = safe_open(self.path / fname, "pt")
-        return self._handles[fname].get_tensor(key)
+        return self._handles[fname]
+
+    def get(self, key: str) -> torch.Tensor:
+        """Load one tensor (CPU)."""
+        t = self._handle(key).get_tensor(key)
+        self.bytes_read += t.numel() * t.element_size()
+        return t
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        """The stored shape of one tensor (nothing read)."""
+        return tuple(self._handle(key).get_slice(key).get_shape())
+
+    def get_rows(self, key: str, start: int, stop: int) -> torch.Tensor:
+        """Rows ``[start, stop)`` of dim 0 of one tensor (CPU): only those bytes are read
+        (safetensors ``get_slice``)."""
+        t = self._handle(key).get_slice(key)[start:stop]
+        self.bytes_read += t.numel() * t.element_size()
+        return t
 
     def close(self) -> None:
         """Release the open files."""
