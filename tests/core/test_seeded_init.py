@@ -45,3 +45,13 @@ def test_bad_rule_and_range_are_named():
         init_rows(InitRule("uniform", 1.0), "w", (3,), 0, 3, 0)
     with pytest.raises(ValueError, match=r"w: rows \[2, 5\) of shape \(3,\) do not fit dim 0"):
         init_rows(InitRule("normal", 1.0), "w", (3,), 2, 5, 0)
+
+
+def test_draws_ignore_an_ambient_default_device():
+    """Inside ``with torch.device(...)`` (how `build_model(device="cuda")` constructs) the chunks
+    are still drawn on the CPU from their own generators: the same values as outside it."""
+    rule = InitRule("normal", 0.02)
+    want = init_rows(rule, "model.layers.0.w", (6, 5), 1, 5, 7)
+    with torch.device("meta"):
+        got = init_rows(rule, "model.layers.0.w", (6, 5), 1, 5, 7)
+    assert got.device.type == "cpu" and torch.equal(got, want)

@@ -78,7 +78,7 @@ def init_rows(rule: InitRule, name: str, shape: tuple[int, ...] | torch.Size, st
     Raises:
         ValueError: an unknown ``rule.kind`` or a row range outside the tensor.
     """
-    out = torch.empty((stop - start, *shape[1:]) if len(shape) else (), dtype=dtype)
+    out = torch.empty((stop - start, *shape[1:]) if len(shape) else (), dtype=dtype, device="cpu")
     return init_rows_(out, rule, name, shape, start, base_seed)
 
 
@@ -103,7 +103,10 @@ def init_rows_(out: torch.Tensor, rule: InitRule, name: str, shape: tuple[int, .
     for c in range(start // per, (stop - 1) // per + 1 if stop > start else 0):
         c0, c1 = c * per, min((c + 1) * per, rows_total)
         g = torch.Generator(device="cpu").manual_seed(chunk_seed(base_seed, name, c))
-        chunk = torch.empty((c1 - c0) * row_numel, dtype=torch.float32).normal_(0.0, rule.std, generator=g)
+        # device="cpu" explicitly: under a `with torch.device("cuda")` build, a bare empty() would be
+        # a CUDA tensor that the CPU generator cannot fill
+        chunk = torch.empty((c1 - c0) * row_numel, dtype=torch.float32, device="cpu").normal_(
+            0.0, rule.std, generator=g)
         lo, hi = max(start, c0), min(stop, c1)
         flat_out[(lo - start) * row_numel:(hi - start) * row_numel].copy_(
             chunk[(lo - c0) * row_numel:(hi - c0) * row_numel])
