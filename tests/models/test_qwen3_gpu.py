@@ -13,23 +13,29 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 LENGTHS = [37, 1, 200, 64, 5]
 
 
-def _qkv(hq=8, hkv=2, hd=64, dtype=torch.bfloat16):
+def _qkv(hq=8, hkv=2, hd=64, dtype=torch.bfloat16, lengths=LENGTHS):
     g = torch.Generator(device="cuda").manual_seed(0)
-    T = sum(LENGTHS)
-    cu = torch.tensor([0, *torch.tensor(LENGTHS).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
+    T = sum(lengths)
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
     mk = lambda h: torch.randn(T, h, hd, generator=g, device="cuda", dtype=dtype).requires_grad_(True)
     return mk(hq), mk(hkv), mk(hkv), cu
 
 
-@pytest.mark.parametrize("backend", ["varlen", "flex"])
-def test_cuda_backend_matches_sdpa_forward_backward(backend):
-    if backend == "varlen":
-        pytest.importorskip("torch.nn.attention.varlen")
-    q, k, v, cu = _qkv()
+@pytest.mark.parametrize("lengths", [LENGTHS, [300]], ids=["docs", "one_doc"])
+@pytest.mark.parametrize("backend", ["varlen", "flex", "cudnn", "auto"])
+def test_cuda_backend_matches_sdpa_forward_backward(backend, lengths, monkeypatch):
+    """Each backend against SDPA (bf16 tolerance); "cudnn" runs cuDNN on the one-document micro-batch
+    and flash varlen on the packed one; "auto" with its cuDNN threshold lowered takes cuDNN there too."""
+    import xt.models.common.core_attention as ca
+    monkeypatch.setattr(ca, "_CUDNN_MIN_TOKENS", 64)
+    calls = []
+    real = ca._cudnn
+    monkeypatch.setattr(ca, "_cudnn", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    q, k, v, cu = _qkv(lengths=lengths)
     w = torch.randn(q.shape, device="cuda", dtype=q.dtype)
     outs, grads = [], []
     for b in (backend, "sdpa"):
-        out = CoreAttention(b)(q, k, v, cu, max(LENGTHS))
+        out = CoreAttention(b)(q, k, v, cu, max(lengths))
         (out.float() * w.float()).sum().backward()
         outs.append(out.detach())
         grads.append([t.grad.clone() for t in (q, k, v)])
@@ -38,15 +44,12 @@ def test_cuda_backend_matches_sdpa_forward_backward(backend):
     errs = [rel_err(outs[0], outs[1])] + [rel_err(a, b) for a, b in zip(*grads)]
     print(f"{backend} vs sdpa bf16 rel err: out {errs[0]:.2e}, dq/dk/dv {errs[1]:.2e} {errs[2]:.2e} {errs[3]:.2e}")
     assert max(errs) <= 1e-2
+    assert bool(calls) == (backend in ("cudnn", "auto") and len(lengths) == 1)
 
 
 def test_auto_picks_flash_varlen_for_bf16():
     q, *_ = _qkv()
-    expected = "varlen"
-    try:
-        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
-    except ImportError:
-        expected = "sdpa"
+    expected = "varlen" if torch.backends.cuda.is_flash_attention_available() else "sdpa"
     assert CoreAttention("auto").resolve_backend(q) in (expected, "flash_attn")
     assert CoreAttention("auto").resolve_backend(q.float()) == "sdpa"
 

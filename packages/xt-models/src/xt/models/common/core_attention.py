@@ -14,11 +14,18 @@ Backends (``CoreAttention(backend=...)``):
     call per document, many -> one call with a block-diagonal causal boolean mask. Any device.
   * ``"flex"``: ``torch.nn.attention.flex_attention`` with a document-causal block mask
     (compiled with ``torch.compile`` on CUDA, eager elsewhere).
-  * ``"varlen"``: ``torch.nn.attention.varlen.varlen_attn`` (flash attention, CUDA, bf16/fp16);
-    causal through ``window_size=(-1, 0)``.
+  * ``"varlen"``: aten's flash varlen kernels (the ones ``torch.nn.attention.varlen.varlen_attn``
+    runs) through `xt.models.common.flash_varlen`, without that wrapper's host overhead; CUDA,
+    bf16/fp16, grouped-query heads native.
+  * ``"cudnn"``: cuDNN's fused attention through SDPA's cuDNN backend, one 4-D causal call, for a
+    micro-batch that is one document (``cu_seqlens`` of 2 entries: known from its shape, no device
+    read); a micro-batch of several documents runs ``"varlen"`` (cuDNN's packed-layout path gave
+    wrong gradients in torch 2.11, so it is not used). CUDA, bf16/fp16, grouped-query heads native.
   * ``"flash_attn"``: ``flash_attn.flash_attn_varlen_func`` (package ``flash-attn``, CUDA).
-  * ``"auto"`` (default): per call, on CUDA with bf16/fp16 inputs ``varlen`` if torch has it, else
-    ``flash_attn`` if installed, else ``sdpa``; ``sdpa`` everywhere else.
+  * ``"auto"`` (default): per call, on CUDA with bf16/fp16 inputs ``cudnn`` for one document of at
+    least ``_CUDNN_MIN_TOKENS`` tokens when cuDNN attention is available, else ``varlen`` if this
+    torch build has flash attention, else ``flash_attn`` if installed, else ``sdpa``; ``sdpa``
+    everywhere else.
 
 Mixed precision: inside a ``torch.autocast`` region, float32 ``q, k, v`` are cast to the region's
 dtype first, the rule autocast applies to matmuls (``xt.kernels.autocast_inputs``). Without it, q/k
@@ -28,7 +35,6 @@ with a ``[H, T, T]`` score matrix. The output then has the autocast dtype.
 from __future__ import annotations
 
 import importlib.util
-import inspect
 from functools import lru_cache
 
 import torch
@@ -39,7 +45,11 @@ from xt.kernels import autocast_inputs
 
 __all__ = ["CoreAttention", "document_causal_mask", "BACKENDS"]
 
-BACKENDS = ("auto", "sdpa", "flex", "varlen", "flash_attn")
+BACKENDS = ("auto", "sdpa", "flex", "varlen", "cudnn", "flash_attn")
+# "auto" runs a one-document micro-batch of at least this many tokens on cuDNN's attention, which
+# was 1.6x faster than the flash varlen kernels for forward + backward on the H200 at 4k tokens
+# (benchmarks/results/kernels-attention-2026-12-01.json) but costs ~0.4 ms more host time per call
+_CUDNN_MIN_TOKENS = 4096
 # The SDPA backend loops over documents (one ``is_causal=True`` call each) when there are at most
 # this many documents or they average at least _SDPA_LOOP_MIN_AVG_LEN tokens; otherwise one call
 # with a [T, T] mask beats the per-call overhead (measured on CPU, T=2048: 256 docs loop 0.27 s
@@ -62,12 +72,15 @@ def _doc_ids(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
 
 
 @lru_cache(maxsize=None)
-def _varlen_fn():
-    try:
-        from torch.nn.attention.varlen import varlen_attn
-    except ImportError:
-        return None, False
-    return varlen_attn, "enable_gqa" in inspect.signature(varlen_attn).parameters
+def _has_aten_flash() -> bool:
+    return bool(getattr(torch.backends.cuda, "is_flash_attention_available", lambda: False)())
+
+
+@lru_cache(maxsize=None)
+def _has_cudnn_attention() -> bool:
+    return bool(getattr(torch.backends.cuda, "is_cudnn_attention_available", lambda: False)()) or (
+        torch.backends.cudnn.is_available() and torch.backends.cudnn.version() is not None
+        and torch.backends.cudnn.version() >= 90000)
 
 
 @lru_cache(maxsize=None)
@@ -106,7 +119,7 @@ class CoreAttention(nn.Module):
         if self.backend != "auto":
             return self.backend
         if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
-            if _varlen_fn()[0] is not None:
+            if _has_aten_flash():
                 return "varlen"
             if _has_flash_attn():
                 return "flash_attn"
@@ -128,6 +141,12 @@ class CoreAttention(nn.Module):
             return _sdpa(q, k, v, cu_seqlens, scale)
         if backend == "flex":
             return _flex(q, k, v, cu_seqlens, scale)
+        one_doc = cu_seqlens.numel() == 2
+        if backend == "cudnn" or (backend == "varlen" and self.backend == "auto" and one_doc
+                                  and q.shape[0] >= _CUDNN_MIN_TOKENS and _has_cudnn_attention()):
+            if one_doc:
+                return _cudnn(q, k, v, scale, strict=backend == "cudnn")
+            backend = "varlen"
         if backend == "varlen":
             return _varlen(q, k, v, cu_seqlens, max_seqlen, scale)
         return _flash_attn(q, k, v, cu_seqlens, max_seqlen, scale)
@@ -178,18 +197,23 @@ def _flex(q, k, v, cu_seqlens, scale):
 
 
 def _varlen(q, k, v, cu_seqlens, max_seqlen, scale):
-    fn, has_gqa = _varlen_fn()
-    if fn is None:
-        raise ValueError("attention backend 'varlen' needs torch.nn.attention.varlen.varlen_attn (torch >= 2.10)")
-    groups = q.shape[1] // k.shape[1]
-    kwargs = {}
-    if groups > 1:
-        if has_gqa:
-            kwargs["enable_gqa"] = True
-        else:
-            k, v = _repeat_kv(k, groups), _repeat_kv(v, groups)
-    cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
-    return fn(q, k, v, cu, cu, int(max_seqlen), int(max_seqlen), scale=scale, window_size=(-1, 0), **kwargs)
+    from xt.models.common.flash_varlen import flash_varlen
+    if not q.is_cuda:
+        raise ValueError("attention backend 'varlen' runs flash attention kernels: CUDA tensors only")
+    return flash_varlen(q, k, v, cu_seqlens, max_seqlen, scale)
+
+
+def _cudnn(q, k, v, scale, strict: bool):
+    """One causal document ``q[T, H, D]``, ``k/v[T, G, D]`` on SDPA's cuDNN backend -> ``[T, H, D]``;
+    not `strict` (``"auto"``): SDPA's flash backend where cuDNN rejects the inputs."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    if not q.is_cuda:
+        raise ValueError("attention backend 'cudnn' runs cuDNN kernels: CUDA tensors only")
+    allowed = [SDPBackend.CUDNN_ATTENTION] if strict else [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION]
+    with sdpa_kernel(allowed, set_priority=True):
+        out = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
+                                             is_causal=True, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+    return out[0].transpose(0, 1)
 
 
 def _flash_attn(q, k, v, cu_seqlens, max_seqlen, scale):

@@ -27,6 +27,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from xt.models.common.flash_varlen import flash_varlen_backward, flash_varlen_forward
+
 __all__ = ["sinks_attention_lse"]
 
 
@@ -84,26 +86,12 @@ def _ref_backward(dout, q, k, v, out, lse, cu, max_seqlen, scale, window, aux=No
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
-def _window(window: int | None) -> dict:
-    # flash's local attention: W - 1 keys to the left plus the query itself, none to the right
-    return {"window_size_left": -1 if window is None else window - 1, "window_size_right": 0}
-
-
 def _varlen_forward(q, k, v, cu, max_seqlen, scale, window):
-    # aten's flash op itself (the one torch.nn.attention.varlen wraps; its keyword schema is the same
-    # in torch 2.11 and 2.13, while the torch_attn wrapper op is registered only once that module is
-    # imported and changed signature). aux: the RNG state and scratch tensor its backward takes back
-    out, lse, rng, unused, _ = torch.ops.aten._flash_attention_forward(
-        q, k, v, cu, cu, max_seqlen, max_seqlen, 0.0, True, False, scale=scale, **_window(window))
-    return out, lse, (rng, unused)
+    return flash_varlen_forward(q, k, v, cu, max_seqlen, scale, window)
 
 
 def _varlen_backward(dout, q, k, v, out, lse, cu, max_seqlen, scale, window, aux):
-    rng, unused = aux
-    dq, dk, dv = torch.ops.aten._flash_attention_backward(
-        dout.contiguous(), q, k, v, out, lse.contiguous(), cu, cu, max_seqlen, max_seqlen, 0.0, True, rng, unused,
-        scale=scale, **_window(window))
-    return dq, dk, dv
+    return flash_varlen_backward(dout, q, k, v, out, lse, cu, max_seqlen, scale, window, aux)
 
 
 _KERNELS = {"reference": (_ref_forward, _ref_backward), "varlen": (_varlen_forward, _varlen_backward)}
