@@ -19,6 +19,7 @@ from xt.core.distributed import LocalDistContext
 from xt.core.engine.compute_weights import ComputeWeights, eligible_parameters
 from xt.core.engine.step import forward_backward
 from xt.models import build_model
+from xt.models.common.linear import Linear
 from zoo_helpers import VOCAB, hf_config, pack, random_docs, rel_err
 
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
@@ -96,15 +97,17 @@ def _first_step(arch: str, device: str, weight_cast: str):
 def test_per_step_gradients_are_autocast_gradients(arch, device):
     """One step of two micro-batches: the same loss and the same fp32 gradients as autocast alone.
 
-    Allowed to differ by one bf16 rounding of a micro-batch's dW: an untied LM head (the fused loss
-    returns autocast's fp32 dW for an fp32 weight, the bf16-rounded dW for a bf16 copy) and, on
-    CUDA, the routed experts' weights (from the second micro-batch on, the Triton k-grouped kernel
-    adds its fp32 dW into the master gradient unrounded: `ComputeWeights.grad_master`)."""
+    Allowed to differ by one bf16 rounding of a micro-batch's dW where the copies' path adds an
+    unrounded fp32 dW into the master gradient (`ComputeWeights.grad_master`) while autocast rounds
+    each micro-batch's dW to bf16 first: the LM head (fused loss), every bias-free linear layer
+    (`xt.kernels.linear`) and, on CUDA, the routed experts' weights (the Triton k-grouped kernel, from
+    the second micro-batch on)."""
     ref, ref_g, _ = _first_step(arch, device, "per_use")
     new, new_g, model = _first_step(arch, device, "per_step")
     assert float(new.loss) == pytest.approx(float(ref.loss), rel=1e-6)
     assert set(new_g) == set(ref_g)
     head = {n for n, p in model.named_parameters() if n.endswith("lm_head.weight")}
+    head |= {f"{m}.weight" for m, mod in model.named_modules() if isinstance(mod, Linear) and mod.bias is None}
     if device == "cuda":
         head |= {n for n, p in model.named_parameters() if ".experts." in n and p.ndim == 3}
     for name, g in ref_g.items():

@@ -61,6 +61,15 @@ def _step_torch(logits, labels, ignore_index, z_coef, scale):
     return loss, z, g.to(logits.dtype)
 
 
+def _fp32_master(weight: torch.Tensor):
+    """The fp32 master of a 16-bit compute copy (`xt.core.engine.compute_weights.grad_master`)."""
+    if weight.dtype not in (torch.bfloat16, torch.float16):
+        return None
+    from xt.core.engine.compute_weights import grad_master
+    master = grad_master(weight)
+    return master if master is not None and master.dtype == torch.float32 and master.shape == weight.shape else None
+
+
 def _step(kind: str):
     if kind == "triton":
         from xt.kernels.loss.ce_triton import ce_step
@@ -79,6 +88,7 @@ class _LinearCE(torch.autograd.Function):
         grad_h = torch.empty_like(hidden) if need_h else None
         grad_w = weight_grad_buffer(weight) if need_w else None
         ctx.weight_dtype = weight.dtype
+        ctx.master = _fp32_master(weight) if need_w else None
         # a Python denominator becomes a device scalar by a fill, not a host-to-device copy (which
         # would synchronise the host with the GPU once per micro-batch)
         scale = (1.0 / denom.to(device=hidden.device, dtype=acc) if isinstance(denom, torch.Tensor)
@@ -108,7 +118,15 @@ class _LinearCE(torch.autograd.Function):
         gh = gw = None
         if grad_h is not None:
             gh = grad_h * grad_total.to(grad_h.dtype)
-        if grad_w is not None:
+        if grad_w is not None and ctx.master is not None and grad_w.dtype == torch.float32:
+            # a compute copy's fp32 master: add the fp32 gradient straight into its .grad (no
+            # rounding to 16 bits, no separate hook add; xt.kernels.linear's reasoning)
+            g = ctx.master.grad
+            if g is None:
+                ctx.master.grad = grad_w * grad_total.to(grad_w.dtype)
+            else:
+                g.addcmul_(grad_w, grad_total.to(grad_w.dtype))
+        elif grad_w is not None:
             gw = (grad_w * grad_total.to(grad_w.dtype)).to(ctx.weight_dtype)
         return gh, gw, None, None, None, None, None, None, None
 

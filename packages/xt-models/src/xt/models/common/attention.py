@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from xt.models.common.linear import Linear
 from xt.models.common.core_attention import CoreAttention
 from xt.models.common.norm import RMSNorm
 from xt.models.common.rope import apply_rotary
@@ -48,10 +49,10 @@ class Attention(nn.Module):
         self.num_attention_heads = num_attention_heads
         self.num_key_value_heads = num_key_value_heads
         self.head_dim = head_dim
-        self.q_proj = nn.Linear(hidden_size, num_attention_heads * head_dim, bias=bias)
-        self.k_proj = nn.Linear(hidden_size, num_key_value_heads * head_dim, bias=bias)
-        self.v_proj = nn.Linear(hidden_size, num_key_value_heads * head_dim, bias=bias)
-        self.o_proj = nn.Linear(num_attention_heads * head_dim, hidden_size, bias=bias)
+        self.q_proj = Linear(hidden_size, num_attention_heads * head_dim, bias=bias)
+        self.k_proj = Linear(hidden_size, num_key_value_heads * head_dim, bias=bias)
+        self.v_proj = Linear(hidden_size, num_key_value_heads * head_dim, bias=bias)
+        self.o_proj = Linear(num_attention_heads * head_dim, hidden_size, bias=bias)
         if qk_norm:
             self.q_norm = RMSNorm(head_dim, rms_norm_eps)
             self.k_norm = RMSNorm(head_dim, rms_norm_eps)

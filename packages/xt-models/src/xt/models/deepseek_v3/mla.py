@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xt.models.common.linear import Linear
 from xt.models.common.core_attention import CoreAttention
 from xt.models.common.norm import RMSNorm
 from xt.models.common.yarn import apply_rope, softmax_scale_mscale
@@ -51,16 +52,16 @@ class MultiHeadLatentAttention(nn.Module):
         self.qk_head_dim = qk_nope_head_dim + qk_rope_head_dim
         self.rope_interleave = rope_interleave
         if q_lora_rank is None:
-            self.q_proj = nn.Linear(hidden_size, H * self.qk_head_dim, bias=False)
+            self.q_proj = Linear(hidden_size, H * self.qk_head_dim, bias=False)
         else:
-            self.q_a_proj = nn.Linear(hidden_size, q_lora_rank, bias=attention_bias)
+            self.q_a_proj = Linear(hidden_size, q_lora_rank, bias=attention_bias)
             self.q_a_layernorm = RMSNorm(q_lora_rank, 1e-6)
-            self.q_b_proj = nn.Linear(q_lora_rank, H * self.qk_head_dim, bias=False)
+            self.q_b_proj = Linear(q_lora_rank, H * self.qk_head_dim, bias=False)
         self.q_lora_rank = q_lora_rank
-        self.kv_a_proj_with_mqa = nn.Linear(hidden_size, kv_lora_rank + qk_rope_head_dim, bias=attention_bias)
+        self.kv_a_proj_with_mqa = Linear(hidden_size, kv_lora_rank + qk_rope_head_dim, bias=attention_bias)
         self.kv_a_layernorm = RMSNorm(kv_lora_rank, 1e-6)
-        self.kv_b_proj = nn.Linear(kv_lora_rank, H * (qk_nope_head_dim + v_head_dim), bias=False)
-        self.o_proj = nn.Linear(H * v_head_dim, hidden_size, bias=attention_bias)
+        self.kv_b_proj = Linear(kv_lora_rank, H * (qk_nope_head_dim + v_head_dim), bias=False)
+        self.o_proj = Linear(H * v_head_dim, hidden_size, bias=attention_bias)
         self.softmax_scale = softmax_scale_mscale(rope_parameters, self.qk_head_dim ** -0.5)
         self.core_attention = CoreAttention(attn_backend, softmax_scale=self.softmax_scale)
 

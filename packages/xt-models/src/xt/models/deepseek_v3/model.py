@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from xt.models.common.linear import Linear
 from xt.models.common.flops import causal_lm_flops_per_token
 from xt.models.common.init import SeededInit, expert_load_fractions, seeded_build
 from xt.models.common.lm_loss import head_outputs
@@ -87,7 +88,7 @@ class DeepseekV3ForCausalLM(SeededInit, nn.Module):
         self.init_std = init_std
         with seeded_build(self):
             self.model = DeepseekV3Model(config, attn_backend, expert_backend)
-            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+            self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
             self.mtp = nn.ModuleList(DeepseekV3MTPLayer(config, config.num_hidden_layers + k, attn_backend,
                                                         expert_backend) for k in range(config.mtp_layers))
         if config.tie_word_embeddings:

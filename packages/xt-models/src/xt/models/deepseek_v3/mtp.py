@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from xt.models.common.linear import Linear
 from xt.core.labels import IGNORE_INDEX
 from xt.models.common.lm_loss import head_loss_sum
 from xt.models.common.norm import RMSNorm
@@ -49,7 +50,7 @@ class DeepseekV3MTPLayer(DeepseekV3DecoderLayer):
         super().__init__(config, layer_idx, attn_backend, expert_backend)
         D, eps = config.hidden_size, config.rms_norm_eps
         self.enorm, self.hnorm = RMSNorm(D, eps), RMSNorm(D, eps)
-        self.eh_proj = nn.Linear(2 * D, D, bias=False)
+        self.eh_proj = Linear(2 * D, D, bias=False)
         self.shared_head = _SharedHead(D, eps)
 
     def forward(self, h_prev: torch.Tensor, emb: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,

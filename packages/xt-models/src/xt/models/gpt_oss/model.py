@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from xt.models.common.linear import Linear
 import xt.models.common.yarn  # noqa: F401  (registers the yarn rope type)
 from xt.core.seeded_init import InitRule
 from xt.models.common.flops import causal_lm_flops_per_token
@@ -49,10 +50,10 @@ class GptOssAttention(nn.Module):
         c = config
         self.num_attention_heads, self.num_key_value_heads, self.head_dim = (
             c.num_attention_heads, c.num_key_value_heads, c.head_dim)
-        self.q_proj = nn.Linear(c.hidden_size, c.num_attention_heads * c.head_dim, bias=c.attention_bias)
-        self.k_proj = nn.Linear(c.hidden_size, c.num_key_value_heads * c.head_dim, bias=c.attention_bias)
-        self.v_proj = nn.Linear(c.hidden_size, c.num_key_value_heads * c.head_dim, bias=c.attention_bias)
-        self.o_proj = nn.Linear(c.num_attention_heads * c.head_dim, c.hidden_size, bias=c.attention_bias)
+        self.q_proj = Linear(c.hidden_size, c.num_attention_heads * c.head_dim, bias=c.attention_bias)
+        self.k_proj = Linear(c.hidden_size, c.num_key_value_heads * c.head_dim, bias=c.attention_bias)
+        self.v_proj = Linear(c.hidden_size, c.num_key_value_heads * c.head_dim, bias=c.attention_bias)
+        self.o_proj = Linear(c.num_attention_heads * c.head_dim, c.hidden_size, bias=c.attention_bias)
         self.sinks = nn.Parameter(torch.zeros(c.num_attention_heads))
         self.sliding_window = c.sliding_window if c.layer_types[layer_idx] == "sliding_attention" else None
         self.core_attention = SinksCoreAttention(softmax_scale=c.head_dim ** -0.5)
@@ -134,7 +135,7 @@ class GptOssForCausalLM(SeededInit, nn.Module):
         self.init_std = init_std
         with seeded_build(self):
             self.model = GptOssModel(config, expert_backend)
-            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+            self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         self.reset_parameters()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from xt.models.common.linear import Linear
 import xt.models.common.yarn  # noqa: F401  (registers the yarn / llama3 rope types)
 from xt.models.common.attention import Attention
 from xt.models.common.flops import causal_lm_flops_per_token
@@ -93,7 +94,7 @@ class LlamaForCausalLM(SeededInit, nn.Module):
         self.init_std = init_std
         with seeded_build(self):
             self.model = LlamaModel(config, attn_backend)
-            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+            self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         self.reset_parameters()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from xt.models.common.linear import Linear
 from xt.models.common.attention import Attention
 from xt.models.common.flops import causal_lm_flops_per_token
 from xt.models.common.lm_loss import head_outputs
@@ -112,7 +113,7 @@ class Qwen3ForCausalLM(SeededInit, nn.Module):
         self.init_std = config.initializer_range
         with seeded_build(self):
             self.model = Qwen3Model(config, attn_backend)
-            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+            self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         self.reset_parameters()
