@@ -201,7 +201,8 @@ def grad_master(weight: torch.Tensor) -> nn.Parameter | None:
     (when that ``.grad`` exists: from the second micro-batch of a step on) and return None for
     ``w``: the same sum as returning the 16-bit gradient for the hook to add, without writing and
     re-reading it, and without its rounding to 16 bits (Megatron-LM's "gradient accumulation
-    fusion" into ``main_grad``). `xt.kernels.moe.swiglu_experts` does this for the expert weights.
+    fusion" into ``main_grad``). `xt.kernels.moe.swiglu_experts` does this for the expert weights,
+    `xt.kernels.linear` for bias-free dense layers and the fused loss for the LM head.
     """
     return getattr(weight, "_xt_grad_master", None)
 
