@@ -177,6 +177,7 @@ def run_sharded_load(spec: dict, state: dict) -> dict:
     world = dist.get_world_size()
     got = [torch.zeros(()) for _ in range(world)]
     dist.all_gather(got, torch.tensor(float(reader.bytes_read)))
-    out = {"params": gather_full(model, meshes.ep_group), "bytes_read": [int(g) for g in got]}
+    out = {"params": gather_full(model, meshes.ep_group), "bytes_read": [int(g) for g in got],
+           "buffers": {n: b.detach().clone() for n, b in model.named_buffers()}}
     dist.barrier()
     return out

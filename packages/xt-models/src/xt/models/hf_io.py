@@ -17,7 +17,7 @@ from xt.models.common.hf_config import read_config_json
 from xt.models.common.safetensors_io import CheckpointReader, atomic_write_text, write_safetensors
 from xt.models.registry import build_model, get_spec
 
-__all__ = ["from_pretrained", "save_pretrained", "generation_config"]
+__all__ = ["from_pretrained", "save_pretrained", "generation_config", "checkpoint_keys", "check_checkpoint_fits"]
 
 GENERATION_CONFIG = "generation_config.json"
 _TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
@@ -48,10 +48,31 @@ def from_pretrained(path: str | Path, *, dtype: torch.dtype | None = None, devic
     config = model.config
     reader = CheckpointReader(path)
     try:
-        keys = [k for k in reader.keys() if not k.endswith(_IGNORED_SUFFIXES)]
+        keys = checkpoint_keys(reader)
         state = spec.from_hf(keys, reader.get, config, source=str(path))
     finally:
         reader.close()
+    check_checkpoint_fits(model, state, path)
+    model.load_state_dict(state, strict=True, assign=True)
+    if getattr(config, "tie_word_embeddings", False):
+        model.lm_head.weight = model.model.embed_tokens.weight
+    return model.to(device=device or "cpu", dtype=dtype)
+
+
+def checkpoint_keys(reader: CheckpointReader) -> list[str]:
+    """The keys of `reader` that a load maps (buffers HF saves but XT recomputes, e.g.
+    ``rotary_emb.inv_freq``, left out)."""
+    return [k for k in reader.keys() if not k.endswith(_IGNORED_SUFFIXES)]
+
+
+def check_checkpoint_fits(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Check that `state` (XT keys, e.g. a family's ``from_hf`` of a checkpoint; meta tensors do)
+    has exactly `model`'s state-dict keys with the same shapes.
+
+    Raises:
+        xt.core.errors.CheckpointError: missing or unexpected keys (up to 10 of each named), or the
+            first shape that differs, with the folder `path`.
+    """
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -62,10 +83,6 @@ def from_pretrained(path: str | Path, *, dtype: torch.dtype | None = None, devic
         if tuple(state[k].shape) != tuple(t.shape):
             raise CheckpointError(f"{path}: {k} has shape {tuple(state[k].shape)}, the config needs "
                                   f"{tuple(t.shape)}")
-    model.load_state_dict(state, strict=True, assign=True)
-    if getattr(config, "tie_word_embeddings", False):
-        model.lm_head.weight = model.model.embed_tokens.weight
-    return model.to(device=device or "cpu", dtype=dtype)
 
 
 def save_pretrained(model: nn.Module, path: str | Path, *, max_shard_size: int | str = "5GB",

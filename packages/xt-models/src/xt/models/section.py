@@ -9,12 +9,15 @@ composing a run (``xt train``, an RL driver) builds the same model from it:
 * :func:`hf_dict`: the HF ``config.json`` fields the section denotes;
 * :func:`section_config`: the family's typed config of them (no weights, nothing allocated);
 * :func:`unused_model_keys`: fields written in the section that the family does not read;
-* :func:`build_run_model`: the model, randomly initialised or loaded.
+* :func:`build_run_model`: the model, randomly initialised or loaded;
+* :func:`run_model_source`: the same model on the meta device with how to fill it (random init, or
+  each rank reading its rows of an ``init_from`` HF folder), for a layout that materialises only
+  each rank's shards.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import msgspec
 import torch
@@ -23,9 +26,9 @@ from torch import nn
 from xt.core.config import ConfigStruct, require
 from xt.models.common.hf_config import read_config_json
 from xt.models.registry import build_model, config_from_hf, get_spec
-from xt.models.weights import load_weights
+from xt.models.weights import is_xt_weights, load_weights
 
-__all__ = ["ModelSection", "hf_dict", "section_config", "unused_model_keys", "build_run_model"]
+__all__ = ["ModelSection", "hf_dict", "section_config", "unused_model_keys", "build_run_model", "run_model_source"]
 
 
 class ModelSection(ConfigStruct):
@@ -65,7 +68,7 @@ def hf_dict(section: ModelSection) -> dict[str, Any]:
     Raises:
         xt.models.ConfigError: the ``config.json`` cannot be read or is not a JSON object.
     """
-    if section.config is not None:
+    if section.config:  # {} counts as not given (__post_init__)
         d = dict(section.config)
     else:
         d = read_config_json(Path(section.hf_config or section.init_from))
@@ -125,3 +128,36 @@ def build_run_model(section: ModelSection, device: str | torch.device) -> nn.Mod
                              "(model.init_from); remove them")
         return load_weights(section.init_from, device=device, attn_backend=section.attn_backend)
     return build_model(hf_dict(section), device=device, attn_backend=section.attn_backend)
+
+
+def run_model_source(section: ModelSection, device: str | torch.device) -> tuple[nn.Module, Callable | None]:
+    """The model of `section` for a run that lays it out before any weights exist.
+
+    * random weights: the model on ``"meta"`` and ``read = None`` (``xt.parallel.apply_layout``
+      initialises each rank's shards; seed beforehand);
+    * ``init_from`` an HF folder: the model on ``"meta"`` (float32) and ``read``, the row reader of
+      the folder (:func:`xt.models.hf_rows.hf_row_reader`, checked against the model first):
+      ``apply_layout(..., read=read)`` then loads each rank's rows only, so no rank ever holds the
+      full model; the parameters are float32 master weights whatever the checkpoint's dtype (bf16,
+      FP8 or MXFP4 values converted exactly);
+    * ``init_from`` XT weights (DCP): built and loaded whole on `device` (:func:`build_run_model`),
+      ``read = None``.
+
+    Returns:
+        ``(model, read)``.
+
+    Raises:
+        what :func:`build_run_model` and :func:`xt.models.hf_rows.hf_row_reader` raise
+        (``CheckpointError`` for a checkpoint that does not fit its ``config.json``).
+    """
+    from xt.models.hf_rows import hf_row_reader
+    if section.init_from and is_xt_weights(section.init_from):
+        return build_run_model(section, device), None
+    if not section.init_from:
+        return build_run_model(section, "meta"), None
+    if section.overrides:
+        raise ValueError("model.overrides cannot change the shape of a pretrained checkpoint "
+                         "(model.init_from); remove them")
+    model = build_model(hf_dict(section), device="meta", attn_backend=section.attn_backend)
+    read, _ = hf_row_reader(section.init_from, model.config)
+    return model, read

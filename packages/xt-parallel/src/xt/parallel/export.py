@@ -15,18 +15,9 @@ from torch import nn
 
 from xt.core.distributed import DistContext
 from xt.parallel.gather import full_tensor, gather_full
+from xt.parallel.names import plain_name
 
 __all__ = ["full_state_dict", "exporter"]
-
-_WRAPPER_PREFIXES = ("_checkpoint_wrapped_module.", "_fsdp_wrapped_module.", "_orig_mod.")
-
-
-def _clean(name: str) -> str:
-    """`name` without the prefixes activation checkpointing, FSDP1 and ``torch.compile`` insert."""
-    for p in _WRAPPER_PREFIXES:
-        name = name.replace(p, "")
-    return name
-
 
 def full_state_dict(model: nn.Module, ep_group=None) -> dict[str, torch.Tensor]:
     """The full (unsharded) state dict of a laid-out `model`, on the CPU, keyed as the plain
@@ -45,7 +36,7 @@ def full_state_dict(model: nn.Module, ep_group=None) -> dict[str, torch.Tensor]:
     for name, b in model.named_buffers():
         if name in persistent:
             full[name] = full_tensor(b)
-    return {_clean(k): v.to("cpu") for k, v in full.items()}
+    return {plain_name(k): v.to("cpu") for k, v in full.items()}
 
 
 def exporter(write: Callable[..., object], dist: DistContext | None) -> Callable[[nn.Module, Path], None]:

@@ -25,6 +25,10 @@ INDEX = "model.safetensors.index.json"
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "U8": torch.uint8, "I8": torch.int8,
+           "I16": torch.int16, "I32": torch.int32, "I64": torch.int64, "BOOL": torch.bool}
+
 
 def parse_size(size: int | str) -> int:
     """``5_000_000`` or ``"5GB"``/``"500MiB"`` -> bytes.
@@ -102,6 +106,17 @@ class CheckpointReader:
     def shape(self, key: str) -> tuple[int, ...]:
         """The stored shape of one tensor (nothing read)."""
         return tuple(self._handle(key).get_slice(key).get_shape())
+
+    def dtype(self, key: str) -> torch.dtype:
+        """The stored dtype of one tensor (nothing read).
+
+        Raises:
+            ValueError: a safetensors dtype torch has no equivalent for.
+        """
+        name = self._handle(key).get_slice(key).get_dtype()
+        if name not in _DTYPES:
+            raise ValueError(f"{self.path}: {key} has dtype {name}, which XT cannot read")
+        return _DTYPES[name]
 
     def get_rows(self, key: str, start: int, stop: int) -> torch.Tensor:
         """Rows ``[start, stop)`` of dim 0 of one tensor (CPU): only those bytes are read
