@@ -113,16 +113,18 @@ def hf_to_xt(sd: dict[str, torch.Tensor], config: DeepseekV3Config,
 
 
 def xt_to_hf(sd: dict[str, torch.Tensor], config: DeepseekV3Config) -> dict[str, torch.Tensor]:
-    """XT state dict -> HF hub layout (per-expert keys; MTP as ``model.layers.{L+k}``)."""
+    """XT state dict -> HF hub layout (per-expert keys; MTP as ``model.layers.{L+k}``, each depth with
+    its copies of the embedding and head). Key by key, so any part of a state dict maps on its own
+    (the streamed export): the copies come with ``model.embed_tokens.weight`` / ``lm_head.weight``."""
     L = config.num_hidden_layers
     out: dict[str, torch.Tensor] = {}
     for k, v in sd.items():
+        for name, copy in (("model.embed_tokens.weight", "embed_tokens.weight"), ("lm_head.weight", "shared_head.head.weight")):
+            if k == name:
+                out.update({f"model.layers.{L + depth}.{copy}": v for depth in range(config.mtp_layers)})
         mm = re.match(r"^mtp\.(\d+)\.(.*)$", k)
         if mm:
-            depth = int(mm.group(1))
-            k = f"model.layers.{L + depth}.{mm.group(2)}"
-            out[f"model.layers.{L + depth}.embed_tokens.weight"] = sd["model.embed_tokens.weight"]
-            out[f"model.layers.{L + depth}.shared_head.head.weight"] = sd["lm_head.weight"]
+            k = f"model.layers.{L + int(mm.group(1))}.{mm.group(2)}"
         if k.endswith(".mlp.experts.gate_up_proj"):
             prefix = k[: -len(".gate_up_proj")]
             F = v.shape[1] // 2
