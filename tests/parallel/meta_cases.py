@@ -123,13 +123,15 @@ def run_peak(spec: dict, state: dict | None = None) -> dict:
     if state is None:
         cfg = ParallelConfig(**spec["layout"])
         world, rank = 1, 0
-        predicted = plan_memory(model, cfg, 1, tokens_per_micro_batch=spec["tokens"], compute_bytes=4, fsdp=False, math_attention=True)
+        predicted = plan_memory(model, cfg, 1, tokens_per_micro_batch=spec["tokens"], compute_bytes=4, fsdp=False, math_attention=True,
+                                doc_tokens=spec["tokens"] // 4)
         materialize_(model, "cpu")
         ctx = LocalDistContext()
     else:
         cfg, meshes = _meshes(spec, state)
         world, rank = dist.get_world_size(), dist.get_rank()
-        predicted = plan_memory(model, cfg, world, rank=rank, tokens_per_micro_batch=spec["tokens"], compute_bytes=4, math_attention=True)
+        predicted = plan_memory(model, cfg, world, rank=rank, tokens_per_micro_batch=spec["tokens"], compute_bytes=4,
+                                math_attention=True, doc_tokens=spec["tokens"] // 4)
         model, ctx = parallelize(model, cfg, device_type="cpu", meshes=meshes)
         materialize_(model, "cpu")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=False)
