@@ -80,7 +80,7 @@ def test_a_checkpoint_of_another_model_is_refused_before_any_read(tmp_path):
     """The family's from_hf runs on meta tensors of the stored shapes: a checkpoint of another size
     fails at once with the key, shapes and folder named, nothing read."""
     from xt.core.errors import CheckpointError
-    from xt.models import build_model, config_from_hf, save_pretrained
+    from xt.models import build_model, config_from_hf, from_pretrained, save_pretrained
     from xt.models.hf_rows import hf_row_reader
     cfg = _config("deepseek_v3_tiny.toml")
     save_pretrained(build_model(cfg, attn_backend="sdpa"), tmp_path / "hf")
@@ -89,3 +89,9 @@ def test_a_checkpoint_of_another_model_is_refused_before_any_read(tmp_path):
     assert str(tmp_path / "hf") in str(e.value)
     with pytest.raises(CheckpointError, match="missing"):  # MTP weights the checkpoint lacks
         hf_row_reader(tmp_path / "hf", config_from_hf({**cfg, "mtp_layers": 2}))
+    hf_cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
+    hf_cfg["quantization_config"] = {"quant_method": "fp8", "weight_block_size": [64, 64]}
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(hf_cfg))
+    for load in (lambda: hf_row_reader(tmp_path / "hf", config_from_hf(cfg)), lambda: from_pretrained(tmp_path / "hf")):
+        with pytest.raises(CheckpointError, match=r"weight_block_size = \[64, 64\]"):
+            load()

@@ -18,7 +18,8 @@ from xt.models.common.safetensors_io import CheckpointReader
 from xt.models.hf_stream import PlainState, save_streamed, write_configs
 from xt.models.registry import build_model, get_spec
 
-__all__ = ["from_pretrained", "save_pretrained", "generation_config", "checkpoint_keys", "check_checkpoint_fits"]
+__all__ = ["from_pretrained", "save_pretrained", "generation_config", "checkpoint_keys", "check_checkpoint_fits",
+           "check_quantization"]
 
 GENERATION_CONFIG = "generation_config.json"
 _TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
@@ -44,6 +45,7 @@ def from_pretrained(path: str | Path, *, dtype: torch.dtype | None = None, devic
     """
     path = Path(path)
     d = read_config_json(path)
+    check_quantization(d, path)
     spec = get_spec(d)
     model = build_model(d, device="meta", attn_backend=attn_backend)
     config = model.config
@@ -58,6 +60,20 @@ def from_pretrained(path: str | Path, *, dtype: torch.dtype | None = None, devic
     if getattr(config, "tie_word_embeddings", False):
         model.lm_head.weight = model.model.embed_tokens.weight
     return model.to(device=device or "cpu", dtype=dtype)
+
+
+def check_quantization(hf_config: dict, path: str | Path) -> None:
+    """Refuse a ``quantization_config`` XT would dequantise wrongly: FP8 hub weights are read in
+    128 x 128 blocks (``weight_block_size``, DeepSeek-V3 / Kimi K2's), MXFP4 in 32-value blocks.
+
+    Raises:
+        xt.core.errors.CheckpointError: another FP8 ``weight_block_size`` (named, with the file).
+    """
+    qc = hf_config.get("quantization_config") or {}
+    block = qc.get("weight_block_size") if isinstance(qc, dict) and qc.get("quant_method") == "fp8" else None
+    if block is not None and list(block) != [128, 128]:
+        raise CheckpointError(f"{Path(path) / 'config.json'}: quantization_config.weight_block_size = {block}: XT "
+                              "dequantises FP8 weights in 128 x 128 blocks only")
 
 
 def checkpoint_keys(reader: CheckpointReader) -> list[str]:

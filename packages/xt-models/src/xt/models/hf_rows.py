@@ -28,7 +28,8 @@ import torch
 from xt.core.errors import CheckpointError
 from xt.models.common.expert_keys import EMBED_KEY, HEAD_KEY
 from xt.models.common.safetensors_io import CheckpointReader
-from xt.models.hf_io import check_checkpoint_fits, checkpoint_keys
+from xt.models.common.hf_config import read_config_json
+from xt.models.hf_io import check_checkpoint_fits, check_quantization, checkpoint_keys
 from xt.models.registry import build_model, spec_of_config
 
 __all__ = ["hf_row_reader"]
@@ -48,12 +49,15 @@ def hf_row_reader(path: str | Path, config) -> tuple[Callable[[str, int, int], t
         NotImplementedError: a family without a sharded load (``ModelSpec.hf_rows`` is None).
         FileNotFoundError / ValueError: no safetensors in `path` (see ``CheckpointReader``).
         xt.core.errors.CheckpointError: the checkpoint does not fit the model of `config` (missing,
-            unexpected keys or shapes, named); later, ``read`` of a name it does not hold.
+            unexpected keys or shapes, named), or FP8 blocks other than 128 x 128; later, ``read``
+            of a name it does not hold.
     """
     spec = spec_of_config(config)
     if spec.hf_rows is None:
         raise NotImplementedError(f"a sharded HF load of {type(config).__name__} is not supported; load it "
                                   "whole (xt.models.from_pretrained)")
+    if (Path(path) / "config.json").is_file():
+        check_quantization(read_config_json(Path(path)), path)
     reader = CheckpointReader(path)
     keys = checkpoint_keys(reader)
     rename, load_rows = spec.hf_rows(config, set(keys))
