@@ -37,3 +37,18 @@ def test_init_from_hf_folder_loads_through_the_row_reader(tiny_run: Path, tmp_pa
     assert model.lm_head.weight is model.model.embed_tokens.weight  # still tied
     stored = sum(t.numel() * t.element_size() for t in ref.state_dict().values()) - ref.lm_head.weight.nbytes
     assert readers[0].bytes_read == stored  # each tensor read once, nothing more
+
+
+def test_init_from_xt_weights_loads_after_the_layout(tiny_run: Path, tmp_path: Path):
+    """XT weights (DCP, `xt convert HF XT`): built on meta, laid out, then DCP fills the shards."""
+    from xt.cli.config import load_xt_config
+    from xt.cli.train import build_run
+    from xt.models import build_model, save_xt_weights
+    cfg = load_xt_config(tiny_run)
+    torch.manual_seed(3)
+    ref = build_model(dict(cfg.model.config), attn_backend="sdpa")
+    save_xt_weights(ref, tmp_path / "xt")
+    cfg = load_xt_config(tiny_run, ["model.config={}", f"model.init_from='{tmp_path / 'xt'}'"])
+    model, _, _ = build_run(cfg, torch.device("cpu"))
+    assert all(torch.equal(p, ref.get_parameter(n)) for n, p in model.named_parameters())
+    assert model.lm_head.weight is model.model.embed_tokens.weight

@@ -183,3 +183,24 @@ def run_sharded_load(spec: dict, state: dict) -> dict:
            "buffers": {n: b.detach().clone() for n, b in model.named_buffers()}}
     dist.barrier()
     return out
+
+
+def run_xt_weights_load(spec: dict, state: dict) -> dict:
+    """One rank: ``run_model_source`` of ``init_from`` an XT weights folder (meta), layout,
+    materialise, then ``finish_run_model`` (DCP loads this rank's shards); the gathered parameters
+    and persistent buffers."""
+    import torch.distributed as dist
+
+    from xt.models import ModelSection, finish_run_model, run_model_source
+    from xt.parallel import materialize_, parallelize
+    from xt.parallel.export import full_state_dict
+    cfg, meshes = _meshes(spec, state)
+    section = ModelSection(init_from=spec["xt"], attn_backend="sdpa")
+    model, read = run_model_source(section, "cpu")
+    assert read is None
+    model, _ = parallelize(model, cfg, device_type="cpu", meshes=meshes)
+    materialize_(model, "cpu")
+    finish_run_model(section, model)
+    out = {"state": full_state_dict(model, meshes.ep_group)}
+    dist.barrier()
+    return out

@@ -95,3 +95,26 @@ def test_a_checkpoint_of_another_model_is_refused_before_any_read(tmp_path):
     for load in (lambda: hf_row_reader(tmp_path / "hf", config_from_hf(cfg)), lambda: from_pretrained(tmp_path / "hf")):
         with pytest.raises(CheckpointError, match=r"weight_block_size = \[64, 64\]"):
             load()
+
+
+@pytest.mark.parametrize("world,layout", [(2, dict(ep_size=2)), (4, dict(hsdp_replicate=2, ep_size=2))])
+def test_xt_weights_load_into_the_layout(pools, tmp_path, world, layout):
+    """``model.init_from`` XT weights (DCP, from ``xt convert``): the meta model is laid out, and
+    ``finish_run_model`` loads every rank's shards; the gathered state equals the saved model's
+    (DeepSeek-V3 with MTP and its router-bias buffers)."""
+    from xt.models import build_model, save_xt_weights
+    cfg = _config("deepseek_v3_tiny.toml")
+    torch.manual_seed(6)
+    ref = build_model(cfg, attn_backend="sdpa")
+    for n, b in ref.named_buffers():
+        if n.endswith("e_score_correction_bias"):
+            b.copy_(torch.randn(b.shape))
+    save_xt_weights(ref, tmp_path / "xt")
+    hf_cfg = json.loads((tmp_path / "xt" / "config.json").read_text())  # mtp_layers: an XT option config.json lacks
+    (tmp_path / "xt" / "config.json").write_text(json.dumps({**hf_cfg, "mtp_layers": cfg["mtp_layers"]}))
+    spec = dict(fn="meta_cases:run_xt_weights_load", model=cfg, xt=str(tmp_path / "xt"),
+                layout=dict(layout, param_dtype=None, reduce_dtype=None))
+    got = pools(world).run(spec)["state"]
+    want = ref.state_dict()
+    assert sorted(got) == sorted(want)
+    assert all(torch.equal(got[k], v) for k, v in want.items())
