@@ -110,7 +110,9 @@ def layer_activation_elements(layer: nn.Module, experts: nn.Module | None = None
     CPU runs, also saves the ``[H, T, T]`` probabilities: :func:`plan_memory` adds ``H * T`` per
     token with ``math_attention``.) Routed experts save
     per token ``K (D + 2F + F + D)`` (gathered rows, gate-up output, activation, expert output for
-    the weighted combine) plus the fp32 router probabilities (``2 E``).
+    the weighted combine) plus the fp32 router probabilities (``2 E``); an experts module whose
+    activation saves more than one ``[rows, F]`` tensor says how many (``xt_activation_saves``:
+    GPT-OSS's clamped SwiGLU, 5).
     """
     total = 0.0
     for _, parent in layer.named_modules():
@@ -152,7 +154,8 @@ def layer_activation_elements(layer: nn.Module, experts: nn.Module | None = None
         w1 = getattr(experts, "gate_up_proj", None)
         if w1 is not None:
             two_f, d = w1.shape[1], w1.shape[2]
-            total += top_k * (d + two_f + two_f // 2 + d)
+            saves = getattr(experts, "xt_activation_saves", 1)  # [rows, F] tensors of the activation
+            total += top_k * (d + two_f + saves * two_f // 2 + d)
         total += 2 * E
     return total
 
