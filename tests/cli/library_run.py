@@ -39,7 +39,7 @@ from xt.core.config import (CheckpointConfig, OptimConfig, ScheduleConfig, Train
 from xt.core.engine import Trainer  # noqa: E402
 from xt.data import DataConfig, build_loader  # noqa: E402
 from xt.kernels.config import KernelsConfig, apply_kernels_config  # noqa: E402
-from xt.models import ModelSection, build_run_model, save_pretrained, section_config  # noqa: E402
+from xt.models import ModelSection, finish_run_model, run_model_source, save_pretrained, section_config  # noqa: E402
 from xt.parallel import (ParallelConfig, apply_layout, check_layout, device_for_run, exporter,  # noqa: E402
                          rank_loader)
 
@@ -67,9 +67,10 @@ def assemble(cfg: SimpleNamespace) -> Trainer:
     check_layout(cfg.parallel, section_config(cfg.model))
     device = device_for_run()
     seed_everything(cfg.train.seed)
-    model = build_run_model(cfg.model, device)
+    model, read = run_model_source(cfg.model, device)
     apply_kernels_config(cfg.kernels)
-    model, dist = apply_layout(model, cfg.parallel, device_type=device.type)
+    model, dist = apply_layout(model, cfg.parallel, device_type=device.type, device=device, read=read)
+    finish_run_model(cfg.model, model)
     loader = rank_loader(functools.partial(build_loader, cfg.data), dist)
     return Trainer(model, loader, cfg.train, cfg.optim, cfg.schedule, cfg.checkpoint, dist=dist,
                    export_hf=exporter(save_pretrained, dist), console=Console(file=io.StringIO()))

@@ -108,7 +108,7 @@ def test_invalid_parallel_layout_fails_before_any_work(tiny_run: Path, monkeypat
     """ep_size must divide num_experts (4) and the FSDP ranks: refused with the reason, no model built."""
     import xt.cli.train as train_mod
     monkeypatch.setenv("WORLD_SIZE", "3")
-    monkeypatch.setattr(train_mod, "build_run_model", lambda *a, **k: pytest.fail("model was built"))
+    monkeypatch.setattr(train_mod, "run_model_source", lambda *a, **k: pytest.fail("model was built"))
     r = CliRunner().invoke(cli, ["train", str(tiny_run), "--set", "parallel.ep_size=3"])
     assert r.exit_code != 0 and "ep_size" in r.output and "num_experts" in r.output.replace("\n", " ")
 

@@ -119,9 +119,9 @@ def test_bad_data_names_file_and_line(tiny_run: Path, tmp_path: Path, make, need
 
 @pytest.mark.parametrize("setting", ["data", "model"])
 def test_mistakes_fail_before_the_model_is_built(tiny_run: Path, tmp_path: Path, monkeypatch, setting):
-    """Fail fast: bad data and a bad [model.config] are found before `build_run_model`."""
+    """Fail fast: bad data and a bad [model.config] are found before `run_model_source`."""
     import xt.cli.train as train_mod
-    monkeypatch.setattr(train_mod, "build_run_model", lambda *a, **k: pytest.fail("model was built"))
+    monkeypatch.setattr(train_mod, "run_model_source", lambda *a, **k: pytest.fail("model was built"))
     override = (f"data.paths=['{_bad_jsonl(tmp_path)}']" if setting == "data"
                 else "model.config.num_experts_per_tok=9")
     r = CliRunner().invoke(cli, ["train", str(tiny_run), "--set", override])
@@ -199,7 +199,7 @@ def test_unused_model_keys_warning_keeps_the_section_name(tiny_run: Path, monkey
 
     def stop(*a, **k):
         raise Built
-    monkeypatch.setattr(train_mod, "build_run_model", stop)
+    monkeypatch.setattr(train_mod, "run_model_source", stop)
     buf = io.StringIO()
     with pytest.raises(Built):
         train_mod.run_train(tiny_run, ["model.config.num_expert=8"], console=Console(file=buf, width=300))

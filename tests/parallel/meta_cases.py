@@ -123,13 +123,15 @@ def run_peak(spec: dict, state: dict | None = None) -> dict:
     if state is None:
         cfg = ParallelConfig(**spec["layout"])
         world, rank = 1, 0
-        predicted = plan_memory(model, cfg, 1, tokens_per_micro_batch=spec["tokens"], compute_bytes=4, fsdp=False, math_attention=True)
+        predicted = plan_memory(model, cfg, 1, tokens_per_micro_batch=spec["tokens"], compute_bytes=4, fsdp=False, math_attention=True,
+                                doc_tokens=spec["tokens"] // 4)
         materialize_(model, "cpu")
         ctx = LocalDistContext()
     else:
         cfg, meshes = _meshes(spec, state)
         world, rank = dist.get_world_size(), dist.get_rank()
-        predicted = plan_memory(model, cfg, world, rank=rank, tokens_per_micro_batch=spec["tokens"], compute_bytes=4, math_attention=True)
+        predicted = plan_memory(model, cfg, world, rank=rank, tokens_per_micro_batch=spec["tokens"], compute_bytes=4,
+                                math_attention=True, doc_tokens=spec["tokens"] // 4)
         model, ctx = parallelize(model, cfg, device_type="cpu", meshes=meshes)
         materialize_(model, "cpu")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=False)
@@ -177,6 +179,28 @@ def run_sharded_load(spec: dict, state: dict) -> dict:
     world = dist.get_world_size()
     got = [torch.zeros(()) for _ in range(world)]
     dist.all_gather(got, torch.tensor(float(reader.bytes_read)))
-    out = {"params": gather_full(model, meshes.ep_group), "bytes_read": [int(g) for g in got]}
+    out = {"params": gather_full(model, meshes.ep_group), "bytes_read": [int(g) for g in got],
+           "buffers": {n: b.detach().clone() for n, b in model.named_buffers()}}
+    dist.barrier()
+    return out
+
+
+def run_xt_weights_load(spec: dict, state: dict) -> dict:
+    """One rank: ``run_model_source`` of ``init_from`` an XT weights folder (meta), layout,
+    materialise, then ``finish_run_model`` (DCP loads this rank's shards); the gathered parameters
+    and persistent buffers."""
+    import torch.distributed as dist
+
+    from xt.models import ModelSection, finish_run_model, run_model_source
+    from xt.parallel import materialize_, parallelize
+    from xt.parallel.export import full_state_dict
+    cfg, meshes = _meshes(spec, state)
+    section = ModelSection(init_from=spec["xt"], attn_backend="sdpa")
+    model, read = run_model_source(section, "cpu")
+    assert read is None
+    model, _ = parallelize(model, cfg, device_type="cpu", meshes=meshes)
+    materialize_(model, "cpu")
+    finish_run_model(section, model)
+    out = {"state": full_state_dict(model, meshes.ep_group)}
     dist.barrier()
     return out

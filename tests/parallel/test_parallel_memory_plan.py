@@ -33,6 +33,7 @@ def _spec(name: str, layout: dict) -> dict:
 @pytest.mark.parametrize("name", ["qwen3_moe_shakespeare.toml", "deepseek_v3_tiny.toml", "gpt_oss_tiny.toml"])
 def test_one_process_peak_is_predicted(name):
     got = run_peak(_spec(name, {}))
+    print(f"MEASURED {name} w1 {got['peak'] / 1e6:.1f} MB predicted {got['predicted']['total'] / 1e6:.1f} MB")
     assert abs(got["predicted"]["total"] / got["peak"] - 1) <= TOL, (got["peak"], got["predicted"])
 
 
@@ -46,5 +47,6 @@ CASES = [(2, "deepseek_v3_tiny.toml", dict(ep_size=2)), (2, "gpt_oss_tiny.toml",
 def test_sharded_peak_is_predicted_on_every_rank(pools, world, name, layout):
     got = pools(world).run(_spec(name, layout))
     assert len(got["per_rank"]) == world
+    print(f"MEASURED {name} w{world} {layout}", [(round(m / 1e6, 1), round(p / 1e6, 1)) for m, p in got["per_rank"]])
     for measured, predicted in got["per_rank"]:
         assert abs(predicted / measured - 1) <= TOL, (measured, predicted, got["predicted"])

@@ -29,7 +29,7 @@ from xt.core.engine import Trainer, TrainResult, read_metrics
 from xt.core.engine.metrics import step_time_summary
 from xt.data import build_eval_batches, build_loader, load_tokenizer, save_tokenizer
 from xt.kernels.config import apply_kernels_config
-from xt.models import build_run_model, from_pretrained, generate, save_pretrained, section_config, unused_model_keys
+from xt.models import finish_run_model, from_pretrained, run_model_source, generate, save_pretrained, section_config, unused_model_keys
 from xt.parallel import apply_layout, check_layout, describe_layout, device_for_run, exporter, rank_loader
 
 __all__ = ["run_train", "build_run", "greedy_sample", "resume_command", "hf_exporter", "parameter_counts"]
@@ -55,14 +55,17 @@ def build_run(cfg: XTConfig, device: torch.device) -> tuple[nn.Module, DistConte
     A randomly initialised model is built on the meta device, laid out there and materialised on
     `device` with this rank's shards only (:func:`xt.parallel.apply_layout`); its values equal an
     eager single-process build of the same seed (docs/architecture.md, Meta-device construction).
-    A model loaded with ``model.init_from`` is still built on `device`.
+    A model loaded with ``model.init_from`` from an HF folder is built on meta too and each rank
+    reads only its shards' rows of the safetensors files (:func:`xt.models.run_model_source`); XT
+    weights (DCP) are loaded after the layout, each rank its shards (:func:`xt.models.finish_run_model`).
 
     Raises:
         what :func:`xt.models.build_run_model` and :func:`xt.parallel.apply_layout` raise.
     """
-    model = build_run_model(cfg.model, device if cfg.model.init_from else torch.device("meta"))
+    model, read = run_model_source(cfg.model, device)
     apply_kernels_config(cfg.kernels)
-    model, dist = apply_layout(model, cfg.parallel, device_type=device.type, device=device)
+    model, dist = apply_layout(model, cfg.parallel, device_type=device.type, device=device, read=read)
+    finish_run_model(cfg.model, model)  # init_from XT weights: DCP loads each rank's shards
     split = cfg.eval.split if cfg.eval.enabled else 0.0
     return model, dist, rank_loader(functools.partial(build_loader, cfg.data, eval_split=split), dist)
 

@@ -17,11 +17,12 @@ from xt.models.common.output import CausalLMOutput
 from xt.models.common.generate import generate
 from xt.models.generate_reference import generate as generate_no_cache
 from xt.models.hf_io import from_pretrained, save_pretrained
+from xt.models.hf_stream import iter_hf_buckets
 from xt.models.registry import ModelSpec, build_model, config_from_hf, register_model
-from xt.models.section import ModelSection, build_run_model, section_config, unused_model_keys
+from xt.models.section import ModelSection, build_run_model, finish_run_model, run_model_source, section_config, unused_model_keys
 from xt.models.section_check import check_model_section
 from xt.models.weights import load_weights, save_xt_weights
 
-__all__ = ["build_model", "config_from_hf", "from_pretrained", "save_pretrained", "generate", "generate_no_cache", "ModelSpec",
-           "register_model", "CausalLMOutput", "ConfigError", "ModelConfigError", "ModelSection", "build_run_model",
+__all__ = ["iter_hf_buckets", "build_model", "config_from_hf", "from_pretrained", "save_pretrained", "generate", "generate_no_cache", "ModelSpec",
+           "register_model", "CausalLMOutput", "ConfigError", "ModelConfigError", "ModelSection", "build_run_model", "run_model_source", "finish_run_model",
            "section_config", "unused_model_keys", "check_model_section", "load_weights", "save_xt_weights"]

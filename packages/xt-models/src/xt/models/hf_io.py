@@ -6,18 +6,20 @@ or sharded with ``model.safetensors.index.json``); ``save_pretrained`` writes fo
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
 
 from xt.core.errors import CheckpointError
 from xt.models.common.hf_config import read_config_json
-from xt.models.common.safetensors_io import CheckpointReader, atomic_write_text, write_safetensors
+from xt.models.common.safetensors_io import CheckpointReader
+from xt.models.hf_stream import PlainState, save_streamed, write_configs
 from xt.models.registry import build_model, get_spec
 
-__all__ = ["from_pretrained", "save_pretrained", "generation_config"]
+__all__ = ["from_pretrained", "save_pretrained", "generation_config", "checkpoint_keys", "check_checkpoint_fits",
+           "check_quantization"]
 
 GENERATION_CONFIG = "generation_config.json"
 _TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
@@ -43,15 +45,51 @@ def from_pretrained(path: str | Path, *, dtype: torch.dtype | None = None, devic
     """
     path = Path(path)
     d = read_config_json(path)
+    check_quantization(d, path)
     spec = get_spec(d)
     model = build_model(d, device="meta", attn_backend=attn_backend)
     config = model.config
     reader = CheckpointReader(path)
     try:
-        keys = [k for k in reader.keys() if not k.endswith(_IGNORED_SUFFIXES)]
+        keys = checkpoint_keys(reader)
         state = spec.from_hf(keys, reader.get, config, source=str(path))
     finally:
         reader.close()
+    check_checkpoint_fits(model, state, path)
+    model.load_state_dict(state, strict=True, assign=True)
+    if getattr(config, "tie_word_embeddings", False):
+        model.lm_head.weight = model.model.embed_tokens.weight
+    return model.to(device=device or "cpu", dtype=dtype)
+
+
+def check_quantization(hf_config: dict, path: str | Path) -> None:
+    """Refuse a ``quantization_config`` XT would dequantise wrongly: FP8 hub weights are read in
+    128 x 128 blocks (``weight_block_size``, DeepSeek-V3 / Kimi K2's), MXFP4 in 32-value blocks.
+
+    Raises:
+        xt.core.errors.CheckpointError: another FP8 ``weight_block_size`` (named, with the file).
+    """
+    qc = hf_config.get("quantization_config") or {}
+    block = qc.get("weight_block_size") if isinstance(qc, dict) and qc.get("quant_method") == "fp8" else None
+    if block is not None and list(block) != [128, 128]:
+        raise CheckpointError(f"{Path(path) / 'config.json'}: quantization_config.weight_block_size = {block}: XT "
+                              "dequantises FP8 weights in 128 x 128 blocks only")
+
+
+def checkpoint_keys(reader: CheckpointReader) -> list[str]:
+    """The keys of `reader` that a load maps (buffers HF saves but XT recomputes, e.g.
+    ``rotary_emb.inv_freq``, left out)."""
+    return [k for k in reader.keys() if not k.endswith(_IGNORED_SUFFIXES)]
+
+
+def check_checkpoint_fits(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Check that `state` (XT keys, e.g. a family's ``from_hf`` of a checkpoint; meta tensors do)
+    has exactly `model`'s state-dict keys with the same shapes.
+
+    Raises:
+        xt.core.errors.CheckpointError: missing or unexpected keys (up to 10 of each named), or the
+            first shape that differs, with the folder `path`.
+    """
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -62,27 +100,27 @@ def from_pretrained(path: str | Path, *, dtype: torch.dtype | None = None, devic
         if tuple(state[k].shape) != tuple(t.shape):
             raise CheckpointError(f"{path}: {k} has shape {tuple(state[k].shape)}, the config needs "
                                   f"{tuple(t.shape)}")
-    model.load_state_dict(state, strict=True, assign=True)
-    if getattr(config, "tie_word_embeddings", False):
-        model.lm_head.weight = model.model.embed_tokens.weight
-    return model.to(device=device or "cpu", dtype=dtype)
 
 
 def save_pretrained(model: nn.Module, path: str | Path, *, max_shard_size: int | str = "5GB",
-                    state_dict: dict[str, torch.Tensor] | None = None) -> list[str]:
+                    state_dict: dict[str, torch.Tensor] | None = None, tensors=None, rank: int = 0, world: int = 1,
+                    barrier: Callable[[], None] | None = None) -> list[str]:
     """Write ``config.json``, ``generation_config.json`` (:func:`generation_config`) and the
     weights of ``model`` (HF keys) into folder ``path``.
 
     Weights larger than ``max_shard_size`` (bytes or ``"5GB"``-style) are split into shards with
     an index. Files are written atomically (temporary name, then rename). With tied embeddings
-    only ``model.embed_tokens.weight`` is written.
+    only ``model.embed_tokens.weight`` is written. The weights are streamed one XT tensor at a
+    time (:func:`xt.models.hf_stream.save_streamed`).
 
-    For a sharded (FSDP2/EP) model pass ``state_dict``: the full, unsharded state dict with our
-    keys (e.g. ``torch.distributed.checkpoint.state_dict.get_model_state_dict(model,
-    options=StateDictOptions(full_state_dict=True, cpu_offload=True))``), and call this on one rank.
+    A sharded (FSDP2/EP) model: call it on every rank with ``tensors`` =
+    ``xt.parallel.full_state.FullState(model, ep_group)`` (gathers one tensor at a time), this
+    rank's ``rank``, the ``world`` size and the run's ``barrier``: each rank writes its share of the
+    files and no rank holds the full model (``xt.parallel.exporter(save_pretrained, dist)`` does
+    this). ``state_dict``: the full state dict with XT keys instead of the model's own (one rank).
 
     Returns:
-        The file names written.
+        The file names written (the whole folder's, on every rank).
 
     Raises:
         ValueError: the model has no ``config`` with ``to_hf_dict()``.
@@ -90,17 +128,22 @@ def save_pretrained(model: nn.Module, path: str | Path, *, max_shard_size: int |
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "to_hf_dict"):
         raise ValueError(f"{type(model).__name__} has no typed config with to_hf_dict(); cannot save")
-    hf = config.to_hf_dict()
-    spec = get_spec(hf)
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    state = model.state_dict() if state_dict is None else state_dict
-    dtype = next(t for t in state.values() if t.is_floating_point()).dtype
-    hf["dtype"] = str(dtype).removeprefix("torch.")
-    files = write_safetensors(spec.to_hf(state, config), path, max_shard_size)
-    atomic_write_text(path / "config.json", json.dumps(hf, indent=2, sort_keys=True) + "\n")
-    atomic_write_text(path / GENERATION_CONFIG, json.dumps(generation_config(hf), indent=2, sort_keys=True) + "\n")
+    if tensors is None:
+        tensors = PlainState(model) if state_dict is None else _DictState(state_dict)
+    files, dtype = save_streamed(model, path, tensors, max_shard_size=max_shard_size, rank=rank, world=world,
+                                 barrier=barrier)
+    if rank == 0:
+        write_configs(model, path, dtype, generation_config)
     return files + ["config.json", GENERATION_CONFIG]
+
+
+class _DictState(PlainState):
+    """A given full state dict (XT keys) as a streamed state."""
+
+    def __init__(self, sd: dict[str, torch.Tensor]) -> None:
+        self._sd = sd
+        self.layout = [(k, tuple(v.shape), v.dtype) for k, v in sd.items()]
 
 
 def generation_config(hf_config: dict) -> dict:

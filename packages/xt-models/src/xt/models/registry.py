@@ -16,7 +16,7 @@ from torch import nn
 
 from xt.models.common.hf_config import ConfigError, read_config_json
 
-__all__ = ["ModelSpec", "register_model", "get_spec", "config_from_hf", "build_model"]
+__all__ = ["ModelSpec", "register_model", "get_spec", "spec_of_config", "config_from_hf", "build_model"]
 
 _BUILTIN_MODULES = ("xt.models.qwen3", "xt.models.llama", "xt.models.gpt_oss", "xt.models.deepseek_v3")
 
@@ -33,6 +33,11 @@ class ModelSpec:
         model_cls: ``model_cls(config, attn_backend=...)``.
         to_hf: ``(our_state_dict, config) -> hf_state_dict``.
         from_hf: ``(keys, get, config, source) -> our_state_dict``.
+        hf_rows: ``hf_rows(config, keys) -> (rename, load_rows)`` for a sharded load
+            (:mod:`xt.models.hf_rows`): ``rename(hf_key) -> xt_key | None`` (None: read with another
+            key, or skipped) and ``load_rows(hf_key, get_rows, start, stop)`` the rows ``[start, stop)``
+            of dim 0 of that key in XT's layout, read through ``get_rows(key, start, stop)``; None
+            when the family has no sharded load.
     """
     name: str
     architectures: tuple[str, ...]
@@ -41,6 +46,7 @@ class ModelSpec:
     model_cls: Callable[..., nn.Module]
     to_hf: Callable[..., dict[str, torch.Tensor]]
     from_hf: Callable[..., dict[str, torch.Tensor]]
+    hf_rows: Callable[..., tuple[Callable, Callable]] | None = None
 
 
 _SPECS: list[ModelSpec] = []
@@ -82,6 +88,19 @@ def get_spec(hf_config: dict[str, Any]) -> ModelSpec:
                       field="architectures" if hf_config.get("architectures") else "model_type")
 
 
+def spec_of_config(config: msgspec.Struct) -> ModelSpec:
+    """The spec whose ``config_cls`` `config` is an instance of.
+
+    Raises:
+        ConfigError: no registered family has that config type.
+    """
+    _ensure_builtins()
+    spec = next((s for s in _SPECS if isinstance(config, s.config_cls)), None)
+    if spec is None:
+        raise ConfigError(f"no registered model for config type {type(config).__name__}")
+    return spec
+
+
 def _as_dict(config: str | Path | dict[str, Any]) -> tuple[dict[str, Any], str]:
     if isinstance(config, (str, Path)):
         p = Path(config)
@@ -115,10 +134,7 @@ def build_model(config: str | Path | dict[str, Any] | msgspec.Struct, *, dtype: 
         ConfigError: unknown architecture or an invalid config field.
     """
     if isinstance(config, msgspec.Struct):
-        _ensure_builtins()
-        spec = next((s for s in _SPECS if isinstance(config, s.config_cls)), None)
-        if spec is None:
-            raise ConfigError(f"no registered model for config type {type(config).__name__}")
+        spec = spec_of_config(config)
         cfg = config
     else:
         d, source = _as_dict(config)

@@ -9,12 +9,15 @@ composing a run (``xt train``, an RL driver) builds the same model from it:
 * :func:`hf_dict`: the HF ``config.json`` fields the section denotes;
 * :func:`section_config`: the family's typed config of them (no weights, nothing allocated);
 * :func:`unused_model_keys`: fields written in the section that the family does not read;
-* :func:`build_run_model`: the model, randomly initialised or loaded.
+* :func:`build_run_model`: the model, randomly initialised or loaded;
+* :func:`run_model_source`: the same model on the meta device with how to fill it (random init, or
+  each rank reading its rows of an ``init_from`` HF folder), for a layout that materialises only
+  each rank's shards; :func:`finish_run_model` then loads ``init_from`` XT weights (DCP) into it.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import msgspec
 import torch
@@ -23,9 +26,10 @@ from torch import nn
 from xt.core.config import ConfigStruct, require
 from xt.models.common.hf_config import read_config_json
 from xt.models.registry import build_model, config_from_hf, get_spec
-from xt.models.weights import load_weights
+from xt.models.weights import WEIGHTS, dcp_load_model, is_xt_weights, load_weights
 
-__all__ = ["ModelSection", "hf_dict", "section_config", "unused_model_keys", "build_run_model"]
+__all__ = ["ModelSection", "hf_dict", "section_config", "unused_model_keys", "build_run_model", "run_model_source",
+           "finish_run_model"]
 
 
 class ModelSection(ConfigStruct):
@@ -65,7 +69,7 @@ def hf_dict(section: ModelSection) -> dict[str, Any]:
     Raises:
         xt.models.ConfigError: the ``config.json`` cannot be read or is not a JSON object.
     """
-    if section.config is not None:
+    if section.config:  # {} counts as not given (__post_init__)
         d = dict(section.config)
     else:
         d = read_config_json(Path(section.hf_config or section.init_from))
@@ -125,3 +129,48 @@ def build_run_model(section: ModelSection, device: str | torch.device) -> nn.Mod
                              "(model.init_from); remove them")
         return load_weights(section.init_from, device=device, attn_backend=section.attn_backend)
     return build_model(hf_dict(section), device=device, attn_backend=section.attn_backend)
+
+
+def run_model_source(section: ModelSection, device: str | torch.device) -> tuple[nn.Module, Callable | None]:
+    """The model of `section` on the meta device, for a run that lays it out before any weights
+    exist, and how its shards are filled: ``(model, read)``.
+
+    * random weights: ``read = None`` (``xt.parallel.apply_layout`` initialises each rank's shards;
+      seed beforehand);
+    * ``init_from`` an HF folder: ``read``, the folder's row reader
+      (:func:`xt.models.hf_rows.hf_row_reader`, checked against the model first):
+      ``apply_layout(..., read=read)`` then loads each rank's rows only, so no rank ever holds the
+      full model; the parameters are float32 master weights whatever the checkpoint's dtype (bf16,
+      FP8 or MXFP4 values converted exactly);
+    * ``init_from`` XT weights (DCP): ``read = None``; after the layout, :func:`finish_run_model`
+      loads each rank's shards from the DCP folder (which reshards into any layout).
+
+    `device` is unused (the model is always on meta); it is kept for symmetry with
+    :func:`build_run_model`.
+
+    Raises:
+        what :func:`build_run_model` and :func:`xt.models.hf_rows.hf_row_reader` raise
+        (``CheckpointError`` for a checkpoint that does not fit its ``config.json``).
+    """
+    from xt.models.hf_rows import hf_row_reader
+    if section.init_from and section.overrides:
+        raise ValueError("model.overrides cannot change the shape of a pretrained checkpoint "
+                         "(model.init_from); remove them")
+    model = build_model(hf_dict(section), device="meta", attn_backend=section.attn_backend)
+    if not section.init_from or is_xt_weights(section.init_from):
+        return model, None
+    read, _ = hf_row_reader(section.init_from, model.config)
+    return model, read
+
+
+def finish_run_model(section: ModelSection, model: nn.Module) -> nn.Module:
+    """After ``xt.parallel.apply_layout`` of a :func:`run_model_source` model: with ``init_from``
+    XT weights (DCP), load them into the laid-out `model` in place, each rank reading its shards
+    (collective under a process group); otherwise nothing.
+
+    Raises:
+        RuntimeError / ValueError (from DCP): the weights do not fit the model.
+    """
+    if section.init_from and is_xt_weights(section.init_from):
+        dcp_load_model(model, Path(section.init_from) / WEIGHTS, None)
+    return model

@@ -1,7 +1,7 @@
-"""Exporting a laid-out model: gather the full state on every rank, let the main rank write it.
+"""Exporting a laid-out model: stream its full state one tensor at a time to a writer every rank runs.
 
-xt.parallel knows how to unshard (FSDP2 shards, EP expert slices: :mod:`xt.parallel.gather`) but
-not how a file format is written; the writer comes from the caller, e.g.
+xt.parallel knows how to unshard (FSDP2 shards, EP expert slices: :mod:`xt.parallel.full_state`)
+but not how a file format is written; the writer comes from the caller, e.g.
 ``exporter(xt.models.save_pretrained, dist)`` for HF folders. So the engine's ``export_hf(model,
 path)`` hook is built here without xt.parallel importing xt.models.
 """
@@ -14,55 +14,36 @@ import torch
 from torch import nn
 
 from xt.core.distributed import DistContext
-from xt.parallel.gather import full_tensor, gather_full
+from xt.parallel.full_state import FullState
 
 __all__ = ["full_state_dict", "exporter"]
-
-_WRAPPER_PREFIXES = ("_checkpoint_wrapped_module.", "_fsdp_wrapped_module.", "_orig_mod.")
-
-
-def _clean(name: str) -> str:
-    """`name` without the prefixes activation checkpointing, FSDP1 and ``torch.compile`` insert."""
-    for p in _WRAPPER_PREFIXES:
-        name = name.replace(p, "")
-    return name
 
 
 def full_state_dict(model: nn.Module, ep_group=None) -> dict[str, torch.Tensor]:
     """The full (unsharded) state dict of a laid-out `model`, on the CPU, keyed as the plain
-    model's ``state_dict()``: parameters gathered over FSDP2 and `ep_group`
-    (:func:`xt.parallel.gather.gather_full`), tied parameters under each of their names, and the
-    persistent buffers (e.g. DeepSeek-V3's ``e_score_correction_bias``, replicated on every rank).
+    model's ``state_dict()`` (:class:`xt.parallel.full_state.FullState` collected: every tensor at
+    once, for tests and small models; an export streams instead).
 
     Collective: every rank must call it; every rank gets the tensors.
     """
-    full = gather_full(model, ep_group)
-    first: dict[int, str] = {}
-    for name, p in model.named_parameters(remove_duplicate=False):
-        if first.setdefault(id(p), name) != name:  # a tied parameter: gathered once, under its first name
-            full[name] = full[first[id(p)]]
-    persistent = set(model.state_dict().keys())
-    for name, b in model.named_buffers():
-        if name in persistent:
-            full[name] = full_tensor(b)
-    return {_clean(k): v.to("cpu") for k, v in full.items()}
+    return dict(FullState(model, ep_group))
 
 
 def exporter(write: Callable[..., object], dist: DistContext | None) -> Callable[[nn.Module, Path], None]:
     """The ``export(model, path)`` hook of a run with context `dist` (``Trainer(export_hf=...)``).
 
     Args:
-        write: ``write(model, path)`` writes a plain model; ``write(model, path, state_dict=sd)``
-            writes the full state dict `sd` (plain keys) with `model` giving the config, e.g.
-            ``xt.models.save_pretrained``.
+        write: ``write(model, path)`` writes a plain model; ``write(model, path, tensors=state,
+            rank=r, world=w, barrier=b)`` is called on every rank of a laid-out one, with `state` a
+            :class:`~xt.parallel.full_state.FullState` (iterate it on every rank, in step) and
+            `barrier` the run's barrier, e.g. ``xt.models.save_pretrained`` (each rank writes its
+            share of the files; no rank holds more than one gathered tensor and its own file).
         dist: the run's `DistContext`. Without meshes (one process, plain parameters) the hook calls
             ``write(model, path)``. Under a layout (a `ParallelDistContext`, any world size) every
-            rank must call the hook: it gathers :func:`full_state_dict`, the main rank writes, and
-            all ranks wait at a barrier.
+            rank must call the hook; all ranks wait at a barrier after `write`.
 
     Returns:
-        ``export(model, path) -> None``; it raises what `write` raises (e.g. ``ValueError`` for
-        gathered parameters that do not cover the model's HF keys).
+        ``export(model, path) -> None``; it raises what `write` raises.
     """
     meshes = getattr(dist, "meshes", None)
 
@@ -70,9 +51,8 @@ def exporter(write: Callable[..., object], dist: DistContext | None) -> Callable
         if meshes is None:
             write(model, path)
             return
-        full = full_state_dict(model, getattr(meshes, "ep_group", None))
-        if dist.is_main:
-            write(model, path, state_dict=full)
+        state = FullState(model, getattr(meshes, "ep_group", None))
+        write(model, path, tensors=state, rank=dist.rank, world=dist.world_size, barrier=dist.barrier)
         dist.barrier()
 
     return export

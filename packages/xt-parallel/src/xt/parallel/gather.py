@@ -30,9 +30,12 @@ def full_tensor(t: torch.Tensor, ep_group: dist.ProcessGroup | None = None) -> t
         level = quiet.level
         quiet.setLevel(logging.ERROR)  # 2-D expert specs gather in two steps: expected, not a problem here
         try:
-            return t.full_tensor().detach().clone()
+            full = t.full_tensor().detach()
         finally:
             quiet.setLevel(level)
+        local = t.to_local()
+        shares = local.numel() and full.untyped_storage().data_ptr() == local.untyped_storage().data_ptr()
+        return full.clone() if shares else full  # a replicated DTensor's full tensor is its local one
     full = t.detach().clone()  # never alias live parameters or gradients
     if ep_group is not None and dist.get_world_size(ep_group) > 1:
         n = dist.get_world_size(ep_group)

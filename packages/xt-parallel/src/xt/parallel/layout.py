@@ -14,7 +14,7 @@ launches alike:
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -66,7 +66,8 @@ def check_layout(cfg: ParallelConfig, model_config: Any) -> None:
 
 
 def apply_layout(model: nn.Module, cfg: ParallelConfig, *, device_type: str,
-                 device: torch.device | None = None) -> tuple[nn.Module, DistContext]:
+                 device: torch.device | None = None,
+                 read: Callable[[str, int, int], torch.Tensor] | None = None) -> tuple[nn.Module, DistContext]:
     """Apply the ``[parallel]`` section `cfg` to `model` (in place); build the optimizer afterwards.
 
     Under torchrun: FSDP2 / EP / Ulysses / AC (:func:`xt.parallel.parallelize`, which starts the
@@ -82,6 +83,9 @@ def apply_layout(model: nn.Module, cfg: ParallelConfig, *, device_type: str,
         cfg: the ``[parallel]`` section.
         device_type: ``"cuda"`` or ``"cpu"``, the device the model is (or will be) on.
         device: where a meta model is materialised (default :func:`device_for_run`).
+        read: for a meta model, ``read(name, start, stop)`` gives rows of its parameters and
+            persistent buffers (e.g. ``xt.models.hf_rows.hf_row_reader``): each rank loads its
+            shards' rows only instead of initialising them (:func:`materialize_`).
 
     Returns:
         ``(model, dist)``: `dist` a `ParallelDistContext` when a layout was applied under a process
@@ -100,7 +104,9 @@ def apply_layout(model: nn.Module, cfg: ParallelConfig, *, device_type: str,
     else:
         model, dist = parallelize_single(model, cfg, device_type=device_type)
     if meta:
-        materialize_(model, device or device_for_run())
+        materialize_(model, device or device_for_run(), read=read)
+    elif read is not None:
+        raise ValueError("apply_layout: read is given but the model is not on the meta device")
     return model, dist
 
 

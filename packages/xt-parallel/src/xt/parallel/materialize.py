@@ -25,7 +25,9 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
+from xt.core.errors import CheckpointError
 from xt.core.seeded_init import InitRule, init_rows_
+from xt.parallel.names import persistent_buffer_names, plain_name
 
 __all__ = ["is_meta_model", "owned_rows", "materialize_"]
 
@@ -86,8 +88,10 @@ def materialize_(model: nn.Module, device: torch.device | str, *, rules: dict[st
             ``model.init_rules()``).
         base_seed: the run's base seed (default ``model.xt_init_seed``, drawn at construction).
         read: ``read(name, start, stop) -> rows [start, stop) of parameter name`` (e.g.
-            ``xt.models.hf_rows.hf_row_reader``): parameters are loaded from it instead, each rank
-            reading only its rows (a sharded checkpoint load); buffers are still initialised.
+            ``xt.models.hf_rows.hf_row_reader``; `name` as the plain model's ``state_dict()`` spells
+            it, without wrapper prefixes): parameters and persistent buffers are loaded from it
+            instead, each rank reading only its rows (a sharded checkpoint load), and cast to the
+            model's dtype; non-persistent buffers are still initialised.
 
     Returns:
         `model`, in place; tied parameters stay tied.
@@ -95,7 +99,10 @@ def materialize_(model: nn.Module, device: torch.device | str, *, rules: dict[st
     Raises:
         ValueError: no rules / seed given and the model has none, or a parameter or buffer without
             a rule (it would keep uninitialised memory).
+        xt.core.errors.CheckpointError: `read` gives rows of another shape than the shard's.
     """
+    if read is not None:
+        return _load_(model, device, read)
     if rules is None or base_seed is None:
         if not hasattr(model, "init_rules") or not hasattr(model, "xt_init_seed"):
             raise ValueError(f"{type(model).__name__} has no init_rules()/xt_init_seed, so it cannot be "
@@ -107,6 +114,14 @@ def materialize_(model: nn.Module, device: torch.device | str, *, rules: dict[st
     if missing:
         raise ValueError(f"no init rule for {missing[:3]}{' ...' if len(missing) > 3 else ''} of "
                          f"{type(model).__name__}: they would keep uninitialised memory")
+    for name, t, local, start, _ in _allocated_shards(model, device):
+        init_rows_(local, rules[name], name, tuple(t.shape), start, base_seed)
+    return model
+
+
+def _allocated_shards(model: nn.Module, device: torch.device | str):
+    """Allocate `model`'s shards on `device` (``to_empty``, ties restored), then yield ``(name, tensor,
+    local shard, start, stop)`` for every parameter and buffer (rows ``[start, stop)`` of dim 0)."""
     groups = _tied_groups(model)
     model.to_empty(device=device)
     _retie(model, groups)
@@ -115,12 +130,26 @@ def materialize_(model: nn.Module, device: torch.device | str, *, rules: dict[st
         start, stop = owned_rows(t)
         if local.shape[:1] != (stop - start,) and local.dim():
             raise NotImplementedError(f"{name}: local shard {tuple(local.shape)} is not rows [{start}, {stop})")
-        if read is not None and isinstance(t, nn.Parameter):
-            rows = read(name, start, stop)
-            if tuple(rows.shape) != tuple(local.shape):
-                raise ValueError(f"{name}: the checkpoint gives rows of shape {tuple(rows.shape)}, the model's "
-                                 f"shard is {tuple(local.shape)}")
-            local.copy_(rows)
-        else:
-            init_rows_(local, rules[name], name, tuple(t.shape), start, base_seed)
+        yield name, t, local, start, stop
+
+
+def _load_(model: nn.Module, device: torch.device | str, read: Callable[[str, int, int], torch.Tensor]) -> nn.Module:
+    """`materialize_` with `read`: every parameter and persistent buffer is read (its rows only),
+    the non-persistent buffers (e.g. RoPE tables) initialised by the model's rules."""
+    persistent = persistent_buffer_names(model)
+    rest = {n for n, _ in model.named_buffers() if n not in persistent}
+    rules = model.init_rules() if rest else {}
+    seed = getattr(model, "xt_init_seed", 0)
+    missing = sorted(n for n in rest if n not in rules)
+    if missing:
+        raise ValueError(f"no init rule for the buffers {missing[:3]} of {type(model).__name__}")
+    for name, t, local, start, stop in _allocated_shards(model, device):
+        if name in rest:
+            init_rows_(local, rules[name], name, tuple(t.shape), start, seed)
+            continue
+        rows = read(plain_name(name), start, stop)
+        if tuple(rows.shape) != tuple(local.shape):
+            raise CheckpointError(f"{plain_name(name)}: the checkpoint gives rows of shape {tuple(rows.shape)}, "
+                                  f"the model's shard is {tuple(local.shape)}")
+        local.copy_(rows)
     return model

@@ -103,14 +103,16 @@ def layer_activation_elements(layer: nn.Module, experts: nn.Module | None = None
     Every ``nn.Linear`` outside the experts saves its input (linears of one parent module with the
     same input width share it: q/k/v, gate/up) and its output is saved by what consumes it (norm,
     activation, attention), except for the projections that feed the residual stream (``o_proj``,
-    ``down_proj``, largest-in/smallest-out of a block: counted by input only). Attention adds its
+    ``down_proj``: counted by input only, and always, since no other linear reads that input). Attention adds its
     rotated q and k. A norm (a module with a 1-D ``weight`` whose class name ends in ``Norm``)
     saves its input and its normalised copy (inside attention the input is a projection's output,
     already counted; per-head q/k norms count q / k once more). (Torch's SDPA math path, what the
     CPU runs, also saves the ``[H, T, T]`` probabilities: :func:`plan_memory` adds ``H * T`` per
     token with ``math_attention``.) Routed experts save
     per token ``K (D + 2F + F + D)`` (gathered rows, gate-up output, activation, expert output for
-    the weighted combine) plus the fp32 router probabilities (``2 E``).
+    the weighted combine) plus the fp32 router probabilities (``2 E``); an experts module whose
+    activation saves more than one ``[rows, F]`` tensor says how many (``xt_activation_saves``:
+    GPT-OSS's clamped SwiGLU, 5).
     """
     total = 0.0
     for _, parent in layer.named_modules():
@@ -121,11 +123,13 @@ def layer_activation_elements(layer: nn.Module, experts: nn.Module | None = None
         for lin in linears:
             if experts is not None and any(lin is m for m in experts.modules()):
                 continue
+            if _feeds_residual(parent, lin):  # its input is its own tensor (attention / MLP output)
+                total += lin.in_features
+                continue
             if lin.in_features not in seen_inputs:
                 total += lin.in_features
                 seen_inputs.add(lin.in_features)
-            if not _feeds_residual(parent, lin):
-                total += lin.out_features
+            total += lin.out_features
     for name, norm in layer.named_children():  # residual norms: fp32 input and normalised copy
         if _is_norm(norm):
             total += 2 * norm.weight.numel()
@@ -150,7 +154,8 @@ def layer_activation_elements(layer: nn.Module, experts: nn.Module | None = None
         w1 = getattr(experts, "gate_up_proj", None)
         if w1 is not None:
             two_f, d = w1.shape[1], w1.shape[2]
-            total += top_k * (d + two_f + two_f // 2 + d)
+            saves = getattr(experts, "xt_activation_saves", 1)  # [rows, F] tensors of the activation
+            total += top_k * (d + two_f + saves * two_f // 2 + d)
         total += 2 * E
     return total
 
@@ -165,6 +170,15 @@ def _heads(attn: nn.Module) -> int:
         if getattr(attn, name, None):
             return int(getattr(attn, name))
     return 0
+
+
+def _kv_repeat(attn: nn.Module | None) -> int:
+    """Elements per token that attention's math path adds by repeating grouped K and V to every
+    query head (``q_proj`` wider than ``k_proj`` / ``v_proj``); 0 without GQA (e.g. MLA)."""
+    q, k, v = (getattr(attn, n, None) for n in ("q_proj", "k_proj", "v_proj"))
+    if not all(isinstance(x, nn.Linear) for x in (q, k, v)):
+        return 0
+    return max(0, q.out_features - k.out_features) + max(0, q.out_features - v.out_features)
 
 
 def _feeds_residual(parent: nn.Module, lin: nn.Linear) -> bool:
@@ -203,6 +217,7 @@ class ModelFacts:
     head_passes: int
     castable_numel: int
     moe_layers: int
+    layer_kv_repeat: tuple = ()
 
 
 def model_facts(model: nn.Module) -> ModelFacts:
@@ -218,7 +233,7 @@ def model_facts(model: nn.Module) -> ModelFacts:
         if owner is not None:
             moe_by_layer[owner] = blk
     top_k = _config_value(model, "num_experts_per_tok", "top_k")
-    dense, expert, act, heads = [], [], [], []
+    dense, expert, act, heads, kv_repeat = [], [], [], [], []
     for lp in layer_paths:
         mine = {n: s for n, s in shapes.items() if n.startswith(lp + ".")}
         dense.append(sum(math.prod(s) for n, s in mine.items() if n not in experts))
@@ -228,6 +243,7 @@ def model_facts(model: nn.Module) -> ModelFacts:
         act.append(layer_activation_elements(layer, model.get_submodule(blk.experts) if blk else None, top_k))
         attn = getattr(layer, "self_attn", None)
         heads.append(_heads(attn) if attn is not None else 0)
+        kv_repeat.append(_kv_repeat(attn))
     in_layers = {n for n in shapes if any(n.startswith(lp + ".") for lp in layer_paths)}
     fp32_modules = {n for n, m in model.named_modules()
                     if getattr(m, "xt_fp32_weights", False) or isinstance(m, nn.Embedding)}
@@ -235,12 +251,13 @@ def model_facts(model: nn.Module) -> ModelFacts:
     return ModelFacts(shapes, experts, tuple(dense), tuple(expert), tuple(act), tuple(heads),
                       sum(math.prod(s) for n, s in shapes.items() if n not in in_layers),
                       _config_value(model, "hidden_size"), _config_value(model, "vocab_size"), top_k,
-                      1 + _config_value(model, "mtp_layers"), castable, len(moe_by_layer))
+                      1 + _config_value(model, "mtp_layers"), castable, len(moe_by_layer), tuple(kv_repeat))
 
 
 def plan_memory(model: nn.Module | ModelFacts, cfg: ParallelConfig, world: int, *, tokens_per_micro_batch: int,
                 compute_bytes: int = 2, rank: int = 0, fsdp: bool | None = None,
-                weight_cast: bool = True, math_attention: bool = False) -> MemoryPlan:
+                weight_cast: bool = True, math_attention: bool = False,
+                doc_tokens: int | None = None) -> MemoryPlan:
     """Predict rank `rank`'s peak memory for one training step of `model` under `cfg`.
 
     Args:
@@ -255,8 +272,11 @@ def plan_memory(model: nn.Module | ModelFacts, cfg: ParallelConfig, world: int, 
         rank: which rank; rank 0 holds the largest shards (FSDP2's chunks are front-loaded).
         fsdp: whether FSDP2 is applied (default: ``world > 1``, as ``xt train`` does).
         weight_cast: bf16 compute copies of plain weights (``train.weight_cast = "per_step"``).
-        math_attention: the core attention saves its ``[H, T, T]`` probabilities (SDPA's math
-            path with a document mask, on the CPU); False for flash / varlen attention (CUDA).
+        math_attention: the core attention runs torch's math path (SDPA on the CPU, one call per
+            packed document): it saves each document's ``[H, L, L]`` probabilities and K / V repeated
+            to every query head; False for flash / varlen attention (CUDA), which saves neither.
+        doc_tokens: the length L of the packed documents for `math_attention` (default: the whole
+            micro-batch is one document).
 
     Returns:
         A :class:`MemoryPlan`.
@@ -278,7 +298,9 @@ def plan_memory(model: nn.Module | ModelFacts, cfg: ParallelConfig, world: int, 
         fsdp_layer_buffers = 2 * biggest * gathered_bytes
         fsdp_grad_buffers = 4 * (f.root_numel + biggest)
     tokens = math.ceil(tokens_per_micro_batch / cfg.sp_size)
-    per_layer = [a + (h * tokens if math_attention else 0) for a, h in zip(f.layer_act, f.layer_heads)]
+    span = min(tokens, doc_tokens or tokens)
+    repeat = f.layer_kv_repeat or (0,) * len(f.layer_act)
+    per_layer = [a + (h * span + r if math_attention else 0) for a, h, r in zip(f.layer_act, f.layer_heads, repeat)]
     ac = set(checkpointed_layer_ids(len(per_layer), cfg.activation_checkpointing,
                                     cfg.activation_checkpointing_every_n))
     kept = sum(4 * f.hidden if i in ac else compute_bytes * e for i, e in enumerate(per_layer))

@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["unstack_experts", "stack_experts", "renamed_view", "tie_head", "EMBED_KEY", "HEAD_KEY"]
+__all__ = ["unstack_experts", "stack_experts", "renamed_view", "tie_head", "plain_rows", "EMBED_KEY", "HEAD_KEY"]
 
 _PER_EXPERT = re.compile(r"^(?P<prefix>.*)\.experts\.(?P<e>\d+)\.(?P<proj>gate_proj|up_proj|down_proj)\.weight$")
 
@@ -129,3 +129,11 @@ def tie_head(state: dict[str, torch.Tensor], tied: bool, source: str = "checkpoi
             raise ValueError(f"{source}: missing key {EMBED_KEY}")
         state[HEAD_KEY] = state[EMBED_KEY]
     return state
+
+
+def plain_rows(config, keys: set[str]) -> tuple[Callable[[str], str], Callable]:
+    """The sharded-load view (``ModelSpec.hf_rows``) of a family whose XT keys are HF's (per-expert
+    weights aside, which :mod:`xt.models.hf_rows` stacks): keys unchanged, rows read as stored."""
+    def load_rows(key: str, get_rows: Callable[[str, int, int], torch.Tensor], start: int, stop: int) -> torch.Tensor:
+        return get_rows(key, start, stop)
+    return (lambda key: key), load_rows

@@ -18,29 +18,34 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-__all__ = ["parse_size", "CheckpointReader", "write_safetensors", "atomic_write_text", "default_file_mode"]
+__all__ = ["parse_size", "CheckpointReader", "write_safetensors", "write_file", "write_index", "remove_stale",
+           "shard_file_names", "atomic_write_text", "default_file_mode", "SINGLE", "INDEX"]
 
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "U8": torch.uint8, "I8": torch.int8,
+           "I16": torch.int16, "I32": torch.int32, "I64": torch.int64, "BOOL": torch.bool}
 
-def parse_size(size: int | str) -> int:
+
+def parse_size(size: int | str, field: str = "max_shard_size") -> int:
     """``5_000_000`` or ``"5GB"``/``"500MiB"`` -> bytes.
 
     Raises:
-        ValueError: unparsable or non-positive size.
+        ValueError: unparsable or non-positive size (the message names `field`).
     """
     if isinstance(size, int):
         n = size
     else:
         m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)\s*", str(size).upper())
         if m is None or m[2] not in _UNITS:
-            raise ValueError(f"max_shard_size: cannot parse {size!r}; use bytes or e.g. '5GB', '500MiB'")
+            raise ValueError(f"{field}: cannot parse {size!r}; use bytes or e.g. '5GB', '500MiB'")
         n = int(float(m[1]) * _UNITS[m[2]])
     if n <= 0:
-        raise ValueError(f"max_shard_size must be > 0; got {size!r}")
+        raise ValueError(f"{field} must be > 0; got {size!r}")
     return n
 
 
@@ -103,6 +108,17 @@ class CheckpointReader:
         """The stored shape of one tensor (nothing read)."""
         return tuple(self._handle(key).get_slice(key).get_shape())
 
+    def dtype(self, key: str) -> torch.dtype:
+        """The stored dtype of one tensor (nothing read).
+
+        Raises:
+            ValueError: a safetensors dtype torch has no equivalent for.
+        """
+        name = self._handle(key).get_slice(key).get_dtype()
+        if name not in _DTYPES:
+            raise ValueError(f"{self.path}: {key} has dtype {name}, which XT cannot read")
+        return _DTYPES[name]
+
     def get_rows(self, key: str, start: int, stop: int) -> torch.Tensor:
         """Rows ``[start, stop)`` of dim 0 of one tensor (CPU): only those bytes are read
         (safetensors ``get_slice``)."""
@@ -129,6 +145,42 @@ def _shards(state: dict[str, torch.Tensor], max_bytes: int) -> Iterator[dict[str
         yield cur
 
 
+def shard_file_names(n: int) -> list[str]:
+    """The weight file names of a save in `n` files (transformers' convention)."""
+    return [SINGLE] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+
+
+def write_file(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Write one safetensors file atomically (temporary name in the same folder, then ``os.replace``).
+    Tensors that share storage (views of one stacked tensor) are copied first, as safetensors requires."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    seen: set[int] = set()
+    out = {}
+    for k, v in tensors.items():
+        v = v.detach().to("cpu").contiguous()
+        ptr = v.untyped_storage().data_ptr()
+        whole = v.untyped_storage().nbytes() == v.numel() * v.element_size()
+        out[k] = v if whole and ptr not in seen else v.clone()
+        seen.add(ptr)
+    save_file(out, str(tmp), metadata={"format": "pt"})
+    os.chmod(tmp, default_file_mode())  # safetensors creates its files 0600: others could not read the export
+    os.replace(tmp, path)
+
+
+def write_index(out: Path, weight_map: dict[str, str], total_size: int) -> None:
+    """``model.safetensors.index.json`` (atomic)."""
+    index = {"metadata": {"total_size": total_size}, "weight_map": weight_map}
+    atomic_write_text(out / INDEX, json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+def remove_stale(out: Path, written: list[str]) -> None:
+    """Remove weight files and the index of an earlier save in `out` that `written` does not name."""
+    for p in out.iterdir():
+        if p.name not in written and (p.name == SINGLE or p.name == INDEX
+                                      or re.fullmatch(r"model-\d+-of-\d+\.safetensors", p.name)):
+            p.unlink()
+
+
 def write_safetensors(state: dict[str, torch.Tensor], path: str | Path, max_shard_size: int | str = "5GB") -> list[str]:
     """Write ``state`` to ``path`` (created if needed), sharded above ``max_shard_size``.
 
@@ -141,23 +193,13 @@ def write_safetensors(state: dict[str, torch.Tensor], path: str | Path, max_shar
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     shards = list(_shards(state, parse_size(max_shard_size)))
-    n = len(shards)
-    names = [SINGLE] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+    names = shard_file_names(len(shards))
     for name, shard in zip(names, shards):
-        tmp = out / f".{name}.tmp-{os.getpid()}"
-        # copy per shard: views of one stacked tensor must not share storage in safetensors
-        save_file({k: v.detach().to("cpu", copy=True).contiguous() for k, v in shard.items()}, str(tmp),
-                  metadata={"format": "pt"})
-        os.chmod(tmp, default_file_mode())  # safetensors creates its files 0600: others could not read the export
-        os.replace(tmp, out / name)
+        write_file(shard, out / name)
     written = list(names)
-    if n > 1:
-        index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
-                 "weight_map": {k: name for name, shard in zip(names, shards) for k in shard}}
-        atomic_write_text(out / INDEX, json.dumps(index, indent=2, sort_keys=True) + "\n")
+    if len(shards) > 1:
+        write_index(out, {k: name for name, shard in zip(names, shards) for k in shard},
+                    sum(t.numel() * t.element_size() for t in state.values()))
         written.append(INDEX)
-    stale = [p for p in out.iterdir() if p.name not in written
-             and (p.name == SINGLE or p.name == INDEX or re.fullmatch(r"model-\d+-of-\d+\.safetensors", p.name))]
-    for p in stale:
-        p.unlink()
+    remove_stale(out, written)
     return written

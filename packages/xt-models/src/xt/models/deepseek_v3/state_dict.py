@@ -23,29 +23,49 @@ import torch
 from xt.models.common.expert_keys import renamed_view, stack_experts, tie_head
 from xt.models.deepseek_v3.config import DeepseekV3Config
 
-__all__ = ["from_hf", "hf_to_xt", "xt_to_hf", "dequantize_fp8_blocks"]
+__all__ = ["from_hf", "hf_rows", "hf_to_xt", "xt_to_hf", "dequantize_fp8_blocks"]
 
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.*)$")
 
 
 def dequantize_fp8_blocks(weight: torch.Tensor, scale_inv: torch.Tensor, block_size: tuple[int, int] = (128, 128),
-                          dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+                          dtype: torch.dtype = torch.bfloat16, row_offset: int = 0) -> torch.Tensor:
     """Block-wise FP8 weight ``[N, K]`` (float8_e4m3fn) times its scales ``[ceil(N/bn), ceil(K/bk)]``.
 
     Element ``(i, j)`` becomes ``float(weight[i, j]) * scale_inv[i // bn, j // bk]`` (in float32, then
     ``dtype``). Reference: DeepSeek-V3 report §3.3 (fine-grained FP8 quantisation, 128x128 weight blocks).
+    With ``row_offset = o`` (a sharded load), `weight` holds the rows ``o .. o + N`` of a tensor
+    whose block rows start at row 0 of `scale_inv` (``0 <= o < bn``): scales
+    ``[ceil((o + N)/bn), ceil(K/bk)]``; each element gets the value it gets in the full tensor.
 
     Raises:
         ValueError: scales whose shape does not cover the weight with ``block_size`` blocks.
     """
     bn, bk = block_size
     N, K = weight.shape
-    want = (-(-N // bn), -(-K // bk))
+    want = (-(-(row_offset + N) // bn), -(-K // bk))
     if tuple(scale_inv.shape) != want:
-        raise ValueError(f"fp8 weight {tuple(weight.shape)} with blocks {block_size} needs scales {want}; "
-                         f"got {tuple(scale_inv.shape)}")
-    scale = scale_inv.float().repeat_interleave(bn, 0)[:N].repeat_interleave(bk, 1)[:, :K]
+        raise ValueError(f"fp8 weight {tuple(weight.shape)} (from row {row_offset}) with blocks {block_size} needs "
+                         f"scales {want}; got {tuple(scale_inv.shape)}")
+    scale = scale_inv.float().repeat_interleave(bn, 0)[row_offset:row_offset + N].repeat_interleave(bk, 1)[:, :K]
     return (weight.float() * scale).to(dtype)
+
+
+def hf_rows(config: DeepseekV3Config, keys: set[str], fp8_block_size: tuple[int, int] = (128, 128)):
+    """The sharded-load view of a DeepSeek-V3 / Kimi K2 checkpoint (``ModelSpec.hf_rows``,
+    :mod:`xt.models.hf_rows`): ``(rename, load_rows)``. An FP8 weight's rows ``[start, stop)`` are
+    read with only the block rows of scales that cover them and dequantised block by block
+    (:func:`dequantize_fp8_blocks` with ``row_offset``), equal to the full tensor's rows."""
+    bn = fp8_block_size[0]
+
+    def load_rows(key: str, get_rows: Callable[[str, int, int], torch.Tensor], start: int, stop: int) -> torch.Tensor:
+        scale = key + "_scale_inv"
+        if scale not in keys:
+            return get_rows(key, start, stop)
+        first, last = start // bn, -(-stop // bn)
+        return dequantize_fp8_blocks(get_rows(key, start, stop), get_rows(scale, first, max(first, last)),
+                                     fp8_block_size, row_offset=start - first * bn)
+    return (lambda key: _rename(key, config)), load_rows
 
 
 def _rename(key: str, config: DeepseekV3Config) -> str | None:
@@ -93,16 +113,18 @@ def hf_to_xt(sd: dict[str, torch.Tensor], config: DeepseekV3Config,
 
 
 def xt_to_hf(sd: dict[str, torch.Tensor], config: DeepseekV3Config) -> dict[str, torch.Tensor]:
-    """XT state dict -> HF hub layout (per-expert keys; MTP as ``model.layers.{L+k}``)."""
+    """XT state dict -> HF hub layout (per-expert keys; MTP as ``model.layers.{L+k}``, each depth with
+    its copies of the embedding and head). Key by key, so any part of a state dict maps on its own
+    (the streamed export): the copies come with ``model.embed_tokens.weight`` / ``lm_head.weight``."""
     L = config.num_hidden_layers
     out: dict[str, torch.Tensor] = {}
     for k, v in sd.items():
+        for name, copy in (("model.embed_tokens.weight", "embed_tokens.weight"), ("lm_head.weight", "shared_head.head.weight")):
+            if k == name:
+                out.update({f"model.layers.{L + depth}.{copy}": v for depth in range(config.mtp_layers)})
         mm = re.match(r"^mtp\.(\d+)\.(.*)$", k)
         if mm:
-            depth = int(mm.group(1))
-            k = f"model.layers.{L + depth}.{mm.group(2)}"
-            out[f"model.layers.{L + depth}.embed_tokens.weight"] = sd["model.embed_tokens.weight"]
-            out[f"model.layers.{L + depth}.shared_head.head.weight"] = sd["lm_head.weight"]
+            k = f"model.layers.{L + int(mm.group(1))}.{mm.group(2)}"
         if k.endswith(".mlp.experts.gate_up_proj"):
             prefix = k[: -len(".gate_up_proj")]
             F = v.shape[1] // 2

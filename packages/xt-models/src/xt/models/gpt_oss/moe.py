@@ -96,6 +96,11 @@ class GptOssExperts(GroupedExperts):
         backend: ``grouped_gemm`` backend or None. init_std: normal init std of the weights.
     """
 
+    #: ``[rows, F]`` tensors the clamped SwiGLU's autograd saves per routed row (clamped gate and up,
+    #: the sigmoid, two products; measured with saved-tensor hooks): read by xt plan's memory model
+    #: (``xt.parallel.memory_plan``; a plain SwiGLU saves 1)
+    xt_activation_saves = 5
+
     def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int, alpha: float = 1.702,
                  limit: float = 7.0, backend: str | None = None, init_std: float = 0.02) -> None:
         super().__init__(num_experts, hidden_size, intermediate_size, backend=backend, init_std=init_std)

@@ -23,7 +23,7 @@ import torch
 from xt.models.common.expert_keys import renamed_view, tie_head
 from xt.models.gpt_oss.config import GptOssConfig
 
-__all__ = ["from_hf", "hf_to_xt", "xt_to_hf", "dequantize_mxfp4", "FP4_E2M1_VALUES"]
+__all__ = ["from_hf", "hf_rows", "hf_to_xt", "xt_to_hf", "dequantize_mxfp4", "FP4_E2M1_VALUES"]
 
 FP4_E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
 _EXPERT = re.compile(r"^(model\.layers\.\d+\.mlp\.)experts\.(gate_up_proj|down_proj)(_bias|_blocks|_scales)?$")
@@ -69,6 +69,37 @@ def _rename(key: str) -> str | None:
     return f"{m.group(1)}experts.{m.group(2)}" + ("_bias" if suffix == "_bias" else "")
 
 
+def _load(key: str, read: Callable[[str], torch.Tensor], key_set: set[str], source: str,
+          mxfp4_dtype: torch.dtype) -> torch.Tensor:
+    """The XT tensor of hub key `key` (read through `read`): experts de-interleaved and transposed,
+    MXFP4 blocks dequantised with their scales. Every expert tensor has the experts on dim 0, so
+    `read` may give any range of experts (the sharded load) and the result is those experts'."""
+    m = _EXPERT.match(key)
+    if m is None:
+        return read(key)
+    proj, suffix = m.group(2), m.group(3) or ""
+    if suffix == "_bias":
+        return _deinterleave(read(key)) if proj == "gate_up_proj" else read(key)
+    if suffix == "_blocks":
+        scales = key[: -len("_blocks")] + "_scales"
+        if scales not in key_set:
+            raise ValueError(f"{source} has {key} but not {scales}")
+        w = dequantize_mxfp4(read(key), read(scales), mxfp4_dtype)  # already [E, out, in]
+        return _deinterleave(w.transpose(1, 2)).transpose(1, 2).contiguous() if proj == "gate_up_proj" else w
+    w = read(key)  # [E, in, out]
+    return (_deinterleave(w) if proj == "gate_up_proj" else w).transpose(1, 2).contiguous()
+
+
+def hf_rows(config: GptOssConfig, keys: set[str], mxfp4_dtype: torch.dtype = torch.bfloat16):
+    """The sharded-load view of a GPT-OSS checkpoint (``ModelSpec.hf_rows``, :mod:`xt.models.hf_rows`):
+    ``(rename, load_rows)``. Rows of an expert tensor are experts, so ``load_rows`` reads those
+    experts' rows of the fused (or MXFP4 blocks + scales) hub tensors and transforms them as
+    :func:`from_hf` does; other tensors are read as stored."""
+    def load_rows(key: str, get_rows: Callable[[str, int, int], torch.Tensor], start: int, stop: int) -> torch.Tensor:
+        return _load(key, lambda k: get_rows(k, start, stop), keys, "checkpoint", mxfp4_dtype)
+    return _rename, load_rows
+
+
 def from_hf(keys: list[str], get: Callable[[str], torch.Tensor], config: GptOssConfig,
             source: str = "checkpoint", mxfp4_dtype: torch.dtype = torch.bfloat16) -> dict[str, torch.Tensor]:
     """HF GPT-OSS checkpoint keys (bf16/fp32 or MXFP4 experts) -> XT state dict, one tensor at a time.
@@ -82,20 +113,7 @@ def from_hf(keys: list[str], get: Callable[[str], torch.Tensor], config: GptOssC
     key_set = set(keys)
 
     def load(key: str, read: Callable[[str], torch.Tensor]) -> torch.Tensor:
-        m = _EXPERT.match(key)
-        if m is None:
-            return read(key)
-        proj, suffix = m.group(2), m.group(3) or ""
-        if suffix == "_bias":
-            return _deinterleave(read(key)) if proj == "gate_up_proj" else read(key)
-        if suffix == "_blocks":
-            scales = key[: -len("_blocks")] + "_scales"
-            if scales not in key_set:
-                raise ValueError(f"{source} has {key} but not {scales}")
-            w = dequantize_mxfp4(read(key), read(scales), mxfp4_dtype)  # already [E, out, in]
-            return _deinterleave(w.transpose(1, 2)).transpose(1, 2).contiguous() if proj == "gate_up_proj" else w
-        w = read(key)  # [E, in, out]
-        return (_deinterleave(w) if proj == "gate_up_proj" else w).transpose(1, 2).contiguous()
+        return _load(key, read, key_set, source, mxfp4_dtype)
 
     xt_keys, read = renamed_view(keys, get, _rename, load)
     return tie_head({k: read(k) for k in xt_keys}, config.tie_word_embeddings, source)

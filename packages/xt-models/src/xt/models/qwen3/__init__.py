@@ -1,4 +1,5 @@
 """Qwen3 (dense) and Qwen3-MoE: config, model, HF key mapping; registers itself in the registry."""
+from xt.models.common.expert_keys import plain_rows
 from xt.models.qwen3 import state_dict
 from xt.models.qwen3.config import Qwen3Config
 from xt.models.qwen3.model import Qwen3DecoderLayer, Qwen3ForCausalLM, Qwen3Model
@@ -14,6 +15,7 @@ register_model(ModelSpec(
     model_cls=Qwen3ForCausalLM,
     to_hf=state_dict.to_hf,
     from_hf=state_dict.from_hf,
+    hf_rows=plain_rows,
 ))
 
 __all__ = ["Qwen3Config", "Qwen3ForCausalLM", "Qwen3MoeForCausalLM", "Qwen3Model", "Qwen3DecoderLayer"]
