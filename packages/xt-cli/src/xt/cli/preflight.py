@@ -18,6 +18,7 @@ from xt.core.checkpoint import resolve_resume
 from xt.core.engine.tracking import check_tracking
 from xt.data import DataError, check_data, check_data_section, eval_data_config
 from xt.models import check_model_section
+from xt.models.section_check import check_part_names
 
 __all__ = ["preflight"]
 
@@ -36,6 +37,7 @@ def preflight(cfg: XTConfig, config: str | Path | None, overrides: Sequence[str]
         FileNotFoundError: an explicit resume path that does not exist.
     """
     check_model_section(cfg.model, config, overrides)
+    check_part_names(cfg.model, list(cfg.optim.part_lr), "optim.part_lr", config, overrides)
     check_tracking(cfg.tracking)
     check_data_section(cfg.data, config, overrides)
     if cfg.eval.paths:

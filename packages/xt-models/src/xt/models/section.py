@@ -25,7 +25,8 @@ from xt.models.common.hf_config import read_config_json
 from xt.models.registry import build_model, config_from_hf, get_spec
 from xt.models.weights import load_weights
 
-__all__ = ["ModelSection", "hf_dict", "section_config", "unused_model_keys", "build_run_model"]
+__all__ = ["ModelSection", "hf_dict", "section_config", "unused_model_keys", "build_run_model", "model_parts",
+           "freeze_parts"]
 
 
 class ModelSection(ConfigStruct):
@@ -43,6 +44,10 @@ class ModelSection(ConfigStruct):
             smaller ``num_hidden_layers`` for a quick run with `hf_config`).
         attn_backend: core attention backend: "auto" (flash varlen on CUDA when available, else
             SDPA), or a backend name the model family accepts.
+        freeze: parts of the model whose parameters are not trained (``requires_grad`` off, left
+            out of AdamW), e.g. ``["vision_tower"]`` for a vision-language model (parts:
+            ``vision_tower``, ``projector``, ``language_model``); a family without named parts
+            accepts none.
     """
 
     config: dict[str, Any] | None = None
@@ -50,6 +55,7 @@ class ModelSection(ConfigStruct):
     init_from: str | None = None
     overrides: dict[str, Any] = {}
     attn_backend: str = "auto"
+    freeze: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         given = [n for n in ("config", "hf_config", "init_from") if getattr(self, n)]
@@ -123,5 +129,30 @@ def build_run_model(section: ModelSection, device: str | torch.device) -> nn.Mod
         if section.overrides:
             raise ValueError("model.overrides cannot change the shape of a pretrained checkpoint "
                              "(model.init_from); remove them")
-        return load_weights(section.init_from, device=device, attn_backend=section.attn_backend)
-    return build_model(hf_dict(section), device=device, attn_backend=section.attn_backend)
+        model = load_weights(section.init_from, device=device, attn_backend=section.attn_backend)
+    else:
+        model = build_model(hf_dict(section), device=device, attn_backend=section.attn_backend)
+    return freeze_parts(model, section.freeze)
+
+
+def model_parts(section: ModelSection) -> dict[str, tuple[str, ...]]:
+    """The named parts (``xt_param_parts``: ``{part: qualified-name prefixes}``) of the family
+    `section` builds, without building it; ``{}`` for a family without parts."""
+    return dict(getattr(get_spec(hf_dict(section)).model_cls, "xt_param_parts", None) or {})
+
+
+def freeze_parts(model: nn.Module, parts: tuple[str, ...]) -> nn.Module:
+    """Turn ``requires_grad`` off for every parameter of the named `parts` of `model` (in place).
+
+    Raises:
+        ValueError: a part the model does not have (naming ``model.freeze`` and the allowed parts).
+    """
+    known = getattr(model, "xt_param_parts", None) or {}
+    bad = [p for p in parts if p not in known]
+    if bad:
+        raise ValueError(f"model.freeze: {type(model).__name__} has no part {bad}; parts: {sorted(known) or 'none'}")
+    prefixes = tuple(x for p in parts for x in known[p])
+    for name, p in model.named_parameters():
+        if prefixes and name.startswith(prefixes):
+            p.requires_grad_(False)
+    return model

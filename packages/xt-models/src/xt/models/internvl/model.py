@@ -82,10 +82,14 @@ class InternVLForConditionalGeneration(SeededInit, nn.Module):
         attn_backend: the language model's core attention backend (the vision tower uses
             ``scaled_dot_product_attention`` over each tile).
 
-    ``xt_embed_path`` names the token embedding, which the head shares when tied.
+    ``xt_embed_path`` names the token embedding, which the head shares when tied;
+    ``xt_param_parts`` the parts that ``model.freeze`` and ``optim.part_lr`` name (qualified-name
+    prefixes).
     """
 
     xt_embed_path = "model.language_model.embed_tokens"
+    xt_param_parts = {"vision_tower": ("model.vision_tower.",), "projector": ("model.multi_modal_projector.",),
+                      "language_model": ("model.language_model.", "lm_head.")}
 
     def __init__(self, config: InternVLConfig, attn_backend: str = "auto") -> None:
         super().__init__()
