@@ -155,3 +155,20 @@ def test_digits_corpus_is_honest_and_packs_with_pixels(qwen3):
     assert b["pixel_values"].shape == (int(image.sum()) // 4, 3, 56, 56) and len(b["cu_seqlens"]) > 2
     assert (b["labels"][image] == -100).all() and (b["labels"][image.roll(-1)] == -100).all()
     assert b["input_ids"].numel() <= 256
+
+
+def test_loader_resumes_with_the_same_pixels_and_refuses_other_data(tmp_path, qwen3):
+    raw = {"source": "digits_vqa", "tokens_per_micro_batch": 200, "seed": 3, "max_documents": 300,
+           "vision": {"image_size": 28, "max_tiles": 1, "image_seq_length": 1, **QWEN_VISION}}
+    a = build_loader(data_config_from_dict(raw), tokenizer=qwen3)
+    for _ in range(3):
+        next(a)
+    state = a.state_dict()
+    want = next(a)
+    b = build_loader(data_config_from_dict(raw), tokenizer=qwen3)
+    b.load_state_dict(state)
+    got = next(b)
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want if k != "max_seqlen")
+    other = build_loader(data_config_from_dict({**raw, "max_documents": 299}), tokenizer=qwen3)
+    with pytest.raises(DataError, match="loader state does not match"):
+        other.load_state_dict(state)

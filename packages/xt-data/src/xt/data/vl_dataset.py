@@ -46,17 +46,21 @@ class VLDataset(TokenizedDataset):
     wheres: list[str] = field(default_factory=list)
 
 
+def vl_paths(cfg: DataConfig) -> list[Path]:
+    """The JSONL files of an image-text source: ``data.paths`` expanded, or the built-in corpus's."""
+    from xt.data.image_corpora import corpus_jsonl
+
+    return expand_paths(cfg.paths) if cfg.source == "files" else [corpus_jsonl(cfg.source)]
+
+
 def vl_records(cfg: DataConfig, stats: SourceStats) -> Iterator[VLRecord]:
     """The image-text records of ``data.paths`` (JSONL files) or of a built-in image corpus.
 
     Raises:
         DataError: a path that is not JSONL, or a bad record (unless skipping).
     """
-    from xt.data.image_corpora import corpus_jsonl
-
     placeholder = cfg.vision.placeholder
-    paths = expand_paths(cfg.paths) if cfg.source == "files" else [corpus_jsonl(cfg.source)]
-    for p in paths:
+    for p in vl_paths(cfg):
         if p.suffix.lower() != ".jsonl" and cfg.format != "jsonl":
             raise DataError(f"data.paths: {p} is not a .jsonl file; image-text data (data.vision) is read from "
                             f"JSONL records only")
@@ -130,8 +134,11 @@ def build_vl_dataset(cfg: DataConfig, tokenizer=None) -> VLDataset:
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.tokenizer)
     v = cfg.vision
     image_id, _ = image_token_ids(tokenizer, cfg)
-    stats, h = SourceStats(), hashlib.sha256(repr((cfg.source, cfg.paths, v, cfg.chunk_len)).encode())
+    stats = SourceStats()
+    h = hashlib.sha256(repr((cfg.source, cfg.paths, v, cfg.chunk_len, cfg.on_error, cfg.max_documents)).encode())
     h.update(tokenizer_fingerprint(cfg.tokenizer).encode())
+    for p in vl_paths(cfg):  # the records' text (images: name, size and time below)
+        h.update(str(p.resolve()).encode() + b"\0" + p.read_bytes())
     pieces, masks, images, tiles, wheres = [], [], [], [], []
     records = vl_records(cfg, stats)
     if cfg.max_documents:
