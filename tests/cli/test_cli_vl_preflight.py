@@ -42,6 +42,12 @@ def test_a_mismatch_in_the_file_names_its_line(tmp_path):
         preflight(load_xt_config(str(bad)), str(bad))
 
 
+def test_eval_with_image_data_is_refused():
+    sets = ["eval.every_steps=10", "eval.split=0.1"]
+    with pytest.raises(ConfigError, match=r"eval\.every_steps.*image-text data .* not supported yet"):
+        preflight(load_xt_config(VL, sets), VL, sets)
+
+
 def test_image_data_for_a_text_model_is_refused():
     cfg = str(EXAMPLES / "llama_tiny.toml")
     sets = ["data.source='digits_vqa'", "data.tokenizer='qwen3'",
