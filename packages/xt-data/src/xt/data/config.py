@@ -19,8 +19,8 @@ def _check_source(source: str, paths: tuple[str, ...], allow_mix: bool) -> None:
     """
     names = "'files' (with paths) or 'mix' (with [[data.mix]])" if allow_mix else "'files' (with paths)"
     require(source == "files" or (allow_mix and source == "mix") or source in CORPORA or source in IMAGE_CORPORA,
-            "source", f"must be one of {sorted(CORPORA)}, an image corpus {sorted(IMAGE_CORPORA)} (with "
-                      f"[data.vision]) or {names}, got {source!r}")
+            "source", f"must be one of {sorted(CORPORA)} or {names}, or an image-text corpus "
+                      f"{sorted(IMAGE_CORPORA)} (with [data.vision]), got {source!r}")
     require(source != "files" or bool(paths), "paths", "must name at least one file or folder when source='files'")
     require(source == "files" or not paths, "paths",
             f"is only used with source='files', not with {source!r}")
