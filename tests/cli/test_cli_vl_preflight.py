@@ -20,8 +20,8 @@ def test_the_example_passes():
 
 
 @pytest.mark.parametrize("override,needles", [
-    ("data.vision.image_size=64", ["--set 'data.vision.image_size=64'", "data.vision.image_size", "= 56"]),
-    ("data.vision.image_seq_length=16", ["data.vision.image_seq_length", "image_seq_length = 4"]),
+    ("data.vision.image_size=64", ["--set 'data.vision.image_size=64'", "data.vision.image_size", "= 32"]),
+    ("data.vision.image_seq_length=4", ["data.vision.image_seq_length", "image_seq_length = 16"]),
     ("data.vision.image_token='<|vision_pad|>'", ["data.vision.image_token", "token 151654", "image_token_id is 151655"]),
     ("model.freeze=['vision']", ["model.freeze", "'vision'", "vision_tower"]),
     ("optim.part_lr={vit = 1e-3}", ["optim.part_lr", "'vit'", "projector"]),
@@ -36,7 +36,7 @@ def test_mismatches_are_refused_where_written(override, needles):
 def test_a_mismatch_in_the_file_names_its_line(tmp_path):
     text = Path(VL).read_text()
     bad = tmp_path / "bad.toml"
-    bad.write_text(text.replace("image_size = 56                     # = vision_config.image_size", "image_size = 64"))
+    bad.write_text(text.replace("image_size = 32                     # = vision_config.image_size", "image_size = 64"))
     line = next(i for i, t in enumerate(bad.read_text().splitlines(), 1) if t == "image_size = 64")
     with pytest.raises(ConfigError, match=rf"bad\.toml:{line}: `data\.vision\.image_size`: 64"):
         preflight(load_xt_config(str(bad)), str(bad))

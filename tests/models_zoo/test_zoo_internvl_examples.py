@@ -49,7 +49,7 @@ def test_xt_train_runs_the_digits_example(tmp_path):
         ours = trained.eval()(**{k: v for k, v in b.items() if k != "labels"}).logits
         n = 0
         for a, e in zip(cu, cu[1:]):
-            k = int((b["input_ids"][a:e] == 151655).sum()) // 4
+            k = int((b["input_ids"][a:e] == 151655).sum()) // d["data"]["vision"]["image_seq_length"]
             ref = hf(input_ids=b["input_ids"][a:e][None], pixel_values=b["pixel_values"][n:n + k]).logits[0]
             n += k
             assert float((ours[a:e] - ref).norm() / ref.norm()) <= 1e-5
