@@ -116,7 +116,8 @@ def run_config(args, data: Path, out_dir: Path, tokens: int) -> str:
 
 def xt_side(args, cfg_path: Path, out_dir: Path) -> dict:
     """Run ``xt train`` in a subprocess; median step time, tokens/s and peak memory after warm-up."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(p) for p in sorted((ROOT / "packages").glob("*/src")))}
+    paths = [str(p) for p in sorted((ROOT / "packages").glob("*/src"))]  # this checkout first, then the caller's
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths + [p for p in [os.environ.get("PYTHONPATH")] if p])}
     t = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "xt.cli.main", "train", str(cfg_path)], env=env,
                           capture_output=True, text=True)
