@@ -29,9 +29,30 @@ def make_batch(seed: int, doc_lens: list[int], vocab: int) -> dict:
             "cu_seqlens": cu, "max_seqlen": max(doc_lens)}
 
 
+def add_images(batch: dict, seed: int, vl: dict) -> dict:
+    """Give every document of at least ``tokens + 2`` tokens one image: ``vl["tokens"]`` image tokens
+    (``vl["image_token_id"]``) from its second position on, never targets (nor the token before
+    them), and ``pixel_values [N, 3, S, S]`` (S = ``vl["image_size"]``) drawn from `seed`."""
+    g = torch.Generator().manual_seed(seed)
+    ids, labels, cu = batch["input_ids"].clone(), batch["labels"].clone(), batch["cu_seqlens"].tolist()
+    ids[ids == vl["image_token_id"]] = 0  # random text that drew the image token
+    labels[labels == vl["image_token_id"]] = 0
+    n, k = 0, vl["tokens"]
+    for a, b in zip(cu, cu[1:]):
+        if b - a >= k + 2:
+            ids[a + 1:a + 1 + k] = vl["image_token_id"]
+            labels[a:a + 1 + k] = IGNORE_INDEX
+            n += 1
+    px = torch.randn(n, 3, vl["image_size"], vl["image_size"], generator=g)
+    return {**batch, "input_ids": ids, "labels": labels, "pixel_values": px}
+
+
 def _batches(spec: dict, step: int) -> list[dict]:
-    return [make_batch(spec["seed"] * 1000 + step * 10 + r, lens, spec["model"]["vocab_size"])
-            for r, lens in enumerate(spec["docs"][step])]
+    vocab = spec["model"].get("text_config", spec["model"]).get("vocab_size")
+    out = [make_batch(spec["seed"] * 1000 + step * 10 + r, lens, vocab) for r, lens in enumerate(spec["docs"][step])]
+    if spec.get("vl"):
+        out = [add_images(b, spec["seed"] * 1000 + step * 10 + r, spec["vl"]) for r, b in enumerate(out)]
+    return out
 
 
 def _optimizer(model, spec):
@@ -53,8 +74,9 @@ def build_model(spec: dict):
     """The test toy (``spec["builder"]`` "toy", default) or XT's own Qwen3-MoE ("xt_qwen3")."""
     if spec.get("builder") == "xt_registry":  # any XT family from an HF config dict
         from xt.models.registry import build_model as build_registered
+        from xt.models.section import freeze_parts
         torch.manual_seed(spec["seed"])
-        return build_registered(spec["model"]).to(_dtype(spec))
+        return freeze_parts(build_registered(spec["model"]).to(_dtype(spec)), tuple(spec.get("freeze", ())))
     if spec.get("builder", "toy") == "xt_qwen3":
         from xt.models.qwen3.config import Qwen3Config
         from xt.models.qwen3.model import Qwen3ForCausalLM
@@ -122,7 +144,7 @@ def _meshes(spec: dict, state: dict):
     cfg = ParallelConfig(**spec["layout"])
     key = (cfg.fsdp_size, cfg.hsdp_replicate, cfg.ep_size, cfg.sp_size)
     if key not in state.setdefault("meshes", {}):
-        m = spec["model"]
+        m = spec["model"].get("text_config", spec["model"])  # a vision-language model: its LM's sizes
         experts = m.get("num_experts") or m.get("n_routed_experts") or m.get("num_local_experts")
         state["meshes"][key] = build_meshes(cfg, "cpu", num_experts=experts,
                                             num_attention_heads=m["num_attention_heads"],

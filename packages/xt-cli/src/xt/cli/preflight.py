@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Sequence
 
 from xt.cli.config import XTConfig
+from xt.cli.vl_check import check_vision_data
 from xt.core.checkpoint import resolve_resume
 from xt.core.engine.tracking import check_tracking
 from xt.data import DataError, check_data, check_data_section, eval_data_config
 from xt.models import check_model_section
+from xt.models.section_check import check_part_names
 
 __all__ = ["preflight"]
 
@@ -28,16 +30,20 @@ def preflight(cfg: XTConfig, config: str | Path | None, overrides: Sequence[str]
     `overrides`; `resume` is ``--resume``, None falling back to ``checkpoint.resume``).
 
     Raises:
-        xt.core.config.ConfigError: a missing ``model.init_from`` / ``model.hf_config`` path, or
-            a bad model field (as ``model.config.FIELD``), with file and line.
+        xt.core.config.ConfigError: a missing ``model.init_from`` / ``model.hf_config`` path, a
+            bad model field (as ``model.config.FIELD``), a part name of ``model.freeze`` /
+            ``optim.part_lr`` the model lacks, or ``[data.vision]`` that does not fit the model
+            (`xt.cli.vl_check`), with file and line.
         xt.data.DataError: unreadable, malformed or empty data (`xt.data.check_data_section`), or
             held-out ``eval.paths`` of that kind.
         xt.core.errors.CheckpointError: an explicit resume path that is not a complete checkpoint.
         FileNotFoundError: an explicit resume path that does not exist.
     """
     check_model_section(cfg.model, config, overrides)
+    check_part_names(cfg.model, list(cfg.optim.part_lr), "optim.part_lr", config, overrides)
     check_tracking(cfg.tracking)
     check_data_section(cfg.data, config, overrides)
+    check_vision_data(cfg.model, cfg.data, config, overrides, eval_enabled=cfg.eval.enabled)
     if cfg.eval.paths:
         try:
             check_data(eval_data_config(cfg.data, cfg.eval))

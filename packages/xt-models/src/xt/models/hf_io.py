@@ -58,7 +58,7 @@ def from_pretrained(path: str | Path, *, dtype: torch.dtype | None = None, devic
     check_checkpoint_fits(model, state, path)
     model.load_state_dict(state, strict=True, assign=True)
     if getattr(config, "tie_word_embeddings", False):
-        model.lm_head.weight = model.model.embed_tokens.weight
+        model.lm_head.weight = model.get_submodule(getattr(model, "xt_embed_path", "model.embed_tokens")).weight
     return model.to(device=device or "cpu", dtype=dtype)
 
 

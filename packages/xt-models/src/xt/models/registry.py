@@ -18,7 +18,8 @@ from xt.models.common.hf_config import ConfigError, read_config_json
 
 __all__ = ["ModelSpec", "register_model", "get_spec", "spec_of_config", "config_from_hf", "build_model"]
 
-_BUILTIN_MODULES = ("xt.models.qwen3", "xt.models.llama", "xt.models.gpt_oss", "xt.models.deepseek_v3")
+_BUILTIN_MODULES = ("xt.models.qwen3", "xt.models.llama", "xt.models.gpt_oss", "xt.models.deepseek_v3",
+                    "xt.models.internvl")
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from xt.models.registry import build_model, config_from_hf, get_spec
 from xt.models.weights import WEIGHTS, dcp_load_model, is_xt_weights, load_weights
 
 __all__ = ["ModelSection", "hf_dict", "section_config", "unused_model_keys", "build_run_model", "run_model_source",
-           "finish_run_model"]
+           "finish_run_model", "model_parts", "freeze_parts"]
 
 
 class ModelSection(ConfigStruct):
@@ -47,6 +47,10 @@ class ModelSection(ConfigStruct):
             smaller ``num_hidden_layers`` for a quick run with `hf_config`).
         attn_backend: core attention backend: "auto" (flash varlen on CUDA when available, else
             SDPA), or a backend name the model family accepts.
+        freeze: parts of the model whose parameters are not trained (``requires_grad`` off, left
+            out of AdamW), e.g. ``["vision_tower"]`` for a vision-language model (parts:
+            ``vision_tower``, ``projector``, ``language_model``); a family without named parts
+            accepts none.
     """
 
     config: dict[str, Any] | None = None
@@ -54,6 +58,7 @@ class ModelSection(ConfigStruct):
     init_from: str | None = None
     overrides: dict[str, Any] = {}
     attn_backend: str = "auto"
+    freeze: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         given = [n for n in ("config", "hf_config", "init_from") if getattr(self, n)]
@@ -127,8 +132,10 @@ def build_run_model(section: ModelSection, device: str | torch.device) -> nn.Mod
         if section.overrides:
             raise ValueError("model.overrides cannot change the shape of a pretrained checkpoint "
                              "(model.init_from); remove them")
-        return load_weights(section.init_from, device=device, attn_backend=section.attn_backend)
-    return build_model(hf_dict(section), device=device, attn_backend=section.attn_backend)
+        model = load_weights(section.init_from, device=device, attn_backend=section.attn_backend)
+    else:
+        model = build_model(hf_dict(section), device=device, attn_backend=section.attn_backend)
+    return freeze_parts(model, section.freeze)
 
 
 def run_model_source(section: ModelSection, device: str | torch.device) -> tuple[nn.Module, Callable | None]:
@@ -156,7 +163,8 @@ def run_model_source(section: ModelSection, device: str | torch.device) -> tuple
     if section.init_from and section.overrides:
         raise ValueError("model.overrides cannot change the shape of a pretrained checkpoint "
                          "(model.init_from); remove them")
-    model = build_model(hf_dict(section), device="meta", attn_backend=section.attn_backend)
+    model = freeze_parts(build_model(hf_dict(section), device="meta", attn_backend=section.attn_backend),
+                         section.freeze)
     if not section.init_from or is_xt_weights(section.init_from):
         return model, None
     read, _ = hf_row_reader(section.init_from, model.config)
@@ -173,4 +181,27 @@ def finish_run_model(section: ModelSection, model: nn.Module) -> nn.Module:
     """
     if section.init_from and is_xt_weights(section.init_from):
         dcp_load_model(model, Path(section.init_from) / WEIGHTS, None)
+    return model
+
+
+def model_parts(section: ModelSection) -> dict[str, tuple[str, ...]]:
+    """The named parts (``xt_param_parts``: ``{part: qualified-name prefixes}``) of the family
+    `section` builds, without building it; ``{}`` for a family without parts."""
+    return dict(getattr(get_spec(hf_dict(section)).model_cls, "xt_param_parts", None) or {})
+
+
+def freeze_parts(model: nn.Module, parts: tuple[str, ...]) -> nn.Module:
+    """Turn ``requires_grad`` off for every parameter of the named `parts` of `model` (in place).
+
+    Raises:
+        ValueError: a part the model does not have (naming ``model.freeze`` and the allowed parts).
+    """
+    known = getattr(model, "xt_param_parts", None) or {}
+    bad = [p for p in parts if p not in known]
+    if bad:
+        raise ValueError(f"model.freeze: {type(model).__name__} has no part {bad}; parts: {sorted(known) or 'none'}")
+    prefixes = tuple(x for p in parts for x in known[p])
+    for name, p in model.named_parameters():
+        if prefixes and name.startswith(prefixes):
+            p.requires_grad_(False)
     return model

@@ -12,10 +12,10 @@ from typing import Sequence
 
 from xt.core.config import ConfigError, config_error_at
 from xt.models.common.hf_config import ModelConfigError
-from xt.models.section import ModelSection, section_config
+from xt.models.section import ModelSection, model_parts, section_config
 from xt.models.weights import is_hf_folder, is_xt_weights
 
-__all__ = ["check_model_section"]
+__all__ = ["check_model_section", "check_part_names"]
 
 
 def _check_paths(section: ModelSection, config: str | Path | None, overrides: Sequence[str]) -> None:
@@ -66,3 +66,20 @@ def check_model_section(section: ModelSection, config: str | Path | None, overri
         section_config(section)
     except ModelConfigError as e:
         raise _located(e, section, config, overrides) from e
+    check_part_names(section, section.freeze, "model.freeze", config, overrides)
+
+
+def check_part_names(section: ModelSection, names, key: str, config: str | Path | None,
+                     overrides: Sequence[str] = ()) -> None:
+    """Check that every entry of `names` (``model.freeze``, the keys of ``optim.part_lr``) is a
+    named part of the model `section` builds.
+
+    Raises:
+        xt.core.config.ConfigError: naming `key`, the file and line, and the parts the model has.
+    """
+    parts = model_parts(section)
+    bad = [n for n in names if n not in parts]
+    if bad:
+        allowed = f"its parts are {sorted(parts)}" if parts else "this model family has no named parts"
+        raise config_error_at(key, f"`{key}`: no part {', '.join(map(repr, bad))} in this model; {allowed}",
+                              path=config, overrides=overrides)

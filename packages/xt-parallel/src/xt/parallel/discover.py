@@ -56,8 +56,10 @@ def config_sizes(cfg) -> dict:
     """The sizes a layout is checked against, read from a model config (typed or HF-like, before
     any model is built): ``num_experts`` (from ``num_experts``, ``n_routed_experts`` (DeepSeek) or
     ``num_local_experts`` (GPT-OSS, Mixtral); 0 or None for a dense model), ``num_attention_heads``,
-    ``num_key_value_heads`` (default: the attention heads) and ``mtp_layers`` (default 0).
+    ``num_key_value_heads`` (default: the attention heads) and ``mtp_layers`` (default 0). A
+    vision-language config's sizes are those of its ``text_config`` (the part xt.parallel lays out).
     """
+    cfg = getattr(cfg, "text_config", None) or cfg
     heads = getattr(cfg, "num_attention_heads", None)
     experts = None
     for name in ("num_experts", "n_routed_experts", "num_local_experts"):

@@ -25,7 +25,7 @@ from xt.parallel.checkpointing import checkpointed_layer_ids
 from xt.parallel.config import ParallelConfig
 from xt.parallel.discover import config_sizes, plan_for
 from xt.parallel.materialize import is_meta_model, materialize_
-from xt.parallel.mesh import validate_layout
+from xt.parallel.mesh import LayoutError, validate_layout
 from xt.parallel.single import check_single_process_layout, describe_single, parallelize_single
 
 __all__ = ["under_torchrun", "launch_world_size", "device_for_run", "check_layout", "apply_layout",
@@ -62,6 +62,10 @@ def check_layout(cfg: ParallelConfig, model_config: Any) -> None:
     world = launch_world_size()
     if world == 1:
         check_single_process_layout(cfg)
+    if getattr(model_config, "vision_config", None) is not None and cfg.sp_size > 1:
+        raise LayoutError(f"parallel.sp_size = {cfg.sp_size}: Ulysses sequence parallelism is not supported for "
+                          "vision-language models yet (it would cut a sample's image tokens from its tiles); use "
+                          "sp_size = 1 with FSDP / EP")
     validate_layout(cfg, world, **config_sizes(model_config))
 
 

@@ -37,6 +37,11 @@ class OptimConfig(ConfigStruct):
         impl: AdamW implementation: "fused" (one kernel; CUDA, also CPU on torch >= 2.4),
             "foreach" (multi-tensor), "for_loop" (per parameter), or "auto" = fused when all
             parameters are on CUDA, else foreach.
+        part_lr: peak learning rates of named parts of the model (each > 0; the schedule scales
+            them like `lr`), e.g. ``{vision_tower = 2e-5, projector = 1e-4}`` for a
+            vision-language model (its ``xt_param_parts``: ``vision_tower``, ``projector``,
+            ``language_model``); parameters of other parts use `lr`. A part the model does not
+            have is an error. The logged ``lr`` is that of the parameters outside `part_lr`.
     """
 
     lr: float = 3e-4
@@ -45,9 +50,12 @@ class OptimConfig(ConfigStruct):
     weight_decay: float = 0.1
     decay_1d_params: bool = False
     impl: Literal["auto", "fused", "foreach", "for_loop"] = "auto"
+    part_lr: dict[str, float] = {}
 
     def __post_init__(self) -> None:
         require(_finite(self.lr) and self.lr > 0, "lr", f"must be a number > 0, got {self.lr!r}")
+        for name, value in self.part_lr.items():
+            require(_finite(value) and value > 0, f"part_lr.{name}", f"must be a number > 0, got {value!r}")
         require(all(_finite(b) and 0 <= b < 1 for b in self.betas), "betas",
                 f"must be two numbers in [0, 1), got {list(self.betas)!r}")
         require(_finite(self.eps) and self.eps > 0, "eps", f"must be > 0, got {self.eps!r}")

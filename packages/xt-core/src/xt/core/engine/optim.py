@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from xt.core.config import OptimConfig, ScheduleConfig
+from xt.core.config import ConfigError, OptimConfig, ScheduleConfig
 
 __all__ = ["build_optimizer", "build_scheduler", "lr_factor"]
 
@@ -17,7 +17,10 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
 
     Parameters with `ndim >= 2` (matrices, embeddings, expert weights) get `cfg.weight_decay`;
     1-D ones (norm weights, biases) get 0 unless `cfg.decay_1d_params`. Tied parameters appear
-    once. Group order is [decayed, not decayed] (empty groups are left out).
+    once. Group order is [decayed, not decayed] (empty groups are left out); with
+    `cfg.part_lr`, those two hold the parameters outside the named parts and are followed by the
+    same pair for each named part (sorted by name), with that part's ``lr``. The parts are the
+    model's ``xt_param_parts`` (``{part: qualified-name prefixes}``).
 
     Args:
         model: the (possibly already sharded) model; parameters with requires_grad=False are left
@@ -29,16 +32,22 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
 
     Raises:
         ValueError: if the model has no trainable parameters.
+        xt.core.config.ConfigError: ``optim.part_lr`` names a part the model does not have.
     """
-    decay, no_decay = [], []
-    for p in model.parameters():  # nn.Module.parameters() already yields tied parameters once
+    parts = _lr_parts(model, cfg.part_lr)
+    split: dict[str | None, tuple[list, list]] = {None: ([], [])} | {n: ([], []) for n in sorted(cfg.part_lr)}
+    for name, p in model.named_parameters():  # named_parameters() already yields tied parameters once
         if not p.requires_grad:
             continue
-        (decay if p.ndim >= 2 or cfg.decay_1d_params else no_decay).append(p)
-    if not decay and not no_decay:
+        part = next((n for n, prefixes in parts.items() if name.startswith(prefixes)), None)
+        split[part][0 if p.ndim >= 2 or cfg.decay_1d_params else 1].append(p)
+    if not any(ps for pair in split.values() for ps in pair):
         raise ValueError("build_optimizer: the model has no parameters with requires_grad=True")
-    groups = [g for g in ({"params": decay, "weight_decay": cfg.weight_decay},
-                          {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+    groups = []
+    for part, (decay, no_decay) in split.items():
+        lr = {} if part is None else {"lr": cfg.part_lr[part]}
+        groups += [{"params": ps, "weight_decay": wd, **lr}
+                   for ps, wd in ((decay, cfg.weight_decay), (no_decay, 0.0)) if ps]
     kwargs: dict = {}
     impl = cfg.impl
     if impl == "auto":
@@ -50,6 +59,18 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     else:
         kwargs["foreach"] = False
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **kwargs)
+
+
+def _lr_parts(model: nn.Module, part_lr: dict[str, float]) -> dict[str, tuple[str, ...]]:
+    """The parameter-name prefixes of each part named in `part_lr` (the model's ``xt_param_parts``)."""
+    if not part_lr:
+        return {}
+    known = getattr(model, "xt_param_parts", None) or {}
+    bad = sorted(set(part_lr) - set(known))
+    if bad:
+        allowed = f"its parts are {sorted(known)}" if known else "it has no named parts (only one learning rate)"
+        raise ConfigError(f"optim.part_lr: {type(model).__name__} has no part {', '.join(map(repr, bad))}; {allowed}")
+    return {n: tuple(known[n]) for n in part_lr}
 
 
 def lr_factor(step: int, total_steps: int, cfg: ScheduleConfig) -> float:

@@ -40,6 +40,8 @@ _NOTES = {
 _REFUSED = {
     "optim.decay_1d_params": "it regroups the parameters, and the saved AdamW state belongs to the "
                              "old groups; resume with the old value or start a fresh run",
+    "optim.part_lr": "it regroups the parameters, and the saved AdamW state belongs to the "
+                     "old groups; resume with the old value or start a fresh run",
 }
 
 
@@ -65,13 +67,14 @@ class RunSettings:
 
 def changed_settings(saved: dict[str, Any], current: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     """``[(dotted key, saved value, current value)]`` for every key that differs (keys missing on
-    one side count as None), in section then field order."""
+    one side count as None; a field the checkpoint predates is no change while it holds an empty
+    default, e.g. ``optim.part_lr = {}``), in section then field order."""
     out = []
     for section, fields in current.items():
         old = saved.get(section, {}) or {}
         for key in dict.fromkeys([*fields, *old]):
             a, b = old.get(key), fields.get(key)
-            if a != b:
+            if a != b and not (key not in old and b in ({}, [], ())):
                 out.append((f"{section}.{key}", a, b))
     return out
 

@@ -33,7 +33,7 @@ from xt.models.common.router import RouterStats, load_balancing_loss, z_loss
 from xt.models.common.init import SeededInit, expert_load_fractions, seeded_build
 from xt.models.qwen3.config import Qwen3Config
 
-__all__ = ["Qwen3DecoderLayer", "Qwen3Model", "Qwen3ForCausalLM"]
+__all__ = ["Qwen3DecoderLayer", "Qwen3Model", "Qwen3ForCausalLM", "add_router_outputs"]
 
 
 class Qwen3DecoderLayer(nn.Module):
@@ -87,13 +87,29 @@ class Qwen3Model(nn.Module):
         self.rotary_emb = RotaryEmbedding(config.head_dim, config.rope_theta, config.rope_parameters)
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, cu_seqlens: torch.Tensor,
-                max_seqlen: int) -> tuple[torch.Tensor, list[RouterStats], list[torch.Tensor]]:
+                max_seqlen: int, inputs_embeds: torch.Tensor | None = None,
+                ) -> tuple[torch.Tensor, list[RouterStats], list[torch.Tensor]]:
         """Packed ``input_ids[T]`` -> ``(hidden[T, D] after the final norm, per-MoE-layer stats,
-        [] (no sequence-wise aux loss))`` (:func:`~xt.models.common.output.run_layers`)."""
-        h = self.embed_tokens(input_ids)
+        [] (no sequence-wise aux loss))`` (:func:`~xt.models.common.output.run_layers`).
+        ``inputs_embeds [T, D]``, when given, replaces ``embed_tokens(input_ids)`` (a
+        vision-language model's text embeddings with image features scattered in)."""
+        h = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         cos, sin = self.rotary_emb(position_ids)
         h, stats, seq = run_layers(self.layers, h, cos, sin, cu_seqlens, max_seqlen)
         return self.norm(h), stats, seq
+
+
+def add_router_outputs(out: CausalLMOutput, stats: list[RouterStats], config: Qwen3Config) -> CausalLMOutput:
+    """Set ``out.aux_loss`` (``router_aux_loss_coef`` x Switch load balancing, plus
+    ``router_z_loss_coef`` x z-loss) and ``out.metrics["expert_load"] [L_moe, E]`` from the MoE
+    layers' router `stats`; a dense model (no stats) is returned unchanged."""
+    if stats:
+        aux = config.router_aux_loss_coef * load_balancing_loss(stats)
+        if config.router_z_loss_coef:
+            aux = aux + config.router_z_loss_coef * z_loss(stats)
+        out.aux_loss = aux
+        out.metrics["expert_load"] = expert_load_fractions(stats)
+    return out
 
 
 class Qwen3ForCausalLM(SeededInit, nn.Module):
@@ -151,14 +167,7 @@ class Qwen3ForCausalLM(SeededInit, nn.Module):
         p = pack_inputs(input_ids, labels, position_ids, cu_seqlens, max_seqlen, attention_mask)
         hidden, stats, _ = self.model(p.input_ids, p.position_ids, p.cu_seqlens, p.max_seqlen)
         out = head_outputs(CausalLMOutput(), hidden, self.lm_head, p, return_logits, return_hidden)
-        if stats:
-            c = self.config
-            aux = c.router_aux_loss_coef * load_balancing_loss(stats)
-            if c.router_z_loss_coef:
-                aux = aux + c.router_z_loss_coef * z_loss(stats)
-            out.aux_loss = aux
-            out.metrics["expert_load"] = expert_load_fractions(stats)
-        return out
+        return add_router_outputs(out, stats, self.config)
 
     def parallel_plan(self) -> dict:
         """Where xt.parallel may act, as plain data (:func:`xt.models.common.parallel_plan.decoder_plan`):
