@@ -1,13 +1,16 @@
 """One synchronous GRPO-family RL step on one process, from separable parts.
 
     prompts (PromptSource) --RolloutRequest--> rollout engine --RolloutResult-->
-    decode --RewardRequest--> reward worker --RewardResult--> advantages (+ DAPO shaping)
+    decode --RewardRequest--> reward worker --RewardResult--> [KL in the reward: TrainRequest -->
+    trainer.sequence_kl] --> advantages (+ DAPO shaping)
     --TrainRequest--> PolicyTrainer --TrainResult--> weights to the rollout engine (version bump)
 
 Each arrow is a msgspec message (`xt.rl.rollout.protocol`, `xt.rl.loop.messages`), so the rollout,
 reward and trainer objects can be moved into their own processes or Ray actors without changing
 what they exchange. Here they share the process; the rollout engine holds the policy model itself
-(colocated: the weight hand-over is a version bump, ``load_weights(None, version)``).
+(colocated: the weight hand-over is a version bump, ``load_weights(None, version)``). Under Ray
+(`xt.rl.cluster`) the same loop drives proxies of the actors, whose ``load_weights(None, version)``
+moves the trainer's weights to the rollout actors.
 
 The step's metrics (`GRPOLoop.step`) are those of docs/architecture.md (RL metrics): reward mean /
 std, pass@1, the share of groups without reward spread, response lengths, the trainer's loss
@@ -24,6 +27,7 @@ import torch
 from xt.rl.advantages import group_advantages
 from xt.rl.config import RLConfig
 from xt.rl.dapo import dynamic_sampling, overlong_keep, overlong_penalty
+from xt.rl.kl import kl_penalized_rewards
 from xt.rl.loop.messages import RewardRequest, RewardResult, TrainRequest, TrainSample
 from xt.rl.loop.prompts import PromptSource
 from xt.rl.rollout.protocol import RolloutRequest, RolloutResult, RolloutSample, SamplingParams
@@ -143,6 +147,13 @@ class GRPOLoop:
         train_samples, train_rewards, rounds = list(result.samples), rewards, 1
         if self.rl.dynamic_sampling:
             train_samples, train_rewards, rounds = self._dynamic_sampling(step, first)
+        seq_kl = None
+        if self.rl.kl_coef > 0 and self.rl.kl_in == "reward":  # r_i - kl_coef * sum_t k(x_t), no gradient
+            seq_kl = torch.tensor(self.trainer.sequence_kl(TrainRequest(samples=[
+                TrainSample(prompt_ids=s.prompt_ids, response_ids=s.response_ids, advantage=0.0,
+                            rollout_log_probs=s.log_probs, routed_experts=s.routed_experts)
+                for s in train_samples], step=step)), dtype=torch.float64)
+            train_rewards = kl_penalized_rewards(train_rewards, seq_kl, self.rl.kl_coef)
         adv, shaped, keep = self._advantages(train_rewards, train_samples)
         samples = [TrainSample(prompt_ids=s.prompt_ids, response_ids=s.response_ids, advantage=float(a),
                                rollout_log_probs=s.log_probs, keep=bool(k), routed_experts=s.routed_experts)
@@ -174,6 +185,8 @@ class GRPOLoop:
             "weight_sync_s": sync_s,
             "weight_version": trained.weight_version,
         }
+        if seq_kl is not None:
+            m["kl_seq_mean"] = float(seq_kl.mean())
         if self.rl.overlong.buffer_tokens:
             m["shaped_reward_mean"] = float(shaped[torch.isfinite(shaped)].mean())
         if self.rl.dynamic_sampling:
