@@ -107,7 +107,7 @@ def run_rl(config: str | Path | None, overrides: Sequence[str] = (), resume: str
         from xt.rl.cluster import RayRun
         run: Any = RayRun(cfg, out_dir)
     else:
-        run = LocalRun(cfg, device)
+        run = LocalRun(cfg, device, tok)
     try:
         return _loop(cfg, config, run, prompts, tok, path, out_dir, console, until_step, t_start)
     finally:

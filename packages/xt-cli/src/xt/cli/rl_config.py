@@ -48,6 +48,13 @@ class RLRunConfig(RunSections):
         per_update = self.rollout.prompts_per_step * self.rollout.group_size // u
         require(self.train.micro_batches_per_step <= per_update, "train.micro_batches_per_step",
                 f"must be <= the samples of one update ({per_update}), got {self.train.micro_batches_per_step}")
+        if self.rollout.engine == "lmdeploy":
+            require(bool(self.model.init_from), "rollout.engine",
+                    "'lmdeploy' starts from an HF folder: set model.init_from")
+            require(self.orchestrator.kind == "local", "rollout.engine",
+                    "'lmdeploy' runs with orchestrator.kind = 'local' only")
+            require(self.rollout.max_batch_sequences == 0, "rollout.max_batch_sequences",
+                    "is XT's engine's; LMDeploy batches on its own (leave it 0)")
         require(self.rl.max_response_tokens == 0 or self.rl.max_response_tokens >= self.rollout.max_new_tokens,
                 "rl.max_response_tokens", f"must be 0 (= rollout.max_new_tokens) or >= rollout.max_new_tokens "
                 f"({self.rollout.max_new_tokens}), got {self.rl.max_response_tokens}")

@@ -30,6 +30,10 @@ class RolloutConfig(ConfigStruct):
             trainer's old log-probs are computed before the first update and the PPO clip matters.
         max_batch_sequences: sequences generated together at most (0 = all of the step's).
         seed: seeds the sampling RNG (per step: ``seed + step``).
+        engine: "xt" (XT's KV-cache generation on the policy model) or "lmdeploy" (an LMDeploy
+            pipeline on ``model.init_from``, re-exported after each update; extra
+            ``xt-rl[lmdeploy]``, one process only, not run by XT's tests:
+            `xt.rl.rollout.lmdeploy_engine`).
     """
 
     # what one step samples
@@ -41,7 +45,8 @@ class RolloutConfig(ConfigStruct):
     # how the trainer uses it
     routing_replay: bool = False
     updates_per_step: int = 1
-    # how the engine batches
+    # which engine, and how it batches
+    engine: Literal["xt", "lmdeploy"] = "xt"
     max_batch_sequences: int = 0
 
     def __post_init__(self) -> None:
@@ -53,6 +58,8 @@ class RolloutConfig(ConfigStruct):
         require(1 <= self.updates_per_step <= self.prompts_per_step * self.group_size, "updates_per_step",
                 f"must be in [1, prompts_per_step * group_size = {self.prompts_per_step * self.group_size}], "
                 f"got {self.updates_per_step}")
+        require(self.engine == "xt" or not self.routing_replay, "routing_replay",
+                "needs rollout.engine = 'xt' (LMDeploy does not return the routed experts)")
         require(self.max_batch_sequences >= 0, "max_batch_sequences",
                 f"must be >= 0 (0 = all at once), got {self.max_batch_sequences}")
 

@@ -31,18 +31,39 @@ def describe_policy(parts: Any, device: torch.device) -> dict[str, Any]:
             "precision": parts.engine.precision_summary}
 
 
+def _lmdeploy_engine(cfg: Any, model: torch.nn.Module, tokenizer: Any) -> Any:
+    """An `LMDeployRolloutEngine` on ``model.init_from``; each weight update re-exports the policy
+    (`save_pretrained`) with the tokenizer files of ``init_from`` beside it."""
+    import shutil
+
+    from xt.rl.rollout.lmdeploy_engine import LMDeployRolloutEngine
+    src = Path(cfg.model.init_from)
+
+    def export(folder: Path) -> None:
+        save_pretrained(model, folder)
+        for f in src.iterdir():
+            if f.is_file() and (f.name.startswith(("tokenizer", "special_tokens")) or f.suffix == ".jinja"):
+                shutil.copy2(f, folder / f.name)
+
+    return LMDeployRolloutEngine(src, lambda ids: tokenizer.decode(ids, skip_special_tokens=False), export=export)
+
+
 class LocalRun:
     """Trainer, colocated rollout engine and reward pool in this process (module docstring).
 
     Args:
         cfg: the `xt rl` config (sections ``model`` ... ``rl``, ``rollout``).
         device: where the model lives.
+        tokenizer: the run's tokenizer (``rollout.engine = "lmdeploy"`` sends prompts as its text).
     """
 
-    def __init__(self, cfg: Any, device: torch.device) -> None:
+    def __init__(self, cfg: Any, device: torch.device, tokenizer: Any = None) -> None:
         self.cfg, self.device = cfg, device
         self.parts = build_policy(cfg, device)
-        self.rollout = XTRolloutEngine(self.parts.model, max_batch_sequences=cfg.rollout.max_batch_sequences)
+        if cfg.rollout.engine == "lmdeploy":
+            self.rollout: Any = _lmdeploy_engine(cfg, self.parts.model, tokenizer)
+        else:
+            self.rollout = XTRolloutEngine(self.parts.model, max_batch_sequences=cfg.rollout.max_batch_sequences)
         self.parts.state.rollout = self.rollout
         self.trainer = self.parts.trainer
         self._pool = RewardPool.from_config(cfg.rl.reward)
@@ -56,6 +77,8 @@ class LocalRun:
     def load(self, path: Path, prompts: Any) -> None:
         """Resume from checkpoint `path` (policy, optimizer, engine, weight version, `prompts`, RNG)."""
         load_policy(self.parts, path, prompts)
+        if self.cfg.rollout.engine == "lmdeploy":  # its own copy of the weights: export the restored ones
+            self.rollout.load_weights(None, self.parts.trainer.weight_version)
 
     def save(self, out_dir: Path, prompts: Any, keep_last: int) -> Path:
         """Checkpoint the run; returns the ``step-N`` folder."""
