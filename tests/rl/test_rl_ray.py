@@ -1,13 +1,18 @@
 """`xt rl` under Ray (``orchestrator.kind = "ray"``) equals the one-process run, on the tiny
 random Qwen3 of test_rl_command.py (4 RL steps of 2 updates each, fp32, CPU):
 
-- colocated (trainer and rollout on one actor), stopped after 2 RL steps and resumed under Ray:
-  every per-step metric (rewards, losses, gradient norms, ratios, entropy) and every final weight
-  equal the uninterrupted one-process run exactly;
+- colocated (trainer and rollout on one actor): every per-step metric (rewards, losses, gradient
+  norms, ratios, entropy) and every final weight equal the one-process run exactly;
 - disaggregated (a rollout actor with its own model copy, weights through the object store in
   small buckets), with the rollout actor killed mid-call in RL step 2 and the reward actor killed
   mid-call in step 3: Ray restarts them, the calls are redone, and metrics and final weights still
   equal the one-process run exactly; ``actor_restarts`` counts the two.
+
+- one-step overlap (``max_staleness = 1``, disaggregated, weights through disk): the samples are
+  one RL step stale from step 2 on (``rollout_staleness``), the run differs from the synchronous
+  one, and a run stopped after 2 RL steps and resumed (the checkpoint holds the buffered rollout)
+  equals the uninterrupted one, in which the rollout actor was killed during a prefetched rollout
+  (redone on the weights it was started with).
 
 One Ray instance for the module (``num_cpus=2``, no dashboard); skipped when Ray is not installed.
 The bucketed weight hand-over itself (object store and disk) is checked in test_rl_weight_sync.py.
@@ -73,13 +78,11 @@ def _reward_fns_on_path(monkeypatch):
     monkeypatch.syspath_prepend(str(HERE))
 
 
-def test_colocated_ray_run_resumed_equals_the_one_process_run(tmp_path, local_run):
+def test_colocated_ray_run_equals_the_one_process_run(tmp_path, local_run):
     cfg = _with(_config(tmp_path, "ray"), '[orchestrator]\nkind = "ray"\nplacement = "colocated"\n')
-    first = run_rl(cfg, console=_quiet(tmp_path), until_step=4)
-    assert first.step == 4 and first.checkpoint.name == "step-4"
-    second = run_rl(cfg, resume="auto", console=_quiet(tmp_path))
-    assert second.resumed_from.name == "step-4" and second.step == 8
-    _same_run(local_run[0], tmp_path / "ray", local_run[1], second.checkpoint)
+    res = run_rl(cfg, console=_quiet(tmp_path))
+    assert res.step == 8
+    _same_run(local_run[0], tmp_path / "ray", local_run[1], res.checkpoint)
     assert "(Ray, colocated)" in (tmp_path / "log.txt").read_text()
 
 
@@ -104,3 +107,35 @@ def test_killed_rollout_and_reward_actors_are_restarted_without_changing_the_run
     assert res.step == 8 and calls == {"generate": 4, "score": 4}
     _same_run(local_run[0], tmp_path / "ray", local_run[1], res.checkpoint)
     assert [r["actor_restarts"] for r in _rows(tmp_path / "ray")] == [0, 1, 2, 2]
+
+
+OVERLAP = '[orchestrator]\nkind = "ray"\nplacement = "disaggregated"\nweight_sync = "disk"\nmax_staleness = 1\n'
+
+
+def test_one_step_overlap_is_one_step_stale_and_resumes_exactly(tmp_path, local_run, monkeypatch):
+    from xt.rl.cluster import driver
+
+    calls = {"generate": 0}
+
+    def kill(method, handle, index):
+        if method == "generate":
+            calls["generate"] += 1
+            if calls["generate"] == 3:  # submitted in RL step 2 for step 3, on the weights before step 2's update
+                ray.kill(handle, no_restart=False)
+
+    monkeypatch.setattr(driver, "AFTER_SUBMIT", kill)
+    straight = run_rl(_with(_config(tmp_path, "straight"), OVERLAP), console=_quiet(tmp_path))
+    monkeypatch.setattr(driver, "AFTER_SUBMIT", None)
+    cut_cfg = _with(_config(tmp_path, "cut"), OVERLAP)
+    first = run_rl(cut_cfg, console=_quiet(tmp_path), until_step=4)
+    second = run_rl(cut_cfg, resume="auto", console=_quiet(tmp_path))
+    assert first.step == 4 and second.resumed_from.name == "step-4" and second.step == 8
+    a = _rows(tmp_path / "straight")
+    assert [r["rollout_staleness"] for r in a] == [0, 1, 1, 1] and a[-1]["actor_restarts"] >= 1
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "actor_restarts"} for r in rows]  # noqa: E731
+    assert strip(a) == strip(_rows(tmp_path / "cut"))
+    wa, wb = _weights(straight.checkpoint), _weights(second.checkpoint)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    sync = _weights(local_run[1])
+    assert any(not torch.equal(wa[k], sync[k]) for k in wa)  # stale samples: another run than the synchronous one
+    assert sorted(p.name for p in (tmp_path / "straight" / "weight_sync").iterdir()) == ["v6", "v8"]

@@ -3,7 +3,7 @@
 - `weight_buckets` keeps the state dict's order, bounds each bucket's bytes (a larger tensor goes
   alone) and copies (changing a bucket leaves the model alone);
 - the disk transport (safetensors files, atomic) moves a trained model's weights into a model of
-  other weights bit for bit, removes the previous version's folder, and refuses a model that
+  other weights bit for bit, keeps only the previous version's folder besides, and refuses a model that
   misses or adds a tensor.
 The object-store transport runs in test_rl_ray.py (disaggregated run)."""
 from __future__ import annotations
@@ -35,9 +35,10 @@ def test_buckets_are_bounded_ordered_copies():
 def test_disk_hand_over_is_exact_and_checked(tmp_path):
     src, dst = tiny_qwen3(seed=1, dtype=torch.float32), tiny_qwen3(seed=2, dtype=torch.float32)
     assert any(not torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values()))
+    publish_weights(src, 2, "disk", 4096, tmp_path)
     publish_weights(src, 3, "disk", 4096, tmp_path)
     how, paths = publish_weights(src, 4, "disk", 4096, tmp_path)
-    assert how == "disk" and len(paths) > 2 and sorted(p.name for p in tmp_path.iterdir()) == ["v4"]
+    assert how == "disk" and len(paths) > 2 and sorted(p.name for p in tmp_path.iterdir()) == ["v3", "v4"]
     assert not list((tmp_path / "v4").glob("*.tmp"))
     n = load_buckets(dst, (how, paths))
     sd_src, sd_dst = src.state_dict(), dst.state_dict()

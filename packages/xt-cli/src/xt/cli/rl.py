@@ -116,8 +116,13 @@ def run_rl(config: str | Path | None, overrides: Sequence[str] = (), resume: str
 
 def _loop(cfg: RLRunConfig, config: Any, run: Any, prompts: PromptSource, tok: Any, path: Path | None,
           out_dir: Path, console: Console, until_step: int | None, t_start: float) -> RLResult:
+    overlap = cfg.orchestrator.max_staleness > 0
+    loop = GRPOLoop(prompts, lambda s: render_prompt(tok, cfg.task, s),
+                    lambda ids: tok.decode(ids, skip_special_tokens=True), run.rollout, run.reward,
+                    run.trainer, rl=cfg.rl, rollout_cfg=cfg.rollout, stop_token_ids=_stop_ids(tok), overlap=overlap)
+    extra = {"rl_buffer": loop} if overlap else {}  # the buffered rollout of the next step
     if path is not None:
-        run.load(path, prompts)
+        run.load(path, prompts, extra)
     if cfg.train.peak_tflops is not None:
         console.print("[yellow]warning[/yellow]: train.peak_tflops is not used by xt rl (it reports no MFU)")
     d = run.describe()
@@ -138,9 +143,6 @@ def _loop(cfg: RLRunConfig, config: Any, run: Any, prompts: PromptSource, tok: A
     last: dict[str, Any] = {}
     last_ckpt = path
     every = cfg.checkpoint.every_steps
-    loop = GRPOLoop(prompts, lambda s: render_prompt(tok, cfg.task, s),
-                    lambda ids: tok.decode(ids, skip_special_tokens=True), run.rollout, run.reward,
-                    run.trainer, rl=cfg.rl, rollout_cfg=cfg.rollout, stop_token_ids=_stop_ids(tok))
     try:
         with ProgressReporter(stop // u, step // u, cfg.train.log_every, True, console) as rep:
             if path is not None:
@@ -154,11 +156,11 @@ def _loop(cfg: RLRunConfig, config: Any, run: Any, prompts: PromptSource, tok: A
                 writer.write(last)
                 rep.update(step // u, last)
                 if every and step % every == 0:
-                    last_ckpt = run.save(out_dir, prompts, cfg.checkpoint.keep_last)
+                    last_ckpt = run.save(out_dir, prompts, cfg.checkpoint.keep_last, extra)
     finally:
         writer.close()
     if cfg.checkpoint.save_final and (last_ckpt is None or last_ckpt.name != f"step-{step}"):
-        last_ckpt = run.save(out_dir, prompts, cfg.checkpoint.keep_last)
+        last_ckpt = run.save(out_dir, prompts, cfg.checkpoint.keep_last, extra)
     hf = None
     if cfg.checkpoint.hf_export:
         hf = out_dir / "hf"

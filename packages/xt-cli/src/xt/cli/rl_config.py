@@ -48,6 +48,8 @@ class RLRunConfig(RunSections):
         per_update = self.rollout.prompts_per_step * self.rollout.group_size // u
         require(self.train.micro_batches_per_step <= per_update, "train.micro_batches_per_step",
                 f"must be <= the samples of one update ({per_update}), got {self.train.micro_batches_per_step}")
+        require(not (self.orchestrator.max_staleness and self.rl.dynamic_sampling), "orchestrator.max_staleness",
+                "1 (overlap) cannot be combined with rl.dynamic_sampling (its extra rounds need the current weights)")
         if self.rollout.engine == "lmdeploy":
             require(bool(self.model.init_from), "rollout.engine",
                     "'lmdeploy' starts from an HF folder: set model.init_from")

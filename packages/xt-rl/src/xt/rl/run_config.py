@@ -126,6 +126,9 @@ class OrchestratorConfig(ConfigStruct):
             else 0. Colocated runs one actor, so both share its GPUs.
         max_restarts: how often Ray restarts a dead rollout / reward actor (its work is redone,
             after the rollout gets the current weights); >= 0.
+        max_staleness: 0 = synchronous; 1 = one-step off-policy overlap (disaggregated): each
+            step's rollout starts during the previous step, on the weights before its update, so
+            rollout actors generate while the trainer trains; checkpoints hold the buffered rollout.
     """
 
     kind: Literal["local", "ray"] = "local"
@@ -138,6 +141,7 @@ class OrchestratorConfig(ConfigStruct):
     num_cpus: int = 0
     gpus_per_actor: float = -1.0
     max_restarts: int = 3
+    max_staleness: int = 0
 
     def __post_init__(self) -> None:
         require(isinstance(self.bucket_mb, (int, float)) and self.bucket_mb > 0, "bucket_mb",
@@ -148,5 +152,8 @@ class OrchestratorConfig(ConfigStruct):
         require(self.gpus_per_actor == -1 or self.gpus_per_actor >= 0, "gpus_per_actor",
                 f"must be -1 (auto) or >= 0, got {self.gpus_per_actor}")
         require(self.max_restarts >= 0, "max_restarts", f"must be >= 0, got {self.max_restarts}")
+        require(self.max_staleness in (0, 1), "max_staleness", f"must be 0 or 1, got {self.max_staleness}")
+        require(self.max_staleness == 0 or (self.kind == "ray" and self.placement == "disaggregated"),
+                "max_staleness", "1 (overlap) needs kind = 'ray' and placement = 'disaggregated' (separate rollout actors)")
         require(self.placement == "disaggregated" or self.rollout_workers == 1, "rollout_workers",
                 f"must be 1 with placement = 'colocated' (the trainer actor samples), got {self.rollout_workers}")

@@ -97,15 +97,20 @@ class TrainerActor:
         return publish_weights(self.parts.model, self.parts.trainer.weight_version, how, max_bytes,
                                Path(root) if root else None)
 
-    def save(self, out_dir: str, prompt_state: dict[str, Any], keep_last: int) -> str:
-        """Checkpoint (`xt.rl.loop.build.save_policy`) with the driver's prompt position; returns the folder."""
-        return str(save_policy(self.parts, Path(out_dir), StateHolder(prompt_state), keep_last))
+    def save(self, out_dir: str, prompt_state: dict[str, Any], keep_last: int,
+             extra: dict[str, dict[str, Any]] | None = None) -> str:
+        """Checkpoint (`xt.rl.loop.build.save_policy`) with the driver's prompt position and named
+        extra states (the loop's buffered rollout); returns the folder."""
+        holders = {k: StateHolder(v) for k, v in (extra or {}).items()}
+        return str(save_policy(self.parts, Path(out_dir), StateHolder(prompt_state), keep_last, holders))
 
-    def load(self, path: str) -> dict[str, Any]:
-        """Resume from a checkpoint; returns the prompt position the driver restores."""
+    def load(self, path: str, extra_names: list[str] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Resume from a checkpoint; returns the prompt position and the named extra states the
+        driver restores."""
         holder = StateHolder()
-        load_policy(self.parts, Path(path), holder)
-        return holder.state_dict()
+        holders = {k: StateHolder() for k in extra_names or []}
+        load_policy(self.parts, Path(path), holder, holders)
+        return holder.state_dict(), {k: h.state_dict() for k, h in holders.items()}
 
     def export_hf(self, path: str) -> None:
         """Write the policy as an HF folder."""

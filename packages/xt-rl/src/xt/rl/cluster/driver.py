@@ -12,6 +12,11 @@ bump. Disaggregated: ``orchestrator.rollout_workers`` `RolloutActor` copies; aft
 trainer publishes its weights in buckets (`xt.rl.cluster.weights`: object store or disk) and every
 rollout actor copies them in before the next rollout.
 
+**Overlap** (``orchestrator.max_staleness = 1``, disaggregated): the loop `submit`s the next
+step's rollout before this step's update and `collect`s it a step later, so the rollout actors
+generate while the trainer trains (samples one RL step stale); the buffered rollout is part of
+the checkpoint (the loop's state), so a resumed run trains on the same samples.
+
 **Fault tolerance.** Rollout and reward actors are created with ``max_restarts =
 orchestrator.max_restarts``. When a call fails because its actor died (`ray.exceptions.RayActorError`),
 the proxy waits until Ray has restarted it, hands a rollout actor the current weights again, and
@@ -106,14 +111,17 @@ class _Actors:
                 if attempt == self.max_restarts:
                     raise
 
-    def call_all(self, method: str, args: list[tuple]) -> list[Any]:
-        """``handles[i].method(*args[i])`` for each i, in parallel; a call whose actor died is redone
-        (`redo`)."""
+    def submit(self, method: str, args: list[tuple]) -> list[Any]:
+        """Submit ``handles[i].method(*args[i])`` for each i; returns the object refs."""
         refs = []
         for i, a in enumerate(args):
             refs.append(getattr(self.handles[i], method).remote(*a))
             if AFTER_SUBMIT is not None:
                 AFTER_SUBMIT(method, self.handles[i], i)
+        return refs
+
+    def gather(self, method: str, args: list[tuple], refs: list[Any]) -> list[Any]:
+        """The answers of `submit`'s refs; a call whose actor died is redone (`redo`)."""
         out = []
         for i, ref in enumerate(refs):
             try:
@@ -121,6 +129,11 @@ class _Actors:
             except self.ray.exceptions.RayActorError:
                 out.append(self.redo(i, method, args[i]))
         return out
+
+    def call_all(self, method: str, args: list[tuple]) -> list[Any]:
+        """``handles[i].method(*args[i])`` for each i, in parallel; a call whose actor died is redone
+        (`redo`)."""
+        return self.gather(method, args, self.submit(method, args))
 
 
 class _TrainerProxy:
@@ -171,42 +184,68 @@ class _DisaggregatedRollout:
         self.actors = _Actors(ray, handles, max_restarts, on_restart=self._resync)
         self.weight_version = 0
         self._handle: Any = None
+        self._target: tuple[Any, int] | None = None  # the weights a rollout in `collect` was submitted with
         self.sync_bytes = 0
 
     def _resync(self, i: int) -> None:
-        if self._handle is not None:
-            self.ray.get(self.actors.handles[i].load_weights.remote(self._handle, self.weight_version))
+        handle, version = self._target or (self._handle, self.weight_version)
+        if handle is not None:
+            self.ray.get(self.actors.handles[i].load_weights.remote(handle, version))
 
     def load_weights(self, state_dict: Any, version: int) -> None:
         """Publish the trainer's current weights (``state_dict`` is ignored: they are the trainer
-        actor's) and load them into every rollout actor."""
+        actor's) and load them into every rollout actor (after any generation still running)."""
         self._handle = self.ray.get(self.trainer.publish_weights.remote(self.how, self.max_bytes, self.root))
         self.weight_version = version
         n = self.actors.call_all("load_weights", [(self._handle, version)] * len(self.actors.handles))
         self.sync_bytes = int(n[0])
 
-    def generate(self, request: RolloutRequest) -> RolloutResult:
-        """One worker: the request as it is. Several: contiguous prompt shares, worker k seeded
-        ``seed * 1009 + k``; samples concatenated in prompt order."""
-        t0 = time.perf_counter()
+    def submit(self, request: RolloutRequest) -> dict[str, Any]:
+        """Start a rollout on the actors' current weights and return at once (one-step overlap:
+        `collect` it later). One worker gets the request as it is; several get contiguous prompt
+        shares, worker k seeded ``seed * 1009 + k``."""
         parts = split_counts(len(request.prompts), len(self.actors.handles))
         if len(self.actors.handles) == 1:
             reqs = [request]
         else:
             reqs = [msgspec.structs.replace(request, prompts=request.prompts[a:b], seed=request.seed * 1009 + k)
                     for k, (a, b) in enumerate(parts)]
-        outs = [decode(b, RolloutResult) for b in
-                self.actors.call_all("generate", [(encode(r),) for r in reqs])]
-        for k, res in enumerate(outs):  # an actor restarted between the sync and this call: old weights
-            if res.weight_version != self.weight_version:
-                res = outs[k] = decode(self.actors.redo(k, "generate", (encode(reqs[k]),)), RolloutResult)
-                if res.weight_version != self.weight_version:
-                    raise RuntimeError(f"rollout actor {k} answers with weight version {res.weight_version} "
-                                       f"after a re-sync to {self.weight_version}")
+        args = [(encode(r),) for r in reqs]
+        return {"args": args, "parts": parts, "refs": self.actors.submit("generate", args), "t0": time.perf_counter(),
+                "handle": self._handle, "version": self.weight_version, "request_id": request.request_id}
+
+    def collect(self, pending: dict[str, Any]) -> RolloutResult:
+        """The samples of a `submit`ted rollout, in prompt order. A call whose actor died is redone
+        on the weights it was submitted with (kept alive for that), and the actor then gets the
+        current ones again; an answer with another weight version (the actor came back between
+        sync and request) is redone the same way.
+
+        Raises:
+            RuntimeError: an actor still answers with the wrong version after a re-sync.
+        """
+        want = pending["version"]
+        self._target = (pending["handle"], want)
+        before = self.actors.restarts
+        try:
+            outs = [decode(b, RolloutResult) for b in self.actors.gather("generate", pending["args"], pending["refs"])]
+            for k, res in enumerate(outs):
+                if res.weight_version != want:
+                    res = outs[k] = decode(self.actors.redo(k, "generate", pending["args"][k]), RolloutResult)
+                    if res.weight_version != want:
+                        raise RuntimeError(f"rollout actor {k} answers with weight version {res.weight_version} "
+                                           f"after a re-sync to {want}")
+        finally:
+            self._target = None
+        if self.actors.restarts != before and want != self.weight_version and self._handle is not None:
+            self.actors.call_all("load_weights", [(self._handle, self.weight_version)] * len(self.actors.handles))
         samples = [msgspec.structs.replace(s, prompt_index=s.prompt_index + a)
-                   for (a, _), res in zip(parts, outs) for s in res.samples]
-        return RolloutResult(samples=samples, weight_version=outs[0].weight_version,
-                             seconds=time.perf_counter() - t0, request_id=request.request_id)
+                   for (a, _), res in zip(pending["parts"], outs) for s in res.samples]
+        return RolloutResult(samples=samples, weight_version=want, seconds=time.perf_counter() - pending["t0"],
+                             request_id=pending["request_id"])
+
+    def generate(self, request: RolloutRequest) -> RolloutResult:
+        """`submit` then `collect`: a synchronous rollout on the current weights."""
+        return self.collect(self.submit(request))
 
 
 class _RewardProxy:
@@ -281,17 +320,23 @@ class RayRun:
         r = self.reward.actors.restarts
         return r + (self.rollout.actors.restarts if isinstance(self.rollout, _DisaggregatedRollout) else 0)
 
-    def load(self, path: Path, prompts: Any) -> None:
-        """Resume the trainer actor from `path`, `prompts` from its saved position, and hand the
-        rollout the restored weights."""
-        prompts.load_state_dict(self.ray.get(self.trainer_actor.load.remote(str(path))))
+    def load(self, path: Path, prompts: Any, extra: dict[str, Any] | None = None) -> None:
+        """Resume the trainer actor from `path`, `prompts` and the `extra` `Stateful`s (the loop)
+        from their saved states, and hand the rollout the restored weights."""
+        extra = extra or {}
+        p_state, states = self.ray.get(self.trainer_actor.load.remote(str(path), list(extra)))
+        prompts.load_state_dict(p_state)
+        for k, obj in extra.items():
+            obj.load_state_dict(states[k])
         version = int(self.ray.get(self.trainer_actor.step.remote()))
         self.trainer.weight_version = version
         self.rollout.load_weights(None, version)
 
-    def save(self, out_dir: Path, prompts: Any, keep_last: int) -> Path:
-        """Checkpoint on the trainer actor, with the driver's prompt position."""
-        return Path(self.ray.get(self.trainer_actor.save.remote(str(out_dir), prompts.state_dict(), keep_last)))
+    def save(self, out_dir: Path, prompts: Any, keep_last: int, extra: dict[str, Any] | None = None) -> Path:
+        """Checkpoint on the trainer actor, with the driver's prompt position and the states of the
+        `extra` `Stateful`s (the loop's buffered rollout)."""
+        states = {k: obj.state_dict() for k, obj in (extra or {}).items()}
+        return Path(self.ray.get(self.trainer_actor.save.remote(str(out_dir), prompts.state_dict(), keep_last, states)))
 
     def export_hf(self, path: Path) -> None:
         """The trainer actor writes the HF folder."""

@@ -52,7 +52,7 @@ def publish_weights(model: nn.Module, version: int, how: str, max_bytes: int, ro
         version: the weight version (names the disk folder).
         how: "object_store" or "disk".
         max_bytes: the bucket bound.
-        root: the disk folder (``how = "disk"``); older versions under it are removed.
+        root: the disk folder (``how = "disk"``); versions older than the previous one are removed.
 
     Raises:
         ValueError: an unknown `how`, or ``"disk"`` without `root`.
@@ -66,9 +66,9 @@ def publish_weights(model: nn.Module, version: int, how: str, max_bytes: int, ro
     from safetensors.torch import save_file
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    for old in root.glob("v*"):
-        if old.name != f"v{version}":
-            shutil.rmtree(old, ignore_errors=True)
+    kept = sorted((int(d.name[1:]) for d in root.glob("v*") if d.name[1:].isdigit() and int(d.name[1:]) < version))
+    for old in kept[:-1]:  # the previous version stays: a rollout submitted on it may have to be redone
+        shutil.rmtree(root / f"v{old}", ignore_errors=True)
     folder = root / f"v{version}"
     folder.mkdir(exist_ok=True)
     paths = []

@@ -74,15 +74,16 @@ class LocalRun:
         """Optimizer steps done."""
         return self.parts.engine.step
 
-    def load(self, path: Path, prompts: Any) -> None:
-        """Resume from checkpoint `path` (policy, optimizer, engine, weight version, `prompts`, RNG)."""
-        load_policy(self.parts, path, prompts)
+    def load(self, path: Path, prompts: Any, extra: dict[str, Any] | None = None) -> None:
+        """Resume from checkpoint `path` (policy, optimizer, engine, weight version, `prompts`,
+        the `extra` `Stateful`s, RNG)."""
+        load_policy(self.parts, path, prompts, extra)
         if self.cfg.rollout.engine == "lmdeploy":  # its own copy of the weights: export the restored ones
             self.rollout.load_weights(None, self.parts.trainer.weight_version)
 
-    def save(self, out_dir: Path, prompts: Any, keep_last: int) -> Path:
-        """Checkpoint the run; returns the ``step-N`` folder."""
-        return save_policy(self.parts, out_dir, prompts, keep_last)
+    def save(self, out_dir: Path, prompts: Any, keep_last: int, extra: dict[str, Any] | None = None) -> Path:
+        """Checkpoint the run (with the `extra` `Stateful`s); returns the ``step-N`` folder."""
+        return save_policy(self.parts, out_dir, prompts, keep_last, extra)
 
     def export_hf(self, path: Path) -> None:
         """Write the policy as an HF folder (`xt.models.save_pretrained`)."""
