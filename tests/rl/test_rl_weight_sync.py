@@ -5,7 +5,8 @@
 - the disk transport (safetensors files, atomic) moves a trained model's weights into a model of
   other weights bit for bit, keeps only the previous version's folder besides, and refuses a model that
   misses or adds a tensor.
-The object-store transport runs in test_rl_ray.py (disaggregated run)."""
+The object-store transport runs in test_rl_ray.py (disaggregated run). Also: without Ray,
+``orchestrator.kind = "ray"`` is one ConfigError; `split_counts` shares work in order."""
 from __future__ import annotations
 
 import pytest
@@ -51,3 +52,16 @@ def test_disk_hand_over_is_exact_and_checked(tmp_path):
         load_buckets(moe, (how, paths))
     with pytest.raises(ValueError, match="object_store"):
         publish_weights(src, 5, "nfs", 4096, tmp_path)
+
+
+def test_missing_ray_is_one_config_error(monkeypatch):
+    """Without Ray, orchestrator.kind = "ray" stops with a ConfigError naming the key and the extra."""
+    import sys
+
+    from xt.core.errors import ConfigError
+    from xt.rl.cluster.driver import import_ray, split_counts
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    with pytest.raises(ConfigError, match=r"xt-rl\[ray\]") as e:
+        import_ray()
+    assert e.value.key == "orchestrator.kind"
+    assert split_counts(7, 3) == [(0, 2), (2, 4), (4, 7)] and split_counts(1, 3) == [(0, 1)]
