@@ -276,7 +276,8 @@ class RayRun:
         out_dir: the run folder (the disk weight-sync folder lives under it).
 
     Raises:
-        xt.core.errors.ConfigError: Ray is not installed.
+        xt.core.errors.ConfigError: Ray is not installed, or it cannot start / join the cluster
+            (naming ``orchestrator.address``).
     """
 
     def __init__(self, cfg: Any, out_dir: Path) -> None:
@@ -284,8 +285,13 @@ class RayRun:
         oc = cfg.orchestrator
         self._own_ray = not ray.is_initialized()
         if self._own_ray:
-            ray.init(address=oc.address or None, num_cpus=(oc.num_cpus or None) if not oc.address else None,
-                     include_dashboard=False, log_to_driver=True)
+            try:
+                ray.init(address=oc.address or None, num_cpus=(oc.num_cpus or None) if not oc.address else None,
+                         include_dashboard=False, log_to_driver=True)
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                from xt.core.errors import ConfigError
+                what = f"cannot join the Ray cluster at {oc.address!r}" if oc.address else "cannot start Ray"
+                raise ConfigError(f"orchestrator.address: {what}: {e}", key="orchestrator.address") from None
         gpus = oc.gpus_per_actor if oc.gpus_per_actor >= 0 else (1.0 if torch.cuda.is_available() else 0.0)
         threads = torch.get_num_threads()
         colocated = oc.placement == "colocated"
