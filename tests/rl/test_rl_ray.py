@@ -6,7 +6,8 @@ random Qwen3 of test_rl_command.py (4 RL steps of 2 updates each, fp32, CPU):
 - disaggregated (a rollout actor with its own model copy, weights through the object store in
   small buckets), with the rollout actor killed mid-call in RL step 2 and the reward actor killed
   mid-call in step 3: Ray restarts them, the calls are redone, and metrics and final weights still
-  equal the one-process run exactly; ``actor_restarts`` counts the two.
+  equal the one-process run exactly; ``actor_restarts`` counts the redone calls (2 here when both
+  kills land mid-call, as the 50 ms reward calls make sure for the reward).
 
 - one-step overlap (``max_staleness = 1``, disaggregated, weights through disk): the samples are
   one RL step stale from step 2 on (``rollout_staleness``), the run differs from the synchronous
@@ -106,7 +107,10 @@ def test_killed_rollout_and_reward_actors_are_restarted_without_changing_the_run
     res = run_rl(cfg, console=_quiet(tmp_path))
     assert res.step == 8 and calls == {"generate": 4, "score": 4}
     _same_run(local_run[0], tmp_path / "ray", local_run[1], res.checkpoint)
-    assert [r["actor_restarts"] for r in _rows(tmp_path / "ray")] == [0, 1, 2, 2]
+    # each redone call counts; a kill that lands just after its call finished is met by the next call,
+    # or not at all when Ray has already restarted the actor by then (harmless: it gets synced weights)
+    counts = [r["actor_restarts"] for r in _rows(tmp_path / "ray")]
+    assert counts[0] == 0 and counts == sorted(counts) and 1 <= counts[-1] <= 2
 
 
 OVERLAP = '[orchestrator]\nkind = "ray"\nplacement = "disaggregated"\nweight_sync = "disk"\nmax_staleness = 1\n'
