@@ -15,6 +15,8 @@ random Qwen3 of test_rl_command.py (4 RL steps of 2 updates each, fp32, CPU):
   equals the uninterrupted one, in which the rollout actor was killed during a prefetched rollout
   (redone on the weights it was started with).
 
+- asking for more GPUs than the Ray cluster has is one ConfigError (Ray would wait forever).
+
 One Ray instance for the module (``num_cpus=2``, no dashboard); skipped when Ray is not installed.
 The bucketed weight hand-over itself (object store and disk) is checked in test_rl_weight_sync.py.
 """
@@ -143,3 +145,12 @@ def test_one_step_overlap_is_one_step_stale_and_resumes_exactly(tmp_path, local_
     sync = _weights(local_run[1])
     assert any(not torch.equal(wa[k], sync[k]) for k in wa)  # stale samples: another run than the synchronous one
     assert sorted(p.name for p in (tmp_path / "straight" / "weight_sync").iterdir()) == ["v6", "v8"]
+
+
+def test_more_gpus_than_the_cluster_has_is_one_config_error(tmp_path):
+    from xt.core.errors import ConfigError
+    cfg = _with(_config(tmp_path, "gpus"), '[orchestrator]\nkind = "ray"\nplacement = "disaggregated"\n'
+                                           'gpus_per_actor = 1\nrollout_workers = 2\n')
+    with pytest.raises(ConfigError, match="need 3 GPUs") as e:
+        run_rl(cfg, console=_quiet(tmp_path))
+    assert e.value.key == "orchestrator.gpus_per_actor"

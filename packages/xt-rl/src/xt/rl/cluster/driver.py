@@ -276,8 +276,9 @@ class RayRun:
         out_dir: the run folder (the disk weight-sync folder lives under it).
 
     Raises:
-        xt.core.errors.ConfigError: Ray is not installed, or it cannot start / join the cluster
-            (naming ``orchestrator.address``).
+        xt.core.errors.ConfigError: Ray is not installed, it cannot start / join the cluster
+            (naming ``orchestrator.address``), or the cluster has fewer GPUs than the actors ask for
+            (``orchestrator.gpus_per_actor``).
     """
 
     def __init__(self, cfg: Any, out_dir: Path) -> None:
@@ -295,6 +296,13 @@ class RayRun:
         gpus = oc.gpus_per_actor if oc.gpus_per_actor >= 0 else (1.0 if torch.cuda.is_available() else 0.0)
         threads = torch.get_num_threads()
         colocated = oc.placement == "colocated"
+        need = gpus * (1 if colocated else 1 + oc.rollout_workers)
+        have = float(ray.cluster_resources().get("GPU", 0.0))
+        if need > have:  # Ray would wait for them forever
+            from xt.core.errors import ConfigError
+            raise ConfigError(f"orchestrator.gpus_per_actor = {oc.gpus_per_actor}: the actors need {need:g} GPUs "
+                              f"({oc.placement}), the Ray cluster has {have:g}; lower it (fractions share a GPU) "
+                              "or use fewer rollout_workers", key="orchestrator.gpus_per_actor")
         # the synchronous loop runs one part at a time, so only the trainer reserves a CPU
         self.trainer_actor = ray.remote(TrainerActor).options(num_cpus=1, num_gpus=gpus, max_restarts=0).remote(
             cfg, colocated, threads)
