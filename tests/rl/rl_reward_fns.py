@@ -37,3 +37,9 @@ def vowel_share(completion, sample):
     """A reward a random model's text already varies on: the share of vowels among its letters."""
     letters = [c for c in completion.lower() if c.isalpha()]
     return sum(c in "aeiou" for c in letters) / len(letters) if letters else 0.0
+
+
+def slow_vowel_share(completion, sample):
+    """`vowel_share` after 50 ms: a reward call long enough for a test to kill its actor mid-call."""
+    time.sleep(0.05)
+    return vowel_share(completion, sample)

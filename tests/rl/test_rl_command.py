@@ -6,7 +6,8 @@
 - metrics.jsonl holds the RL metrics, reward.png is written, weight versions count optimizer steps;
 - a tiny Qwen3-MoE with routing replay on runs and logs the routing agreement (non-zero: after the
   step's first update the trainer's own routing differs from the rollout's);
-- config mistakes stop before any model is built with one error naming the key, file and line.
+- config mistakes stop before any model is built with one error naming the key, file and line
+  (also of ``rollout.engine`` and ``[orchestrator]``).
 """
 from __future__ import annotations
 
@@ -143,6 +144,9 @@ def test_moe_run_with_routing_replay_logs_the_agreement(tmp_path):
     ("group_size = 3", "group_sise = 3", ["rollout.group_sise", ".toml:"]),
     ('tokenizer = "qwen3"', 'tokenizer = "model"', ["task.tokenizer", ".toml:", "model.init_from"]),
     ('name = "basic_arithmetic"', 'name = "no_such_task"', ["task.name", ".toml:", "no_such_task"]),
+    ("updates_per_step = 2", 'updates_per_step = 2\nengine = "lmdeploy"', ["rollout.engine", "model.init_from"]),
+    ("[rl]\n", '[orchestrator]\nkind = "ray"\nrollout_workers = 2\n\n[rl]\n',
+     ["orchestrator.rollout_workers", ".toml:", "colocated"]),
 ])
 def test_config_mistakes_are_one_error_line(tmp_path, line, value, needles):
     path = _config(tmp_path, "bad")

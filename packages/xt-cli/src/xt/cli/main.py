@@ -110,15 +110,20 @@ def config_keys_cmd(ctx: click.Context, section: str | None) -> None:
 
 
 @cli.command()
+@click.option("--address", default=None, metavar="auto|HOST:PORT",
+              help="Run on Ray and join this cluster (sets orchestrator.kind = 'ray' and orchestrator.address).")
 @run_options
-def rl(ctx: click.Context, config: str, overrides: tuple[str, ...], resume: str | None) -> None:
-    """Reinforcement learning (GRPO family) of the model described by CONFIG on one process.
+def rl(ctx: click.Context, config: str, overrides: tuple[str, ...], resume: str | None, address: str | None) -> None:
+    """Reinforcement learning (GRPO family) of the model described by CONFIG.
 
     Each step samples rollout.group_size responses for rollout.prompts_per_step prompts with XT's
     KV-cache generation, scores them in a reward process pool, and makes rollout.updates_per_step
     policy-gradient updates ([rl] section). Writes metrics.jsonl, reward.png and checkpoints to
-    train.out_dir.
+    train.out_dir. On one process by default; [orchestrator] kind = "ray" runs the parts as Ray
+    actors (Ray embedded in this process, or the cluster of --address).
     """
+    if address is not None:
+        overrides = (*overrides, "orchestrator.kind=ray", f"orchestrator.address={address}")
     with reported_errors(_debug(ctx), on_interrupt=lambda: _last_checkpoint_note(_rl_out_dir(config, overrides))):
         from xt.cli.rl import run_rl
         run_rl(config, list(overrides), resume)

@@ -1,18 +1,18 @@
-"""`xt rl`: a synchronous GRPO-family RL run on one process, composed from xt.rl's parts.
+"""`xt rl`: a synchronous GRPO-family RL run, on one process or with its parts as Ray actors.
 
 Order: config (`xt.cli.rl_config`) and its checks before anything is built (model section, task
-samples, tokenizer, resume path) -> seed -> model (`xt.models.build_run_model`) -> `Engine.from_config`
-(`[train]` precision, AdamW, schedule over ``train.steps``) -> the loop's parts: `PromptSource`,
-`XTRolloutEngine` on the same model (colocated), `RewardWorker` over `RewardPool`, `PolicyTrainer`
-(with a frozen reference copy when ``rl.kl_coef > 0``) -> `GRPOLoop.step` per RL step, each making
-``rollout.updates_per_step`` optimizer steps. Outputs under ``train.out_dir``: ``metrics.jsonl``
-(one line per RL step), ``reward.png``, ``checkpoints/step-N`` (model, optimizer, engine/schedule,
-prompt position, weight version, RNG; atomic; with ``--resume auto`` the run continues exactly as
-if it had not stopped) and ``hf/`` (the trained policy, with ``checkpoint.hf_export``).
+samples, tokenizer, resume path) -> the orchestration: `xt.rl.loop.local.LocalRun` (this process)
+or `xt.rl.cluster.RayRun` (``orchestrator.kind = "ray"``), both building the policy with
+`xt.rl.loop.build.build_policy` (seed, `build_run_model`, `Engine.from_config`, `PolicyTrainer`
+with a frozen reference copy when ``rl.kl_coef > 0``), the rollout engine and the reward pool ->
+`PromptSource` here -> `GRPOLoop.step` per RL step, each making ``rollout.updates_per_step``
+optimizer steps. Outputs under ``train.out_dir``: ``metrics.jsonl`` (one line per RL step),
+``reward.png``, ``checkpoints/step-N`` (model, optimizer, engine/schedule, prompt position, weight
+version, RNG; atomic; with ``--resume auto`` the run continues exactly as if it had not stopped, in
+either orchestration) and ``hf/`` (the trained policy, with ``checkpoint.hf_export``).
 """
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,20 +23,17 @@ from rich.console import Console
 from rich.markup import escape
 
 from xt.cli.rl_config import RLRunConfig, load_rl_config
-from xt.core.checkpoint import latest_checkpoint, load_checkpoint, resolve_resume, save_checkpoint, seed_everything
+from xt.core.checkpoint import latest_checkpoint, resolve_resume
 from xt.core.config.loader import config_error_at
 from xt.core.errors import ConfigError
-from xt.core.engine import Engine, read_metrics
+from xt.core.engine import read_metrics
 from xt.core.engine.metrics import MetricsWriter
 from xt.core.engine.report import ProgressReporter, plot_curves
 from xt.data import load_tokenizer
-from xt.kernels.config import apply_kernels_config
-from xt.models import build_run_model, check_model_section, save_pretrained
-from xt.rl.loop.grpo import GRPOLoop, RewardWorker
+from xt.models import check_model_section
+from xt.rl.loop.grpo import GRPOLoop
+from xt.rl.loop.local import LocalRun
 from xt.rl.loop.prompts import PromptSource, render_prompt, task_samples
-from xt.rl.loop.trainer import PolicyTrainer
-from xt.rl.rewards import RewardPool
-from xt.rl.rollout import XTRolloutEngine
 
 __all__ = ["RLResult", "run_rl"]
 
@@ -52,20 +49,6 @@ class RLResult:
     resumed_from: Path | None
     wall_s: float
     hf_path: Path | None = None
-
-
-class _RunState:
-    """The loop's own checkpointed state: the weight version."""
-
-    def __init__(self, trainer: PolicyTrainer, rollout: XTRolloutEngine) -> None:
-        self.trainer, self.rollout = trainer, rollout
-
-    def state_dict(self) -> dict[str, int]:
-        return {"weight_version": self.trainer.weight_version}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.trainer.weight_version = int(state["weight_version"])
-        self.rollout.weight_version = int(state["weight_version"])
 
 
 def _tokenizer(cfg: RLRunConfig, config: Any, overrides: Sequence[str]):
@@ -119,72 +102,73 @@ def run_rl(config: str | Path | None, overrides: Sequence[str] = (), resume: str
         raise
     tok = _tokenizer(cfg, config, overrides)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    seed_everything(cfg.train.seed)
-    model = build_run_model(cfg.model, device)
-    apply_kernels_config(cfg.kernels)
-    reference = None
-    if cfg.rl.kl_coef > 0 and cfg.rl.kl_in == "loss":
-        ref_model = copy.deepcopy(model).requires_grad_(False)
-        reference = Engine.from_config(ref_model, cfg.train, cfg.optim, cfg.schedule)
-    engine = Engine.from_config(model, cfg.train, cfg.optim, cfg.schedule)
     prompts = PromptSource(samples, seed=cfg.task.seed)
-    rollout = XTRolloutEngine(model, max_batch_sequences=cfg.rollout.max_batch_sequences)
-    trainer = PolicyTrainer(engine, cfg.rl, updates_per_step=cfg.rollout.updates_per_step,
-                            micro_batches=cfg.train.micro_batches_per_step,
-                            routing_replay=cfg.rollout.routing_replay, reference=reference)
-    state = _RunState(trainer, rollout)
-    extra = {"engine": engine, "rl_run": state}
+    if cfg.orchestrator.kind == "ray":
+        from xt.rl.cluster import RayRun
+        run: Any = RayRun(cfg, out_dir)
+    else:
+        run = LocalRun(cfg, device, tok)
+    try:
+        return _loop(cfg, config, run, prompts, tok, path, out_dir, console, until_step, t_start)
+    finally:
+        run.close()
+
+
+def _loop(cfg: RLRunConfig, config: Any, run: Any, prompts: PromptSource, tok: Any, path: Path | None,
+          out_dir: Path, console: Console, until_step: int | None, t_start: float) -> RLResult:
+    overlap = cfg.orchestrator.max_staleness > 0
+    loop = GRPOLoop(prompts, lambda s: render_prompt(tok, cfg.task, s),
+                    lambda ids: tok.decode(ids, skip_special_tokens=True), run.rollout, run.reward,
+                    run.trainer, rl=cfg.rl, rollout_cfg=cfg.rollout, stop_token_ids=_stop_ids(tok), overlap=overlap)
+    extra = {"rl_buffer": loop} if overlap else {}  # the buffered rollout of the next step
     if path is not None:
-        load_checkpoint(path, model, engine.optimizer, None, prompts, extra_state=extra)
+        run.load(path, prompts, extra)
     if cfg.train.peak_tflops is not None:
         console.print("[yellow]warning[/yellow]: train.peak_tflops is not used by xt rl (it reports no MFU)")
-    n_params = sum(p.numel() for p in model.parameters())
-    console.print(f"[bold]xt rl[/bold] {escape(str(config))}: {type(model).__name__}, {n_params / 1e6:.1f}M "
-                  f"parameters, device {device}; task {cfg.task.source}:{cfg.task.name} ({len(samples)} samples), "
+    d = run.describe()
+    oc = cfg.orchestrator
+    where = "one process" if oc.kind == "local" else f"Ray, {oc.placement}" + (
+        f" ({oc.rollout_workers} rollout workers, weights by {oc.weight_sync})" if oc.placement == "disaggregated" else "")
+    console.print(f"[bold]xt rl[/bold] {escape(str(config))}: {d['model']}, {d['params'] / 1e6:.1f}M "
+                  f"parameters, device {d['device']} ({where}); task {cfg.task.source}:{cfg.task.name} "
+                  f"({len(prompts.samples)} samples), "
                   f"{cfg.rollout.prompts_per_step} prompts x {cfg.rollout.group_size} samples per step, "
-                  f"reward {cfg.rl.reward.function}, routing replay "
-                  f"{'on' if trainer.routing_replay else 'off' if trainer.is_moe else 'n/a (dense)'}; "
-                  f"precision {escape(engine.precision_summary)}", highlight=False)
+                  f"reward {cfg.rl.reward.function}, routing replay {d['replay']}; "
+                  f"precision {escape(d['precision'])}", highlight=False)
     u = cfg.rollout.updates_per_step
     stop = min(cfg.train.steps, until_step if until_step is not None else cfg.train.steps)
     metrics_path = out_dir / "metrics.jsonl"
-    writer = MetricsWriter(metrics_path, engine.step // u if path else None)
+    step = run.step
+    writer = MetricsWriter(metrics_path, step // u if path else None)
     last: dict[str, Any] = {}
     last_ckpt = path
     every = cfg.checkpoint.every_steps
-
-    def save() -> Path:
-        return save_checkpoint(out_dir, engine.step, model, engine.optimizer, None, prompts,
-                               keep_last=cfg.checkpoint.keep_last, extra_state=extra)
-
-    with RewardPool.from_config(cfg.rl.reward) as pool:
-        loop = GRPOLoop(prompts, lambda s: render_prompt(tok, cfg.task, s),
-                        lambda ids: tok.decode(ids, skip_special_tokens=True), rollout, RewardWorker(pool),
-                        trainer, rl=cfg.rl, rollout_cfg=cfg.rollout, stop_token_ids=_stop_ids(tok))
-        try:
-            with ProgressReporter(stop // u, engine.step // u, cfg.train.log_every, True, console) as rep:
-                if path is not None:
-                    rep.print(f"resumed from {path} at step {engine.step}")
-                while engine.step < stop:
-                    last = loop.step(engine.step // u + 1)
-                    last["optimizer_step"] = engine.step
-                    writer.write(last)
-                    rep.update(engine.step // u, last)
-                    if every and engine.step % every == 0:
-                        last_ckpt = save()
-        finally:
-            writer.close()
-            trainer.close()
-    if cfg.checkpoint.save_final and (last_ckpt is None or last_ckpt.name != f"step-{engine.step}"):
-        last_ckpt = save()
+    try:
+        with ProgressReporter(stop // u, step // u, cfg.train.log_every, True, console) as rep:
+            if path is not None:
+                rep.print(f"resumed from {path} at step {step}")
+            while step < stop:
+                last = loop.step(step // u + 1)
+                step = run.step
+                last["optimizer_step"] = step
+                if oc.kind == "ray":
+                    last["actor_restarts"] = run.restarts
+                writer.write(last)
+                rep.update(step // u, last)
+                if every and step % every == 0:
+                    last_ckpt = run.save(out_dir, prompts, cfg.checkpoint.keep_last, extra)
+    finally:
+        writer.close()
+    if cfg.checkpoint.save_final and (last_ckpt is None or last_ckpt.name != f"step-{step}"):
+        last_ckpt = run.save(out_dir, prompts, cfg.checkpoint.keep_last, extra)
     hf = None
     if cfg.checkpoint.hf_export:
         hf = out_dir / "hf"
-        save_pretrained(model, hf)
+        run.export_hf(hf)
     rows = read_metrics(metrics_path, strict=False)
     plot = plot_curves(rows, out_dir / "reward.png", {"reward_mean": "reward mean", "pass_at_1": "pass@1"},
                        title=f"xt rl: {cfg.task.name}", ylabel="reward") if rows else None
-    result = RLResult(engine.step, last, metrics_path, plot, last_ckpt, path, time.perf_counter() - t_start, hf)
+    result = RLResult(step, last, metrics_path, plot, last_ckpt, path, time.perf_counter() - t_start, hf)
     _report(console, rows, result)
     return result
 

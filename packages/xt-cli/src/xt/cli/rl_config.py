@@ -6,6 +6,7 @@ One TOML file, one table per section::
     [task]       # xt.rl TaskConfig: the prompts (reasoning-gym task or JSONL) and their rendering
     [rollout]    # xt.rl RolloutConfig: prompts per step, group size, response budget, top-p, replay
     [rl]         # xt.rl RLConfig: advantage, policy loss, KL, mismatch, overlong, [rl.reward]
+    [orchestrator] # xt.rl OrchestratorConfig: one process, or Ray actors (colocated / disaggregated)
     [train]      # xt.core TrainConfig: steps (optimizer steps), micro-batches, dtype, seed, out_dir
     [optim]      # xt.core OptimConfig (AdamW)
     [schedule]   # xt.core ScheduleConfig
@@ -23,18 +24,19 @@ from typing import Sequence
 from xt.cli.config import RunSections
 from xt.core.config import load_config, require
 from xt.rl.config import RLConfig
-from xt.rl.run_config import RolloutConfig, TaskConfig
+from xt.rl.run_config import OrchestratorConfig, RolloutConfig, TaskConfig
 
 __all__ = ["RLRunConfig", "load_rl_config"]
 
 
 class RLRunConfig(RunSections):
     """Everything `xt rl` needs (module docstring): the shared run sections plus ``[task]``,
-    ``[rollout]`` and ``[rl]``."""
+    ``[rollout]``, ``[rl]`` and ``[orchestrator]``."""
 
     task: TaskConfig = TaskConfig()
     rollout: RolloutConfig = RolloutConfig()
     rl: RLConfig = RLConfig()
+    orchestrator: OrchestratorConfig = OrchestratorConfig()
 
     def __post_init__(self) -> None:
         u = self.rollout.updates_per_step
@@ -46,9 +48,15 @@ class RLRunConfig(RunSections):
         per_update = self.rollout.prompts_per_step * self.rollout.group_size // u
         require(self.train.micro_batches_per_step <= per_update, "train.micro_batches_per_step",
                 f"must be <= the samples of one update ({per_update}), got {self.train.micro_batches_per_step}")
-        require(not (self.rl.kl_coef > 0 and self.rl.kl_in == "reward"), "rl.kl_in",
-                "'reward' (KL subtracted from the reward) is not wired into xt rl yet; use 'loss' "
-                "(xt.rl.kl.kl_penalized_rewards is there for a driver of your own)")
+        require(not (self.orchestrator.max_staleness and self.rl.dynamic_sampling), "orchestrator.max_staleness",
+                "1 (overlap) cannot be combined with rl.dynamic_sampling (its extra rounds need the current weights)")
+        if self.rollout.engine == "lmdeploy":
+            require(bool(self.model.init_from), "rollout.engine",
+                    "'lmdeploy' starts from an HF folder: set model.init_from")
+            require(self.orchestrator.kind == "local", "rollout.engine",
+                    "'lmdeploy' runs with orchestrator.kind = 'local' only")
+            require(self.rollout.max_batch_sequences == 0, "rollout.max_batch_sequences",
+                    "is XT's engine's; LMDeploy batches on its own (leave it 0)")
         require(self.rl.max_response_tokens == 0 or self.rl.max_response_tokens >= self.rollout.max_new_tokens,
                 "rl.max_response_tokens", f"must be 0 (= rollout.max_new_tokens) or >= rollout.max_new_tokens "
                 f"({self.rollout.max_new_tokens}), got {self.rl.max_response_tokens}")

@@ -1,5 +1,5 @@
-"""The sections an RL run adds to the model/train/optim ones: ``[rollout]`` (how samples are drawn)
-and ``[task]`` (where the prompts come from).
+"""The sections an RL run adds to the model/train/optim ones: ``[rollout]`` (how samples are drawn),
+``[task]`` (where the prompts come from) and ``[orchestrator]`` (one process, or Ray actors).
 
 Both are `xt.core.config.ConfigStruct`s, so a TOML file reports a bad value as ``rollout.group_size``
 (or ``task.name``) with its file and line. The ``[rl]`` algorithm section is `xt.rl.config.RLConfig`.
@@ -12,7 +12,7 @@ import msgspec
 
 from xt.core.config import ConfigStruct, require
 
-__all__ = ["RolloutConfig", "TaskConfig"]
+__all__ = ["RolloutConfig", "TaskConfig", "OrchestratorConfig"]
 
 
 class RolloutConfig(ConfigStruct):
@@ -30,6 +30,10 @@ class RolloutConfig(ConfigStruct):
             trainer's old log-probs are computed before the first update and the PPO clip matters.
         max_batch_sequences: sequences generated together at most (0 = all of the step's).
         seed: seeds the sampling RNG (per step: ``seed + step``).
+        engine: "xt" (XT's KV-cache generation on the policy model) or "lmdeploy" (an LMDeploy
+            pipeline on ``model.init_from``, re-exported after each update; extra
+            ``xt-rl[lmdeploy]``, one process only, not run by XT's tests:
+            `xt.rl.rollout.lmdeploy_engine`).
     """
 
     # what one step samples
@@ -41,7 +45,8 @@ class RolloutConfig(ConfigStruct):
     # how the trainer uses it
     routing_replay: bool = False
     updates_per_step: int = 1
-    # how the engine batches
+    # which engine, and how it batches
+    engine: Literal["xt", "lmdeploy"] = "xt"
     max_batch_sequences: int = 0
 
     def __post_init__(self) -> None:
@@ -53,6 +58,8 @@ class RolloutConfig(ConfigStruct):
         require(1 <= self.updates_per_step <= self.prompts_per_step * self.group_size, "updates_per_step",
                 f"must be in [1, prompts_per_step * group_size = {self.prompts_per_step * self.group_size}], "
                 f"got {self.updates_per_step}")
+        require(self.engine == "xt" or not self.routing_replay, "routing_replay",
+                "needs rollout.engine = 'xt' (LMDeploy does not return the routed experts)")
         require(self.max_batch_sequences >= 0, "max_batch_sequences",
                 f"must be >= 0 (0 = all at once), got {self.max_batch_sequences}")
 
@@ -92,3 +99,61 @@ class TaskConfig(ConfigStruct):
         require(self.source != "jsonl" or bool(self.path), "path", "must name a JSONL file when source = 'jsonl'")
         require("{question}" in self.prompt_template, "prompt_template",
                 f"must contain '{{question}}', got {self.prompt_template!r}")
+
+
+class OrchestratorConfig(ConfigStruct):
+    """``[orchestrator]``: where the parts of the loop run (`xt.rl.cluster` for Ray).
+
+    Attributes:
+        kind: "local" (everything in the `xt rl` process) or "ray" (rollout, reward and trainer
+            workers as Ray actors; extra ``xt-rl[ray]``). The synchronous results are the same.
+        placement: "colocated" (one actor holds the trainer and the rollout engine on the same
+            model and devices; they take turns, the weights are handed over in memory) or
+            "disaggregated" (rollout actors with their own model copy; the trainer's weights reach
+            them in buckets through ``weight_sync``).
+        weight_sync: "object_store" (buckets through Ray's object store, in memory) or "disk"
+            (buckets as safetensors files under ``train.out_dir/weight_sync``: a shared file system
+            between nodes). Disaggregated only.
+        bucket_mb: the largest weight bucket, MiB (> 0); a tensor above it travels alone.
+        rollout_workers: rollout actors (disaggregated), >= 1. With more than one, each gets a
+            contiguous share of the step's prompts and its own seed (``seed * 1009 + worker``), so
+            the samples differ from a one-worker run (and stay reproducible).
+        reward_workers: reward actors, >= 1, each with a `RewardPool` of ``rl.reward.workers``
+            processes; the completions are split between them in order (the rewards do not change).
+        address: "" starts Ray inside the `xt rl` process; "auto" or "HOST:PORT" joins a cluster.
+        num_cpus: CPUs of the embedded Ray (0 = all of the machine's).
+        gpus_per_actor: GPUs of the trainer and of each rollout actor; -1 = 1 when CUDA is visible,
+            else 0. Colocated runs one actor, so both share its GPUs.
+        max_restarts: how often Ray restarts a dead rollout / reward actor (its work is redone,
+            after the rollout gets the current weights); >= 0.
+        max_staleness: 0 = synchronous; 1 = one-step off-policy overlap (disaggregated): each
+            step's rollout starts during the previous step, on the weights before its update, so
+            rollout actors generate while the trainer trains; checkpoints hold the buffered rollout.
+    """
+
+    kind: Literal["local", "ray"] = "local"
+    placement: Literal["colocated", "disaggregated"] = "colocated"
+    weight_sync: Literal["object_store", "disk"] = "object_store"
+    bucket_mb: float = 256.0
+    rollout_workers: int = 1
+    reward_workers: int = 1
+    address: str = ""
+    num_cpus: int = 0
+    gpus_per_actor: float = -1.0
+    max_restarts: int = 3
+    max_staleness: int = 0
+
+    def __post_init__(self) -> None:
+        require(isinstance(self.bucket_mb, (int, float)) and self.bucket_mb > 0, "bucket_mb",
+                f"must be > 0 MiB, got {self.bucket_mb!r}")
+        require(self.rollout_workers >= 1, "rollout_workers", f"must be >= 1, got {self.rollout_workers}")
+        require(self.reward_workers >= 1, "reward_workers", f"must be >= 1, got {self.reward_workers}")
+        require(self.num_cpus >= 0, "num_cpus", f"must be >= 0 (0 = all), got {self.num_cpus}")
+        require(self.gpus_per_actor == -1 or self.gpus_per_actor >= 0, "gpus_per_actor",
+                f"must be -1 (auto) or >= 0, got {self.gpus_per_actor}")
+        require(self.max_restarts >= 0, "max_restarts", f"must be >= 0, got {self.max_restarts}")
+        require(self.max_staleness in (0, 1), "max_staleness", f"must be 0 or 1, got {self.max_staleness}")
+        require(self.max_staleness == 0 or (self.kind == "ray" and self.placement == "disaggregated"),
+                "max_staleness", "1 (overlap) needs kind = 'ray' and placement = 'disaggregated' (separate rollout actors)")
+        require(self.placement == "disaggregated" or self.rollout_workers == 1, "rollout_workers",
+                f"must be 1 with placement = 'colocated' (the trainer actor samples), got {self.rollout_workers}")

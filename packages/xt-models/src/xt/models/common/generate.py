@@ -38,6 +38,29 @@ class DecodeState:
         self.capacity = capacity
         self.lengths = torch.zeros(batch, dtype=torch.int64, device=device)
         self.cu_seqlens: torch.Tensor | None = None
+        self._layout: dict[tuple, tuple] = {}  # this step's slots and masks, the same in every layer
+
+    def step_layout(self, cu_seqlens: torch.Tensor, total: int, sliding_window: int | None
+                    ) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]:
+        """``(doc [T], slot [T], used, mask [T, B * used])`` of the step's new tokens: their
+        sequence, cache slot, the cache slots in use after the step, and which cached keys each
+        may attend to. Computed once per step (and window) and shared by all layers.
+
+        Raises:
+            ValueError: when the cache capacity would be exceeded.
+        """
+        key = (total, sliding_window)
+        if key not in self._layout:
+            B = self.lengths.numel()
+            doc, pos = packed_doc_positions(cu_seqlens, total)
+            slot = self.lengths[doc] + pos
+            if int(slot.max()) >= self.capacity:
+                raise ValueError(f"KV cache capacity {self.capacity} exceeded")
+            used = int((self.lengths + (cu_seqlens[1:] - cu_seqlens[:-1])).max())
+            k_doc = torch.arange(B, device=cu_seqlens.device).repeat_interleave(used)
+            k_pos = torch.arange(used, device=cu_seqlens.device).repeat(B)
+            self._layout[key] = (doc, slot, used, document_mask(doc, slot, k_doc, k_pos, sliding_window))
+        return self._layout[key]
 
     def positions(self, cu_seqlens: torch.Tensor) -> torch.Tensor:
         """``[T]`` cache slot (= rotary position) of each new token of a step."""
@@ -47,6 +70,7 @@ class DecodeState:
     def advance(self, cu_seqlens: torch.Tensor) -> None:
         """Count the step's new tokens as cached."""
         self.lengths += (cu_seqlens[1:] - cu_seqlens[:-1]).to(self.lengths)
+        self._layout.clear()
 
 
 class CachedCoreAttention(nn.Module):
@@ -78,18 +102,11 @@ class CachedCoreAttention(nn.Module):
         if self.k_cache is None:
             self.k_cache = k.new_zeros(B, st.capacity, *k.shape[1:])
             self.v_cache = v.new_zeros(B, st.capacity, *v.shape[1:])
-        doc, pos = packed_doc_positions(cu_seqlens, q.shape[0])
-        slot = st.lengths[doc] + pos
-        if int(slot.max()) >= st.capacity:
-            raise ValueError(f"KV cache capacity {st.capacity} exceeded")
+        doc, slot, used, mask = st.step_layout(cu_seqlens, q.shape[0], sliding_window)
         self.k_cache[doc, slot] = k
         self.v_cache[doc, slot] = v
-        used = int((st.lengths + (cu_seqlens[1:] - cu_seqlens[:-1])).max())
         keys = self.k_cache[:, :used].reshape(B * used, *k.shape[1:])
         vals = self.v_cache[:, :used].reshape(B * used, *v.shape[1:])
-        k_doc = torch.arange(B, device=q.device).repeat_interleave(used)
-        k_pos = torch.arange(used, device=q.device).repeat(B)
-        mask = document_mask(doc, slot, k_doc, k_pos, sliding_window)
         scale = self.softmax_scale if self.softmax_scale is not None else q.shape[-1] ** -0.5
         return core_attention(q[None], keys[None], vals[None], mask[None], scale, sinks)[0]
 

@@ -12,14 +12,14 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-__all__ = ["parse_size", "CheckpointReader", "write_safetensors", "write_file", "write_index", "remove_stale",
-           "shard_file_names", "atomic_write_text", "default_file_mode", "SINGLE", "INDEX"]
+__all__ = ["parse_size", "size_buckets", "CheckpointReader", "write_safetensors", "write_file", "write_index",
+           "remove_stale", "shard_file_names", "atomic_write_text", "default_file_mode", "SINGLE", "INDEX"]
 
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
@@ -131,7 +131,10 @@ class CheckpointReader:
         self._handles.clear()
 
 
-def _shards(state: dict[str, torch.Tensor], max_bytes: int) -> Iterator[dict[str, torch.Tensor]]:
+def size_buckets(state: Mapping[str, torch.Tensor], max_bytes: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Consecutive groups of `state`'s entries (in order), each of at most `max_bytes` bytes of
+    tensor data; a larger tensor is a group alone. The tensors are `state`'s own (no copy): the
+    shards of `write_safetensors` and the weight buckets of `xt.rl.cluster.weights`."""
     cur: dict[str, torch.Tensor] = {}
     size = 0
     for key, t in state.items():
@@ -192,7 +195,7 @@ def write_safetensors(state: dict[str, torch.Tensor], path: str | Path, max_shar
     """
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    shards = list(_shards(state, parse_size(max_shard_size)))
+    shards = list(size_buckets(state, parse_size(max_shard_size)))
     names = shard_file_names(len(shards))
     for name, shard in zip(names, shards):
         write_file(shard, out / name)

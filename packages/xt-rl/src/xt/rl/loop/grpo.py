@@ -1,13 +1,16 @@
 """One synchronous GRPO-family RL step on one process, from separable parts.
 
     prompts (PromptSource) --RolloutRequest--> rollout engine --RolloutResult-->
-    decode --RewardRequest--> reward worker --RewardResult--> advantages (+ DAPO shaping)
+    decode --RewardRequest--> reward worker --RewardResult--> [KL in the reward: TrainRequest -->
+    trainer.sequence_kl] --> advantages (+ DAPO shaping)
     --TrainRequest--> PolicyTrainer --TrainResult--> weights to the rollout engine (version bump)
 
 Each arrow is a msgspec message (`xt.rl.rollout.protocol`, `xt.rl.loop.messages`), so the rollout,
 reward and trainer objects can be moved into their own processes or Ray actors without changing
 what they exchange. Here they share the process; the rollout engine holds the policy model itself
-(colocated: the weight hand-over is a version bump, ``load_weights(None, version)``).
+(colocated: the weight hand-over is a version bump, ``load_weights(None, version)``). Under Ray
+(`xt.rl.cluster`) the same loop drives proxies of the actors, whose ``load_weights(None, version)``
+moves the trainer's weights to the rollout actors.
 
 The step's metrics (`GRPOLoop.step`) are those of docs/architecture.md (RL metrics): reward mean /
 std, pass@1, the share of groups without reward spread, response lengths, the trainer's loss
@@ -19,14 +22,16 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, NamedTuple
 
+import msgspec
 import torch
 
 from xt.rl.advantages import group_advantages
 from xt.rl.config import RLConfig
 from xt.rl.dapo import dynamic_sampling, overlong_keep, overlong_penalty
+from xt.rl.kl import kl_penalized_rewards
 from xt.rl.loop.messages import RewardRequest, RewardResult, TrainRequest, TrainSample
 from xt.rl.loop.prompts import PromptSource
-from xt.rl.rollout.protocol import RolloutRequest, RolloutResult, RolloutSample, SamplingParams
+from xt.rl.rollout.protocol import RolloutRequest, RolloutResult, RolloutSample, SamplingParams, decode, encode
 from xt.rl.run_config import RolloutConfig
 
 __all__ = ["RewardWorker", "GRPOLoop", "PASS_REWARD", "MAX_EXTRA_ROUNDS"]
@@ -71,11 +76,20 @@ class GRPOLoop:
         trainer: a `xt.rl.loop.trainer.PolicyTrainer`.
         rl, rollout_cfg: the ``[rl]`` and ``[rollout]`` sections.
         stop_token_ids: tokens that end a response (the tokenizer's end of turn).
+        overlap: one-step off-policy overlap (``orchestrator.max_staleness = 1``): each step's
+            rollout is started during the previous step, before its update, so generation and
+            training can run at the same time on separate actors; needs a rollout with
+            ``submit(request)`` / ``collect(handle)`` (`xt.rl.cluster`). The loop is then `Stateful`
+            (the buffered rollout goes into checkpoints).
     """
 
     def __init__(self, prompts: PromptSource, render: Callable[[dict], list[int]],
                  decode: Callable[[list[int]], str], rollout: Any, reward: Any, trainer: Any, *,
-                 rl: RLConfig, rollout_cfg: RolloutConfig, stop_token_ids: list[int]) -> None:
+                 rl: RLConfig, rollout_cfg: RolloutConfig, stop_token_ids: list[int], overlap: bool = False) -> None:
+        if overlap and (rl.dynamic_sampling or not hasattr(rollout, "submit")):
+            raise ValueError("GRPOLoop: overlap needs a rollout engine with submit/collect and no dynamic sampling")
+        self.overlap = overlap
+        self._pending: tuple[list[dict], Any] | None = None
         self.prompts, self.render, self.decode = prompts, render, decode
         self.rollout, self.reward, self.trainer = rollout, reward, trainer
         self.rl, self.cfg = rl, rollout_cfg
@@ -99,14 +113,20 @@ class GRPOLoop:
                                eps=self.rl.std_eps, nonfinite=self.rl.nonfinite_reward).reshape(-1)
         return adv, shaped, keep
 
-    def _round(self, step: int, round_: int, n_prompts: int) -> _Round:
-        """Draw `n_prompts` prompts, sample ``group_size`` responses each and score them."""
+    def _request(self, step: int, round_: int, n_prompts: int) -> tuple[list[dict], RolloutRequest]:
         batch = self.prompts.next(n_prompts)
         request = RolloutRequest(prompts=[self.render(s) for s in batch], n=self.cfg.group_size,
                                  sampling=self.sampling, seed=self.cfg.seed + step + 1_000_003 * round_,
                                  record_experts=self.cfg.routing_replay or getattr(self.trainer, "is_moe", False),
                                  request_id=f"step-{step}.{round_}")
-        result: RolloutResult = self.rollout.generate(request)
+        return batch, request
+
+    def _round(self, step: int, round_: int, n_prompts: int) -> _Round:
+        """Draw `n_prompts` prompts, sample ``group_size`` responses each and score them."""
+        batch, request = self._request(step, round_, n_prompts)
+        return self._score(batch, self.rollout.generate(request))
+
+    def _score(self, batch: list[dict], result: RolloutResult) -> _Round:
         completions = [self.decode(s.response_ids) for s in result.samples]
         scored = self.reward.score(RewardRequest(completions=completions,
                                                  samples=[batch[s.prompt_index] for s in result.samples]))
@@ -134,15 +154,53 @@ class GRPOLoop:
             return list(first.result.samples), first.rewards, rounds
         return kept_s[:B * G], torch.cat(kept_r[:B]), rounds
 
+    def _prefetched(self, step: int) -> _Round:
+        """One-step overlap: this step's rollout (started during the previous step, or now for the
+        first), then start the next step's on the weights of now, before this step's update."""
+        if self._pending is None:
+            batch, request = self._request(step, 0, self.cfg.prompts_per_step)
+            self._pending = (batch, self.rollout.submit(request))
+        batch, fut = self._pending
+        result = fut if isinstance(fut, RolloutResult) else self.rollout.collect(fut)
+        nb, nreq = self._request(step + 1, 0, self.cfg.prompts_per_step)
+        self._pending = (nb, self.rollout.submit(nreq))
+        return self._score(batch, result)
+
+    def state_dict(self) -> dict[str, bytes]:
+        """The buffered rollout of the next step (one-step overlap), collected and as msgpack
+        bytes; empty without one. A checkpoint holds it, so a resumed run trains on the same samples."""
+        if self._pending is None:
+            return {}
+        batch, fut = self._pending
+        result = fut if isinstance(fut, RolloutResult) else self.rollout.collect(fut)
+        self._pending = (batch, result)
+        return {"batch": msgspec.msgpack.encode(batch), "result": encode(result)}
+
+    def load_state_dict(self, state: dict[str, bytes]) -> None:
+        """Restore the buffered rollout of `state_dict`."""
+        self._pending = None
+        if state:
+            self._pending = (msgspec.msgpack.decode(state["batch"]), decode(state["result"], RolloutResult))
+
     def step(self, step: int) -> dict[str, Any]:
         """Run RL step `step` (1-based): rollout, rewards, advantages, updates. Returns its metrics
-        (the reward statistics are of the step's first round, before any dynamic-sampling filter)."""
+        (the reward statistics are of the step's first round, before any dynamic-sampling filter).
+        With ``overlap`` the rollout is the one started during the previous step, on the weights
+        before that step's update (``rollout_staleness`` = 1 RL step from step 2 on)."""
         t0 = time.perf_counter()
-        first = self._round(step, 0, self.cfg.prompts_per_step)
+        version_before = getattr(self.trainer, "weight_version", 0)
+        first = self._prefetched(step) if self.overlap else self._round(step, 0, self.cfg.prompts_per_step)
         result, rewards = first.result, first.rewards
         train_samples, train_rewards, rounds = list(result.samples), rewards, 1
         if self.rl.dynamic_sampling:
             train_samples, train_rewards, rounds = self._dynamic_sampling(step, first)
+        seq_kl = None
+        if self.rl.kl_coef > 0 and self.rl.kl_in == "reward":  # r_i - kl_coef * sum_t k(x_t), no gradient
+            seq_kl = torch.tensor(self.trainer.sequence_kl(TrainRequest(samples=[
+                TrainSample(prompt_ids=s.prompt_ids, response_ids=s.response_ids, advantage=0.0,
+                            rollout_log_probs=s.log_probs, routed_experts=s.routed_experts)
+                for s in train_samples], step=step)), dtype=torch.float64)
+            train_rewards = kl_penalized_rewards(train_rewards, seq_kl, self.rl.kl_coef)
         adv, shaped, keep = self._advantages(train_rewards, train_samples)
         samples = [TrainSample(prompt_ids=s.prompt_ids, response_ids=s.response_ids, advantage=float(a),
                                rollout_log_probs=s.log_probs, keep=bool(k), routed_experts=s.routed_experts)
@@ -174,6 +232,10 @@ class GRPOLoop:
             "weight_sync_s": sync_s,
             "weight_version": trained.weight_version,
         }
+        if self.overlap:
+            m["rollout_staleness"] = (version_before - result.weight_version) // self.cfg.updates_per_step
+        if seq_kl is not None:
+            m["kl_seq_mean"] = float(seq_kl.mean())
         if self.rl.overlong.buffer_tokens:
             m["shaped_reward_mean"] = float(shaped[torch.isfinite(shaped)].mean())
         if self.rl.dynamic_sampling:

@@ -6,7 +6,8 @@ log-probs and, under routing replay, its experts). With more than one update the
 all samples are computed first (`forward_log_probs`, the policy before this step); with one they
 are the current ones (ratio 1 exactly, no extra forward). On MoE models the routing agreement with
 the rollout (`xt.rl.replay.routing_agreement`) is measured before each update and averaged. A reference model, when ``rl.kl_coef > 0``,
-gives ``ref_log_probs``. Each update is ``Engine.forward_backward(mbs, PolicyLoss)`` then
+gives ``ref_log_probs`` (``rl.kl_in = "loss"``) or, through `PolicyTrainer.sequence_kl`, the per-sample
+KL the driver subtracts from the rewards (``rl.kl_in = "reward"``). Each update is ``Engine.forward_backward(mbs, PolicyLoss)`` then
 ``optim_step``, and bumps the weight version.
 """
 from __future__ import annotations
@@ -18,8 +19,9 @@ from typing import Any
 import torch
 
 from xt.models.common.routing_replay import decoder_routers, enable_routing_replay
-from xt.rl.batch import pack_samples
+from xt.rl.batch import loss_token_mask, pack_samples, sequence_index
 from xt.rl.config import RLConfig
+from xt.rl.kl import sequence_kl
 from xt.rl.loop.messages import TrainRequest, TrainResult, TrainSample
 from xt.rl.losses import PolicyLoss, forward_log_probs
 from xt.rl.replay import routing_agreement
@@ -105,7 +107,7 @@ class PolicyTrainer:
             for mbs in per_update:
                 for mb, old in zip(mbs, forward_log_probs(self.engine, mbs, temperature=self.rl.temperature)):
                     mb["old_log_probs"] = old
-        if self.reference is not None:
+        if self.reference is not None and self.rl.kl_in == "loss":
             for mbs in per_update:
                 for mb, ref in zip(mbs, forward_log_probs(self.reference, mbs, temperature=self.rl.temperature)):
                     mb["ref_log_probs"] = ref
@@ -128,6 +130,30 @@ class PolicyTrainer:
         out: dict[str, float | None] = {k: sum(v) / len(v) for k, v in metrics.items()}
         out.update(trainer_tokens=float(tokens), trainer_s=dt, trainer_tokens_per_s=tokens / dt if dt > 0 else None)
         return TrainResult(metrics=out, weight_version=self.weight_version)
+
+    def sequence_kl(self, request: TrainRequest) -> list[float]:
+        """Each sample's summed KL estimate ``Σ_t k(log π_ref(y_t) − log π(y_t))`` over its response
+        tokens, nats (``rl.kl_estimator``; `xt.rl.kl.sequence_kl`), with π the current policy and
+        π_ref the reference engine, both by `forward_log_probs` at ``rl.temperature``: the term
+        ``rl.kl_in = "reward"`` subtracts from the rewards (times ``rl.kl_coef``). Sample order kept.
+
+        Every response token counts, also of samples with ``keep = False``.
+
+        Raises:
+            ValueError: no reference engine, or no samples.
+        """
+        if self.reference is None:
+            raise ValueError("PolicyTrainer.sequence_kl needs a reference engine (rl.kl_coef > 0)")
+        if not request.samples:
+            raise ValueError("PolicyTrainer.sequence_kl: no samples")
+        mbs = self._batches(request.samples, self.routing_replay)
+        out: list[float] = []
+        pol = forward_log_probs(self.engine, mbs, temperature=self.rl.temperature)
+        ref = forward_log_probs(self.reference, mbs, temperature=self.rl.temperature)
+        for mb, lp, rp in zip(mbs, pol, ref):
+            seq, n = sequence_index(mb)
+            out.extend(sequence_kl(lp, rp, loss_token_mask({"labels": mb["labels"]}), seq, n, self.rl.kl_estimator).double().tolist())
+        return out
 
     def close(self) -> None:
         """Remove the routing-replay hook from the model."""
