@@ -17,7 +17,7 @@ __all__ = ["main", "cli"]
               help="Show the full Python traceback of an error (also: environment XT_DEBUG=1).")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:
-    """XT: train Mixture-of-Experts language models (pre-training, SFT) from one CPU to many GPUs.
+    """XT: train Mixture-of-Experts language models (pre-training, SFT, RL) from one CPU to many GPUs.
 
     Multi-GPU / multi-process: launch the same command with
     `torchrun --nproc-per-node N -m xt.cli.main train CONFIG` (layout from the [parallel] section).
