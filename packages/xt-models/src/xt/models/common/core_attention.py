@@ -22,10 +22,10 @@ Backends (``CoreAttention(backend=...)``):
     read); a micro-batch of several documents runs ``"varlen"`` (cuDNN's packed-layout path gave
     wrong gradients in torch 2.11, so it is not used). CUDA, bf16/fp16, grouped-query heads native.
   * ``"flash_attn"``: ``flash_attn.flash_attn_varlen_func`` (package ``flash-attn``, CUDA).
-  * ``"auto"`` (default): per call, on CUDA with bf16/fp16 inputs ``cudnn`` for one document of at
-    least ``_CUDNN_MIN_TOKENS`` tokens when cuDNN attention is available, else ``varlen`` if this
-    torch build has flash attention, else ``flash_attn`` if installed, else ``sdpa``; ``sdpa``
-    everywhere else.
+  * ``"auto"`` (default): per call, on CUDA with bf16/fp16 inputs ``cudnn`` for one document of
+    ``_CUDNN_MIN_TOKENS`` to ``_CUDNN_MAX_TOKENS`` tokens when cuDNN attention is available, else
+    ``varlen`` if this torch build has flash attention, else ``flash_attn`` if installed, else
+    ``sdpa``; ``sdpa`` everywhere else.
 
 Mixed precision: inside a ``torch.autocast`` region, float32 ``q, k, v`` are cast to the region's
 dtype first, the rule autocast applies to matmuls (``xt.kernels.autocast_inputs``). Without it, q/k
@@ -50,6 +50,9 @@ BACKENDS = ("auto", "sdpa", "flex", "varlen", "cudnn", "flash_attn")
 # was 1.6x faster than the flash varlen kernels for forward + backward on the H200 at 4k tokens
 # (benchmarks/results/kernels-attention-2026-12-01.json) but costs ~0.4 ms more host time per call
 _CUDNN_MIN_TOKENS = 4096
+# ... and at most this many: the longest one-document micro-batch measured on cuDNN (16k x 4 through
+# `xt train`); longer documents (64k-256k runs, measured on flash) stay on flash until measured
+_CUDNN_MAX_TOKENS = 16384
 # The SDPA backend loops over documents (one ``is_causal=True`` call each) when there are at most
 # this many documents or they average at least _SDPA_LOOP_MIN_AVG_LEN tokens; otherwise one call
 # with a [T, T] mask beats the per-call overhead (measured on CPU, T=2048: 256 docs loop 0.27 s
@@ -143,7 +146,8 @@ class CoreAttention(nn.Module):
             return _flex(q, k, v, cu_seqlens, scale)
         one_doc = cu_seqlens.numel() == 2
         if backend == "cudnn" or (backend == "varlen" and self.backend == "auto" and one_doc
-                                  and q.shape[0] >= _CUDNN_MIN_TOKENS and _has_cudnn_attention()):
+                                  and _CUDNN_MIN_TOKENS <= q.shape[0] <= _CUDNN_MAX_TOKENS
+                                  and _has_cudnn_attention()):
             if one_doc:
                 return _cudnn(q, k, v, scale, strict=backend == "cudnn")
             backend = "varlen"
