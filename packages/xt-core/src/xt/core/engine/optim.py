@@ -9,7 +9,9 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from xt.core.config import ConfigError, OptimConfig, ScheduleConfig
 
-__all__ = ["build_optimizer", "build_scheduler", "lr_factor"]
+__all__ = ["build_optimizer", "build_scheduler", "clip_divisor", "lr_factor", "takes_grad_scale"]
+
+CLIP_EPS = 1e-6  # as torch.nn.utils.clip_grad_norm_ and xt.parallel.clip
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
@@ -59,6 +61,44 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     else:
         kwargs["foreach"] = False
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **kwargs)
+
+
+def takes_grad_scale(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether `optimizer.step()` divides every gradient by an ``optimizer.grad_scale`` tensor.
+
+    True for torch's fused Adam / AdamW over plain (non-DTensor) parameters: their kernel reads
+    ``grad_scale`` (a float32 scalar tensor, read on the device, no host sync) and divides each
+    gradient element by it before the update (the hook `torch.amp.GradScaler` uses; torch/optim/
+    adam.py passes ``getattr(self, "grad_scale", None)`` to ``torch._fused_adamw_``, torch 2.11 as
+    2.13). Also true for an optimizer with ``xt_takes_grad_scale = True`` (XT's own fused AdamW,
+    `xt.kernels.optim`). DTensor (FSDP2) parameters are left to the separate clip pass: the
+    sharded fused op's handling of a plain scale tensor is not tested here.
+    """
+    if getattr(optimizer, "xt_takes_grad_scale", False):
+        return True
+    if not isinstance(optimizer, torch.optim.Adam):  # AdamW subclasses Adam
+        return False
+    groups = optimizer.param_groups
+    return bool(groups) and all(g.get("fused") for g in groups) and all(
+        type(p.data) is torch.Tensor for g in groups for p in g["params"])
+
+
+def clip_divisor(norm: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """The scale that clips when gradients are divided by it: ``max(1, (norm + eps) / max_norm)``.
+
+    Dividing by it is clipping to `max_norm` (``g · min(1, max_norm / (norm + eps))``, the rule of
+    ``torch.nn.utils.clip_grad_norm_``, eps = 1e-6), rounded once instead of twice: per element
+    within one float32 rounding of the multiplied gradient, and exactly 1 (no change) when the
+    norm is under the threshold.
+
+    Args:
+        norm: the global gradient L2 norm, a scalar tensor (any float dtype, on the device).
+        max_norm: the threshold, > 0.
+
+    Returns:
+        A float32 scalar tensor on `norm`'s device (no host synchronisation).
+    """
+    return ((norm.double() + CLIP_EPS) / max_norm).clamp(min=1.0).float()
 
 
 def _lr_parts(model: nn.Module, part_lr: dict[str, float]) -> dict[str, tuple[str, ...]]:
