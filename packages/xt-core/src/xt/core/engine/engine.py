@@ -73,6 +73,8 @@ class Engine:
         step: `optim_step` calls so far (applied and skipped updates).
         skipped_steps: of those, the ones skipped for a non-finite gradient norm.
         compute_weights: the `ComputeWeights`, or None (fp32, "per_use", or nothing to copy).
+            An optimizer with ``attach_compute_copies`` (`xt.kernels.optim.AdamWRefresh`) is given
+            the copies and writes them in its step, so the separate re-cast pass is skipped.
 
     Raises:
         TypeError: if the model has no parameters.
@@ -101,6 +103,11 @@ class Engine:
         self.max_grad_norm = float(max_grad_norm)
         self.nonfinite_grad = nonfinite_grad
         self.compute_weights = self._compute_weights()
+        # an optimizer that writes the compute copies in its step (optim.impl = "fused_bf16_refresh")
+        attach = getattr(optimizer, "attach_compute_copies", None)
+        self._optimizer_refreshes = callable(attach) and self.compute_weights is not None
+        if self._optimizer_refreshes:
+            attach(self.compute_weights.pairs)
         self.step = 0
         self.skipped_steps = 0
         self._last: StepStats | None = None
@@ -242,7 +249,10 @@ class Engine:
                 del self.optimizer.grad_scale
         else:
             self.optimizer.step()
-        self.refresh_compute_weights()
+        if self._optimizer_refreshes:  # the step wrote every updated master's copy itself
+            self.compute_weights.mark_fresh()
+        else:
+            self.refresh_compute_weights()
         if self.scheduler is not None:
             self.scheduler.step()
         hook_metrics = self._post_optimizer_step()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -9,12 +10,32 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from xt.core.config import ConfigError, OptimConfig, ScheduleConfig
 
-__all__ = ["build_optimizer", "build_scheduler", "clip_divisor", "lr_factor", "takes_grad_scale"]
+__all__ = ["build_optimizer", "build_scheduler", "clip_divisor", "lr_factor", "register_adamw_impl",
+           "takes_grad_scale"]
 
 CLIP_EPS = 1e-6  # as torch.nn.utils.clip_grad_norm_ and xt.parallel.clip
 
+# optim.impl values whose optimizer lives in a package above xt.core (xt.kernels registers
+# "fused_bf16_refresh" when imported); factory(groups, lr=, betas=, eps=) -> Optimizer
+_REGISTERED: dict[str, Callable[..., torch.optim.Optimizer]] = {}
+_PROVIDERS = {"fused_bf16_refresh": "xt.kernels.optim (xt-kernels)"}
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+
+def register_adamw_impl(name: str, factory: Callable[..., torch.optim.Optimizer]) -> None:
+    """Make ``optim.impl = name`` build ``factory(groups, lr=, betas=, eps=)``.
+
+    For AdamW implementations of packages above xt.core (which cannot import them); the name
+    must be one that `OptimConfig.impl` allows.
+
+    Raises:
+        ValueError: `name` is not a registrable ``optim.impl`` value.
+    """
+    if name not in _PROVIDERS:
+        raise ValueError(f"register_adamw_impl: {name!r} is not one of {sorted(_PROVIDERS)}")
+    _REGISTERED[name] = factory
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     """AdamW over the model's trainable parameters (torch.optim.AdamW; Loshchilov & Hutter 2019).
 
     Parameters with `ndim >= 2` (matrices, embeddings, expert weights) get `cfg.weight_decay`;
@@ -30,11 +51,15 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
         cfg: hyper-parameters and implementation choice (`OptimConfig.impl`).
 
     Returns:
-        A `torch.optim.AdamW` with `lr = cfg.lr` (the schedule scales it).
+        A `torch.optim.AdamW` with `lr = cfg.lr` (the schedule scales it); for
+        ``impl = "fused_bf16_refresh"`` XT's `xt.kernels.optim.AdamWRefresh` (same update and
+        state keys, compute copies written in the step).
 
     Raises:
         ValueError: if the model has no trainable parameters.
-        xt.core.config.ConfigError: ``optim.part_lr`` names a part the model does not have.
+        xt.core.config.ConfigError: ``optim.part_lr`` names a part the model does not have;
+            ``optim.impl`` names an implementation whose package is not imported, or that refuses
+            these parameters.
     """
     parts = _lr_parts(model, cfg.part_lr)
     split: dict[str | None, tuple[list, list]] = {None: ([], [])} | {n: ([], []) for n in sorted(cfg.part_lr)}
@@ -50,6 +75,12 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
         lr = {} if part is None else {"lr": cfg.part_lr[part]}
         groups += [{"params": ps, "weight_decay": wd, **lr}
                    for ps, wd in ((decay, cfg.weight_decay), (no_decay, 0.0)) if ps]
+    if cfg.impl in _PROVIDERS:
+        factory = _REGISTERED.get(cfg.impl)
+        if factory is None:
+            raise ConfigError(f"optim.impl: {cfg.impl!r} is provided by {_PROVIDERS[cfg.impl]}, which is not "
+                              "imported; import it first or use 'auto'")
+        return factory(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
     kwargs: dict = {}
     impl = cfg.impl
     if impl == "auto":
