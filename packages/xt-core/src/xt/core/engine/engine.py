@@ -157,6 +157,8 @@ class Engine:
         else:
             how = (f"bf16 copies of {w.num_tensors} weight tensors ({w.num_params / 1e6:.1f}M "
                    "parameters) cast once per step (train.weight_cast = 'per_step')")
+            if self._optimizer_refreshes:
+                how += ", written by the optimizer's own pass"
         return f"{self.precision.reason}; {how}"
 
     # -- the step -----------------------------------------------------------------------------
