@@ -6,7 +6,9 @@ One launch updates every tensor of a (device, dtypes) class: program ``b`` handl
 ``[start_b, start_b + CHUNK)`` of tensor ``tensor_b`` (a static block table, cached per list of
 sizes). Tensors are reached from one base pointer per operand plus a per-tensor element offset
 (``(ptr_i - base) / itemsize``, all >= 0 because the base is the lowest address), so no pointer
-arrays are needed. Per element it reads param, grad, exp_avg, exp_avg_sq once and writes param,
+arrays are needed; when every offset is a multiple of 16 elements (separate allocations: the
+caching allocator aligns them to 512 bytes) the kernel is told so (``tl.multiple_of``), so that
+loads and stores can be 16-byte vectors. Per element it reads param, grad, exp_avg, exp_avg_sq once and writes param,
 exp_avg, exp_avg_sq and (``HAS_COPY``) ``param.to(copy dtype)`` (bf16: round to nearest even in
 integer arithmetic, the same bits as torch's cast, also in the interpreter): 30 bytes per fp32 element with a
 bf16 copy, against 46 for torch's separate norm-scaled clip, fused AdamW and copy passes.
@@ -17,8 +19,8 @@ float32 parameters (IEEE division and square root, ``div_rn`` / ``sqrt_rn``), fl
 parameters (the tests' exact case). The gradient is divided by ``*scale_ptr`` when ``HAS_SCALE``
 (the clip factor, `xt.core.engine.optim.clip_divisor`) and is not written back.
 
-Only ``tl.load`` / ``tl.store`` / ``tl.program_id`` / ``tl.arange`` / ``tl.math.div_rn`` /
-``tl.math.sqrt_rn`` are used: present in Triton 3.6 (the H200 image) and 3.9 (the CPU interpreter).
+Only ``tl.load`` / ``tl.store`` / ``tl.program_id`` / ``tl.arange`` / ``tl.where`` /
+``tl.multiple_of`` / ``tl.math.div_rn`` / ``tl.math.sqrt_rn`` / bitcasts are used: present in Triton 3.6 (the H200 image) and 3.9 (the CPU interpreter).
 """
 from __future__ import annotations
 
@@ -46,7 +48,8 @@ def _bf16_bits_rne(x):
 @triton.jit
 def _adamw_kernel(p_base, g_base, m_base, v_base, c_base, offsets, scalars, blk_tensor, blk_start, scale_ptr,
                   n_tensors, HAS_SCALE: tl.constexpr, HAS_COPY: tl.constexpr, IS_FP32: tl.constexpr,
-                  COPY_BF16: tl.constexpr, N_SCALARS: tl.constexpr, BLOCK: tl.constexpr, ITERS: tl.constexpr):
+                  COPY_BF16: tl.constexpr, ALIGNED: tl.constexpr, N_SCALARS: tl.constexpr, BLOCK: tl.constexpr,
+                  ITERS: tl.constexpr):
     pid = tl.program_id(0)
     t = tl.load(blk_tensor + pid).to(tl.int64)
     start = tl.load(blk_start + pid)
@@ -55,6 +58,12 @@ def _adamw_kernel(p_base, g_base, m_base, v_base, c_base, offsets, scalars, blk_
     m_off = tl.load(offsets + 2 * n_tensors + t)
     v_off = tl.load(offsets + 3 * n_tensors + t)
     c_off = tl.load(offsets + 4 * n_tensors + t)
+    if ALIGNED:  # every offset a multiple of 16 elements: let the loads and stores be vectorised
+        p_off = tl.multiple_of(p_off, 16)
+        g_off = tl.multiple_of(g_off, 16)
+        m_off = tl.multiple_of(m_off, 16)
+        v_off = tl.multiple_of(v_off, 16)
+        c_off = tl.multiple_of(c_off, 16)
     row = scalars + t * N_SCALARS
     cd = p_base.dtype.element_ty  # the compute dtype is the parameters' (float32 or float64)
     keep = tl.load(row).to(cd)
@@ -131,6 +140,7 @@ def adamw_launch(params, grads, exp_avgs, exp_avg_sqs, copies, scalars: torch.Te
     n = len(params)
     lists = [params, grads, exp_avgs, exp_avg_sqs] + ([copies] if copies is not None else [params])
     bases, offs = zip(*(_offsets(ts) for ts in lists))
+    aligned = all(o % 16 == 0 for os_ in offs for o in os_)  # allocations are 512-byte aligned
     table = torch.tensor([o for os_ in offs for o in os_], dtype=torch.int64,
                          pin_memory=params[0].is_cuda).to(params[0].device, non_blocking=True)
     blk_tensor, blk_start = blocks
@@ -138,5 +148,5 @@ def adamw_launch(params, grads, exp_avgs, exp_avg_sqs, copies, scalars: torch.Te
     _adamw_kernel[grid](bases[0], bases[1], bases[2], bases[3], bases[4], table, scalars, blk_tensor, blk_start,
                         scale if scale is not None else scalars, n,
                         HAS_SCALE=scale is not None, HAS_COPY=copies is not None,
-                        COPY_BF16=copies is not None and copies[0].dtype == torch.bfloat16,
+                        COPY_BF16=copies is not None and copies[0].dtype == torch.bfloat16, ALIGNED=aligned,
                         IS_FP32=params[0].dtype == torch.float32, N_SCALARS=N_SCALARS, BLOCK=BLOCK, ITERS=ITERS)
