@@ -135,7 +135,8 @@ class AdamWRefresh(torch.optim.Optimizer):
         """One update of every parameter that has a gradient (and of its compute copy).
 
         Raises:
-            RuntimeError: ``found_inf`` is set (not supported), or a Triton backend cannot run here.
+            RuntimeError: ``found_inf`` is set or a gradient is sparse (not supported), or the
+                "triton" backend cannot run here.
         """
         loss = None
         if closure is not None:
@@ -151,6 +152,8 @@ class AdamWRefresh(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("AdamWRefresh: sparse gradients are not supported")
                 state = self._state(p)
                 state["step"] += 1
                 t = int(state["step"].item())  # a CPU tensor: no device synchronisation
@@ -183,6 +186,8 @@ class AdamWRefresh(torch.optim.Optimizer):
         numels = tuple(it[0].numel() for it in items)
         key = (device, numels)
         if key not in self._blocks:
+            if len(self._blocks) >= 8:  # the set of parameters with gradients keeps changing
+                self._blocks.clear()
             self._blocks[key] = block_table(numels, device)
         pinned = device.type == "cuda"
         scalars = torch.tensor([it[5] + (float(n),) for it, n in zip(items, numels)], dtype=torch.float64,
