@@ -22,9 +22,11 @@ ceiling: ``dst.copy_(src)`` of 4 GiB fp32) would need for those bytes. Before ti
 paths run 2 steps from the same start on the tiny model and are compared with ``separate``: max
 relative weight difference and whether every copy equals ``master.to(bf16)``.
 
-On the H200, from the repository root (msgspec carried, every ``packages/*/src`` on the path):
+On the H200 (Python 3.12, no msgspec installed: carry a cp312 msgspec wheel and install it
+offline first, docs/architecture.md, Machines), from the repository root:
 
-    PYTHONPATH=$(ls -d packages/*/src | tr '\\n' ':')$PYTHONPATH python benchmarks/kernels/bench_optim.py --out-dir $OUT
+    pip install --no-index msgspec-*-cp312-*.whl && \\
+    PYTHONPATH=$(ls -d packages/*/src | tr '\\n' ':') python benchmarks/kernels/bench_optim.py --out-dir $OUT
 
 writes ``kernels-optim-DATE.json`` (about 100 GB of GPU memory: fp32 params, grads, two AdamW
 moments, bf16 copies; one path at a time). ``--tiny`` runs the tiny model of bench_train on the
