@@ -108,3 +108,22 @@ def test_fused_loss_under_autocast_matches_autocast_reference():
     assert abs(got.item() - ref.item()) / abs(ref.item()) < 1e-2
     assert (gh - gh_ref).norm() / gh_ref.norm() < 2e-2
     assert (gw - gw_ref).norm() / gw_ref.norm() < 2e-2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_first_chunk_writes_the_weight_gradient_like_adding_into_zeros(dtype):
+    """No zero-fill of the [V, D] accumulator: the first chunk writes it, bit for bit what adding
+    into a zeroed buffer gave, for a same-dtype (addmm) and a 16-bit (temporary) product."""
+    from xt.kernels.loss._head import backprop_chunk, weight_grad_buffer
+    gen = torch.Generator().manual_seed(0)
+    T, D, V, C = 40, 12, 33, 16  # three chunks, the last one short
+    g = torch.randn(T, V, generator=gen).to(dtype)
+    h = torch.randn(T, D, generator=gen).to(dtype)
+    w = torch.randn(V, D, generator=gen)
+    new = weight_grad_buffer(w, T)
+    old = torch.zeros(V, D)
+    for s in range(0, T, C):
+        backprop_chunk(g[s:s + C], h[s:s + C], w.to(dtype), slice(s, s + C), None, new, first=s == 0)
+        backprop_chunk(g[s:s + C], h[s:s + C], w.to(dtype), slice(s, s + C), None, old)
+    assert torch.equal(new, old)
+    assert torch.equal(weight_grad_buffer(w, 0), torch.zeros(V, D))  # no chunk runs: zeros

@@ -1,4 +1,5 @@
-"""Runs the Triton-interpreter cases (``triton_interp_cases.py``, ``triton_interp_log_probs.py``) in
+"""Runs the Triton-interpreter cases (``triton_interp_cases.py``, ``triton_interp_log_probs.py``,
+``triton_interp_optim.py``) in
 a fresh Python process each.
 
 Triton reads ``TRITON_INTERPRET`` when it is first imported (its standard-library functions are
@@ -19,7 +20,7 @@ pytest.importorskip("triton")
 HERE = pathlib.Path(__file__).parent
 
 
-@pytest.mark.parametrize("cases", ["triton_interp_cases.py", "triton_interp_log_probs.py"])
+@pytest.mark.parametrize("cases", ["triton_interp_cases.py", "triton_interp_log_probs.py", "triton_interp_optim.py"])
 def test_triton_kernels_under_interpreter(cases):
     env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     r = subprocess.run([sys.executable, "-m", "pytest", str(HERE / cases), "-q", "-p", "no:cacheprovider", "-rs"],

@@ -11,6 +11,7 @@ data-parallel ranks (for FSDP2: ``module.set_gradient_divide_factor(1.0)``, or e
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Protocol, runtime_checkable
 
@@ -73,8 +74,16 @@ class LocalDistContext:
         return t
 
     def clip_grad_norm_(self, params: Iterable[nn.Parameter], max_norm: float) -> torch.Tensor:
-        """`torch.nn.utils.clip_grad_norm_` (L2, total over all parameters); returns fp32 norm."""
-        norm = torch.nn.utils.clip_grad_norm_(list(params), max_norm, norm_type=2.0)
+        """`torch.nn.utils.clip_grad_norm_` (L2, total over all parameters); returns fp32 norm.
+
+        ``max_norm = inf`` only measures (``torch.nn.utils.get_total_norm``, the same norm): torch's
+        clip would still multiply every gradient by 1.0, a read and write of all of them.
+        """
+        params = list(params)
+        if math.isinf(max_norm):
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None], norm_type=2.0)
+        else:
+            norm = torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type=2.0)
         return norm.float()
 
     def set_grad_sync(self, model: nn.Module, enabled: bool) -> None:

@@ -35,8 +35,11 @@ class OptimConfig(ConfigStruct):
         decay_1d_params: also decay parameters with fewer than 2 dimensions (norm weights,
             biases). False (the usual choice) puts them in a group with weight decay 0.
         impl: AdamW implementation: "fused" (one kernel; CUDA, also CPU on torch >= 2.4),
-            "foreach" (multi-tensor), "for_loop" (per parameter), or "auto" = fused when all
-            parameters are on CUDA, else foreach.
+            "foreach" (multi-tensor), "for_loop" (per parameter), "auto" = fused when all
+            parameters are on CUDA, else foreach, or "fused_bf16_refresh": XT's Triton AdamW
+            (xt.kernels.optim) that also writes the bf16 compute copies of
+            ``train.weight_cast = "per_step"`` and takes the clip factor, in one pass (torch
+            formula off CUDA; not for FSDP2 parameters; not yet measured on the H200).
         part_lr: peak learning rates of named parts of the model (each > 0; the schedule scales
             them like `lr`), e.g. ``{vision_tower = 2e-5, projector = 1e-4}`` for a
             vision-language model (its ``xt_param_parts``: ``vision_tower``, ``projector``,
@@ -49,7 +52,7 @@ class OptimConfig(ConfigStruct):
     eps: float = 1e-8
     weight_decay: float = 0.1
     decay_1d_params: bool = False
-    impl: Literal["auto", "fused", "foreach", "for_loop"] = "auto"
+    impl: Literal["auto", "fused", "foreach", "for_loop", "fused_bf16_refresh"] = "auto"
     part_lr: dict[str, float] = {}
 
     def __post_init__(self) -> None:

@@ -128,6 +128,16 @@ class ComputeWeights:
             torch._foreach_copy_([c for _, c in self._pairs], [m.detach() for m, _ in self._pairs])
         self._versions = [m._version for m, _ in self._pairs]
 
+    @property
+    def pairs(self) -> list[tuple[nn.Parameter, nn.Parameter]]:
+        """``(fp32 master, 16-bit copy)`` of every copied weight, each once (tied weights once)."""
+        return list(self._pairs)
+
+    def mark_fresh(self) -> None:
+        """Record that every copy equals its master's cast now, without re-casting (an optimizer
+        that writes the copies in its own step, `xt.kernels.optim.AdamWRefresh`, did it)."""
+        self._versions = [m._version for m, _ in self._pairs]
+
     def _stale(self) -> bool:
         # in-place writes to a parameter (optimizer step, load_state_dict, copy_) bump its
         # version counter; writes through `.data` do not, so callers doing that call refresh()

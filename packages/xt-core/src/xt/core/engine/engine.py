@@ -23,7 +23,7 @@ from torch import nn
 from xt.core.config import OptimConfig, ScheduleConfig, TrainConfig
 from xt.core.distributed import DistContext, LocalDistContext
 from xt.core.engine.compute_weights import ComputeWeights
-from xt.core.engine.optim import build_optimizer, build_scheduler
+from xt.core.engine.optim import build_optimizer, build_scheduler, clip_divisor, takes_grad_scale
 from xt.core.engine.precision import Precision, resolve_precision
 from xt.core.engine.step import StepStats, forward, forward_backward
 
@@ -73,6 +73,8 @@ class Engine:
         step: `optim_step` calls so far (applied and skipped updates).
         skipped_steps: of those, the ones skipped for a non-finite gradient norm.
         compute_weights: the `ComputeWeights`, or None (fp32, "per_use", or nothing to copy).
+            An optimizer with ``attach_compute_copies`` (`xt.kernels.optim.AdamWRefresh`) is given
+            the copies and writes them in its step, so the separate re-cast pass is skipped.
 
     Raises:
         TypeError: if the model has no parameters.
@@ -101,6 +103,11 @@ class Engine:
         self.max_grad_norm = float(max_grad_norm)
         self.nonfinite_grad = nonfinite_grad
         self.compute_weights = self._compute_weights()
+        # an optimizer that writes the compute copies in its step (optim.impl = "fused_bf16_refresh")
+        attach = getattr(optimizer, "attach_compute_copies", None)
+        self._optimizer_refreshes = callable(attach) and self.compute_weights is not None
+        if self._optimizer_refreshes:
+            attach(self.compute_weights.pairs)
         self.step = 0
         self.skipped_steps = 0
         self._last: StepStats | None = None
@@ -150,6 +157,8 @@ class Engine:
         else:
             how = (f"bf16 copies of {w.num_tensors} weight tensors ({w.num_params / 1e6:.1f}M "
                    "parameters) cast once per step (train.weight_cast = 'per_step')")
+            if self._optimizer_refreshes:
+                how += ", written by the optimizer's own pass"
         return f"{self.precision.reason}; {how}"
 
     # -- the step -----------------------------------------------------------------------------
@@ -201,7 +210,10 @@ class Engine:
 
         The global gradient norm is measured (and clipped to `max_grad_norm` unless that is 0)
         by `DistContext.clip_grad_norm_`, so every rank sees the same norm and takes the same
-        branch. A finite norm: ``optimizer.step()``, compute-weights refresh, ``scheduler.step()``,
+        branch. With an optimizer that divides gradients by a ``grad_scale`` tensor itself
+        (`takes_grad_scale`: torch's fused AdamW), the norm is only measured and the clip factor
+        goes to the optimizer as ``grad_scale = clip_divisor(norm)`` (on the device), so the
+        gradients are not scaled in a pass of their own. A finite norm: ``optimizer.step()``, compute-weights refresh, ``scheduler.step()``,
         ``model.post_optimizer_step(expert_load summed over ranks)`` if the model has it, then the
         gradients are dropped. A NaN/inf norm with ``nonfinite_grad="skip"``: the gradients are
         dropped and nothing else changes (weights, optimizer state, schedule and the model's
@@ -216,7 +228,11 @@ class Engine:
                 gradients are left in place.
         """
         params = [p for p in self.model.parameters() if p.grad is not None]
-        grad_norm = float(self.dist.clip_grad_norm_(params, self.max_grad_norm or math.inf))
+        # a fused AdamW divides the gradients by the clip factor as it reads them: no separate
+        # read-and-write pass over every gradient (`takes_grad_scale`)
+        fold = self.max_grad_norm > 0 and takes_grad_scale(self.optimizer)
+        norm = self.dist.clip_grad_norm_(params, math.inf if fold else self.max_grad_norm or math.inf)
+        grad_norm = float(norm)
         lr = self.optimizer.param_groups[0]["lr"]
         if not math.isfinite(grad_norm):
             if self.nonfinite_grad == "raise":
@@ -227,8 +243,18 @@ class Engine:
             self.step += 1
             self.skipped_steps += 1
             return OptimStats(grad_norm, lr, skipped=True)
-        self.optimizer.step()
-        self.refresh_compute_weights()
+        if fold:
+            self.optimizer.grad_scale = clip_divisor(norm, self.max_grad_norm)
+            try:
+                self.optimizer.step()
+            finally:
+                del self.optimizer.grad_scale
+        else:
+            self.optimizer.step()
+        if self._optimizer_refreshes:  # the step wrote every updated master's copy itself
+            self.compute_weights.mark_fresh()
+        else:
+            self.refresh_compute_weights()
         if self.scheduler is not None:
             self.scheduler.step()
         hook_metrics = self._post_optimizer_step()

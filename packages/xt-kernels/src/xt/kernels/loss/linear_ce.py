@@ -86,7 +86,7 @@ class _LinearCE(torch.autograd.Function):
         need_h = grad_enabled and ctx.needs_input_grad[0]
         need_w = grad_enabled and ctx.needs_input_grad[1]
         grad_h = torch.empty_like(hidden) if need_h else None
-        grad_w = weight_grad_buffer(weight) if need_w else None
+        grad_w = weight_grad_buffer(weight, T) if need_w else None
         ctx.weight_dtype = weight.dtype
         ctx.master = _fp32_master(weight) if need_w else None
         # a Python denominator becomes a device scalar by a fill, not a host-to-device copy (which
@@ -104,7 +104,7 @@ class _LinearCE(torch.autograd.Function):
                 loss, z, g = step(logits, labels[s:s + chunk], ignore_index, z_coef, scale)
                 loss_sum += loss.sum()
                 z_sum += z.sum()
-                backprop_chunk(g, h, w_c, slice(s, s + chunk), grad_h, grad_w)
+                backprop_chunk(g, h, w_c, slice(s, s + chunk), grad_h, grad_w, first=s == 0)
                 del logits, g
         total = (loss_sum + z_coef * z_sum) * scale
         ctx.save_for_backward(grad_h, grad_w)

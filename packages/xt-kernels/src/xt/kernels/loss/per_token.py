@@ -136,7 +136,7 @@ class _TokenStats(torch.autograd.Function):
             c = -g_ent.to(lse.dtype) * valid
             b = b + c * ent
         grad_h = torch.empty_like(hidden) if need_h else None
-        grad_w = weight_grad_buffer(weight) if need_w else None
+        grad_w = weight_grad_buffer(weight, hidden.shape[0]) if need_w else None
         _, grad_step = _steps(kind)
         w_c = weight.to(compute)
         with torch.autocast(hidden.device.type, enabled=False):
@@ -145,7 +145,7 @@ class _TokenStats(torch.autograd.Function):
                 h, logits = _logits(hidden, w_c, s, chunk, compute)
                 g = grad_step(logits, labels[s:e], ignore_index, inv_temp, lse[s:e], a[s:e], b[s:e],
                               None if c is None else c[s:e])
-                backprop_chunk(g, h, w_c, slice(s, e), grad_h, grad_w)
+                backprop_chunk(g, h, w_c, slice(s, e), grad_h, grad_w, first=s == 0)
                 del logits, g
         if grad_w is not None:
             grad_w = grad_w.to(weight.dtype)
