@@ -22,7 +22,7 @@ Next GPU session (one ``nvidia-h200`` call, together with ``validate_plan.py``; 
 machine, so carry its wheel: ``mkdir -p .whl && cp /work/main/.whl/msgspec-*.whl .whl/`` with
 ``/.whl/`` in ``.git/info/exclude``, then ``carry=[".whl"]``)::
 
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \\
+    set -o pipefail; python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \\
       && export PYTHONPATH=/tmp/site:$(ls -d $PWD/packages/*/src | tr '\\n' ':') PYTHONUNBUFFERED=1 \\
       && python3 benchmarks/plan/measure_rates.py --out $OUT 2>&1 | tee $OUT/measure_rates.log \\
       && python3 benchmarks/plan/validate_plan.py --out $OUT 2>&1 | tee $OUT/validate_plan.log

@@ -30,7 +30,7 @@ Next GPU session, one ``nvidia-h200`` call of about 3-5 minutes (each case ~25 s
 ~13 s of seeded initialisation on the host, Triton's first compiles in the first case; plus
 ``measure_rates.py``'s ~30 s); carry the msgspec wheel as ``measure_rates.py``'s docstring says::
 
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \\
+    set -o pipefail; python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \\
       && export PYTHONPATH=/tmp/site:$(ls -d $PWD/packages/*/src | tr '\\n' ':') PYTHONUNBUFFERED=1 \\
       && python3 benchmarks/plan/measure_rates.py --out $OUT 2>&1 | tee $OUT/measure_rates.log \\
       && python3 benchmarks/plan/validate_plan.py --out $OUT 2>&1 | tee $OUT/validate_plan.log
