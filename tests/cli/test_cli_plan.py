@@ -74,3 +74,33 @@ def test_mistakes_are_one_error_line(tmp_path):
     bad.write_text(Path(QWEN).read_text().replace("\n[parallel]\n", "\n[parallel]\nep_sise = 2\n"))
     r = CliRunner().invoke(cli, ["plan", str(bad), "--world", "8"])
     assert r.exit_code == 1 and "ep_sise" in r.output and "Traceback" not in r.output
+
+
+def test_rate_table_and_cpu_offload_term(tmp_path):
+    """The committed rate table says which rates are placeholders (their source says so too), a rate
+    without a value is refused naming it, and ``cpu_offload`` adds the shard's host-device copies:
+    ``2 x micro-batches x shard / h2d + shard / d2h`` with ``shard = 4 (dense + expert / ep) / fsdp``."""
+    import json
+
+    from xt.parallel.step_estimate import RATE_STATUS, RATES_FILE, load_rates
+    assert {k for k, s in RATE_STATUS.items() if s == "measured"} >= {"mfu_4k", "mfu_16k"}
+    assert all(RATES[k][1].startswith("placeholder") for k, s in RATE_STATUS.items() if s == "placeholder")
+    assert RATE_STATUS["nvlink_gbps"] == RATE_STATUS["network_gbps"] == "placeholder"
+    table = json.loads(RATES_FILE.read_text())
+    del table["rates"]["hbm_gbps"]["value"]
+    (tmp_path / "rates.json").write_text(json.dumps(table))
+    with pytest.raises(ValueError, match="rate 'hbm_gbps' needs a numeric 'value'"):
+        load_rates(tmp_path / "rates.json")
+    (base,) = run_plan(QWEN, ["parallel.cpu_offload=true"], world=256, console=_quiet())
+    import tomllib
+
+    from xt.models import build_model
+    facts = model_facts(build_model(tomllib.loads(Path(QWEN).read_text())["model"]["config"], device="meta"))
+    expert = sum(math.prod(s) for n, s in facts.shapes.items() if n in facts.experts)
+    dense = sum(math.prod(s) for s in facts.shapes.values()) - expert
+    shard = 4 * (dense + expert / base.layout.ep_size) / 256
+    want = 2 * shard / (RATES["h2d_gbps"][0] * 1e9) + shard / (RATES["d2h_gbps"][0] * 1e9)
+    assert base.step.offload > 0 and math.isclose(base.step.offload, want, rel_tol=1e-12)
+    assert math.isclose(base.step.total, base.step.compute + base.step.all_to_all
+                        + max(0.0, base.step.fsdp - base.step.compute) + want, rel_tol=1e-12)
+

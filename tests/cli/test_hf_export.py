@@ -81,3 +81,41 @@ def test_hf_export_generates_with_transformers_alone(tiny_run: Path, tmp_path: P
     assert {p.name for p in dst.iterdir()} == EXPECTED
     for name in EXPECTED - {"model.safetensors"}:
         assert (dst / name).read_bytes() == (hf / name).read_bytes(), name
+
+
+def test_hf_max_shard_size_splits_train_and_convert_exports(tiny_run: Path, tmp_path: Path):
+    """``checkpoint.hf_max_shard_size = "20KB"``: `xt train`'s export and `xt convert`'s (the run's
+    config.toml) are several files of at most 20 KB (a larger tensor alone), the index maps every
+    key to the file that holds it with the right total, and transformers loads the folder with XT's
+    logits."""
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    from xt.cli.train import run_train
+    from xt.models import from_pretrained
+
+    result = run_train(tiny_run, ["train.steps=1", "checkpoint.every_steps=0", "sample.max_new_tokens=0",
+                                  "checkpoint.hf_max_shard_size=20KB"], console=Console(file=io.StringIO()))
+    dst = tmp_path / "converted"
+    r = CliRunner().invoke(cli, ["convert", str(result.checkpoint), str(dst)])
+    assert r.exit_code == 0, r.output
+    ids = torch.tensor([[5, 17, 300, 151000, 9, 42]])
+    for folder in (result.hf_path, dst):
+        index = json.loads((folder / "model.safetensors.index.json").read_text())
+        files = sorted(p.name for p in folder.glob("*.safetensors"))
+        assert len(files) >= 3 and sorted(set(index["weight_map"].values())) == files, files
+        total = 0
+        for name in files:
+            with safe_open(folder / name, "pt") as f:
+                keys = list(f.keys())
+                sizes = [f.get_tensor(k).nbytes for k in keys]
+            assert sorted(keys) == sorted(k for k, v in index["weight_map"].items() if v == name)
+            assert sum(sizes) <= 20_000 or len(keys) == 1, (name, sizes)
+            total += sum(sizes)
+        assert index["metadata"]["total_size"] == total
+        hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        ours = from_pretrained(folder).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(ours(ids).logits, hf(ids).logits, atol=1e-5, rtol=1e-5)
+    assert (dst / "model.safetensors.index.json").read_text() == (result.hf_path / "model.safetensors.index.json").read_text()

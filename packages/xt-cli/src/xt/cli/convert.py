@@ -4,8 +4,9 @@ An XT checkpoint (``runs/NAME/checkpoints/step-N``) holds model and optimizer st
 distributed checkpoint, resharded on load to any layout; an HF folder holds ``config.json`` and
 safetensors with transformers' key names.
 
-* XT → HF needs the run's config (for the architecture and the tokenizer; by default the
-  ``config.toml`` that `xt train` saved in the run folder) and writes an HF folder
+* XT → HF needs the run's config (for the architecture, the tokenizer and
+  ``checkpoint.hf_max_shard_size``; by default the ``config.toml`` that `xt train` saved in the
+  run folder) and writes an HF folder
   that ``transformers.AutoTokenizer`` and ``AutoModelForCausalLM.from_pretrained`` load (weights,
   ``config.json``, ``generation_config.json``, the tokenizer files and chat template).
 * HF → XT writes a weights-only DCP folder (``config.json`` + ``model/``), which
@@ -62,7 +63,7 @@ def convert_checkpoint(src: str | Path, dst: str | Path, config: str | Path | No
         cfg = load_xt_config(config)
         model = build_run_model(cfg.model, device="cpu")
         load_training_checkpoint(model, src)
-        save_pretrained(model, tmp)
+        save_pretrained(model, tmp, max_shard_size=cfg.checkpoint.hf_max_shard_size)
         save_tokenizer(cfg.data.tokenizer, tmp)
     elif is_hf_folder(src):
         save_xt_weights(from_pretrained(src), tmp)

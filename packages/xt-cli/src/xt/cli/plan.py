@@ -74,7 +74,8 @@ def plan_layout(model, facts: ModelFacts, layout: ParallelConfig, world: int, to
                          moe_layers=facts.moe_layers, top_k=facts.top_k, hidden=facts.hidden,
                          ep_size=layout.ep_size, fsdp_size=layout.resolved_fsdp_size(world),
                          dense_params=dense, expert_params=expert, recompute_share=ac_share,
-                         gathered_bytes=2 if layout.param_dtype == "bfloat16" else 4, micro_batches=micro_batches)
+                         gathered_bytes=2 if layout.param_dtype == "bfloat16" else 4, micro_batches=micro_batches,
+                         cpu_offload=layout.cpu_offload)
     return LayoutPlan(layout, memory, largest_micro_batch(facts, layout, world, gpu_bytes, compute_bytes), step)
 
 
@@ -130,9 +131,9 @@ def _breakdown(p: LayoutPlan, world: int) -> Table:
     table.add_row("activations per token, no AC / every layer recomputed",
                   f"{m.activation_per_token / 2**20:.3f} / {m.activation_per_token_full_ac / 2**20:.3f} MiB")
     table.add_row("largest micro-batch that fits", f"{p.max_tokens:,} tokens")
-    table.add_row("step estimate (compute + all-to-all + exposed FSDP)",
+    table.add_row("step estimate (compute + all-to-all + exposed FSDP" + (" + CPU offload copies)" if p.step.offload else ")"),
                   f"{p.step.total:.2f} s = {p.step.compute:.2f} + {p.step.all_to_all:.2f} + "
-                  f"{max(0.0, p.step.fsdp - p.step.compute):.2f}")
+                  f"{max(0.0, p.step.fsdp - p.step.compute):.2f}" + (f" + {p.step.offload:.2f}" if p.step.offload else ""))
     table.add_row("tokens/s per GPU, MFU", f"{p.step.tokens_per_s_per_gpu:,.0f}, {p.step.mfu:.2f}")
     return table
 
@@ -190,7 +191,8 @@ def run_plan(config: str, overrides: Sequence[str] = (), *, world: int, gpu_memo
         console.print(_breakdown(plans[0], world))
     if search and not plans:
         console.print(f"no layout of {world} GPUs fits {gpu_memory_gib:g} GiB at {tokens} tokens per GPU")
+    used = ("mfu", "nvlink", "network") + (("h2d", "d2h") if any(p.layout.cpu_offload for p in plans) else ())
     console.print("rank 0 (the largest shards); step time from "
-                  + "; ".join(f"{k} {v[0]:g} ({v[1]})" for k, v in RATES.items() if k.startswith(("mfu", "nvlink", "network"))),
+                  + "; ".join(f"{k} {v[0]:g} ({v[1]})" for k, v in RATES.items() if k.startswith(used)),
                   highlight=False)
     return plans

@@ -74,8 +74,9 @@ def hf_exporter(cfg: XTConfig, dist: DistContext) -> Callable[[nn.Module, Path],
     """The run's ``export_hf(model, path)`` hook: the HF weights and configs
     (``xt.parallel.exporter(save_pretrained, dist)``: every rank gathers, the main rank writes),
     then, on the main rank, the tokenizer of ``[data]`` with its chat template
-    (`xt.data.save_tokenizer`), so the folder alone is enough for transformers."""
-    export = exporter(save_pretrained, dist)
+    (`xt.data.save_tokenizer`), so the folder alone is enough for transformers. Files are at most
+    ``checkpoint.hf_max_shard_size``."""
+    export = exporter(functools.partial(save_pretrained, max_shard_size=cfg.checkpoint.hf_max_shard_size), dist)
 
     def hook(model: nn.Module, path: Path) -> None:
         export(model, path)

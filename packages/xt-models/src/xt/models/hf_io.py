@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from xt.core.errors import CheckpointError
-from xt.models.common.hf_config import read_config_json
 from xt.models.common.safetensors_io import CheckpointReader
+from xt.models.folder import read_folder_config
 from xt.models.hf_stream import PlainState, save_streamed, write_configs
 from xt.models.registry import build_model, get_spec
 
@@ -39,12 +39,14 @@ def from_pretrained(path: str | Path, *, dtype: torch.dtype | None = None, devic
 
     Raises:
         ConfigError: bad ``config.json``.
+        xt.core.errors.CheckpointError: what the family finds wrong in the folder's config read
+            with its weight names (:func:`xt.models.folder.read_folder_config`).
         FileNotFoundError: no weights in ``path``.
         xt.core.errors.CheckpointError: (a ValueError) keys missing from or unexpected in the
             checkpoint, or shape mismatches (named).
     """
     path = Path(path)
-    d = read_config_json(path)
+    d = read_folder_config(path)  # config.json, read with the weight names (DeepSeek-V3's MTP depths)
     check_quantization(d, path)
     spec = get_spec(d)
     model = build_model(d, device="meta", attn_backend=attn_backend)

@@ -39,6 +39,10 @@ class ModelSpec:
             key, or skipped) and ``load_rows(hf_key, get_rows, start, stop)`` the rows ``[start, stop)``
             of dim 0 of that key in XT's layout, read through ``get_rows(key, start, stop)``; None
             when the family has no sharded load.
+        folder_config: ``folder_config(hf_config, keys, source) -> hf_config``: the config of a
+            checkpoint folder given its weight names (:func:`xt.models.folder.read_folder_config`),
+            for what ``config.json`` alone does not say (DeepSeek-V3: which MTP depths have
+            weights); None: the ``config.json`` as written.
     """
     name: str
     architectures: tuple[str, ...]
@@ -48,6 +52,7 @@ class ModelSpec:
     to_hf: Callable[..., dict[str, torch.Tensor]]
     from_hf: Callable[..., dict[str, torch.Tensor]]
     hf_rows: Callable[..., tuple[Callable, Callable]] | None = None
+    folder_config: Callable[..., dict[str, Any]] | None = None
 
 
 _SPECS: list[ModelSpec] = []

@@ -25,6 +25,7 @@ from torch import nn
 
 from xt.core.config import ConfigStruct, require
 from xt.models.common.hf_config import read_config_json
+from xt.models.folder import read_folder_config
 from xt.models.registry import build_model, config_from_hf, get_spec
 from xt.models.weights import WEIGHTS, dcp_load_model, is_xt_weights, load_weights
 
@@ -69,15 +70,20 @@ class ModelSection(ConfigStruct):
 
 def hf_dict(section: ModelSection) -> dict[str, Any]:
     """The HF ``config.json`` fields of `section`: inline ``config``, or read from ``hf_config`` /
-    ``init_from``, with ``overrides`` applied.
+    ``init_from`` (with the folder's weight names: :func:`xt.models.folder.read_folder_config`),
+    with ``overrides`` applied.
 
     Raises:
         xt.models.ConfigError: the ``config.json`` cannot be read or is not a JSON object.
+        xt.core.errors.CheckpointError: an ``init_from`` folder whose config and weights disagree
+            (e.g. MTP depths announced without weights for some).
     """
     if section.config:  # {} counts as not given (__post_init__)
         d = dict(section.config)
-    else:
-        d = read_config_json(Path(section.hf_config or section.init_from))
+    elif section.hf_config:
+        d = read_config_json(Path(section.hf_config))
+    else:  # a checkpoint folder: its config read with its weight names (DeepSeek-V3's MTP depths)
+        d = read_folder_config(section.init_from)
     d.update(section.overrides)
     return d
 

@@ -21,13 +21,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from xt.models.folder import XT_WEIGHTS, read_folder_config
 from xt.models.hf_io import from_pretrained
 from xt.models.registry import build_model
 
 __all__ = ["WEIGHTS", "is_hf_folder", "is_xt_weights", "load_weights", "load_xt_weights",
            "save_xt_weights", "load_training_checkpoint", "dcp_load_model", "dcp_save_model"]
 
-WEIGHTS = "model"  # the DCP sub-folder of an XT weights-only folder
+WEIGHTS = XT_WEIGHTS  # the DCP sub-folder of an XT weights-only folder
 
 
 def is_hf_folder(path: str | Path) -> bool:
@@ -72,7 +73,7 @@ def load_xt_weights(path: str | Path, device=None, attn_backend: str = "auto"):
         xt.models.ConfigError: bad ``config.json``; RuntimeError (DCP): weights that do not fit.
     """
     p = Path(path)
-    model = build_model(p / "config.json", device=device, attn_backend=attn_backend)
+    model = build_model(read_folder_config(p), device=device, attn_backend=attn_backend)
     dcp_load_model(model, p / WEIGHTS, None)
     return model
 

@@ -16,6 +16,7 @@ import math
 from typing import Literal
 
 from xt.core.config.base import ConfigStruct, require, require_in
+from xt.core.sizes import parse_size
 
 __all__ = ["OptimConfig", "ScheduleConfig", "TrainConfig", "CheckpointConfig", "TrackingConfig"]
 
@@ -176,6 +177,10 @@ class CheckpointConfig(ConfigStruct):
         save_final: save a checkpoint after the last step.
         hf_export: after the last step, call the Trainer's `export_hf(model, out_dir / "hf")`
             hook (skipped with a note when the caller gave none).
+        hf_max_shard_size: the largest safetensors file of the HF export (``xt train``, ``xt rl``
+            and ``xt convert`` of a run's checkpoint): bytes, or a string as transformers'
+            ``max_shard_size`` takes (``"5GB"``, ``"500MiB"``; `xt.core.sizes.parse_size`).
+            A tensor larger than this gets a file of its own. Default ``"5GB"`` (transformers').
         resume: "auto" (newest complete checkpoint in out_dir/checkpoints, or a fresh start when
             there is none), a checkpoint folder path, or None for a fresh start.
     """
@@ -185,6 +190,7 @@ class CheckpointConfig(ConfigStruct):
     keep_last: int = 2
     save_final: bool = True
     hf_export: bool = True
+    hf_max_shard_size: int | str = "5GB"
     resume: str | None = None
 
     def __post_init__(self) -> None:
@@ -194,6 +200,10 @@ class CheckpointConfig(ConfigStruct):
         require(self.keep_last >= 0, "keep_last", f"must be >= 0 (0 = keep all), got {self.keep_last}")
         require(self.resume is None or bool(self.resume), "resume",
                 "must be 'auto', a checkpoint path, or omitted")
+        try:
+            parse_size(self.hf_max_shard_size, "hf_max_shard_size")
+        except ValueError as err:
+            require(False, "hf_max_shard_size", str(err).split(": ", 1)[1])
 
 
 class TrackingConfig(ConfigStruct):

@@ -18,35 +18,17 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from xt.core.sizes import parse_size  # re-exported: the writers below and xt.models.hf_stream use it
+
 __all__ = ["parse_size", "size_buckets", "CheckpointReader", "write_safetensors", "write_file", "write_index",
            "remove_stale", "shard_file_names", "atomic_write_text", "default_file_mode", "SINGLE", "INDEX"]
 
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
            "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "U8": torch.uint8, "I8": torch.int8,
            "I16": torch.int16, "I32": torch.int32, "I64": torch.int64, "BOOL": torch.bool}
-
-
-def parse_size(size: int | str, field: str = "max_shard_size") -> int:
-    """``5_000_000`` or ``"5GB"``/``"500MiB"`` -> bytes.
-
-    Raises:
-        ValueError: unparsable or non-positive size (the message names `field`).
-    """
-    if isinstance(size, int):
-        n = size
-    else:
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)\s*", str(size).upper())
-        if m is None or m[2] not in _UNITS:
-            raise ValueError(f"{field}: cannot parse {size!r}; use bytes or e.g. '5GB', '500MiB'")
-        n = int(float(m[1]) * _UNITS[m[2]])
-    if n <= 0:
-        raise ValueError(f"{field} must be > 0; got {size!r}")
-    return n
 
 
 def default_file_mode() -> int:

@@ -32,7 +32,10 @@ class DeepseekV3Config(HFConfigMixin, msgspec.Struct, forbid_unknown_fields=True
 
     XT options (not in HF): ``bias_update_speed`` (gamma of the aux-loss-free rule; 0 disables it),
     ``seq_aux_loss_coef`` (alpha of the sequence-wise balance loss; 0 disables it), ``mtp_layers``
-    (multi-token-prediction depth D; 0 = none) and ``mtp_loss_weight`` (lambda).
+    (multi-token-prediction depth D; 0 = none) and ``mtp_loss_weight`` (lambda). ``to_hf_dict``
+    writes D as HF's ``num_nextn_predict_layers``; a checkpoint folder's config reads it back as
+    ``mtp_layers`` when the folder holds those depths' weights (:mod:`xt.models.deepseek_v3.mtp_depth`),
+    an inline or ``hf_config`` config keeps ``mtp_layers`` as written (0 unless set).
     """
 
     HF_ARCHITECTURE: ClassVar[str] = "DeepseekV3ForCausalLM"

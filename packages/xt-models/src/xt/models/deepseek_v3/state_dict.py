@@ -87,9 +87,9 @@ def from_hf(keys: list[str], get: Callable[[str], torch.Tensor], config: Deepsee
     """HF DeepSeek-V3 checkpoint keys -> XT state dict, one tensor (and its FP8 scales) at a time.
 
     FP8 block-quantised weights are dequantised to bf16 as they are read (`dequantize_fp8_blocks`).
-    MTP layers (``model.layers.{L+k}``) are kept only for ``k < config.mtp_layers`` (``mtp_layers``
-    is an XT option, 0 unless set: hub configs announce ``num_nextn_predict_layers`` with or
-    without weights). Per-expert weights are stacked by `stack_experts` (all ``n_routed_experts``
+    MTP layers (``model.layers.{L+k}``) are kept only for ``k < config.mtp_layers`` (an XT option;
+    a folder's config sets it from ``num_nextn_predict_layers`` when the MTP weights are there:
+    :mod:`xt.models.deepseek_v3.mtp_depth`). Per-expert weights are stacked by `stack_experts` (all ``n_routed_experts``
     required).
 
     Raises:

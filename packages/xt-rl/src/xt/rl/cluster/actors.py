@@ -113,8 +113,8 @@ class TrainerActor:
         return holder.state_dict(), {k: h.state_dict() for k, h in holders.items()}
 
     def export_hf(self, path: str) -> None:
-        """Write the policy as an HF folder."""
-        save_pretrained(self.parts.model, Path(path))
+        """Write the policy as an HF folder (files of at most ``checkpoint.hf_max_shard_size``)."""
+        save_pretrained(self.parts.model, Path(path), max_shard_size=self.cfg.checkpoint.hf_max_shard_size)
 
     def close(self) -> None:
         """Remove the routing-replay hook."""

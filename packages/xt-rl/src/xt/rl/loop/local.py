@@ -86,8 +86,9 @@ class LocalRun:
         return save_policy(self.parts, out_dir, prompts, keep_last, extra)
 
     def export_hf(self, path: Path) -> None:
-        """Write the policy as an HF folder (`xt.models.save_pretrained`)."""
-        save_pretrained(self.parts.model, path)
+        """Write the policy as an HF folder (`xt.models.save_pretrained`, files of at most
+        ``checkpoint.hf_max_shard_size``)."""
+        save_pretrained(self.parts.model, path, max_shard_size=self.cfg.checkpoint.hf_max_shard_size)
 
     def describe(self) -> dict[str, Any]:
         """`describe_policy` of the policy."""
