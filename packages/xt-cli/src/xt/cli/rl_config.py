@@ -12,6 +12,7 @@ One TOML file, one table per section::
     [schedule]   # xt.core ScheduleConfig
     [checkpoint] # xt.core CheckpointConfig (every_steps, keep_last, save_final, resume, hf_export)
     [kernels]    # xt.kernels KernelsConfig
+    [parallel]   # xt.parallel ParallelConfig: the trainer's layout (FSDP2 / EP over orchestrator.trainer_workers)
 
 Load with :func:`load_rl_config`; ``--set section.key=value`` overrides any entry. Every error names
 the dotted key, the file and the line (`xt.core.config.load_config`).
@@ -23,6 +24,7 @@ from typing import Sequence
 
 from xt.cli.config import RunSections
 from xt.core.config import load_config, require
+from xt.parallel.config import ParallelConfig
 from xt.rl.config import RLConfig
 from xt.rl.run_config import OrchestratorConfig, RolloutConfig, TaskConfig
 
@@ -37,6 +39,7 @@ class RLRunConfig(RunSections):
     rollout: RolloutConfig = RolloutConfig()
     rl: RLConfig = RLConfig()
     orchestrator: OrchestratorConfig = OrchestratorConfig()
+    parallel: ParallelConfig = ParallelConfig()
 
     def __post_init__(self) -> None:
         u = self.rollout.updates_per_step

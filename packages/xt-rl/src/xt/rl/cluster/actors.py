@@ -20,10 +20,12 @@ from typing import Any
 import torch
 
 from xt.core.checkpoint import seed_everything
-from xt.kernels.config import apply_kernels_config
-from xt.models import build_run_model, save_pretrained
+from xt.models import save_pretrained
+from xt.parallel.config import ParallelConfig
+from xt.parallel.export import exporter
+from xt.parallel.full_state import FullState
 from xt.rl.cluster.weights import WeightHandle, load_buckets, publish_weights
-from xt.rl.loop.build import StateHolder, build_policy, load_policy, save_policy
+from xt.rl.loop.build import StateHolder, build_laid_out, build_policy, load_policy, save_policy
 from xt.rl.loop.grpo import RewardWorker
 from xt.rl.loop.local import describe_policy
 from xt.rl.loop.messages import RewardRequest, TrainRequest
@@ -92,10 +94,23 @@ class TrainerActor:
         if self.rollout is not None:
             self.rollout.load_weights(None, version)
 
-    def publish_weights(self, how: str, max_bytes: int, root: str | None) -> WeightHandle:
-        """The current weights as buckets (`xt.rl.cluster.weights.publish_weights`)."""
+    def full_state(self) -> Any:
+        """The policy's full state for weight sync: None (its plain state dict) for a plain model, a
+        `FullState` (gathered one tensor at a time; every rank must iterate it) for a laid-out one."""
+        meshes = getattr(self.parts.dist, "meshes", None)
+        return None if meshes is None else FullState(self.parts.model, getattr(meshes, "ep_group", None))
+
+    def publish_weights(self, how: str, max_bytes: int, root: str | None) -> WeightHandle | None:
+        """The current weights as HF-named buckets (`xt.rl.cluster.weights.publish_weights`). A
+        laid-out trainer gathers on every rank (all must be called); rank 0 publishes and returns
+        the handle, the others None."""
+        tensors = self.full_state()
+        if getattr(self.parts.dist, "rank", 0) != 0:
+            for _ in tensors:  # take part in the gathers
+                pass
+            return None
         return publish_weights(self.parts.model, self.parts.trainer.weight_version, how, max_bytes,
-                               Path(root) if root else None)
+                               Path(root) if root else None, tensors)
 
     def save(self, out_dir: str, prompt_state: dict[str, Any], keep_last: int,
              extra: dict[str, dict[str, Any]] | None = None) -> str:
@@ -113,8 +128,9 @@ class TrainerActor:
         return holder.state_dict(), {k: h.state_dict() for k, h in holders.items()}
 
     def export_hf(self, path: str) -> None:
-        """Write the policy as an HF folder."""
-        save_pretrained(self.parts.model, Path(path))
+        """Write the policy as an HF folder (streamed from every rank of a laid-out trainer:
+        `xt.parallel.exporter`)."""
+        exporter(save_pretrained, self.parts.dist)(self.parts.model, Path(path))
 
     def close(self) -> None:
         """Remove the routing-replay hook."""
@@ -133,8 +149,7 @@ class RolloutActor:
     def __init__(self, cfg: Any, threads: int) -> None:
         torch.set_num_threads(threads)
         seed_everything(cfg.train.seed)
-        model = build_run_model(cfg.model, actor_device())
-        apply_kernels_config(cfg.kernels)
+        model, _ = build_laid_out(cfg.model, cfg.kernels, ParallelConfig(), actor_device())  # plain, unsharded
         self.engine = XTRolloutEngine(model.requires_grad_(False),
                                       max_batch_sequences=cfg.rollout.max_batch_sequences)
 

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from xt.models import save_pretrained
+from xt.parallel.export import exporter
 from xt.rl.loop.build import build_policy, load_policy, save_policy
 from xt.rl.loop.grpo import RewardWorker
 from xt.rl.rewards import RewardPool
@@ -86,8 +87,9 @@ class LocalRun:
         return save_policy(self.parts, out_dir, prompts, keep_last, extra)
 
     def export_hf(self, path: Path) -> None:
-        """Write the policy as an HF folder (`xt.models.save_pretrained`)."""
-        save_pretrained(self.parts.model, path)
+        """Write the policy as an HF folder (`xt.models.save_pretrained`, through `xt.parallel.exporter`
+        for a laid-out model)."""
+        exporter(save_pretrained, self.parts.dist)(self.parts.model, path)
 
     def describe(self) -> dict[str, Any]:
         """`describe_policy` of the policy."""
