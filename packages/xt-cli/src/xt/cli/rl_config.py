@@ -51,6 +51,12 @@ class RLRunConfig(RunSections):
         per_update = self.rollout.prompts_per_step * self.rollout.group_size // u
         require(self.train.micro_batches_per_step <= per_update, "train.micro_batches_per_step",
                 f"must be <= the samples of one update ({per_update}), got {self.train.micro_batches_per_step}")
+        ranks = self.orchestrator.trainer_workers
+        require(ranks * self.train.micro_batches_per_step <= per_update, "orchestrator.trainer_workers",
+                f"{ranks} ranks x train.micro_batches_per_step = {self.train.micro_batches_per_step} exceed the "
+                f"samples of one update ({per_update}): every rank needs a sample per micro-batch")
+        require(self.parallel.sp_size == 1, "parallel.sp_size",
+                "must be 1 for xt rl (the RL losses need whole sequences on each rank)")
         require(not (self.orchestrator.max_staleness and self.rl.dynamic_sampling), "orchestrator.max_staleness",
                 "1 (overlap) cannot be combined with rl.dynamic_sampling (its extra rounds need the current weights)")
         if self.rollout.engine == "lmdeploy":

@@ -25,10 +25,12 @@ from xt.kernels.config import apply_kernels_config
 from xt.core.distributed import DistContext
 from xt.models import finish_run_model, run_model_source
 from xt.parallel.config import ParallelConfig
-from xt.parallel.layout import apply_layout
+from xt.parallel.discover import config_sizes
+from xt.parallel.layout import apply_layout, check_layout
+from xt.parallel.mesh import validate_layout
 from xt.rl.loop.trainer import PolicyTrainer
 
-__all__ = ["PolicyParts", "RunState", "StateHolder", "build_laid_out", "build_policy", "save_policy",
+__all__ = ["PolicyParts", "RunState", "StateHolder", "build_laid_out", "check_trainer_layout", "build_policy", "save_policy",
            "load_policy"]
 
 
@@ -83,6 +85,20 @@ class PolicyParts:
         return {"engine": self.engine, "rl_run": self.state, **more}
 
 
+def check_trainer_layout(parallel: ParallelConfig, workers: int, model_config: Any) -> None:
+    """Validate ``[parallel]`` for a trainer of `workers` ranks (``orchestrator.trainer_workers``)
+    before anything is built: at 1 as `xt train` on one process (`xt.parallel.check_layout`), else
+    against a world of `workers` ranks and the model's sizes (`xt.parallel.mesh.validate_layout`).
+
+    Raises:
+        xt.parallel.LayoutError: the layout cannot work (why, and what is valid).
+    """
+    if workers == 1:
+        check_layout(parallel, model_config)
+    else:
+        validate_layout(parallel, workers, **config_sizes(model_config))
+
+
 def build_laid_out(model_section: Any, kernels: Any, parallel: ParallelConfig,
                    device: torch.device) -> tuple[torch.nn.Module, DistContext]:
     """The model of `model_section` as `xt train` builds it (module docstring): on meta, ``[kernels]``
@@ -134,9 +150,10 @@ def build_policy(cfg: Any, device: str | torch.device) -> PolicyParts:
 def save_policy(parts: PolicyParts, out_dir: str | Path, loader: Any, keep_last: int = 0,
                 extra: dict[str, Any] | None = None) -> Path:
     """Checkpoint ``out_dir/checkpoints/step-N`` (N = the engine's optimizer step): model, optimizer,
-    `loader` (the prompt position), the parts' extra states plus `extra`, RNG. Atomic. Returns the folder."""
+    `loader` (the prompt position), the parts' extra states plus `extra`, RNG. Atomic; collective
+    over the ranks of a laid-out policy (each writes its shards). Returns the folder."""
     return save_checkpoint(out_dir, parts.engine.step, parts.model, parts.engine.optimizer, None, loader,
-                           keep_last=keep_last, extra_state=parts.extra_state(**(extra or {})))
+                           parts.dist, keep_last=keep_last, extra_state=parts.extra_state(**(extra or {})))
 
 
 def load_policy(parts: PolicyParts, path: str | Path, loader: Any, extra: dict[str, Any] | None = None) -> int:
@@ -145,5 +162,5 @@ def load_policy(parts: PolicyParts, path: str | Path, loader: Any, extra: dict[s
     Raises:
         xt.core.errors.CheckpointError: a checkpoint of another model or run layout.
     """
-    return load_checkpoint(path, parts.model, parts.engine.optimizer, None, loader,
+    return load_checkpoint(path, parts.model, parts.engine.optimizer, None, loader, parts.dist,
                            extra_state=parts.extra_state(**(extra or {})))

@@ -14,7 +14,9 @@ from typing import Any
 import torch
 
 from xt.models import save_pretrained
+from xt.parallel.config import ParallelConfig
 from xt.parallel.export import exporter
+from xt.parallel.layout import describe_layout
 from xt.rl.loop.build import build_policy, load_policy, save_policy
 from xt.rl.loop.grpo import RewardWorker
 from xt.rl.rewards import RewardPool
@@ -23,13 +25,15 @@ from xt.rl.rollout import XTRolloutEngine
 __all__ = ["LocalRun", "describe_policy"]
 
 
-def describe_policy(parts: Any, device: torch.device) -> dict[str, Any]:
+def describe_policy(parts: Any, device: torch.device, parallel: ParallelConfig | None = None) -> dict[str, Any]:
     """What the run banner prints of a built policy: model class, parameters, device, routing
-    replay ("on" / "off" / "n/a (dense)") and the engine's precision summary."""
+    replay ("on" / "off" / "n/a (dense)"), the engine's precision summary and the trainer's layout
+    (`xt.parallel.describe_layout` of ``cfg.parallel``)."""
     tr = parts.trainer
     return {"model": type(parts.model).__name__, "params": sum(p.numel() for p in parts.model.parameters()),
             "device": str(device), "replay": "on" if tr.routing_replay else "off" if tr.is_moe else "n/a (dense)",
-            "precision": parts.engine.precision_summary}
+            "precision": parts.engine.precision_summary,
+            "layout": describe_layout(parallel or ParallelConfig(), parts.dist, parts.model)}
 
 
 def _lmdeploy_engine(cfg: Any, model: torch.nn.Module, tokenizer: Any) -> Any:
@@ -93,7 +97,7 @@ class LocalRun:
 
     def describe(self) -> dict[str, Any]:
         """`describe_policy` of the policy."""
-        return describe_policy(self.parts, self.device)
+        return describe_policy(self.parts, self.device, getattr(self.cfg, "parallel", None))
 
     def close(self) -> None:
         """Stop the reward pool and remove the replay hook."""
