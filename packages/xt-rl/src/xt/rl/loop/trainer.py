@@ -14,7 +14,7 @@ KL the driver subtracts from the rewards (``rl.kl_in = "reward"``). Each update 
 rank receives the whole request and trains on its contiguous share of each update's samples
 (``dist.dp_rank`` of ``dist.dp_size``); the losses' global counts (`xt.rl.aggregate.step_totals`) and
 metrics are summed over ranks by the engine, so the objective is the one-process one. The routing
-agreement is this rank's share's.
+agreement is each rank's share's, averaged over the ranks.
 """
 from __future__ import annotations
 
@@ -75,6 +75,7 @@ class PolicyTrainer:
         self.reference = reference
         self.weight_version = weight_version
         self.dp_rank, self.dp_size = int(getattr(dist, "dp_rank", 0)), int(getattr(dist, "dp_size", 1))
+        self._dist = dist
         self.is_moe = bool(decoder_routers(engine.model))
         self.routing_replay = routing_replay and self.is_moe
         self._replay_hook = enable_routing_replay(engine.model) if self.routing_replay else None
@@ -153,6 +154,11 @@ class PolicyTrainer:
             self.weight_version += 1
         dt = time.perf_counter() - t0
         out: dict[str, float | None] = {k: sum(v) / len(v) for k, v in metrics.items()}
+        if measure and self.dp_size > 1:  # each rank measured its share: the mean over ranks
+            keys = sorted(k for k in out if k.startswith("routing_"))
+            dev = next(self.engine.model.parameters()).device
+            t = self._dist.all_reduce_sum(torch.tensor([out[k] for k in keys], dtype=torch.float64, device=dev))
+            out.update({k: float(v) / self.dp_size for k, v in zip(keys, t.tolist())})
         out.update(trainer_tokens=float(tokens), trainer_s=dt, trainer_tokens_per_s=tokens / dt if dt > 0 else None)
         return TrainResult(metrics=out, weight_version=self.weight_version)
 
