@@ -7,8 +7,8 @@
   HF tensors and written back), keeps only the previous version's folder besides, and refuses a
   model that misses or adds a tensor;
 - `build_policy` builds an ``init_from`` HF folder as `xt train` does (meta device + the row
-  reader): the policy's weights equal `xt.models.from_pretrained`'s in float32 bit for bit, and a
-  random init equals an eager build of the same seed.
+  reader): the policy's weights equal `xt.models.from_pretrained`'s in float32 bit for bit, a
+  random init equals an eager build of the same seed, and a KL reference is the same weights, frozen.
 The object-store transport runs in test_rl_ray.py (disaggregated run). Also: without Ray,
 ``orchestrator.kind = "ray"`` is one ConfigError; `split_counts` shares work in order."""
 from __future__ import annotations
@@ -92,6 +92,12 @@ def test_build_policy_loads_an_hf_folder_as_xt_train_does(tmp_path):
     eager = build_model(hf_cfg).state_dict()
     assert all(torch.equal(v, eager[k]) for k, v in rand.model.state_dict().items())
     rand.trainer.close()
+    # a reference (rl.kl_coef > 0): the same weights, frozen
+    kl = build_policy(SimpleNamespace(**{**vars(cfg), "rl": RLConfig(kl_coef=0.1, kl_in="reward")}), "cpu")
+    ref = kl.reference.model
+    assert not any(p.requires_grad for p in ref.parameters()) and all(p.requires_grad for p in kl.model.parameters())
+    assert all(torch.equal(v, ref.state_dict()[k]) for k, v in kl.model.state_dict().items())
+    kl.trainer.close()
 
 
 def test_missing_ray_is_one_config_error(monkeypatch):

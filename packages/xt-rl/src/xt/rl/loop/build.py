@@ -138,8 +138,9 @@ def build_policy(cfg: Any, device: str | torch.device) -> PolicyParts:
     reference = None
     if cfg.rl.kl_coef > 0:  # the same seed and build: the same weights (and the same RNG state after)
         seed_everything(cfg.train.seed)
-        ref_model = build_laid_out(cfg.model, cfg.kernels, parallel, device)[0].requires_grad_(False)
+        ref_model = build_laid_out(cfg.model, cfg.kernels, parallel, device)[0]
         reference = Engine.from_config(ref_model, cfg.train, cfg.optim, cfg.schedule, dist=dist)
+        ref_model.requires_grad_(False)  # after the engine: its optimizer needs trainable parameters, and never steps
     engine = Engine.from_config(model, cfg.train, cfg.optim, cfg.schedule, dist=dist)
     trainer = PolicyTrainer(engine, cfg.rl, updates_per_step=cfg.rollout.updates_per_step,
                             micro_batches=cfg.train.micro_batches_per_step,
