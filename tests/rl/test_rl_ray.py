@@ -11,8 +11,9 @@ random Qwen3 of test_rl_command.py (4 RL steps of 2 updates each, fp32, CPU):
   50 ms reward calls make sure for the reward); ``weight_sync_s`` is logged every step;
 - collective weight sync to 2 rollout actors (the trainer resumed from the one-process run's final
   checkpoint): both hold the checkpoint's weights bit for bit, equal to the disk hand-over's;
-- a trainer of 2 Ray actors (one gloo group; a tiny Qwen3-MoE with routing replay, FSDP2 over
-  both and its experts sliced over both, EP 2; each rank training on its share of the samples;
+- a trainer of 2 Ray actors (one gloo group; a tiny Qwen3-MoE with routing replay started from an
+  HF folder, loaded sharded: each rank reads its rows; FSDP2 over both and its experts sliced over
+  both, EP 2; each rank training on its share of the samples;
   weights gathered by FullState and published through the object store) equals the one-process
   run: every per-step metric and every final weight within 1e-5 (AdamW made near-linear, eps = 1).
 
@@ -205,12 +206,27 @@ def test_collective_sync_to_two_rollout_actors_is_bit_exact(tmp_path, local_run)
 LINEAR_ADAM = ("lr = 1e-2", "lr = 0.1\neps = 1.0")
 
 
+def _from_hf_folder(path: Path, folder: Path) -> Path:
+    """The config at `path` with its ``[model.config]`` replaced by ``init_from`` an HF folder of
+    that model (written once, random weights), and the near-linear AdamW."""
+    import re
+    import tomllib
+
+    from xt.models import build_model, save_pretrained
+    text = path.read_text()
+    if not folder.exists():
+        save_pretrained(build_model(tomllib.loads(text)["model"]["config"]), folder)
+    text = re.sub(r"\[model\.config\].*?(?=\[task\])", f'[model]\ninit_from = "{folder}"\n\n', text, flags=re.S)
+    path.write_text(text.replace(*LINEAR_ADAM))
+    return path
+
+
 def test_two_rank_fsdp_ep_trainer_equals_the_one_process_run(tmp_path):
-    local = _config(tmp_path, "local_moe", moe=True)
-    local.write_text(local.read_text().replace(*LINEAR_ADAM))
+    hf = tmp_path / "hf_start"
+    local = _from_hf_folder(_config(tmp_path, "local_moe", moe=True), hf)
     ref = run_rl(local, console=_quiet(tmp_path))
-    cfg = _config(tmp_path, "ep", moe=True)
-    cfg.write_text(cfg.read_text().replace(*LINEAR_ADAM))
+    cfg = _from_hf_folder(_config(tmp_path, "ep", moe=True), hf)  # each rank reads its rows of the folder
+    assert f'init_from = "{hf}"' in cfg.read_text() and "[model.config]" not in cfg.read_text()
     _with(cfg, '[orchestrator]\nkind = "ray"\nplacement = "disaggregated"\ntrainer_workers = 2\nbucket_mb = 0.5\n\n'
                '[parallel]\nfsdp_size = 2\nep_size = 2\n')
     res = run_rl(cfg, console=_quiet(tmp_path))
