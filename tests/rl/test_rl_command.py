@@ -7,7 +7,8 @@
 - a tiny Qwen3-MoE with routing replay on runs and logs the routing agreement (non-zero: after the
   step's first update the trainer's own routing differs from the rollout's);
 - config mistakes stop before any model is built with one error naming the key, file and line
-  (also of ``rollout.engine`` and ``[orchestrator]``).
+  (also of ``rollout.engine``, ``[orchestrator]``: trainer_workers, collective sync, and of the
+  trainer's ``[parallel]`` layout against ``orchestrator.trainer_workers``).
 """
 from __future__ import annotations
 
@@ -147,6 +148,14 @@ def test_moe_run_with_routing_replay_logs_the_agreement(tmp_path):
     ("updates_per_step = 2", 'updates_per_step = 2\nengine = "lmdeploy"', ["rollout.engine", "model.init_from"]),
     ("[rl]\n", '[orchestrator]\nkind = "ray"\nrollout_workers = 2\n\n[rl]\n',
      ["orchestrator.rollout_workers", ".toml:", "colocated"]),
+    ("[rl]\n", '[orchestrator]\nkind = "ray"\ntrainer_workers = 2\n\n[rl]\n',
+     ["orchestrator.trainer_workers", ".toml:", "disaggregated"]),
+    ("[rl]\n", '[orchestrator]\nkind = "ray"\nplacement = "disaggregated"\nweight_sync = "collective"\n'
+               'max_staleness = 1\n\n[rl]\n', ["orchestrator.weight_sync", ".toml:", "max_staleness = 0"]),
+    ("[rl]\n", '[orchestrator]\nkind = "ray"\nplacement = "disaggregated"\ntrainer_workers = 4\n\n[rl]\n',
+     ["orchestrator.trainer_workers", "samples of one update (3)"]),
+    ("[rl]\n", '[orchestrator]\nkind = "ray"\nplacement = "disaggregated"\ntrainer_workers = 2\n\n'
+               '[parallel]\nfsdp_size = 3\n\n[rl]\n', ["fsdp_size"]),
 ])
 def test_config_mistakes_are_one_error_line(tmp_path, line, value, needles):
     path = _config(tmp_path, "bad")

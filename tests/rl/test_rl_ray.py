@@ -3,11 +3,19 @@ random Qwen3 of test_rl_command.py (4 RL steps of 2 updates each, fp32, CPU):
 
 - colocated (trainer and rollout on one actor): every per-step metric (rewards, losses, gradient
   norms, ratios, entropy) and every final weight equal the one-process run exactly;
-- disaggregated (a rollout actor with its own model copy, weights through the object store in
-  small buckets), with the rollout actor killed mid-call in RL step 2 and the reward actor killed
-  mid-call in step 3: Ray restarts them, the calls are redone, and metrics and final weights still
-  equal the one-process run exactly; ``actor_restarts`` counts the redone calls (2 here when both
-  kills land mid-call, as the 50 ms reward calls make sure for the reward).
+- disaggregated (a rollout actor with its own model copy, weights broadcast over torch.distributed
+  in small buckets: ``weight_sync = "collective"``), with the rollout actor killed mid-call in RL
+  step 2 and the reward actor killed mid-call in step 3: Ray restarts them, the calls are redone
+  (the weight-sync group rebuilt), and metrics and final weights still equal the one-process run
+  exactly; ``actor_restarts`` counts the redone calls (2 here when both kills land mid-call, as the
+  50 ms reward calls make sure for the reward); ``weight_sync_s`` is logged every step;
+- collective weight sync to 2 rollout actors (the trainer resumed from the one-process run's final
+  checkpoint): both hold the checkpoint's weights bit for bit, equal to the disk hand-over's;
+- a trainer of 2 Ray actors (one gloo group; a tiny Qwen3-MoE with routing replay started from an
+  HF folder, loaded sharded: each rank reads its rows; FSDP2 over both and its experts sliced over
+  both, EP 2; each rank training on its share of the samples;
+  weights gathered by FullState and published through the object store) equals the one-process
+  run: every per-step metric and every final weight within 1e-5 (AdamW made near-linear, eps = 1).
 
 - one-step overlap (``max_staleness = 1``, disaggregated, weights through disk): the samples are
   one RL step stale from step 2 on (``rollout_staleness``), the run differs from the synchronous
@@ -22,6 +30,7 @@ The bucketed weight hand-over itself (object store and disk) is checked in test_
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -104,11 +113,13 @@ def test_killed_rollout_and_reward_actors_are_restarted_without_changing_the_run
     monkeypatch.setattr(driver, "AFTER_SUBMIT", kill)
     cfg = _config(tmp_path, "ray")  # the same rewards, 50 ms per call (so that the kill lands mid-call)
     cfg.write_text(cfg.read_text().replace("rl_reward_fns:vowel_share", "rl_reward_fns:slow_vowel_share"))
-    _with(cfg, '[orchestrator]\nkind = "ray"\nplacement = "disaggregated"\nweight_sync = "object_store"\n'
+    _with(cfg, '[orchestrator]\nkind = "ray"\nplacement = "disaggregated"\nweight_sync = "collective"\n'
                'bucket_mb = 0.05\n')
     res = run_rl(cfg, console=_quiet(tmp_path))
     assert res.step == 8 and calls == {"generate": 4, "score": 4}
     _same_run(local_run[0], tmp_path / "ray", local_run[1], res.checkpoint)
+    raw = [json.loads(line) for line in (tmp_path / "ray" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["weight_sync_s"] > 0 for r in raw)
     # each redone call counts; a kill that lands just after its call finished is met by the next call,
     # or not at all when Ray has already restarted the actor by then (harmless: it gets synced weights)
     counts = [r["actor_restarts"] for r in _rows(tmp_path / "ray")]
@@ -154,3 +165,79 @@ def test_more_gpus_than_the_cluster_has_is_one_config_error(tmp_path):
     with pytest.raises(ConfigError, match="need 3 GPUs") as e:
         run_rl(cfg, console=_quiet(tmp_path))
     assert e.value.key == "orchestrator.gpus_per_actor"
+
+
+def _strip(key: str) -> str:
+    return key[len("model."):]
+
+
+def test_collective_sync_to_two_rollout_actors_is_bit_exact(tmp_path, local_run):
+    from test_rl_command import _config as config_path
+    from xt.cli.rl_config import load_rl_config
+    from xt.models import build_model
+    from xt.rl.cluster import RayRun
+    from xt.rl.cluster.weights import load_buckets
+    from xt.rl.loop.build import StateHolder
+
+    cfg = load_rl_config(_with(config_path(tmp_path, "coll"), '[orchestrator]\nkind = "ray"\n'
+                               'placement = "disaggregated"\nweight_sync = "collective"\nrollout_workers = 2\n'
+                               'bucket_mb = 0.5\n'))
+    run = RayRun(cfg, tmp_path / "coll")
+    try:
+        run.load(local_run[1], StateHolder())  # the trained weights, broadcast to both rollout actors
+        got = [ray.get(h.state_dict.remote()) for h in run.rollout.actors.handles]
+        handle = run.trainers.call("publish_weights", "disk", 2 ** 16, str(tmp_path / "disk"))
+    finally:
+        run.close()
+    want = {_strip(k): v for k, v in _weights(local_run[1]).items()}
+    disk = build_model(cfg.model.config)
+    load_buckets(disk, handle)
+    disk_sd = disk.state_dict()
+    assert len(handle[1]) >= 2 and run.rollout.sync_bytes > 0  # the embedding alone, then the rest
+    for sd in got:
+        assert sd.keys() == disk_sd.keys() and set(want) <= set(sd)
+        assert all(torch.equal(sd[k], disk_sd[k]) for k in sd) and all(torch.equal(sd[k], want[k]) for k in want)
+    assert any(not torch.equal(v, build_model(cfg.model.config).state_dict()[k]) for k, v in disk_sd.items())
+
+
+#: AdamW with eps = 1 is near-linear in the gradient (update ~ lr * momentum / eps), so the fp32
+#: rounding of a sharded step is not amplified to ~lr per element as a sign-like AdamW step does on
+#: the tiny gradients of rarely routed experts; 1e-5 against one process then means something
+LINEAR_ADAM = ("lr = 1e-2", "lr = 0.1\neps = 1.0")
+
+
+def _from_hf_folder(path: Path, folder: Path) -> Path:
+    """The config at `path` with its ``[model.config]`` replaced by ``init_from`` an HF folder of
+    that model (written once, random weights), and the near-linear AdamW."""
+    import re
+    import tomllib
+
+    from xt.models import build_model, save_pretrained
+    text = path.read_text()
+    if not folder.exists():
+        save_pretrained(build_model(tomllib.loads(text)["model"]["config"]), folder)
+    text = re.sub(r"\[model\.config\].*?(?=\[task\])", f'[model]\ninit_from = "{folder}"\n\n', text, flags=re.S)
+    path.write_text(text.replace(*LINEAR_ADAM))
+    return path
+
+
+def test_two_rank_fsdp_ep_trainer_equals_the_one_process_run(tmp_path):
+    hf = tmp_path / "hf_start"
+    local = _from_hf_folder(_config(tmp_path, "local_moe", moe=True), hf)
+    ref = run_rl(local, console=_quiet(tmp_path))
+    cfg = _from_hf_folder(_config(tmp_path, "ep", moe=True), hf)  # each rank reads its rows of the folder
+    assert f'init_from = "{hf}"' in cfg.read_text() and "[model.config]" not in cfg.read_text()
+    _with(cfg, '[orchestrator]\nkind = "ray"\nplacement = "disaggregated"\ntrainer_workers = 2\nbucket_mb = 0.5\n\n'
+               '[parallel]\nfsdp_size = 2\nep_size = 2\n')
+    res = run_rl(cfg, console=_quiet(tmp_path))
+    assert res.step == 8
+    a, b = _rows(tmp_path / "local_moe"), [{k: v for k, v in r.items() if k != "actor_restarts"}
+                                          for r in _rows(tmp_path / "ep")]
+    assert [r["step"] for r in b] == [1, 2, 3, 4] and [set(r) for r in a] == [set(r) for r in b]
+    assert all(r["routing_mismatch_frac"] is not None for r in a)  # replay on, agreement measured
+    for ra, rb in zip(a, b):
+        for k, v in ra.items():
+            assert (v is None and rb[k] is None) or rb[k] == pytest.approx(v, rel=1e-5, abs=1e-5), k
+    wa, wb = _weights(ref.checkpoint), _weights(res.checkpoint)
+    assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], rtol=0, atol=1e-5) for k in wa)
+    assert "trainer layout world 2 = hsdp 1 x fsdp 2, ep 2" in (tmp_path / "log.txt").read_text()

@@ -1,10 +1,14 @@
 """The bucketed weight hand-over of the Ray orchestration (`xt.rl.cluster.weights`), without Ray:
 
-- `weight_buckets` keeps the state dict's order, bounds each bucket's bytes (a larger tensor goes
-  alone) and copies (changing a bucket leaves the model alone);
-- the disk transport (safetensors files, atomic) moves a trained model's weights into a model of
-  other weights bit for bit, keeps only the previous version's folder besides, and refuses a model that
-  misses or adds a tensor.
+- `weight_buckets` yields HF names (`xt.models.iter_hf_buckets`) in checkpoint order, bounds each
+  bucket's bytes (a larger tensor goes alone) and copies (changing a bucket leaves the model alone);
+- the disk transport (safetensors files, atomic) moves a model's weights into a model of other
+  weights by HF name bit for bit (dense, and MoE with its stacked experts unstacked into per-expert
+  HF tensors and written back), keeps only the previous version's folder besides, and refuses a
+  model that misses or adds a tensor;
+- `build_policy` builds an ``init_from`` HF folder as `xt train` does (meta device + the row
+  reader): the policy's weights equal `xt.models.from_pretrained`'s in float32 bit for bit, a
+  random init equals an eager build of the same seed, and a KL reference is the same weights, frozen.
 The object-store transport runs in test_rl_ray.py (disaggregated run). Also: without Ray,
 ``orchestrator.kind = "ray"`` is one ConfigError; `split_counts` shares work in order."""
 from __future__ import annotations
@@ -13,28 +17,30 @@ import pytest
 import torch
 
 from rl_helpers import tiny_qwen3
+from xt.models.hf_stream import hf_items
 from xt.rl.cluster.weights import load_buckets, publish_weights, weight_buckets
 
 
-def test_buckets_are_bounded_ordered_copies():
-    model = tiny_qwen3(seed=0, dtype=torch.float32)
-    sd = model.state_dict()
+def test_buckets_are_bounded_ordered_hf_named_copies():
+    model = tiny_qwen3(seed=0, dtype=torch.float32, moe=True)
+    hf = dict(hf_items(model))
     limit = 8 * 1024
-    buckets = list(weight_buckets(sd, limit))
-    assert [k for b in buckets for k in b] == list(sd)
+    buckets = list(weight_buckets(model, limit))
+    assert [k for b in buckets for k in b] == list(hf) and "model.layers.0.mlp.experts.3.down_proj.weight" in hf
     for b in buckets:
         size = sum(t.numel() * t.element_size() for t in b.values())
         assert size <= limit or len(b) == 1
     assert any(len(b) > 1 for b in buckets) and len(buckets) > 2
     first = next(iter(buckets[0]))
     buckets[0][first].add_(1.0)
-    assert not torch.equal(buckets[0][first], sd[first])
+    assert not torch.equal(buckets[0][first], hf[first])
     with pytest.raises(ValueError, match="max_bytes"):
-        next(weight_buckets(sd, 0))
+        next(weight_buckets(model, 0))
 
 
-def test_disk_hand_over_is_exact_and_checked(tmp_path):
-    src, dst = tiny_qwen3(seed=1, dtype=torch.float32), tiny_qwen3(seed=2, dtype=torch.float32)
+@pytest.mark.parametrize("moe", [False, True])
+def test_disk_hand_over_is_exact_and_checked(tmp_path, moe):
+    src, dst = tiny_qwen3(seed=1, dtype=torch.float32, moe=moe), tiny_qwen3(seed=2, dtype=torch.float32, moe=moe)
     assert any(not torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values()))
     publish_weights(src, 2, "disk", 4096, tmp_path)
     publish_weights(src, 3, "disk", 4096, tmp_path)
@@ -43,8 +49,10 @@ def test_disk_hand_over_is_exact_and_checked(tmp_path):
     assert not list((tmp_path / "v4").glob("*.tmp"))
     n = load_buckets(dst, (how, paths))
     sd_src, sd_dst = src.state_dict(), dst.state_dict()
-    assert n == sum(t.numel() * t.element_size() for t in sd_src.values())
+    assert n == sum(t.numel() * t.element_size() for _, t in hf_items(src))
     assert all(torch.equal(sd_src[k], sd_dst[k]) for k in sd_src)
+    if moe:  # the checks below on the dense one
+        return
     with pytest.raises(KeyError, match="did not arrive"):
         load_buckets(dst, (how, paths[1:]))
     moe = tiny_qwen3(seed=0, dtype=torch.float32, moe=True)
@@ -52,6 +60,44 @@ def test_disk_hand_over_is_exact_and_checked(tmp_path):
         load_buckets(moe, (how, paths))
     with pytest.raises(ValueError, match="object_store"):
         publish_weights(src, 5, "nfs", 4096, tmp_path)
+
+
+def test_build_policy_loads_an_hf_folder_as_xt_train_does(tmp_path):
+    from types import SimpleNamespace
+
+    from xt.core.checkpoint import seed_everything
+    from xt.core.config import OptimConfig, ScheduleConfig, TrainConfig
+    from xt.kernels.config import KernelsConfig
+    from xt.models import ModelSection, from_pretrained, save_pretrained
+    from xt.rl.config import RLConfig
+    from xt.rl.loop.build import build_policy
+    from xt.rl.run_config import RolloutConfig
+
+    src = tiny_qwen3(seed=3, dtype=torch.float32, moe=True)
+    save_pretrained(src.to(torch.bfloat16), tmp_path / "hf")  # a bf16 checkpoint: float32 masters must hold it exactly
+    cfg = SimpleNamespace(model=ModelSection(init_from=str(tmp_path / "hf")), train=TrainConfig(dtype="fp32"),
+                          optim=OptimConfig(), schedule=ScheduleConfig(), kernels=KernelsConfig(), rl=RLConfig(),
+                          rollout=RolloutConfig())
+    parts = build_policy(cfg, "cpu")
+    want = from_pretrained(tmp_path / "hf").float().state_dict()
+    got = parts.model.state_dict()
+    assert got.keys() == want.keys() and all(v.dtype == torch.float32 for v in got.values())
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    parts.trainer.close()
+    # random init: the meta build equals an eager build of the same seed
+    hf_cfg = {**src.config.to_hf_dict(), "architectures": ["Qwen3MoeForCausalLM"]}
+    rand = build_policy(SimpleNamespace(**{**vars(cfg), "model": ModelSection(config=hf_cfg)}), "cpu")
+    from xt.models import build_model
+    seed_everything(0)
+    eager = build_model(hf_cfg).state_dict()
+    assert all(torch.equal(v, eager[k]) for k, v in rand.model.state_dict().items())
+    rand.trainer.close()
+    # a reference (rl.kl_coef > 0): the same weights, frozen
+    kl = build_policy(SimpleNamespace(**{**vars(cfg), "rl": RLConfig(kl_coef=0.1, kl_in="reward")}), "cpu")
+    ref = kl.reference.model
+    assert not any(p.requires_grad for p in ref.parameters()) and all(p.requires_grad for p in kl.model.parameters())
+    assert all(torch.equal(v, ref.state_dict()[k]) for k, v in kl.model.state_dict().items())
+    kl.trainer.close()
 
 
 def test_missing_ray_is_one_config_error(monkeypatch):

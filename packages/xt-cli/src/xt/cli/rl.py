@@ -30,7 +30,8 @@ from xt.core.engine import read_metrics
 from xt.core.engine.metrics import MetricsWriter
 from xt.core.engine.report import ProgressReporter, plot_curves
 from xt.data import load_tokenizer
-from xt.models import check_model_section
+from xt.models import check_model_section, section_config
+from xt.rl.loop.build import check_trainer_layout
 from xt.rl.loop.grpo import GRPOLoop
 from xt.rl.loop.local import LocalRun
 from xt.rl.loop.prompts import PromptSource, render_prompt, task_samples
@@ -83,12 +84,14 @@ def run_rl(config: str | Path | None, overrides: Sequence[str] = (), resume: str
     Raises:
         xt.core.config.ConfigError: a bad config entry, task or tokenizer (key, file, line).
         xt.core.errors.CheckpointError: a resume checkpoint that does not fit this run.
+        xt.parallel.LayoutError: a ``[parallel]`` layout that cannot work on ``orchestrator.trainer_workers`` ranks.
         FileExistsError: a fresh start in an ``out_dir`` that already holds checkpoints.
     """
     console = console or Console(soft_wrap=True)
     t_start = time.perf_counter()
     cfg = load_rl_config(config, overrides)
     check_model_section(cfg.model, config, overrides)
+    check_trainer_layout(cfg.parallel, cfg.orchestrator.trainer_workers, section_config(cfg.model))
     path = resolve_resume(resume if resume is not None else cfg.checkpoint.resume, cfg.train.out_dir)
     out_dir = Path(cfg.train.out_dir)
     if path is None and latest_checkpoint(out_dir) is not None:
@@ -134,7 +137,8 @@ def _loop(cfg: RLRunConfig, config: Any, run: Any, prompts: PromptSource, tok: A
                   f"({len(prompts.samples)} samples), "
                   f"{cfg.rollout.prompts_per_step} prompts x {cfg.rollout.group_size} samples per step, "
                   f"reward {cfg.rl.reward.function}, routing replay {d['replay']}; "
-                  f"precision {escape(d['precision'])}", highlight=False)
+                  f"precision {escape(d['precision'])}; trainer layout {escape(d.get('layout', 'plain'))}",
+                  highlight=False)
     u = cfg.rollout.updates_per_step
     stop = min(cfg.train.steps, until_step if until_step is not None else cfg.train.steps)
     metrics_path = out_dir / "metrics.jsonl"

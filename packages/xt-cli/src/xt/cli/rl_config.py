@@ -12,6 +12,7 @@ One TOML file, one table per section::
     [schedule]   # xt.core ScheduleConfig
     [checkpoint] # xt.core CheckpointConfig (every_steps, keep_last, save_final, resume, hf_export)
     [kernels]    # xt.kernels KernelsConfig
+    [parallel]   # xt.parallel ParallelConfig: the trainer's layout (FSDP2 / EP over orchestrator.trainer_workers)
 
 Load with :func:`load_rl_config`; ``--set section.key=value`` overrides any entry. Every error names
 the dotted key, the file and the line (`xt.core.config.load_config`).
@@ -23,6 +24,7 @@ from typing import Sequence
 
 from xt.cli.config import RunSections
 from xt.core.config import load_config, require
+from xt.parallel.config import ParallelConfig
 from xt.rl.config import RLConfig
 from xt.rl.run_config import OrchestratorConfig, RolloutConfig, TaskConfig
 
@@ -37,6 +39,7 @@ class RLRunConfig(RunSections):
     rollout: RolloutConfig = RolloutConfig()
     rl: RLConfig = RLConfig()
     orchestrator: OrchestratorConfig = OrchestratorConfig()
+    parallel: ParallelConfig = ParallelConfig()
 
     def __post_init__(self) -> None:
         u = self.rollout.updates_per_step
@@ -48,6 +51,12 @@ class RLRunConfig(RunSections):
         per_update = self.rollout.prompts_per_step * self.rollout.group_size // u
         require(self.train.micro_batches_per_step <= per_update, "train.micro_batches_per_step",
                 f"must be <= the samples of one update ({per_update}), got {self.train.micro_batches_per_step}")
+        ranks = self.orchestrator.trainer_workers
+        require(ranks * self.train.micro_batches_per_step <= per_update, "orchestrator.trainer_workers",
+                f"{ranks} ranks x train.micro_batches_per_step = {self.train.micro_batches_per_step} exceed the "
+                f"samples of one update ({per_update}): every rank needs a sample per micro-batch")
+        require(self.parallel.sp_size == 1, "parallel.sp_size",
+                "must be 1 for xt rl (the RL losses need whole sequences on each rank)")
         require(not (self.orchestrator.max_staleness and self.rl.dynamic_sampling), "orchestrator.max_staleness",
                 "1 (overlap) cannot be combined with rl.dynamic_sampling (its extra rounds need the current weights)")
         if self.rollout.engine == "lmdeploy":

@@ -111,9 +111,16 @@ class OrchestratorConfig(ConfigStruct):
             model and devices; they take turns, the weights are handed over in memory) or
             "disaggregated" (rollout actors with their own model copy; the trainer's weights reach
             them in buckets through ``weight_sync``).
-        weight_sync: "object_store" (buckets through Ray's object store, in memory) or "disk"
-            (buckets as safetensors files under ``train.out_dir/weight_sync``: a shared file system
-            between nodes). Disaggregated only.
+        weight_sync: how the trainer's weights reach the rollout actors (disaggregated only), in
+            HF-named buckets: "object_store" (through Ray's object store, in memory), "disk"
+            (safetensors files under ``train.out_dir/weight_sync``: a shared file system between
+            nodes) or "collective" (broadcast from trainer rank 0 over a torch.distributed group
+            of it and the rollout actors: gloo on the CPU, NCCL on CUDA; synchronous runs only,
+            ``max_staleness = 0``, since the trainer then holds no earlier weights to redo a rollout on).
+        trainer_workers: trainer actors, >= 1: ranks of one torch.distributed group running the
+            policy laid out by ``[parallel]`` (FSDP2, EP) as `xt train` under torchrun, each
+            training on its share of every update's samples; > 1 needs kind = "ray" and
+            placement = "disaggregated".
         bucket_mb: the largest weight bucket, MiB (> 0); a tensor above it travels alone.
         rollout_workers: rollout actors (disaggregated), >= 1. With more than one, each gets a
             contiguous share of the step's prompts and its own seed (``seed * 1009 + worker``), so
@@ -133,8 +140,9 @@ class OrchestratorConfig(ConfigStruct):
 
     kind: Literal["local", "ray"] = "local"
     placement: Literal["colocated", "disaggregated"] = "colocated"
-    weight_sync: Literal["object_store", "disk"] = "object_store"
+    weight_sync: Literal["object_store", "disk", "collective"] = "object_store"
     bucket_mb: float = 256.0
+    trainer_workers: int = 1
     rollout_workers: int = 1
     reward_workers: int = 1
     address: str = ""
@@ -151,6 +159,13 @@ class OrchestratorConfig(ConfigStruct):
         require(self.num_cpus >= 0, "num_cpus", f"must be >= 0 (0 = all), got {self.num_cpus}")
         require(self.gpus_per_actor == -1 or self.gpus_per_actor >= 0, "gpus_per_actor",
                 f"must be -1 (auto) or >= 0, got {self.gpus_per_actor}")
+        require(self.trainer_workers >= 1, "trainer_workers", f"must be >= 1, got {self.trainer_workers}")
+        require(self.trainer_workers == 1 or (self.kind == "ray" and self.placement == "disaggregated"),
+                "trainer_workers", f"{self.trainer_workers} needs kind = 'ray' and placement = 'disaggregated' "
+                "(the rollout samples on a model of its own, not on the sharded one)")
+        require(not (self.weight_sync == "collective" and self.max_staleness), "weight_sync",
+                "'collective' needs max_staleness = 0 (a redone prefetched rollout needs the earlier weights, "
+                "which only 'object_store' / 'disk' keep)")
         require(self.max_restarts >= 0, "max_restarts", f"must be >= 0, got {self.max_restarts}")
         require(self.max_staleness in (0, 1), "max_staleness", f"must be 0 or 1, got {self.max_staleness}")
         require(self.max_staleness == 0 or (self.kind == "ray" and self.placement == "disaggregated"),

@@ -6,24 +6,35 @@ Every request and answer crosses the actor boundary as msgpack bytes of the loop
 arrival. Weights travel as buckets (`xt.rl.cluster.weights`).
 
 - `TrainerActor`: the policy exactly as `xt rl` builds it on one process (`xt.rl.loop.build`:
-  seed, `build_run_model`, `Engine.from_config`, `PolicyTrainer`), its checkpoints and HF export.
-  Colocated, it also holds the rollout engine on the same model: the two take turns on its
-  devices and the weight hand-over is a version bump.
+  seed, meta build + ``[parallel]`` layout, `Engine.from_config`, `PolicyTrainer`), its checkpoints
+  and HF export. With ``orchestrator.trainer_workers = N`` there are N of them, ranks of one
+  torch.distributed group (the environment torchrun would set: ``RANK``, ``WORLD_SIZE``,
+  ``MASTER_ADDR`` ...; gloo on the CPU, NCCL on CUDA), laid out by ``[parallel]`` as `xt train`
+  under torchrun; the driver calls every rank alike and reads rank 0's answer.
+  Colocated (one rank), it also holds the rollout engine on the same model: the two take turns on
+  its devices and the weight hand-over is a version bump.
 - `RolloutActor`: a model copy built the same way and an `XTRolloutEngine` on it (disaggregated).
 - `RewardActor`: a `RewardPool` (worker processes with per-call timeouts).
 """
 from __future__ import annotations
 
+import functools
+
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from xt.core.checkpoint import seed_everything
-from xt.kernels.config import apply_kernels_config
-from xt.models import build_run_model, save_pretrained
+from xt.models import save_pretrained
+from xt.parallel.config import ParallelConfig
+from xt.parallel.export import exporter
+from xt.parallel.full_state import FullState
+from xt.models.hf_stream import PlainState
+from xt.rl.cluster.collective import BucketPlan, WeightGroup, broadcast_weights, bucket_plan, receive_weights
 from xt.rl.cluster.weights import WeightHandle, load_buckets, publish_weights
-from xt.rl.loop.build import StateHolder, build_policy, load_policy, save_policy
+from xt.rl.loop.build import StateHolder, build_laid_out, build_policy, load_policy, save_policy
 from xt.rl.loop.grpo import RewardWorker
 from xt.rl.loop.local import describe_policy
 from xt.rl.loop.messages import RewardRequest, TrainRequest
@@ -47,10 +58,24 @@ class TrainerActor:
         cfg: the `xt rl` config (its sections are read; it is not modified).
         colocated: also hold the rollout engine on the trained model.
         threads: torch intra-op threads (the driver's, so the numerics equal a one-process run).
+        rank, world: this trainer rank and the number of trainer actors.
+        master: ``"HOST:PORT"`` where rank 0 hosts the trainer group's rendezvous (``world > 1``).
+
+    Raises:
+        ValueError: ``world > 1`` without `master`.
     """
 
-    def __init__(self, cfg: Any, colocated: bool, threads: int) -> None:
+    def __init__(self, cfg: Any, colocated: bool, threads: int, rank: int = 0, world: int = 1,
+                 master: str | None = None) -> None:
         torch.set_num_threads(threads)
+        if world > 1:  # what torchrun sets: xt.parallel.apply_layout then lays the model out over the group
+            if not master:
+                raise ValueError("TrainerActor: several trainer ranks need the rendezvous address (master)")
+            host, _, port = master.rpartition(":")
+            os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
+                              MASTER_ADDR=host, MASTER_PORT=port)
+        self.rank, self.world = rank, world
+        self.wgroup: WeightGroup | None = None
         self.cfg, self.device = cfg, actor_device()
         self.parts = build_policy(cfg, self.device)
         self.rollout = None
@@ -61,7 +86,7 @@ class TrainerActor:
     def info(self) -> dict[str, Any]:
         """`xt.rl.loop.local.describe_policy`, plus ``is_moe``, ``routing_replay`` and ``step``."""
         tr = self.parts.trainer
-        return {**describe_policy(self.parts, self.device), "is_moe": tr.is_moe,
+        return {**describe_policy(self.parts, self.device, getattr(self.cfg, "parallel", None)), "is_moe": tr.is_moe,
                 "routing_replay": tr.routing_replay, "step": self.parts.engine.step}
 
     def step(self) -> int:
@@ -92,10 +117,47 @@ class TrainerActor:
         if self.rollout is not None:
             self.rollout.load_weights(None, version)
 
-    def publish_weights(self, how: str, max_bytes: int, root: str | None) -> WeightHandle:
-        """The current weights as buckets (`xt.rl.cluster.weights.publish_weights`)."""
+    def full_state(self) -> Any:
+        """The policy's full state for weight sync: None (its plain state dict) for a plain model, a
+        `FullState` (gathered one tensor at a time; every rank must iterate it) for a laid-out one."""
+        meshes = getattr(self.parts.dist, "meshes", None)
+        return None if meshes is None else FullState(self.parts.model, getattr(meshes, "ep_group", None))
+
+    def weight_plan(self, max_bytes: int) -> BucketPlan:
+        """The HF buckets of a weight sync (`xt.rl.cluster.collective.bucket_plan`; nothing gathered)."""
+        state = self.full_state() or PlainState(self.parts.model)
+        return bucket_plan(self.parts.model, max_bytes, state.layout)
+
+    def join_weight_group(self, address: str, prefix: str, world: int) -> None:
+        """Rank 0: become rank 0 of the weight-sync group `prefix` of `world` members (the rollout
+        actors join it at the same time); other ranks: nothing."""
+        if self.rank == 0:
+            self.wgroup = WeightGroup(address, prefix, 0, world, self.device)
+
+    def broadcast_weights(self, max_bytes: int, plan: BucketPlan) -> int:
+        """Stream the current weights and broadcast them (rank 0) to the weight-sync group
+        (`xt.rl.cluster.collective.broadcast_weights`); every trainer rank must be called. Returns
+        the bytes sent.
+
+        Raises:
+            RuntimeError: rank 0 is not in a weight-sync group (`join_weight_group`).
+        """
+        if self.rank == 0 and self.wgroup is None:
+            raise RuntimeError("TrainerActor.broadcast_weights: join_weight_group first")
+        return broadcast_weights(self.wgroup if self.rank == 0 else None, self.parts.model, max_bytes, plan,
+                                 self.full_state())
+
+    def publish_weights(self, how: str, max_bytes: int, root: str | None) -> WeightHandle | None:
+        """The current weights as HF-named buckets (`xt.rl.cluster.weights.publish_weights`). A
+        laid-out trainer gathers on every rank (all must be called); rank 0 publishes and returns
+        the handle, the others None."""
+        tensors = self.full_state()
+        if self.rank != 0:
+            for _ in tensors:  # take part in the gathers
+                pass
+            return None
         return publish_weights(self.parts.model, self.parts.trainer.weight_version, how, max_bytes,
-                               Path(root) if root else None)
+                               Path(root) if root else None, tensors)
 
     def save(self, out_dir: str, prompt_state: dict[str, Any], keep_last: int,
              extra: dict[str, dict[str, Any]] | None = None) -> str:
@@ -113,8 +175,11 @@ class TrainerActor:
         return holder.state_dict(), {k: h.state_dict() for k, h in holders.items()}
 
     def export_hf(self, path: str) -> None:
-        """Write the policy as an HF folder (files of at most ``checkpoint.hf_max_shard_size``)."""
-        save_pretrained(self.parts.model, Path(path), max_shard_size=self.cfg.checkpoint.hf_max_shard_size)
+        """Write the policy as an HF folder (`xt.models.save_pretrained`, files of at most
+        ``checkpoint.hf_max_shard_size``; streamed from every rank of a laid-out trainer through
+        `xt.parallel.exporter`)."""
+        write = functools.partial(save_pretrained, max_shard_size=self.cfg.checkpoint.hf_max_shard_size)
+        exporter(write, self.parts.dist)(self.parts.model, Path(path))
 
     def close(self) -> None:
         """Remove the routing-replay hook."""
@@ -133,10 +198,31 @@ class RolloutActor:
     def __init__(self, cfg: Any, threads: int) -> None:
         torch.set_num_threads(threads)
         seed_everything(cfg.train.seed)
-        model = build_run_model(cfg.model, actor_device())
-        apply_kernels_config(cfg.kernels)
+        model, _ = build_laid_out(cfg.model, cfg.kernels, ParallelConfig(), actor_device())  # plain, unsharded
         self.engine = XTRolloutEngine(model.requires_grad_(False),
                                       max_batch_sequences=cfg.rollout.max_batch_sequences)
+        self.wgroup: WeightGroup | None = None
+
+    def join_weight_group(self, address: str, prefix: str, rank: int, world: int) -> None:
+        """Become `rank` of the weight-sync group `prefix` (replacing any earlier group)."""
+        self.wgroup = WeightGroup(address, prefix, rank, world, actor_device())
+
+    def receive_weights(self, plan: BucketPlan, version: int) -> int:
+        """Receive the trainer's broadcast buckets of `plan` into the model and set the version;
+        returns the bytes received (`xt.rl.cluster.collective.receive_weights`).
+
+        Raises:
+            RuntimeError: not in a weight-sync group.
+        """
+        if self.wgroup is None:
+            raise RuntimeError("RolloutActor.receive_weights: join_weight_group first")
+        n = receive_weights(self.wgroup, self.engine.model, plan)
+        self.engine.weight_version = version
+        return n
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """CPU copies of the rollout model's tensors (for checks)."""
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.engine.model.state_dict().items()}
 
     def ping(self) -> int:
         """The weight version held (also: the actor is alive)."""

@@ -6,11 +6,14 @@ instead), creates the actors (`xt.rl.cluster.actors`) and exposes the interface 
 `xt.rl.loop.local.LocalRun`: ``rollout``, ``reward``, ``trainer``, ``step``, ``load``, ``save``,
 ``export_hf``, ``describe``, ``close``.
 
-**Placement.** Colocated: one `TrainerActor` holds the policy and the rollout engine on the same
-model (they take turns on its devices); after each update the hand-over is in memory, a version
-bump. Disaggregated: ``orchestrator.rollout_workers`` `RolloutActor` copies; after each update the
-trainer publishes its weights in buckets (`xt.rl.cluster.weights`: object store or disk) and every
-rollout actor copies them in before the next rollout.
+**Placement.** The trainer is ``orchestrator.trainer_workers`` `TrainerActor` ranks of one
+torch.distributed group (`xt.rl.cluster.trainer_group`; FSDP2 / EP by ``[parallel]``). Colocated
+(one rank): it holds the policy and the rollout engine on the same model (they take turns on its
+devices); after each update the hand-over is in memory, a version bump. Disaggregated:
+``orchestrator.rollout_workers`` `RolloutActor` copies; after each update the trainer streams its
+weights in HF-named buckets, published (`xt.rl.cluster.weights`: object store or disk) and copied in
+by every rollout actor, or broadcast over a process group of trainer rank 0 and the rollout actors
+(``weight_sync = "collective"``, `xt.rl.cluster.collective`), before the next rollout.
 
 **Overlap** (``orchestrator.max_staleness = 1``, disaggregated): the loop `submit`s the next
 step's rollout before this step's update and `collect`s it a step later, so the rollout actors
@@ -22,8 +25,10 @@ orchestrator.max_restarts``. When a call fails because its actor died (`ray.exce
 the proxy waits until Ray has restarted it, hands a rollout actor the current weights again, and
 sends the same request (same seed) once more, so the step's result does not change; ``restarts``
 counts these. A rollout actor that died and came back between the weight sync and a request
-answers with the wrong weight version: that answer is dropped and redone the same way. The trainer actor is not restarted (its optimizer state lives only there: resume from
-the last checkpoint instead).
+answers with the wrong weight version: that answer is dropped and redone the same way. With
+collective weight sync a restarted rollout actor has left the weight-sync group, so a new group is
+built with every member and the current weights broadcast again. The trainer actors are not
+restarted (their optimizer state lives only there: resume from the last checkpoint instead).
 """
 from __future__ import annotations
 
@@ -31,12 +36,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import msgspec
 import torch
 
-from xt.rl.cluster.actors import RewardActor, RolloutActor, TrainerActor
-from xt.rl.loop.messages import RewardRequest, RewardResult, TrainRequest, TrainResult
-from xt.rl.rollout.protocol import RolloutRequest, RolloutResult, decode, encode
+from xt.rl.cluster.actors import RewardActor, RolloutActor
+from xt.rl.cluster.rollout_proxy import ColocatedRollout, DisaggregatedRollout, split_counts
+from xt.rl.cluster.trainer_group import TrainerGroup, TrainerProxy
+from xt.rl.loop.messages import RewardRequest, RewardResult
+from xt.rl.rollout.protocol import decode, encode
 
 __all__ = ["RayRun", "import_ray", "split_counts", "RESTART_WAIT_S", "AFTER_SUBMIT"]
 
@@ -60,13 +66,6 @@ def import_ray() -> Any:
         raise ConfigError("orchestrator.kind = 'ray' needs Ray: pip install 'xt-rl[ray]' (or pip install ray)",
                           key="orchestrator.kind") from None
     return ray
-
-
-def split_counts(n: int, parts: int) -> list[tuple[int, int]]:
-    """``parts`` contiguous ``(start, stop)`` ranges over ``range(n)``, sizes differing by at most
-    one, empty ones dropped."""
-    bounds = [n * i // parts for i in range(parts + 1)]
-    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
 class _Actors:
@@ -136,118 +135,6 @@ class _Actors:
         return self.gather(method, args, self.submit(method, args))
 
 
-class _TrainerProxy:
-    """`PolicyTrainer`'s interface (``train``, ``sequence_kl``, ``is_moe``, ``routing_replay``,
-    ``weight_version``) over the trainer actor."""
-
-    def __init__(self, ray: Any, actor: Any, info: dict[str, Any]) -> None:
-        self.ray, self.actor = ray, actor
-        self.is_moe, self.routing_replay = bool(info["is_moe"]), bool(info["routing_replay"])
-        self.weight_version = 0
-
-    def train(self, request: TrainRequest) -> TrainResult:
-        """One RL step's updates on the trainer actor."""
-        res = decode(self.ray.get(self.actor.train.remote(encode(request))), TrainResult)
-        self.weight_version = res.weight_version
-        return res
-
-    def sequence_kl(self, request: TrainRequest) -> list[float]:
-        """Per-sample KL to the reference (``rl.kl_in = "reward"``)."""
-        return self.ray.get(self.actor.sequence_kl.remote(encode(request)))
-
-
-class _ColocatedRollout:
-    """The rollout interface over the colocated trainer actor (same model; hand-over = version)."""
-
-    def __init__(self, ray: Any, actor: Any) -> None:
-        self.ray, self.actor = ray, actor
-        self.weight_version = 0
-
-    def generate(self, request: RolloutRequest) -> RolloutResult:
-        """Sample on the trainer actor's model."""
-        return decode(self.ray.get(self.actor.generate.remote(encode(request))), RolloutResult)
-
-    def load_weights(self, state_dict: Any, version: int) -> None:
-        """In-memory hand-over: the rollout engine already holds the trained model; set `version`."""
-        self.ray.get(self.actor.set_rollout_version.remote(version))
-        self.weight_version = version
-
-
-class _DisaggregatedRollout:
-    """The rollout interface over `RolloutActor` copies: requests split by prompts, weights
-    published by the trainer in buckets and loaded by every copy (module docstring)."""
-
-    def __init__(self, ray: Any, trainer: Any, handles: list[Any], how: str, max_bytes: int, root: str | None,
-                 max_restarts: int) -> None:
-        self.ray, self.trainer = ray, trainer
-        self.how, self.max_bytes, self.root = how, max_bytes, root
-        self.actors = _Actors(ray, handles, max_restarts, on_restart=self._resync)
-        self.weight_version = 0
-        self._handle: Any = None
-        self._target: tuple[Any, int] | None = None  # the weights a rollout in `collect` was submitted with
-        self.sync_bytes = 0
-
-    def _resync(self, i: int) -> None:
-        handle, version = self._target or (self._handle, self.weight_version)
-        if handle is not None:
-            self.ray.get(self.actors.handles[i].load_weights.remote(handle, version))
-
-    def load_weights(self, state_dict: Any, version: int) -> None:
-        """Publish the trainer's current weights (``state_dict`` is ignored: they are the trainer
-        actor's) and load them into every rollout actor (after any generation still running)."""
-        self._handle = self.ray.get(self.trainer.publish_weights.remote(self.how, self.max_bytes, self.root))
-        self.weight_version = version
-        n = self.actors.call_all("load_weights", [(self._handle, version)] * len(self.actors.handles))
-        self.sync_bytes = int(n[0])
-
-    def submit(self, request: RolloutRequest) -> dict[str, Any]:
-        """Start a rollout on the actors' current weights and return at once (one-step overlap:
-        `collect` it later). One worker gets the request as it is; several get contiguous prompt
-        shares, worker k seeded ``seed * 1009 + k``."""
-        parts = split_counts(len(request.prompts), len(self.actors.handles))
-        if len(self.actors.handles) == 1:
-            reqs = [request]
-        else:
-            reqs = [msgspec.structs.replace(request, prompts=request.prompts[a:b], seed=request.seed * 1009 + k)
-                    for k, (a, b) in enumerate(parts)]
-        args = [(encode(r),) for r in reqs]
-        return {"args": args, "parts": parts, "refs": self.actors.submit("generate", args), "t0": time.perf_counter(),
-                "handle": self._handle, "version": self.weight_version, "request_id": request.request_id}
-
-    def collect(self, pending: dict[str, Any]) -> RolloutResult:
-        """The samples of a `submit`ted rollout, in prompt order. A call whose actor died is redone
-        on the weights it was submitted with (kept alive for that), and the actor then gets the
-        current ones again; an answer with another weight version (the actor came back between
-        sync and request) is redone the same way.
-
-        Raises:
-            RuntimeError: an actor still answers with the wrong version after a re-sync.
-        """
-        want = pending["version"]
-        self._target = (pending["handle"], want)
-        before = self.actors.restarts
-        try:
-            outs = [decode(b, RolloutResult) for b in self.actors.gather("generate", pending["args"], pending["refs"])]
-            for k, res in enumerate(outs):
-                if res.weight_version != want:
-                    res = outs[k] = decode(self.actors.redo(k, "generate", pending["args"][k]), RolloutResult)
-                    if res.weight_version != want:
-                        raise RuntimeError(f"rollout actor {k} answers with weight version {res.weight_version} "
-                                           f"after a re-sync to {want}")
-        finally:
-            self._target = None
-        if self.actors.restarts != before and want != self.weight_version and self._handle is not None:
-            self.actors.call_all("load_weights", [(self._handle, self.weight_version)] * len(self.actors.handles))
-        samples = [msgspec.structs.replace(s, prompt_index=s.prompt_index + a)
-                   for (a, _), res in zip(pending["parts"], outs) for s in res.samples]
-        return RolloutResult(samples=samples, weight_version=want, seconds=time.perf_counter() - pending["t0"],
-                             request_id=pending["request_id"])
-
-    def generate(self, request: RolloutRequest) -> RolloutResult:
-        """`submit` then `collect`: a synchronous rollout on the current weights."""
-        return self.collect(self.submit(request))
-
-
 class _RewardProxy:
     """`RewardWorker`'s ``score`` over the reward actors (completions split in order)."""
 
@@ -296,30 +183,31 @@ class RayRun:
         gpus = oc.gpus_per_actor if oc.gpus_per_actor >= 0 else (1.0 if torch.cuda.is_available() else 0.0)
         threads = torch.get_num_threads()
         colocated = oc.placement == "colocated"
-        need = gpus * (1 if colocated else 1 + oc.rollout_workers)
+        need = gpus * (oc.trainer_workers if colocated else oc.trainer_workers + oc.rollout_workers)
         have = float(ray.cluster_resources().get("GPU", 0.0))
         if need > have:  # Ray would wait for them forever
             from xt.core.errors import ConfigError
             raise ConfigError(f"orchestrator.gpus_per_actor = {oc.gpus_per_actor}: the actors need {need:g} GPUs "
                               f"({oc.placement}), the Ray cluster has {have:g}; lower it (fractions share a GPU) "
                               "or use fewer rollout_workers", key="orchestrator.gpus_per_actor")
-        # the synchronous loop runs one part at a time, so only the trainer reserves a CPU
-        self.trainer_actor = ray.remote(TrainerActor).options(num_cpus=1, num_gpus=gpus, max_restarts=0).remote(
-            cfg, colocated, threads)
+        # the synchronous loop runs one part at a time, so only the trainer ranks reserve a CPU each
+        workers = oc.trainer_workers
+        self.trainers = TrainerGroup(ray, cfg, colocated, max(1, threads // workers), gpus, workers)
+        self.trainer_actor = self.trainers.rank0
         restart = dict(max_restarts=oc.max_restarts, max_task_retries=0)
         self.reward_actors = [ray.remote(RewardActor).options(num_cpus=0, **restart).remote(cfg.rl.reward)
                               for _ in range(oc.reward_workers)]
-        info = ray.get(self.trainer_actor.info.remote())
+        info = self.trainers.call("info")
         self.info = info
-        self.trainer = _TrainerProxy(ray, self.trainer_actor, info)
+        self.trainer = TrainerProxy(self.trainers, info)
         if colocated:
-            self.rollout: Any = _ColocatedRollout(ray, self.trainer_actor)
+            self.rollout: Any = ColocatedRollout(ray, self.trainer_actor)
         else:
             handles = [ray.remote(RolloutActor).options(num_cpus=0, num_gpus=gpus, **restart).remote(cfg, threads)
                        for _ in range(oc.rollout_workers)]
             root = str(Path(out_dir) / "weight_sync") if oc.weight_sync == "disk" else None
-            self.rollout = _DisaggregatedRollout(ray, self.trainer_actor, handles, oc.weight_sync,
-                                                 int(oc.bucket_mb * 2 ** 20), root, oc.max_restarts)
+            self.rollout = DisaggregatedRollout(ray, self.trainers, _Actors(ray, handles, oc.max_restarts),
+                                                oc.weight_sync, int(oc.bucket_mb * 2 ** 20), root)
         self.reward = _RewardProxy(ray, self.reward_actors, oc.max_restarts)
         self.rollout.load_weights(None, 0)  # the rollout copies start from the trainer's weights
 
@@ -332,13 +220,13 @@ class RayRun:
     def restarts(self) -> int:
         """Rollout and reward calls redone after their actor died."""
         r = self.reward.actors.restarts
-        return r + (self.rollout.actors.restarts if isinstance(self.rollout, _DisaggregatedRollout) else 0)
+        return r + (self.rollout.actors.restarts if isinstance(self.rollout, DisaggregatedRollout) else 0)
 
     def load(self, path: Path, prompts: Any, extra: dict[str, Any] | None = None) -> None:
         """Resume the trainer actor from `path`, `prompts` and the `extra` `Stateful`s (the loop)
         from their saved states, and hand the rollout the restored weights."""
         extra = extra or {}
-        p_state, states = self.ray.get(self.trainer_actor.load.remote(str(path), list(extra)))
+        p_state, states = self.trainers.call("load", str(path), list(extra))
         prompts.load_state_dict(p_state)
         for k, obj in extra.items():
             obj.load_state_dict(states[k])
@@ -350,11 +238,11 @@ class RayRun:
         """Checkpoint on the trainer actor, with the driver's prompt position and the states of the
         `extra` `Stateful`s (the loop's buffered rollout)."""
         states = {k: obj.state_dict() for k, obj in (extra or {}).items()}
-        return Path(self.ray.get(self.trainer_actor.save.remote(str(out_dir), prompts.state_dict(), keep_last, states)))
+        return Path(self.trainers.call("save", str(out_dir), prompts.state_dict(), keep_last, states))
 
     def export_hf(self, path: Path) -> None:
         """The trainer actor writes the HF folder."""
-        self.ray.get(self.trainer_actor.export_hf.remote(str(path)))
+        self.trainers.call("export_hf", str(path))
 
     def describe(self) -> dict[str, Any]:
         """What the banner prints (the trainer actor's `describe_policy`) and the placement."""
@@ -368,8 +256,8 @@ class RayRun:
                 ray.get(a.close.remote(), timeout=30)
             except Exception:  # noqa: BLE001 - an actor already gone has nothing to close
                 pass
-        for a in [self.trainer_actor, *self.reward_actors,
-                  *(self.rollout.actors.handles if isinstance(self.rollout, _DisaggregatedRollout) else [])]:
+        for a in [*self.trainers.handles, *self.reward_actors,
+                  *(self.rollout.actors.handles if isinstance(self.rollout, DisaggregatedRollout) else [])]:
             ray.kill(a)
         if self._own_ray:
             ray.shutdown()

@@ -8,12 +8,17 @@ in the calling process, the rollout engine on the trained model itself.
 """
 from __future__ import annotations
 
+import functools
+
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from xt.models import save_pretrained
+from xt.parallel.config import ParallelConfig
+from xt.parallel.export import exporter
+from xt.parallel.layout import describe_layout
 from xt.rl.loop.build import build_policy, load_policy, save_policy
 from xt.rl.loop.grpo import RewardWorker
 from xt.rl.rewards import RewardPool
@@ -22,13 +27,15 @@ from xt.rl.rollout import XTRolloutEngine
 __all__ = ["LocalRun", "describe_policy"]
 
 
-def describe_policy(parts: Any, device: torch.device) -> dict[str, Any]:
+def describe_policy(parts: Any, device: torch.device, parallel: ParallelConfig | None = None) -> dict[str, Any]:
     """What the run banner prints of a built policy: model class, parameters, device, routing
-    replay ("on" / "off" / "n/a (dense)") and the engine's precision summary."""
+    replay ("on" / "off" / "n/a (dense)"), the engine's precision summary and the trainer's layout
+    (`xt.parallel.describe_layout` of ``cfg.parallel``)."""
     tr = parts.trainer
     return {"model": type(parts.model).__name__, "params": sum(p.numel() for p in parts.model.parameters()),
             "device": str(device), "replay": "on" if tr.routing_replay else "off" if tr.is_moe else "n/a (dense)",
-            "precision": parts.engine.precision_summary}
+            "precision": parts.engine.precision_summary,
+            "layout": describe_layout(parallel or ParallelConfig(), parts.dist, parts.model)}
 
 
 def _lmdeploy_engine(cfg: Any, model: torch.nn.Module, tokenizer: Any) -> Any:
@@ -87,12 +94,14 @@ class LocalRun:
 
     def export_hf(self, path: Path) -> None:
         """Write the policy as an HF folder (`xt.models.save_pretrained`, files of at most
-        ``checkpoint.hf_max_shard_size``)."""
-        save_pretrained(self.parts.model, path, max_shard_size=self.cfg.checkpoint.hf_max_shard_size)
+        ``checkpoint.hf_max_shard_size``; streamed from every rank of a laid-out trainer through
+        `xt.parallel.exporter`)."""
+        write = functools.partial(save_pretrained, max_shard_size=self.cfg.checkpoint.hf_max_shard_size)
+        exporter(write, self.parts.dist)(self.parts.model, path)
 
     def describe(self) -> dict[str, Any]:
         """`describe_policy` of the policy."""
-        return describe_policy(self.parts, self.device)
+        return describe_policy(self.parts, self.device, getattr(self.cfg, "parallel", None))
 
     def close(self) -> None:
         """Stop the reward pool and remove the replay hook."""

@@ -9,6 +9,12 @@ the rollout (`xt.rl.replay.routing_agreement`) is measured before each update an
 gives ``ref_log_probs`` (``rl.kl_in = "loss"``) or, through `PolicyTrainer.sequence_kl`, the per-sample
 KL the driver subtracts from the rewards (``rl.kl_in = "reward"``). Each update is ``Engine.forward_backward(mbs, PolicyLoss)`` then
 ``optim_step``, and bumps the weight version.
+
+**Data parallel** (a trainer laid out over several ranks, e.g. Ray trainer actors with FSDP2): every
+rank receives the whole request and trains on its contiguous share of each update's samples
+(``dist.dp_rank`` of ``dist.dp_size``); the losses' global counts (`xt.rl.aggregate.step_totals`) and
+metrics are summed over ranks by the engine, so the objective is the one-process one. The routing
+agreement is each rank's share's, averaged over the ranks.
 """
 from __future__ import annotations
 
@@ -54,10 +60,13 @@ class PolicyTrainer:
         routing_replay: pass the rollout's experts to the model (``rollout.routing_replay``).
         reference: a frozen reference `Engine` for ``rl.kl_coef > 0``, else None.
         weight_version: the version of the weights the engine holds now.
+        dist: the layout's `DistContext` (``dp_rank`` / ``dp_size`` pick this rank's samples); None
+            or one without them = all samples.
     """
 
     def __init__(self, engine: Any, rl: RLConfig, *, updates_per_step: int = 1, micro_batches: int = 1,
-                 routing_replay: bool = False, reference: Any = None, weight_version: int = 0) -> None:
+                 routing_replay: bool = False, reference: Any = None, weight_version: int = 0,
+                 dist: Any = None) -> None:
         if rl.kl_coef > 0 and rl.kl_in == "loss" and reference is None:
             raise ValueError("PolicyTrainer: rl.kl_coef > 0 with rl.kl_in = 'loss' needs a reference engine")
         self.engine, self.rl = engine, rl
@@ -65,6 +74,8 @@ class PolicyTrainer:
         self.updates_per_step, self.micro_batches = updates_per_step, micro_batches
         self.reference = reference
         self.weight_version = weight_version
+        self.dp_rank, self.dp_size = int(getattr(dist, "dp_rank", 0)), int(getattr(dist, "dp_size", 1))
+        self._dist = dist
         self.is_moe = bool(decoder_routers(engine.model))
         self.routing_replay = routing_replay and self.is_moe
         self._replay_hook = enable_routing_replay(engine.model) if self.routing_replay else None
@@ -78,6 +89,20 @@ class PolicyTrainer:
                 rollout_log_probs=[x.rollout_log_probs for x in s], keep=[x.keep for x in s],
                 routed_experts=[x.routed_experts.to_tensor() for x in s] if with_experts else None))
         return out
+
+    def _share(self, samples: list[TrainSample]) -> list[TrainSample]:
+        """This data-parallel rank's contiguous share of one update's samples (all of them at dp_size 1).
+
+        Raises:
+            ValueError: fewer samples than ``dp_size * micro_batches`` (a rank would run fewer
+                micro-batches than the others, and sharded forwards are collective).
+        """
+        if self.dp_size == 1:
+            return samples
+        if len(samples) < self.dp_size * self.micro_batches:
+            raise ValueError(f"PolicyTrainer: an update has {len(samples)} samples, fewer than trainer ranks "
+                             f"({self.dp_size}) x micro-batches ({self.micro_batches})")
+        return samples[slice(*[len(samples) * r // self.dp_size for r in (self.dp_rank, self.dp_rank + 1)])]
 
     def train(self, request: TrainRequest) -> TrainResult:
         """Run the updates of one step; returns the metrics averaged over its updates (loss metrics
@@ -100,7 +125,8 @@ class PolicyTrainer:
             if f is not None:
                 metrics.setdefault(k, []).append(f)
 
-        updates = [[samples[i] for i in part] for part in split_evenly(len(samples), self.updates_per_step)]
+        updates = [self._share([samples[i] for i in part])
+                   for part in split_evenly(len(samples), self.updates_per_step)]
         per_update = [self._batches(u, self.routing_replay) for u in updates]
         measure = self.is_moe and has_experts  # how often the trainer's own routing differs from the rollout's
         if self.updates_per_step > 1:
@@ -128,6 +154,11 @@ class PolicyTrainer:
             self.weight_version += 1
         dt = time.perf_counter() - t0
         out: dict[str, float | None] = {k: sum(v) / len(v) for k, v in metrics.items()}
+        if measure and self.dp_size > 1:  # each rank measured its share: the mean over ranks
+            keys = sorted(k for k in out if k.startswith("routing_"))
+            dev = next(self.engine.model.parameters()).device
+            t = self._dist.all_reduce_sum(torch.tensor([out[k] for k in keys], dtype=torch.float64, device=dev))
+            out.update({k: float(v) / self.dp_size for k, v in zip(keys, t.tolist())})
         out.update(trainer_tokens=float(tokens), trainer_s=dt, trainer_tokens_per_s=tokens / dt if dt > 0 else None)
         return TrainResult(metrics=out, weight_version=self.weight_version)
 
@@ -137,7 +168,8 @@ class PolicyTrainer:
         π_ref the reference engine, both by `forward_log_probs` at ``rl.temperature``: the term
         ``rl.kl_in = "reward"`` subtracts from the rewards (times ``rl.kl_coef``). Sample order kept.
 
-        Every response token counts, also of samples with ``keep = False``.
+        Every response token counts, also of samples with ``keep = False``. Under data parallelism
+        every rank computes every sample (its forwards are collective), so all ranks return the same list.
 
         Raises:
             ValueError: no reference engine, or no samples.
