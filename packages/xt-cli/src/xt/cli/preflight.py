@@ -43,7 +43,7 @@ def preflight(cfg: XTConfig, config: str | Path | None, overrides: Sequence[str]
     check_part_names(cfg.model, list(cfg.optim.part_lr), "optim.part_lr", config, overrides)
     check_tracking(cfg.tracking)
     check_data_section(cfg.data, config, overrides)
-    check_vision_data(cfg.model, cfg.data, config, overrides, eval_enabled=cfg.eval.enabled)
+    check_vision_data(cfg.model, cfg.data, config, overrides)
     if cfg.eval.paths:
         try:
             check_data(eval_data_config(cfg.data, cfg.eval))

@@ -18,14 +18,13 @@ __all__ = ["check_vision_data"]
 
 
 def check_vision_data(model: ModelSection, data: DataConfig, config: str | Path | None,
-                      overrides: Sequence[str] = (), eval_enabled: bool = False) -> None:
+                      overrides: Sequence[str] = ()) -> None:
     """Check ``[data.vision]`` against the model of ``[model]`` (no model is built).
 
     Raises:
         xt.core.config.ConfigError: image data for a model without a vision tower, or a tile size,
             tokens per tile or placeholder token that differs from the model's (naming the
-            ``data.vision`` key, its file and line, and the model's value); an enabled ``[eval]``
-            (`eval_enabled`), which image data does not support yet.
+            ``data.vision`` key, its file and line, and the model's value).
     """
     if data.vision is None:
         return
@@ -34,10 +33,6 @@ def check_vision_data(model: ModelSection, data: DataConfig, config: str | Path 
 
     def fail(key: str, msg: str):
         return config_error_at(key, f"`{key}`: {msg}", path=config, overrides=overrides)
-
-    if eval_enabled:
-        raise fail("eval.every_steps", "held-out evaluation of image-text data ([data.vision]) is not supported "
-                                       "yet; leave [eval] off for this run")
 
     if getattr(mc, "vision_config", None) is None:
         raise fail("data.vision", f"image-text data needs a vision-language model; {type(mc).__name__} takes no "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from xt.data.config import DataConfig
 from xt.data.dataset import build_dataset
-from xt.data.errors import DataError
 from xt.data.mixing import MixedLoader, mix_parts
 from xt.data.packed_loader import STATE_VERSION, PackedLoader
 
@@ -21,14 +20,16 @@ def build_loader(cfg: DataConfig, dp_rank: int = 0, dp_size: int = 1, tokenizer=
     ``[[data.mix]]`` sources instead (same contract).
 
     Raises:
-        DataError: any data or configuration problem (file:line, field name).
+        xt.data.DataError: any data or configuration problem (file:line, field name).
     """
     if cfg.vision is not None:
         from xt.data.vl_dataset import build_vl_dataset
         from xt.data.vl_loader import VLPackedLoader
+        ds = build_vl_dataset(cfg, tokenizer)
         if eval_split:
-            raise DataError("eval.split is not supported with [data.vision] yet; use eval.paths")
-        return VLPackedLoader(build_vl_dataset(cfg, tokenizer), cfg.vision, cfg.tokens_per_micro_batch,
+            from xt.data.evaluation import split_dataset
+            ds = split_dataset(ds, eval_split, cfg.seed)[0]
+        return VLPackedLoader(ds, cfg.vision, cfg.tokens_per_micro_batch,
                               cfg.chunk_len, cfg.seed, cfg.shuffle, dp_rank, dp_size)
     if cfg.source == "mix":  # each source tokenized and cached like a single one, its own shuffle seed
         parts = mix_parts(cfg)
