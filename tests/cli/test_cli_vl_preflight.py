@@ -53,7 +53,7 @@ def test_bad_held_out_image_files_are_named(tmp_path):
     bad = tmp_path / "held.jsonl"
     bad.write_text('{"messages": [{"role": "user", "content": "<image>What?"}, '
                    '{"role": "assistant", "content": "7"}], "images": ["gone.png"]}\n')
-    sets = ["eval.every_steps=10", f"eval.paths=['{bad}']"]
+    sets = ["eval.every_steps=10", "eval.split=0", f"eval.paths=['{bad}']"]
     with pytest.raises(DataError, match=rf"eval\.paths: .*held\.jsonl:1.*gone\.png"):
         preflight(load_xt_config(VL, sets), VL, sets)
 
