@@ -172,3 +172,18 @@ def test_loader_resumes_with_the_same_pixels_and_refuses_other_data(tmp_path, qw
     other = build_loader(data_config_from_dict({**raw, "max_documents": 299}), tokenizer=qwen3)
     with pytest.raises(DataError, match="loader state does not match"):
         other.load_state_dict(state)
+
+
+@pytest.mark.parametrize("table,needle", [
+    ({"mix": [{"source": "shakespeare"}, {"source": "digits_vqa"}]}, r"data\.mix.*add a \[data\.vision\] table"),
+    ({"vision": {}, "mix": [{"source": "shakespeare"}, {"source": "brown"}]}, r"data\.mix.*has no image-text source"),
+    ({"vision": {}, "mix": [{"source": "shakespeare", "images": True}, {"source": "digits_vqa"}]},
+     r"images.*'shakespeare' is a text corpus"),
+    ({"vision": {}, "mix": [{"source": "shakespeare"}, {"source": "digits_vqa", "images": False}]},
+     r"images.*'digits_vqa' is an image-text corpus"),
+])
+def test_image_text_mixes_that_cannot_work_are_refused(table, needle):
+    from xt.core.config import ConfigError
+    from xt.data.config import data_config_from_dict
+    with pytest.raises(ConfigError, match=needle):
+        data_config_from_dict({"source": "mix", **table})

@@ -53,8 +53,22 @@ class InternVLModel(nn.Module):
         feats = pixel_shuffle(feats.reshape(N, side, side, C), c.downsample_scale)
         return self.multi_modal_projector(feats.reshape(N, -1, feats.shape[-1]))
 
+    def no_image_anchor(self) -> torch.Tensor:
+        """A scalar 0 that depends on every trainable vision-tower and projector parameter.
+
+        A micro-batch without tiles (text-only records, or a text source of a data mix) would leave
+        those parameters without a gradient on this rank while other ranks have one, and FSDP2
+        reduce-scatters only the gradients that exist, so the ranks' collectives would disagree.
+        Adding ``0 * Σ p`` to the embeddings gives them exact zero gradients instead (the values
+        are unchanged: ``x + 0 = x``). Used only when autograd records.
+        """
+        parts = [p.sum() for m in (self.vision_tower, self.multi_modal_projector) for p in m.parameters()
+                 if p.requires_grad]
+        return torch.stack(parts).sum() * 0.0 if parts else torch.zeros(())
+
     def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
-        """Token embeddings ``[T, D]`` with the image features scattered into the placeholder positions.
+        """Token embeddings ``[T, D]`` with the image features scattered into the placeholder positions
+        (without tiles, plus `no_image_anchor` while autograd records).
 
         Raises:
             ValueError: on CPU, when the number of placeholder tokens differs from the tiles'
@@ -62,7 +76,7 @@ class InternVLModel(nn.Module):
         """
         embeds = self.language_model.embed_tokens(input_ids)
         if pixel_values is None or pixel_values.shape[0] == 0:
-            return embeds
+            return embeds + self.no_image_anchor().to(embeds.dtype) if torch.is_grad_enabled() else embeds
         feats = self.image_features(pixel_values)
         feats = feats.reshape(-1, feats.shape[-1]).to(embeds.dtype)
         mask = (input_ids == self.config.image_token_id).unsqueeze(-1)
