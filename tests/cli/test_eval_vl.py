@@ -44,7 +44,8 @@ def test_image_text_eval_loss_equals_a_float64_recomputation(tmp_path: Path):
     from xt.data import build_eval_batches, build_loader, split_dataset
     from xt.data.vl_dataset import build_vl_dataset
 
-    sets = ["eval.every_steps=2", "eval.split=0.01", "eval.max_tokens=4096", "train.steps=2", "train.dtype='fp32'",
+    sets = ["data.max_documents=300", "eval.every_steps=2", "eval.split=0.05", "eval.max_tokens=4096", "train.steps=2",
+            "train.dtype='fp32'",
             "checkpoint.every_steps=0", "sample.max_new_tokens=0", f"train.out_dir='{tmp_path / 'run'}'"]
     out = io.StringIO()
     run_train(EXAMPLE, sets, console=Console(file=out, width=300))
@@ -60,13 +61,13 @@ def test_image_text_eval_loss_equals_a_float64_recomputation(tmp_path: Path):
     assert evals[0]["eval_loss"] == pytest.approx(want, rel=1e-6)
     assert f"eval: {tokens} held-out label tokens every 2 steps" in out.getvalue()
 
-    # the split: 18 of the 1,797 conversations held out, none of them (text or image) in training
-    train = build_loader(cfg.data, eval_split=0.01).dataset
-    _, eval_ds = split_dataset(build_vl_dataset(cfg.data), 0.01, cfg.data.seed)
+    # the split: 15 of the 300 conversations held out, none of them (text or image) in training
+    train = build_loader(cfg.data, eval_split=0.05).dataset
+    _, eval_ds = split_dataset(build_vl_dataset(cfg.data), 0.05, cfg.data.seed)
     held_images = {p for ims in eval_ds.images for p in ims}
-    assert (train.num_documents, eval_ds.num_documents) == (1779, 18)
-    assert held_images.isdisjoint({p for ims in train.images for p in ims}) and len(held_images) == 18
-    assert sum(int((b["input_ids"] == mc["image_token_id"]).sum()) for b in held.batches) == 18 * 16
+    assert (train.num_documents, eval_ds.num_documents) == (285, 15)
+    assert held_images.isdisjoint({p for ims in train.images for p in ims}) and len(held_images) == 15
+    assert sum(int((b["input_ids"] == mc["image_token_id"]).sum()) for b in held.batches) == 15 * 16
 
 
 def test_image_text_eval_batches_split_over_ranks():
@@ -74,7 +75,8 @@ def test_image_text_eval_batches_split_over_ranks():
     rank short of one gets a no-loss copy that still carries its tiles (a forward needs them)."""
     from xt.cli.config import load_xt_config
     from xt.data import build_eval_batches
-    cfg = load_xt_config(EXAMPLE, ["eval.every_steps=2", "eval.split=0.01", "data.tokens_per_micro_batch=256"])
+    cfg = load_xt_config(EXAMPLE, ["data.max_documents=300", "eval.every_steps=2", "eval.split=0.05",
+                                   "data.tokens_per_micro_batch=256"])
     whole = build_eval_batches(cfg.data, cfg.eval)
     world = len(whole) + 1  # the last rank only pads
     ranks = [build_eval_batches(cfg.data, cfg.eval, r, world) for r in range(world)]
