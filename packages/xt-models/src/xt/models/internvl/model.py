@@ -59,10 +59,11 @@ class InternVLModel(nn.Module):
         A micro-batch without tiles (text-only records, or a text source of a data mix) would leave
         those parameters without a gradient on this rank while other ranks have one, and FSDP2
         reduce-scatters only the gradients that exist, so the ranks' collectives would disagree.
-        Adding ``0 * Σ p`` to the embeddings gives them exact zero gradients instead (the values
-        are unchanged: ``x + 0 = x``). Used only when autograd records.
+        Adding ``0 * Σ p[0]`` (one element of each parameter: cheap, and no sum that could
+        overflow) to the embeddings gives them exact zero gradients instead (the values are
+        unchanged: ``x + 0 = x``). Used only when autograd records.
         """
-        parts = [p.sum() for m in (self.vision_tower, self.multi_modal_projector) for p in m.parameters()
+        parts = [p.reshape(-1)[0] for m in (self.vision_tower, self.multi_modal_projector) for p in m.parameters()
                  if p.requires_grad]
         return torch.stack(parts).sum() * 0.0 if parts else torch.zeros(())
 
