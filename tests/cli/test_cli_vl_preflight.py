@@ -42,9 +42,19 @@ def test_a_mismatch_in_the_file_names_its_line(tmp_path):
         preflight(load_xt_config(str(bad)), str(bad))
 
 
-def test_eval_with_image_data_is_refused():
+def test_eval_with_image_data_passes():
+    """Held-out image-text data is evaluated now (tests/cli/test_eval_vl.py); its files are checked."""
     sets = ["eval.every_steps=10", "eval.split=0.1"]
-    with pytest.raises(ConfigError, match=r"eval\.every_steps.*image-text data .* not supported yet"):
+    preflight(load_xt_config(VL, sets), VL, sets)
+
+
+def test_bad_held_out_image_files_are_named(tmp_path):
+    from xt.data import DataError
+    bad = tmp_path / "held.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "<image>What?"}, '
+                   '{"role": "assistant", "content": "7"}], "images": ["gone.png"]}\n')
+    sets = ["eval.every_steps=10", "eval.split=0", f"eval.paths=['{bad}']"]
+    with pytest.raises(DataError, match=rf"eval\.paths: .*held\.jsonl:1.*gone\.png"):
         preflight(load_xt_config(VL, sets), VL, sets)
 
 

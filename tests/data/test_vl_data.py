@@ -7,6 +7,7 @@ Real images: scikit-image's sample photos (asset ``skimage-data``) and scikit-le
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -53,7 +54,9 @@ def test_tiles_equal_transformers_on_real_photos(photos, hf_image_processor):
     assert len(set(counts)) >= 4 and max(counts) > 10
 
 
-def test_tokens_and_pixels_equal_internvl_processor(tmp_path, photos, hf_image_processor, monkeypatch):
+@pytest.fixture()
+def internvl_processor(hf_image_processor, monkeypatch):
+    """transformers' ``InternVLProcessor`` over the Qwen3 tokenizer with InternVL's image tokens."""
     from transformers import AutoTokenizer, InternVLProcessor
 
     tok = AutoTokenizer.from_pretrained(str(asset_path("qwen3-tokenizer")), extra_special_tokens={
@@ -61,8 +64,13 @@ def test_tokens_and_pixels_equal_internvl_processor(tmp_path, photos, hf_image_p
         "video_token": "<video>"})
     # InternVLProcessor type-checks its video processor, which needs torchvision (not installed)
     monkeypatch.setattr(InternVLProcessor, "check_argument_for_proper_class", lambda self, name, arg: None)
-    proc = InternVLProcessor(image_processor=hf_image_processor, tokenizer=tok, video_processor=None,
+    return InternVLProcessor(image_processor=hf_image_processor, tokenizer=tok, video_processor=None,
                              image_seq_length=256)
+
+
+def test_tokens_and_pixels_equal_internvl_processor(tmp_path, photos, internvl_processor):
+    proc = internvl_processor
+    tok = proc.tokenizer
     msgs = [{"role": "user", "content": "<image>\nCompare the two pictures. <image>"},
             {"role": "assistant", "content": "A cup of coffee and a page of text."}]
     rec = {"messages": msgs, "images": [str(photos / "coffee.png"), str(photos / "page.png")]}
@@ -172,3 +180,49 @@ def test_loader_resumes_with_the_same_pixels_and_refuses_other_data(tmp_path, qw
     other = build_loader(data_config_from_dict({**raw, "max_documents": 299}), tokenizer=qwen3)
     with pytest.raises(DataError, match="loader state does not match"):
         other.load_state_dict(state)
+
+
+@pytest.mark.parametrize("table,needle", [
+    ({"mix": [{"source": "shakespeare"}, {"source": "digits_vqa"}]}, r"data\.mix.*add a \[data\.vision\] table"),
+    ({"vision": {}, "mix": [{"source": "shakespeare"}, {"source": "brown"}]}, r"data\.mix.*has no image-text source"),
+    ({"vision": {}, "mix": [{"source": "shakespeare", "images": True}, {"source": "digits_vqa"}]},
+     r"images.*'shakespeare' is a text corpus"),
+    ({"vision": {}, "mix": [{"source": "shakespeare"}, {"source": "digits_vqa", "images": False}]},
+     r"images.*'digits_vqa' is an image-text corpus"),
+])
+def test_image_text_mixes_that_cannot_work_are_refused(table, needle):
+    from xt.core.config import ConfigError
+    from xt.data.config import data_config_from_dict
+    with pytest.raises(ConfigError, match=needle):
+        data_config_from_dict({"source": "mix", **table})
+
+
+def test_generation_prompt_with_an_image_equals_internvl_processor(photos, internvl_processor):
+    """`vl_prompt` (what `[sample]` with `image` feeds generation): ids and tiles equal the
+    processor's on the rendered user turn with the generation prompt."""
+    from PIL import Image
+
+    from xt.data.vl_prompt import vl_prompt
+    proc = internvl_processor
+    ids, pixels = vl_prompt(proc.tokenizer, VisionDataConfig(), "What is in this picture?", [str(photos / "rocket.jpg")])
+    rendered = proc.tokenizer.apply_chat_template([{"role": "user", "content": "<IMG_CONTEXT>\nWhat is in this picture?"}],
+                                                  tokenize=False, add_generation_prompt=True, enable_thinking=False)
+    ref = proc(images=[Image.open(photos / "rocket.jpg")], text=[rendered], return_tensors="pt")
+    assert ids == ref["input_ids"][0].tolist() and ids.count(proc.tokenizer.context_image_token_id) % 256 == 0
+    assert torch.equal(pixels, ref["pixel_values"]) and pixels.shape[0] > 1
+    with pytest.raises(DataError, match=r"sample\.image: the prompt has 2 '<image>' placeholders for 1 image"):
+        vl_prompt(proc.tokenizer, VisionDataConfig(), "<image> <image>", [str(photos / "rocket.jpg")])
+    with pytest.raises(DataError, match=r"sample\.image: image .*nope\.png.* does not exist"):
+        vl_prompt(proc.tokenizer, VisionDataConfig(), "hi", ["nope.png"])
+
+
+def test_a_corpus_image_reference(qwen3):
+    from xt.data.image_corpora import corpus_image, corpus_jsonl
+    from xt.data.vl_prompt import vl_prompt
+    assert corpus_image("digits_vqa:7") == corpus_jsonl("digits_vqa").parent / "images" / "0007.png"
+    assert corpus_image("some/file.png") == Path("some/file.png")
+    with pytest.raises(DataError, match=r"'digits_vqa:5000': digits_vqa has 1797 records"):
+        corpus_image("digits_vqa:5000")
+    spec = VisionDataConfig(image_size=32, max_tiles=1, image_seq_length=16, **QWEN_VISION)
+    ids, pixels = vl_prompt(qwen3, spec, "Which digit is handwritten in this image?", ["digits_vqa:7"])
+    assert ids.count(151655) == 16 and pixels.shape == (1, 3, 32, 32)

@@ -157,3 +157,22 @@ def test_meta_build_and_bad_inputs():
         eager(input_ids=ids, pixel_values=px[:1])
     with pytest.raises(ValueError, match="tiles must be"):
         eager(input_ids=ids, pixel_values=torch.zeros(2, 3, 28, 28))
+
+
+@pytest.mark.parametrize("lm", LMS)
+def test_greedy_generation_with_images_equals_hf_generate(tmp_path, lm):
+    """Two prompts with their tiles in one packed KV-cache generation (xt.models.generate with
+    pixel_values) give transformers' greedy ``generate`` tokens for each prompt alone."""
+    from xt.models import generate
+    hf, ours = hf_and_ours(tmp_path, lm)
+    prompts = [sample(2, 5, 7), sample(1, 3, 8)]
+    got = generate(ours, [i.tolist() for i, _ in prompts], 12, pixel_values=torch.cat([p for _, p in prompts]))
+    for (ids, px), tokens in zip(prompts, got):
+        with torch.no_grad():
+            ref = hf.generate(input_ids=ids[None], attention_mask=torch.ones_like(ids)[None], pixel_values=px,
+                              max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
+        assert tokens == ref[0, len(ids):].tolist()
+    # the tiles reach the prompt's forward: other pixels give other log-probabilities
+    _, lp = generate(ours, [prompts[0][0].tolist()], 1, pixel_values=prompts[0][1], return_logprobs=True)
+    _, other = generate(ours, [prompts[0][0].tolist()], 1, pixel_values=prompts[0][1] + 1.0, return_logprobs=True)
+    assert abs(lp[0][0] - other[0][0]) > 1e-4

@@ -55,3 +55,73 @@ def test_packed_samples_equal_each_alone(moe):
     with torch.no_grad():
         swapped = model(**{**batch, "pixel_values": batch["pixel_values"].roll(1, 0)})
     assert abs(float(swapped.loss_sum) - float(out.loss_sum)) > 1e-4
+
+
+def _each_alone(model, batch: dict, tokens_per_tile: int) -> list[tuple[float, float, int]]:
+    """``[(packed loss of sample i, its loss run alone with its own tiles, its tiles)]``: the
+    micro-batch's tiles go to its samples in order, as many as each has image tokens / tile."""
+    cu, tile, out = batch["cu_seqlens"].tolist(), 0, []
+    with torch.no_grad():
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}, return_logits=True).logits
+        per_token = F.cross_entropy(logits, batch["labels"], ignore_index=-100, reduction="none")
+        for a, b in zip(cu, cu[1:]):
+            n = int((batch["input_ids"][a:b] == IMAGE_PAD).sum()) // tokens_per_tile
+            alone = model(input_ids=batch["input_ids"][a:b], labels=batch["labels"][a:b],
+                          pixel_values=batch["pixel_values"][tile:tile + n] if n else None)
+            out.append((float(per_token[a:b].sum()), float(alone.loss_sum), n))
+            tile += n
+    assert tile == batch["pixel_values"].shape[0]
+    return out
+
+
+def test_a_mix_of_text_and_image_sources(tmp_path):
+    """``[[data.mix]]`` of a text source and an image-text one (JSONL whose records have a digit or
+    none): the stream alternates by weight; text micro-batches carry no tiles, image ones hold
+    text-only and image samples side by side; every sample's packed loss equals it run alone."""
+    import json
+
+    from xt.data.image_corpora import corpus_jsonl
+    digits = corpus_jsonl("digits_vqa")
+    vl = tmp_path / "vl.jsonl"
+    with open(vl, "w") as f:
+        for i, line in enumerate(digits.read_text().splitlines()[:12]):
+            rec = json.loads(line)
+            if i % 3 == 1:  # a text-only conversation among the image ones
+                rec = {"messages": [{"role": "user", "content": f"Say the number {i}."},
+                                    {"role": "assistant", "content": f"{i}"}]}
+            else:
+                rec["images"] = [str(digits.parent / p) for p in rec["images"]]
+            f.write(json.dumps(rec) + "\n")
+    text = tmp_path / "text.jsonl"
+    text.write_text("".join(json.dumps({"text": f"Plain text record {i}, no image here at all."}) + "\n"
+                            for i in range(10)))
+    cfg = data_config_from_dict({"source": "mix", "tokens_per_micro_batch": 120, "vision": VISION, "mix": [
+        {"source": "files", "paths": [str(text)], "weight": 1},
+        {"source": "files", "paths": [str(vl)], "weight": 2, "images": True}]})
+    loader = build_loader(cfg)
+    torch.manual_seed(0)
+    model = build_model(tiny_vl_config(moe=True)).eval()
+    kinds = []
+    for _ in range(3):
+        batch = next(loader)
+        got = _each_alone(model, batch, VISION["image_seq_length"])
+        kinds.append(sorted({n for _, _, n in got}))
+        assert batch["pixel_values"].shape[1:] == (3, 56, 56)
+        for packed, alone, _ in got:
+            assert abs(packed - alone) <= 1e-5 * abs(alone), (packed, alone)
+    assert kinds == [[0, 1], [0], [0, 1]]  # weights 2 : 1 (smooth round-robin): image, text, image
+    assert loader.realised_mix() == {str(text): 1 / 3, str(vl): 2 / 3}
+
+
+def test_a_micro_batch_without_tiles_gives_the_vision_tower_zero_gradients():
+    """Not None: FSDP2 reduce-scatters only existing gradients, so a rank without tiles must still
+    have them (tests/parallel/test_parallel_internvl.py runs it under gloo); the loss is unchanged."""
+    torch.manual_seed(0)
+    model = build_model(tiny_vl_config(moe=False))
+    ids = torch.randint(0, 1000, (12,))
+    out = model(input_ids=ids, labels=ids.roll(-1), pixel_values=torch.zeros(0, 3, 56, 56))
+    out.loss_sum.backward()
+    vision = [p for n, p in model.named_parameters() if n.startswith(("model.vision_tower.", "model.multi_modal"))]
+    assert vision and all(p.grad is not None and not p.grad.any() for p in vision)
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids, labels=ids.roll(-1)).loss_sum, out.loss_sum.detach())

@@ -1,5 +1,6 @@
 """Sharded HF load (issue 13, item 2, every family: Qwen3-MoE, Llama, GPT-OSS with fused and MXFP4
-experts, DeepSeek-V3 with FP8 block-quantised weights and MTP): a model built and laid out on meta
+experts, DeepSeek-V3 with FP8 block-quantised weights and MTP; issue 15: InternVL with a dense and
+a Qwen3-MoE language model, vision tower and projector FSDP-sharded): a model built and laid out on meta
 loads its shards from an HF folder (several files + index) with each rank reading only its rows
 (safetensors ``get_slice``); the assembled parameters and persistent buffers equal the non-sharded
 load (``from_pretrained``, in float32) bit for bit, and each rank reads about 1/world of the bytes."""
@@ -22,13 +23,26 @@ def _config(name: str, **over) -> dict:
     return {**tomllib.loads((ROOT / "examples" / name).read_text())["model"]["config"], "vocab_size": 512, **over}
 
 
+def _internvl(moe: bool, tied: bool) -> dict:
+    """The digits example's InternVL (a small vocabulary), with a Qwen3-MoE or a dense Qwen3 LM."""
+    cfg = tomllib.loads((ROOT / "examples" / "internvl_tiny_digits.toml").read_text())["model"]["config"]
+    text = {**cfg["text_config"], "vocab_size": 512}
+    if not moe:
+        text = {k: v for k, v in text.items() if k not in ("num_experts", "num_experts_per_tok", "norm_topk_prob",
+                                                           "router_aux_loss_coef", "moe_intermediate_size")}
+        text["model_type"] = "qwen3"
+    return {**cfg, "image_token_id": 500, "tie_word_embeddings": tied, "text_config": text}
+
+
 CASES = [(2, "qwen3_moe_shakespeare.toml", dict(ep_size=2), None),
          (4, "qwen3_moe_shakespeare.toml", dict(hsdp_replicate=2, ep_size=2), None),
          (2, "llama_tiny.toml", dict(), None),
          (4, "gpt_oss_tiny.toml", dict(ep_size=4, activation_checkpointing=1.0), None),
          (2, "gpt_oss_tiny.toml", dict(ep_size=2), "mxfp4"),
          (4, "deepseek_v3_tiny.toml", dict(ep_size=2), "fp8"),
-         (2, "deepseek_v3_tiny.toml", dict(hsdp_replicate=2), None)]
+         (2, "deepseek_v3_tiny.toml", dict(hsdp_replicate=2), None),
+         (2, "internvl-moe", dict(ep_size=2), None),         # Intern-S1 shape, untied head
+         (2, "internvl-dense", dict(), None)]                # InternVL3.5 shape, tied head
 
 
 @pytest.mark.parametrize("world,name,layout,quant", CASES,
@@ -38,7 +52,10 @@ def test_each_rank_reads_only_its_rows(pools, tmp_path, world, name, layout, qua
 
     from xt.models import build_model, from_pretrained, save_pretrained
     from xt.models.common.safetensors_io import CheckpointReader
-    model_cfg = _config(name, tie_word_embeddings=False) if "qwen3" in name else _config(name)
+    if name.startswith("internvl"):
+        model_cfg = _internvl(moe=name == "internvl-moe", tied=name == "internvl-dense")
+    else:
+        model_cfg = _config(name, tie_word_embeddings=False) if "qwen3" in name else _config(name)
     torch.manual_seed(4)
     ref = build_model(model_cfg, attn_backend="sdpa")
     for n, b in ref.named_buffers():

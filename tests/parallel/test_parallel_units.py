@@ -79,6 +79,19 @@ def test_shard_batch_for_sp_pads_and_reassembles():
         shard_batch_for_sp({"input_ids": torch.zeros(2, 3, dtype=torch.long)}, 0, 2)
 
 
+def test_shard_batch_for_sp_keeps_tiles_whole_and_numbers_image_tokens():
+    """A vision-language batch: every rank gets all tiles (even when N happens to equal T) and, per
+    image token of its slice, the row of the batch's image features it takes (its global rank)."""
+    batch = make_batch(0, [6, 5], vocab=50)  # T = 11, sp 2 -> pad 1, slices of 6
+    batch["input_ids"][batch["input_ids"] == 49] = 0
+    batch["input_ids"][[1, 2, 3, 4, 7]] = 49
+    batch["pixel_values"] = torch.randn(11, 3, 2, 2)
+    parts = [shard_batch_for_sp(batch, r, 2, image_token_id=49) for r in range(2)]
+    assert all(p["pixel_values"] is batch["pixel_values"] for p in parts)
+    assert [p["image_feature_index"].tolist() for p in parts] == [[-1, 0, 1, 2, 3, -1], [-1, 4, -1, -1, -1, -1]]
+    assert "image_feature_index" not in shard_batch_for_sp(batch, 0, 2)  # a text model's batch: unchanged keys
+
+
 def test_block_gather_index():
     idx = block_gather_index(torch.tensor([10, 0, 5]), torch.tensor([2, 0, 3]), 5)
     assert idx.tolist() == [10, 11, 5, 6, 7]

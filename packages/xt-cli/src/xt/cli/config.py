@@ -42,14 +42,20 @@ class SampleSection(ConfigStruct):
         prompt: text to continue (pre-training) or the user turn (when `chat` is true).
         chat: wrap `prompt` in the tokenizer's chat template as one user message.
         max_new_tokens: tokens to generate (0 = no sample), >= 0.
+        image: for a vision-language model (``[data.vision]``), an image the user turn shows: a
+            local file or ``CORPUS:N`` (record N's image of a built-in image corpus, e.g.
+            ``"digits_vqa:7"``); tiled as the training data is, its place in `prompt` marked by
+            ``data.vision.placeholder`` (else it goes first). Needs `chat`. "" = text only.
     """
 
     prompt: str = "ROMEO:"
     chat: bool = False
     max_new_tokens: int = 40
+    image: str = ""
 
     def __post_init__(self) -> None:
         require(self.max_new_tokens >= 0, "max_new_tokens", f"must be >= 0, got {self.max_new_tokens}")
+        require(not self.image or self.chat, "image", "needs chat = true (the image is shown in the user turn)")
 
 
 class RunSections(ConfigStruct):

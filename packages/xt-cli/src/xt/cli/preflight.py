@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from xt.cli.config import XTConfig
-from xt.cli.vl_check import check_vision_data
+from xt.cli.vl_check import check_sample_image, check_vision_data
 from xt.core.checkpoint import resolve_resume
 from xt.core.engine.tracking import check_tracking
 from xt.data import DataError, check_data, check_data_section, eval_data_config
@@ -33,7 +33,7 @@ def preflight(cfg: XTConfig, config: str | Path | None, overrides: Sequence[str]
         xt.core.config.ConfigError: a missing ``model.init_from`` / ``model.hf_config`` path, a
             bad model field (as ``model.config.FIELD``), a part name of ``model.freeze`` /
             ``optim.part_lr`` the model lacks, or ``[data.vision]`` that does not fit the model
-            (`xt.cli.vl_check`), with file and line.
+            (`xt.cli.vl_check`), or a `sample.image` that cannot be shown, with file and line.
         xt.data.DataError: unreadable, malformed or empty data (`xt.data.check_data_section`), or
             held-out ``eval.paths`` of that kind.
         xt.core.errors.CheckpointError: an explicit resume path that is not a complete checkpoint.
@@ -43,7 +43,8 @@ def preflight(cfg: XTConfig, config: str | Path | None, overrides: Sequence[str]
     check_part_names(cfg.model, list(cfg.optim.part_lr), "optim.part_lr", config, overrides)
     check_tracking(cfg.tracking)
     check_data_section(cfg.data, config, overrides)
-    check_vision_data(cfg.model, cfg.data, config, overrides, eval_enabled=cfg.eval.enabled)
+    check_vision_data(cfg.model, cfg.data, config, overrides)
+    check_sample_image(cfg.sample.image, cfg.sample.max_new_tokens, cfg.data, config, overrides)
     if cfg.eval.paths:
         try:
             check_data(eval_data_config(cfg.data, cfg.eval))

@@ -35,8 +35,20 @@ from xt.parallel import apply_layout, check_layout, describe_layout, device_for_
 __all__ = ["run_train", "build_run", "greedy_sample", "resume_command", "hf_exporter", "parameter_counts"]
 
 
-def greedy_sample(model, tokenizer, prompt: str, max_new_tokens: int, chat: bool = False) -> str:
-    """Greedy continuation of `prompt` (wrapped in the chat template when `chat`), decoded."""
+def greedy_sample(model, tokenizer, prompt: str, max_new_tokens: int, chat: bool = False, image: str = "",
+                  vision=None) -> str:
+    """Greedy continuation of `prompt` (wrapped in the chat template when `chat`), decoded; with
+    `image` (and `vision`, the ``[data.vision]`` table) the user turn shows that image
+    (`xt.data.vl_prompt.vl_prompt`: tiles and placeholder tokens as for training data).
+
+    Raises:
+        xt.data.DataError: an image that cannot be read (naming ``sample.image``).
+    """
+    if image:
+        from xt.data.vl_prompt import vl_prompt
+        ids, pixels = vl_prompt(tokenizer, vision, prompt, [image])
+        new = generate(model, [ids], max_new_tokens, eos_token_id=tokenizer.eos_token_id, pixel_values=pixels)[0]
+        return tokenizer.decode(new, skip_special_tokens=True)
     if chat:
         ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=True,
                                             add_generation_prompt=True, enable_thinking=False)
@@ -204,6 +216,8 @@ def _report(console: Console, cfg: XTConfig, result: TrainResult, skipped: int, 
     if cfg.sample.max_new_tokens and result.hf_path:
         tok = load_tokenizer(cfg.data.tokenizer)
         model = from_pretrained(result.hf_path)
-        text = greedy_sample(model, tok, cfg.sample.prompt, cfg.sample.max_new_tokens, cfg.sample.chat)
-        console.print(f"  sample      {cfg.sample.prompt!r} -> {text!r}")
+        text = greedy_sample(model, tok, cfg.sample.prompt, cfg.sample.max_new_tokens, cfg.sample.chat,
+                             cfg.sample.image, cfg.data.vision)
+        shown = f" (image {cfg.sample.image})" if cfg.sample.image else ""
+        console.print(f"  sample      {cfg.sample.prompt!r}{shown} -> {text!r}")
     console.print(f"  (run folder {out})")

@@ -14,18 +14,17 @@ from xt.core.config import config_error_at
 from xt.data import DataConfig, load_tokenizer
 from xt.models import ModelSection, section_config
 
-__all__ = ["check_vision_data"]
+__all__ = ["check_vision_data", "check_sample_image"]
 
 
 def check_vision_data(model: ModelSection, data: DataConfig, config: str | Path | None,
-                      overrides: Sequence[str] = (), eval_enabled: bool = False) -> None:
+                      overrides: Sequence[str] = ()) -> None:
     """Check ``[data.vision]`` against the model of ``[model]`` (no model is built).
 
     Raises:
         xt.core.config.ConfigError: image data for a model without a vision tower, or a tile size,
             tokens per tile or placeholder token that differs from the model's (naming the
-            ``data.vision`` key, its file and line, and the model's value); an enabled ``[eval]``
-            (`eval_enabled`), which image data does not support yet.
+            ``data.vision`` key, its file and line, and the model's value).
     """
     if data.vision is None:
         return
@@ -34,10 +33,6 @@ def check_vision_data(model: ModelSection, data: DataConfig, config: str | Path 
 
     def fail(key: str, msg: str):
         return config_error_at(key, f"`{key}`: {msg}", path=config, overrides=overrides)
-
-    if eval_enabled:
-        raise fail("eval.every_steps", "held-out evaluation of image-text data ([data.vision]) is not supported "
-                                       "yet; leave [eval] off for this run")
 
     if getattr(mc, "vision_config", None) is None:
         raise fail("data.vision", f"image-text data needs a vision-language model; {type(mc).__name__} takes no "
@@ -52,3 +47,28 @@ def check_vision_data(model: ModelSection, data: DataConfig, config: str | Path 
     if tid != mc.image_token_id:
         raise fail("data.vision.image_token", f"{v.image_token!r} is token {tid} of {data.tokenizer!r}, but the "
                                               f"model's image_token_id is {mc.image_token_id}")
+
+
+def check_sample_image(image: str, max_new_tokens: int, data: DataConfig, config: str | Path | None,
+                       overrides: Sequence[str] = ()) -> None:
+    """``sample.image`` (when a sample is printed): it needs image data (``[data.vision]``) and must
+    open (a file, or ``CORPUS:N`` of a built-in image corpus).
+
+    Raises:
+        xt.core.config.ConfigError: naming ``sample.image``, its file and line.
+    """
+    if not image or not max_new_tokens:
+        return
+    from xt.data import DataError
+    from xt.data.image_corpora import corpus_image
+    from xt.data.images import load_image
+
+    def fail(msg: str):
+        return config_error_at("sample.image", f"`sample.image`: {msg}", path=config, overrides=overrides)
+
+    if data.vision is None:
+        raise fail("an image prompt needs a vision-language run with [data.vision]")
+    try:
+        load_image(corpus_image(image), "sample.image")
+    except DataError as e:
+        raise fail(str(e)) from None

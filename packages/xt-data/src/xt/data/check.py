@@ -54,14 +54,14 @@ def check_data(cfg: DataConfig, records_per_file: int = 8) -> None:
             hold no documents at all (all empty or all skipped).
         AssetError: a built-in corpus that cannot be fetched (a `DataError`).
     """
-    if cfg.vision is not None:
-        from xt.data.vl_dataset import check_vl_source
-        check_vl_source(cfg, records_per_file)
-        return
     if cfg.source == "mix":
         from xt.data.mixing import mix_parts
         for part, _ in mix_parts(cfg):
             check_data(part, records_per_file)
+        return
+    if cfg.vision is not None:
+        from xt.data.vl_dataset import check_vl_source
+        check_vl_source(cfg, records_per_file)
         return
     if cfg.source != "files":
         check_corpus(cfg.source, cfg.mode)

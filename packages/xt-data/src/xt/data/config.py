@@ -35,12 +35,16 @@ class MixSource(ConfigStruct):
         paths: files or folders for ``source = "files"``.
         weight: its share of the micro-batches, relative to the other sources' weights (> 0).
         max_documents: read at most this many of its documents; None = all.
+        images: its records are image-text chat (read with ``[data.vision]``, micro-batches with
+            ``pixel_values``); None = true for an image corpus (``digits_vqa``), false otherwise
+            (a text source: its micro-batches have no tiles). True needs ``[data.vision]``.
     """
 
     source: str
     paths: tuple[str, ...] = ()
     weight: float = 1.0
     max_documents: int | None = None
+    images: bool | None = None
 
     def __post_init__(self) -> None:
         _check_source(self.source, self.paths, allow_mix=False)
@@ -48,6 +52,15 @@ class MixSource(ConfigStruct):
                 "weight", f"must be a number > 0, got {self.weight!r}")
         require(self.max_documents is None or self.max_documents >= 1, "max_documents",
                 f"must be >= 1 or unset, got {self.max_documents}")
+        require(self.images is not False or self.source not in IMAGE_CORPORA, "images",
+                f"{self.source!r} is an image-text corpus; it cannot be read as text (images = false)")
+        require(self.images is not True or self.source in IMAGE_CORPORA or self.source == "files", "images",
+                f"{self.source!r} is a text corpus without images; images = true needs source = 'files' (JSONL)")
+
+    @property
+    def has_images(self) -> bool:
+        """Whether the source is image-text (`images`, or by default: it is an image corpus)."""
+        return self.source in IMAGE_CORPORA if self.images is None else self.images
 
 
 class DataConfig(ConfigStruct):
@@ -78,7 +91,9 @@ class DataConfig(ConfigStruct):
             weights (`xt.data.mixing`).
         vision: ``[data.vision]`` (`xt.data.vision_config.VisionDataConfig`): image-text chat
             records (JSONL files, or the image corpus ``digits_vqa``), tiled and expanded into
-            placeholder tokens; micro-batches then carry ``pixel_values``. Unset = text only.
+            placeholder tokens; micro-batches then carry ``pixel_values``. With ``source = "mix"``
+            it applies to the image-text sources (`MixSource.images`); text sources' micro-batches
+            carry no tiles. Unset = text only.
     """
 
     source: str = "shakespeare"
@@ -125,10 +140,14 @@ class DataConfig(ConfigStruct):
                                        f"got {self.encoding!r}")
         require(self.source not in IMAGE_CORPORA or self.vision is not None, "source",
                 f"{self.source!r} is an image-text corpus: add a [data.vision] table")
+        require(self.vision is not None or not any(m.has_images for m in self.mix), "mix",
+                "holds an image-text source (an image corpus or images = true): add a [data.vision] table")
         if self.vision is not None:
-            require(self.source == "files" or self.source in IMAGE_CORPORA, "source",
-                    f"with [data.vision] must be 'files' (JSONL) or an image corpus {sorted(IMAGE_CORPORA)}, "
-                    f"got {self.source!r}")
+            require(self.source in ("files", "mix") or self.source in IMAGE_CORPORA, "source",
+                    f"with [data.vision] must be 'files' (JSONL), an image corpus {sorted(IMAGE_CORPORA)} or 'mix' "
+                    f"(image-text and text sources), got {self.source!r}")
+            require(self.source != "mix" or any(m.has_images for m in self.mix), "mix",
+                    "has no image-text source (an image corpus, or files with images = true) for [data.vision]")
             require(self.mode in ("auto", "chat"), "mode", f"must be 'chat' or 'auto' with [data.vision], "
                                                            f"got {self.mode!r}")
             require(self.format in ("auto", "jsonl"), "format", f"must be 'jsonl' or 'auto' with [data.vision], "

@@ -12,6 +12,11 @@ global list of micro-batches, cut after ``eval.max_tokens`` tokens. Data-paralle
 takes micro-batches r, r + R, ...; every rank gets the same number (ceil(M / R)) so that sharded
 forwards, which are collective, stay in step: a rank short of one repeats a batch with every label
 set to -100, which adds nothing to the loss sums (`EvalBatches`).
+
+Image-text data (``[data.vision]``) takes the same path: the held-out conversations are read and
+tokenized as for training (`xt.data.vl_dataset.build_vl_dataset`; a split keeps each document's
+images with it), packed whole, and each of this rank's micro-batches carries the ``pixel_values``
+of its documents (`xt.data.vl_loader.document_pixels`), as a training micro-batch does.
 """
 from __future__ import annotations
 
@@ -26,6 +31,8 @@ from xt.data.config import DataConfig
 from xt.data.dataset import TokenizedDataset, build_dataset
 from xt.data.errors import DataError
 from xt.data.packing import make_batch, pack_boundaries, split_documents
+from xt.data.vl_dataset import VLDataset, build_vl_dataset
+from xt.data.vl_loader import document_pixels
 
 __all__ = ["EvalConfig", "EvalBatches", "split_dataset", "eval_data_config", "build_eval_batches"]
 
@@ -78,8 +85,11 @@ def _subset(ds: TokenizedDataset, docs: torch.Tensor, tag: str) -> TokenizedData
     offsets = torch.zeros(len(docs) + 1, dtype=torch.int64)
     offsets[1:] = torch.cumsum(lengths, 0)
     mask = None if ds.loss_mask is None else ds.loss_mask[idx]
-    return TokenizedDataset(ds.tokens[idx], offsets, mask, ds.skipped, ds.empty, list(ds.skipped_examples),
-                            f"{ds.key}-{tag}")
+    args = (ds.tokens[idx], offsets, mask, ds.skipped, ds.empty, list(ds.skipped_examples), f"{ds.key}-{tag}")
+    if isinstance(ds, VLDataset):  # the documents' images go with them
+        keep = docs.tolist()
+        return VLDataset(*args, [ds.images[d] for d in keep], [ds.tiles[d] for d in keep], [ds.wheres[d] for d in keep])
+    return TokenizedDataset(*args)
 
 
 def split_dataset(ds: TokenizedDataset, fraction: float, seed: int) -> tuple[TokenizedDataset, TokenizedDataset]:
@@ -144,15 +154,13 @@ def build_eval_batches(data: DataConfig, ev: EvalConfig, dp_rank: int = 0, dp_si
     """The evaluation micro-batches of data-parallel rank `dp_rank` of `dp_size` (module docstring).
 
     Raises:
-        xt.data.DataError: unreadable or empty held-out data, or a split of a data mix.
+        xt.data.DataError: unreadable or empty held-out data (image-text data: also missing or
+            changed images, naming the record), or a split of a data mix.
     """
-    if data.vision is not None:
-        raise DataError("eval: held-out evaluation of image-text data ([data.vision]) is not supported yet; "
-                        "unset [eval] (its every_steps) for this run")
     if ev.split and data.source == "mix":
         raise DataError("eval.split: a data mix has no single source to split; give held-out files in eval.paths")
     cfg = eval_data_config(data, ev)
-    ds = build_dataset(cfg, tokenizer)
+    ds = build_vl_dataset(cfg, tokenizer) if cfg.vision is not None else build_dataset(cfg, tokenizer)
     if ev.split:
         ds = split_dataset(ds, ev.split, data.seed)[1]
     starts, lengths = split_documents(ds.doc_offsets, cfg.chunk_len)
@@ -165,7 +173,11 @@ def build_eval_batches(data: DataConfig, ev: EvalConfig, dp_rank: int = 0, dp_si
         every.append(b)
         total += b["input_ids"].numel()
     per_rank = math.ceil(len(every) / dp_size)
-    mine = [every[i] if i < len(every) else _no_loss(every[0])
-            for i in range(dp_rank, per_rank * dp_size, dp_size)]
+    picks = [i if i < len(every) else None for i in range(dp_rank, per_rank * dp_size, dp_size)]
+    if isinstance(ds, VLDataset):  # a document is one chunk; the tiles of this rank's batches only
+        for i in {0 if i is None else i for i in picks}:
+            every[i]["pixel_values"] = torch.cat([document_pixels(ds, d, cfg.vision)
+                                                  for d in range(bounds[i], bounds[i + 1])])
+    mine = [_no_loss(every[0]) if i is None else every[i] for i in picks]
     label_tokens = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in every)
     return EvalBatches(mine, label_tokens)

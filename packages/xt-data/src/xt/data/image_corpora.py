@@ -23,7 +23,7 @@ from pathlib import Path
 from xt.data.assets import asset_path, cache_dir
 from xt.data.errors import DataError
 
-__all__ = ["IMAGE_CORPORA", "corpus_jsonl", "digit_conversation"]
+__all__ = ["IMAGE_CORPORA", "corpus_jsonl", "corpus_image", "digit_conversation"]
 
 IMAGE_CORPORA = {"digits_vqa": "sklearn-digits"}
 _VERSION = 1
@@ -80,3 +80,21 @@ def corpus_jsonl(name: str) -> Path:
                 shutil.rmtree(target)
             os.rename(staging, target)
     return target / "train.jsonl"
+
+
+def corpus_image(ref: str | Path) -> Path:
+    """The file an image reference names: ``CORPUS:N`` is the image of record N (from 0) of the
+    built-in image corpus CORPUS (e.g. ``digits_vqa:7``, built on first use); anything else is a path.
+
+    Raises:
+        DataError: a record number the corpus does not have.
+    """
+    name, _, index = str(ref).partition(":")
+    if name not in IMAGE_CORPORA or not index.isdigit():
+        return Path(ref)
+    path = corpus_jsonl(name)
+    with open(path) as f:
+        for i, line in enumerate(f):
+            if i == int(index):
+                return path.parent / json.loads(line)["images"][0]
+    raise DataError(f"image {str(ref)!r}: {name} has {i + 1} records (0..{i})")

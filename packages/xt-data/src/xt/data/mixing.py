@@ -25,8 +25,10 @@ STATE_VERSION = 1
 
 def mix_parts(cfg: DataConfig) -> list[tuple[DataConfig, float]]:
     """``[(the [data] section of one source, its weight)]`` for ``source = "mix"``: each source's
-    `source`, `paths` and `max_documents` over the shared settings of `cfg`."""
-    return [(msgspec.structs.replace(cfg, source=m.source, paths=m.paths, max_documents=m.max_documents, mix=()),
+    `source`, `paths` and `max_documents` over the shared settings of `cfg`; ``[data.vision]``
+    only for its image-text sources (`xt.data.config.MixSource.has_images`)."""
+    return [(msgspec.structs.replace(cfg, source=m.source, paths=m.paths, max_documents=m.max_documents, mix=(),
+                                     vision=cfg.vision if m.has_images else None),
              float(m.weight)) for m in cfg.mix]
 
 

@@ -26,7 +26,7 @@ from xt.data.sources import SourceStats, expand_paths
 from xt.data.tokenizer import load_tokenizer, tokenizer_fingerprint
 from xt.data.vl_sources import VLRecord, read_vl_jsonl
 
-__all__ = ["VLDataset", "vl_records", "build_vl_dataset", "image_token_ids", "check_vl_source"]
+__all__ = ["VLDataset", "vl_records", "build_vl_dataset", "image_token_ids", "check_vl_source", "expand_image_tokens"]
 
 _BATCH = 256
 
@@ -110,7 +110,9 @@ def _with_tiles(records: Iterator[VLRecord], cfg: DataConfig, stats: SourceStats
             stats.bad(cfg.on_error, rec.where, str(e))
 
 
-def _expand(ids: list[int], mask: torch.Tensor, image_id: int, counts: list[int]) -> tuple[list[int], torch.Tensor]:
+def expand_image_tokens(ids: list[int], mask: torch.Tensor, image_id: int, counts: list[int]) -> tuple[list[int], torch.Tensor]:
+    """The k-th `image_id` of `ids` repeated ``counts[k]`` times (never targets: mask False); the
+    other tokens and their `mask` entries unchanged."""
     out, keep, k = [], [], 0
     for t, m in zip(ids, mask.tolist()):
         if t == image_id:
@@ -153,7 +155,7 @@ def build_vl_dataset(cfg: DataConfig, tokenizer=None) -> VLDataset:
                 stats.bad(cfg.on_error, rec.where, f"the text holds the image token {v.image_token!r} itself "
                                                     f"({n} found for {len(counts)} images)")
                 continue
-            ids, mask = _expand(ids, mask, image_id, [c * v.image_seq_length for c in counts])
+            ids, mask = expand_image_tokens(ids, mask, image_id, [c * v.image_seq_length for c in counts])
             if len(ids) > cfg.chunk_len:
                 stats.bad(cfg.on_error, rec.where, f"{len(ids)} tokens ({sum(counts)} tiles x {v.image_seq_length}) "
                                                     f"exceed data.max_seq_len / tokens_per_micro_batch = {cfg.chunk_len}; "

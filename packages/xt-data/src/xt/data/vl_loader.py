@@ -16,7 +16,7 @@ from xt.data.vision_config import VisionDataConfig
 from xt.data.packed_loader import PackedLoader
 from xt.data.vl_dataset import VLDataset
 
-__all__ = ["VLPackedLoader", "document_pixels"]
+__all__ = ["VLPackedLoader", "TextPackedLoader", "document_pixels"]
 
 
 def document_pixels(ds: VLDataset, doc: int, spec: VisionDataConfig) -> torch.Tensor:
@@ -60,3 +60,25 @@ class VLPackedLoader(PackedLoader):
         """`PackedLoader.summary` plus the images and tiles of the data set."""
         return {**super().summary(), "images": sum(len(i) for i in self.dataset.images),
                 "tiles": sum(sum(t) for t in self.dataset.tiles)}
+
+
+class TextPackedLoader(PackedLoader):
+    """`PackedLoader` of a text source in an image-text run (a text source of a data mix): its
+    micro-batches carry an empty ``pixel_values [0, 3, S, S]``, so every micro-batch of the run has
+    the same keys; the model then runs no tile (`xt.models.internvl` gives the vision tower zero
+    gradients).
+
+    Args:
+        dataset: tokenized text documents (split into chunks as for any text source).
+        spec: the run's ``data.vision`` (for the tile size S).
+        other arguments: as `PackedLoader`.
+    """
+
+    def __init__(self, dataset, spec: VisionDataConfig, tokens_per_micro_batch: int, chunk_len: int | None = None,
+                 seed: int = 0, shuffle: bool = True, dp_rank: int = 0, dp_size: int = 1):
+        super().__init__(dataset, tokens_per_micro_batch, chunk_len, seed, shuffle, dp_rank, dp_size)
+        self.spec = spec
+
+    def batch_at(self, pos: tuple[int, int]) -> dict:
+        """The packed micro-batch at ``(epoch, index)`` plus an empty ``pixel_values``."""
+        return {**super().batch_at(pos), "pixel_values": torch.zeros(0, 3, self.spec.image_size, self.spec.image_size)}

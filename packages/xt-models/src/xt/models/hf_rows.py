@@ -9,7 +9,8 @@ MXFP4 experts, DeepSeek-V3's FP8 block scales and MTP layers); what is common is
 
 * per-expert hub keys (``{prefix}.experts.{e}.{gate,up,down}_proj.weight``) become rows of XT's
   stacked ``gate_up_proj [E, 2F, D]`` / ``down_proj [E, D, F]``: rows are experts, each read whole;
-* a tied ``lm_head.weight`` is read as the embedding;
+* a tied ``lm_head.weight`` is read as the embedding (the model class's ``xt_embed_path``, e.g. a
+  vision-language model's ``model.language_model.embed_tokens``);
 * before anything is read, the family's ``from_hf`` runs on meta tensors of the stored shapes and
   dtypes and the result is checked against the model's state dict (the same check as
   :func:`xt.models.from_pretrained`), so a checkpoint of another model fails at once, on every rank.
@@ -66,6 +67,7 @@ def hf_row_reader(path: str | Path, config) -> tuple[Callable[[str, int, int], t
         return torch.empty(reader.shape(key), dtype=reader.dtype(key), device="meta")
 
     check_checkpoint_fits(build_model(config, device="meta"), spec.from_hf(keys, meta, config, source=str(path)), path)
+    embed_key = getattr(spec.model_cls, "xt_embed_path", EMBED_KEY.removesuffix(".weight")) + ".weight"
     back = {new: k for k in keys if (new := rename(k)) is not None}
     experts: dict[str, dict[int, dict[str, str]]] = {}
     for new, k in back.items():
@@ -86,7 +88,7 @@ def hf_row_reader(path: str | Path, config) -> tuple[Callable[[str, int, int], t
 
     def read(name: str, start: int, stop: int) -> torch.Tensor:
         if name == HEAD_KEY and config.tie_word_embeddings:
-            name = EMBED_KEY
+            name = embed_key
         if name in back:
             return load_rows(back[name], reader.get_rows, start, stop)
         for suffix, projs in _STACKED.items():

@@ -120,4 +120,4 @@ def parallelize(model: nn.Module, cfg: ParallelConfig, *, device_type: str | Non
         apply_activation_checkpointing(layer_modules, cfg.activation_checkpointing,
                                        cfg.activation_checkpointing_every_n)
     apply_fsdp(model, layer_modules, meshes, expert_modules)
-    return model, ParallelDistContext(meshes)
+    return model, ParallelDistContext(meshes, getattr(model, "xt_image_token_id", None))

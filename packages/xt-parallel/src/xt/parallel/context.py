@@ -25,9 +25,10 @@ class ParallelDistContext:
         meshes: the layout's meshes. rank / world_size / is_main: global.
         dp_rank / dp_size: shard the data loader with these (SP ranks of one group read the same data).
         sp_rank / sp_size: this rank's slice of each packed batch (:meth:`shard_batch`).
+        image_token_id: the model's ``xt_image_token_id`` (vision-language models), or None.
     """
 
-    def __init__(self, meshes: ParallelMeshes) -> None:
+    def __init__(self, meshes: ParallelMeshes, image_token_id: int | None = None) -> None:
         self.meshes = meshes
         self.rank = meshes.rank
         self.world_size = meshes.world_size
@@ -35,6 +36,7 @@ class ParallelDistContext:
         self.dp_rank, self.dp_size = meshes.dp_rank, meshes.dp_size
         self.sp_rank, self.sp_size = meshes.sp_rank, meshes.cfg.sp_size
         self.ep_size = meshes.cfg.ep_size
+        self.image_token_id = image_token_id
 
     def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
         """Sum `t` over all ranks in place and return it."""
@@ -56,7 +58,9 @@ class ParallelDistContext:
         dist.barrier()
 
     def shard_batch(self, batch: dict, pad_token_id: int = 0) -> dict:
-        """This rank's SP slice of a packed micro-batch (identity when ``sp_size == 1``)."""
+        """This rank's SP slice of a packed micro-batch (identity when ``sp_size == 1``); a
+        vision-language batch keeps its tiles whole and numbers its image tokens globally
+        (:func:`xt.parallel.sp_batch.shard_batch_for_sp`)."""
         if self.sp_size == 1:
             return batch
-        return shard_batch_for_sp(batch, self.sp_rank, self.sp_size, pad_token_id)
+        return shard_batch_for_sp(batch, self.sp_rank, self.sp_size, pad_token_id, self.image_token_id)

@@ -62,10 +62,6 @@ def check_layout(cfg: ParallelConfig, model_config: Any) -> None:
     world = launch_world_size()
     if world == 1:
         check_single_process_layout(cfg)
-    if getattr(model_config, "vision_config", None) is not None and cfg.sp_size > 1:
-        raise LayoutError(f"parallel.sp_size = {cfg.sp_size}: Ulysses sequence parallelism is not supported for "
-                          "vision-language models yet (it would cut a sample's image tokens from its tiles); use "
-                          "sp_size = 1 with FSDP / EP")
     validate_layout(cfg, world, **config_sizes(model_config))
 
 

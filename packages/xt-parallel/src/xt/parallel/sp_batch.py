@@ -8,9 +8,11 @@ from xt.core.labels import IGNORE_INDEX
 __all__ = ["shard_batch_for_sp", "IGNORE_INDEX"]
 
 _GLOBAL_KEYS = ("cu_seqlens", "max_seqlen")
+_WHOLE_KEYS = ("pixel_values",)  # a vision-language batch's tiles: every SP rank gets all of them
 
 
-def shard_batch_for_sp(batch: dict, sp_rank: int, sp_size: int, pad_token_id: int = 0) -> dict:
+def shard_batch_for_sp(batch: dict, sp_rank: int, sp_size: int, pad_token_id: int = 0,
+                       image_token_id: int | None = None) -> dict:
     """Return SP rank `sp_rank`'s slice of a packed batch, keeping the *global* ``cu_seqlens``.
 
     The sequence is first padded to a multiple of `sp_size` with one extra padding document
@@ -24,10 +26,15 @@ def shard_batch_for_sp(batch: dict, sp_rank: int, sp_size: int, pad_token_id: in
             other entries are passed through.
         sp_rank, sp_size: this rank's index in the SP group and the group size.
         pad_token_id: token id used for padding.
+        image_token_id: a vision-language model's image placeholder token (the model's
+            ``xt_image_token_id``): then ``pixel_values [N, 3, S, S]`` goes whole to every rank
+            (the vision tower runs unsharded) and ``image_feature_index [T_pad / sp_size]`` int64
+            is added: at each of the slice's image tokens, the row of the batch's flattened image
+            features it takes (its rank among all image tokens of the batch), else -1.
 
     Returns:
         A new dict: token tensors ``[T_pad / sp_size]``; ``cu_seqlens [D+1 or D+2]`` (global, padded
-        total ``T_pad``); ``max_seqlen`` (global, int).
+        total ``T_pad``); ``max_seqlen`` (global, int); ``pixel_values`` whole.
 
     Raises:
         ValueError: batched ``[B, S]`` input (SP needs packed 1-D batches), ``cu_seqlens`` not
@@ -46,10 +53,13 @@ def shard_batch_for_sp(batch: dict, sp_rank: int, sp_size: int, pad_token_id: in
     n_pad = (-T) % sp_size
     tl = (T + n_pad) // sp_size
     out = {}
+    if image_token_id is not None and "pixel_values" in batch:
+        is_image = ids == image_token_id
+        batch = {**batch, "image_feature_index": torch.where(is_image, is_image.cumsum(0) - 1, -1)}
     for key, value in batch.items():
         if key in _GLOBAL_KEYS:
             continue
-        if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == T:
+        if key not in _WHOLE_KEYS and isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == T:
             if n_pad:
                 if key == "labels":
                     fill = value.new_full((n_pad, *value.shape[1:]), IGNORE_INDEX)
@@ -57,6 +67,8 @@ def shard_batch_for_sp(batch: dict, sp_rank: int, sp_size: int, pad_token_id: in
                     fill = torch.arange(n_pad, dtype=value.dtype, device=value.device)
                 elif key == "input_ids":
                     fill = value.new_full((n_pad,), pad_token_id)
+                elif key == "image_feature_index":
+                    fill = value.new_full((n_pad,), -1)
                 else:
                     fill = value.new_zeros((n_pad, *value.shape[1:]))
                 value = torch.cat([value, fill])

@@ -3,7 +3,8 @@
 Works with any model whose attention layers call a swappable ``core_attention`` module as
 ``core_attention(q[T, H, Dq], k[T, G, Dq], v[T, G, Dv], cu_seqlens, max_seqlen, **kw)`` (keywords
 ``sliding_window``/``sinks`` optional) and whose ``forward(input_ids[T], position_ids=,
-cu_seqlens=, max_seqlen=)`` returns ``.logits [T, V]`` (Qwen3, Llama, DeepSeek-V3, GPT-OSS). During
+cu_seqlens=, max_seqlen=)`` returns ``.logits [T, V]`` (Qwen3, Llama, DeepSeek-V3, GPT-OSS; InternVL,
+whose prompts may carry images: ``pixel_values`` go to the prompt's forward). During
 :func:`generate` every ``core_attention`` is temporarily replaced by a :class:`CachedCoreAttention`
 that appends the new keys/values to a per-layer cache and attends over the cache; the model code
 is unchanged. Prompts of different lengths need no padding: each step is a packed batch of the new
@@ -205,7 +206,8 @@ def _split_routing(rec: RoutingRecord, steps_cu: list[torch.Tensor], totals: lis
 @torch.no_grad()
 def generate_detailed(model: nn.Module, prompts: list[list[int]] | list[torch.Tensor], max_new_tokens: int,
                       temperature: float = 0.0, top_p: float = 1.0, eos_token_id: int | list[int] | None = None,
-                      generator: torch.Generator | None = None, record_experts: bool = False) -> Generation:
+                      generator: torch.Generator | None = None, record_experts: bool = False,
+                      pixel_values: torch.Tensor | None = None) -> Generation:
     """Continue each prompt by up to ``max_new_tokens`` tokens with a KV cache (batched, no padding).
 
     Args:
@@ -217,6 +219,9 @@ def generate_detailed(model: nn.Module, prompts: list[list[int]] | list[torch.Te
         record_experts: record the experts of every decoder MoE layer for every token
             (:mod:`xt.models.common.routing_replay`); the final tokens are then run through the model
             once more so that they, too, have their routing.
+        pixel_values: for a vision-language model, ``[N, 3, S, S]`` the tiles of the prompts'
+            images in the order of their image-token runs (prompts in order); given to the
+            prompt's forward only (the new tokens are text). None: text only.
 
     Returns:
         :class:`Generation`.
@@ -241,10 +246,13 @@ def generate_detailed(model: nn.Module, prompts: list[list[int]] | list[torch.Te
     done = [False] * B
     steps_cu: list[torch.Tensor] = []
 
+    tiles = {} if pixel_values is None else {"pixel_values": pixel_values.to(dev)}
+
     def step(ids: torch.Tensor, cu: torch.Tensor) -> torch.Tensor:
+        extra = tiles if not steps_cu else {}  # the images enter with the prompts only
         steps_cu.append(cu.cpu())
         logits = model(input_ids=ids, position_ids=state.positions(cu), cu_seqlens=cu,
-                       max_seqlen=int((cu[1:] - cu[:-1]).max())).logits
+                       max_seqlen=int((cu[1:] - cu[:-1]).max()), **extra).logits
         state.advance(cu)
         return logits[cu[1:].long() - 1]
 
@@ -277,14 +285,14 @@ def generate_detailed(model: nn.Module, prompts: list[list[int]] | list[torch.Te
 
 def generate(model: nn.Module, prompts: list[list[int]] | list[torch.Tensor], max_new_tokens: int,
              temperature: float = 0.0, top_p: float = 1.0, eos_token_id: int | list[int] | None = None,
-             generator: torch.Generator | None = None, return_logprobs: bool = False
-             ) -> list[list[int]] | tuple[list[list[int]], list[list[float]]]:
+             generator: torch.Generator | None = None, return_logprobs: bool = False,
+             pixel_values: torch.Tensor | None = None) -> list[list[int]] | tuple[list[list[int]], list[list[float]]]:
     """Continue each prompt by up to ``max_new_tokens`` tokens with a KV cache
     (:func:`generate_detailed` without the extras).
 
     Args:
-        model, prompts, max_new_tokens, temperature, top_p, eos_token_id, generator: as in
-            :func:`generate_detailed`.
+        model, prompts, max_new_tokens, temperature, top_p, eos_token_id, generator, pixel_values:
+            as in :func:`generate_detailed`.
         return_logprobs: also return, per new token, its log-probability under the sampled
             distribution (:func:`processed_log_probs`; the raw ``log_softmax`` when greedy).
 
@@ -295,5 +303,6 @@ def generate(model: nn.Module, prompts: list[list[int]] | list[torch.Tensor], ma
     Raises:
         ValueError: an empty prompt.
     """
-    g = generate_detailed(model, prompts, max_new_tokens, temperature, top_p, eos_token_id, generator)
+    g = generate_detailed(model, prompts, max_new_tokens, temperature, top_p, eos_token_id, generator,
+                          pixel_values=pixel_values)
     return (g.tokens, g.log_probs) if return_logprobs else g.tokens

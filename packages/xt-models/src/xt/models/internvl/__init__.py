@@ -14,6 +14,7 @@ register_model(ModelSpec(
     model_cls=InternVLForConditionalGeneration,
     to_hf=state_dict.to_hf,
     from_hf=state_dict.from_hf,
+    hf_rows=state_dict.hf_rows,
 ))
 
 __all__ = ["InternVLConfig", "InternVisionConfig", "InternVLForConditionalGeneration", "InternVLModel",

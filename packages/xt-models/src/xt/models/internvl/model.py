@@ -53,8 +53,29 @@ class InternVLModel(nn.Module):
         feats = pixel_shuffle(feats.reshape(N, side, side, C), c.downsample_scale)
         return self.multi_modal_projector(feats.reshape(N, -1, feats.shape[-1]))
 
-    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
-        """Token embeddings ``[T, D]`` with the image features scattered into the placeholder positions.
+    def no_image_anchor(self) -> torch.Tensor:
+        """A scalar 0 that depends on every trainable vision-tower and projector parameter.
+
+        A micro-batch without tiles (text-only records, or a text source of a data mix) would leave
+        those parameters without a gradient on this rank while other ranks have one, and FSDP2
+        reduce-scatters only the gradients that exist, so the ranks' collectives would disagree.
+        Adding ``0 * Σ p[0]`` (one element of each parameter: cheap, and no sum that could
+        overflow) to the embeddings gives them exact zero gradients instead (the values are
+        unchanged: ``x + 0 = x``). Used only when autograd records.
+        """
+        parts = [p.reshape(-1)[0] for m in (self.vision_tower, self.multi_modal_projector) for p in m.parameters()
+                 if p.requires_grad]
+        return torch.stack(parts).sum() * 0.0 if parts else torch.zeros(())
+
+    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None,
+              image_feature_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Token embeddings ``[T, D]`` with the image features scattered into the placeholder positions
+        (without tiles, plus `no_image_anchor` while autograd records).
+
+        `image_feature_index` ``[T]`` (a sequence-parallel slice, xt.parallel's
+        ``shard_batch_for_sp``): the feature row each image token takes (-1 elsewhere), since the
+        slice holds only some of the batch's image tokens while `pixel_values` holds all its tiles.
+        Without it, the image tokens take the features in order.
 
         Raises:
             ValueError: on CPU, when the number of placeholder tokens differs from the tiles'
@@ -62,10 +83,15 @@ class InternVLModel(nn.Module):
         """
         embeds = self.language_model.embed_tokens(input_ids)
         if pixel_values is None or pixel_values.shape[0] == 0:
-            return embeds
+            return embeds + self.no_image_anchor().to(embeds.dtype) if torch.is_grad_enabled() else embeds
         feats = self.image_features(pixel_values)
         feats = feats.reshape(-1, feats.shape[-1]).to(embeds.dtype)
         mask = (input_ids == self.config.image_token_id).unsqueeze(-1)
+        if image_feature_index is not None:
+            if not embeds.is_cuda and image_feature_index.numel() and int(image_feature_index.max()) >= feats.shape[0]:
+                raise ValueError(f"image_feature_index: row {int(image_feature_index.max())} of {feats.shape[0]} "
+                                 "image features")
+            return embeds.masked_scatter(mask, feats[image_feature_index[mask[:, 0]]])
         if not embeds.is_cuda:
             n = int(mask.sum())
             if n != feats.shape[0]:
@@ -82,12 +108,19 @@ class InternVLForConditionalGeneration(SeededInit, nn.Module):
         attn_backend: the language model's core attention backend (the vision tower uses
             ``scaled_dot_product_attention`` over each tile).
 
-    ``xt_embed_path`` names the token embedding, which the head shares when tied;
+    ``xt_embed_path`` names the token embedding, which the head shares when tied; ``xt_image_token_id``
+    the placeholder token (for sequence-parallel slicing);
     ``xt_param_parts`` the parts that ``model.freeze`` and ``optim.part_lr`` name (qualified-name
     prefixes).
     """
 
     xt_embed_path = "model.language_model.embed_tokens"
+
+    @property
+    def xt_image_token_id(self) -> int:
+        """The image placeholder token; xt.parallel's sequence-parallel slicing numbers its positions."""
+        return self.config.image_token_id
+
     xt_param_parts = {"vision_tower": ("model.vision_tower.",), "projector": ("model.multi_modal_projector.",),
                       "language_model": ("model.language_model.", "lm_head.")}
 
@@ -107,7 +140,7 @@ class InternVLForConditionalGeneration(SeededInit, nn.Module):
                 position_ids: torch.Tensor | None = None, cu_seqlens: torch.Tensor | None = None,
                 max_seqlen: int | None = None, attention_mask: torch.Tensor | None = None,
                 pixel_values: torch.Tensor | None = None, return_logits: bool | None = None,
-                return_hidden: bool = False) -> CausalLMOutput:
+                return_hidden: bool = False, image_feature_index: torch.Tensor | None = None) -> CausalLMOutput:
         """Run the model.
 
         Args:
@@ -116,6 +149,8 @@ class InternVLForConditionalGeneration(SeededInit, nn.Module):
                 ``[T]`` or batched ``[B, S]``; labels already shifted).
             pixel_values: ``[N, 3, H, W]`` float, normalised tiles (``xt.data`` preprocessing), in the
                 order of the ``image_token_id`` runs of ``input_ids``; None or N = 0 for text only.
+            image_feature_index: ``[T]`` int64, under sequence parallelism only: which feature row
+                each image token of this slice takes (:meth:`InternVLModel.embed`).
 
         Returns:
             :class:`~xt.models.common.output.CausalLMOutput` (loss_sum, aux_loss for an MoE LM,
@@ -125,7 +160,7 @@ class InternVLForConditionalGeneration(SeededInit, nn.Module):
             ValueError: inputs that break the batch contract, or tiles and image tokens that do not match.
         """
         p = pack_inputs(input_ids, labels, position_ids, cu_seqlens, max_seqlen, attention_mask)
-        embeds = self.model.embed(p.input_ids, pixel_values)
+        embeds = self.model.embed(p.input_ids, pixel_values, image_feature_index)
         hidden, stats, _ = self.model.language_model(p.input_ids, p.position_ids, p.cu_seqlens, p.max_seqlen,
                                                      inputs_embeds=embeds)
         out = head_outputs(CausalLMOutput(), hidden, self.lm_head, p, return_logits, return_hidden)

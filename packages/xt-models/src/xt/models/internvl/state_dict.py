@@ -18,10 +18,10 @@ from typing import Callable
 
 import torch
 
-from xt.models.common.expert_keys import renamed_view, stack_experts, unstack_experts
+from xt.models.common.expert_keys import plain_rows, renamed_view, stack_experts, unstack_experts
 from xt.models.internvl.config import InternVLConfig
 
-__all__ = ["to_hf", "from_hf"]
+__all__ = ["to_hf", "from_hf", "hf_rows"]
 
 _OUT = (("model.language_model.", "language_model.model."), ("lm_head.", "language_model.lm_head."),
         ("model.vision_tower.", "vision_tower."), ("model.multi_modal_projector.", "multi_modal_projector."))
@@ -76,3 +76,12 @@ def from_hf(keys: list[str], get: Callable[[str], torch.Tensor], config: InternV
             raise ValueError(f"{source}: missing key language_model.model.embed_tokens.weight")
         state[_HEAD] = state[_EMBED]
     return state
+
+
+def hf_rows(config: InternVLConfig, keys: set[str]) -> tuple[Callable[[str], str | None], Callable]:
+    """The sharded-load view of an InternVL checkpoint (``ModelSpec.hf_rows``, :mod:`xt.models.hf_rows`):
+    ``(rename, load_rows)``. File keys are renamed to our module tree (the language model's per-expert
+    weights keep their per-expert form, which the row reader stacks); rows are read as stored.
+    A tied head is read as ``model.language_model.embed_tokens.weight`` (the row reader asks
+    the model's ``xt_embed_path``)."""
+    return _from_file_key, plain_rows(config, keys)[1]
