@@ -267,10 +267,16 @@ def forward_log_probs(engine: Any, micro_batches: Sequence[Mapping[str, Any]], *
         temperature: the rollout's (``rl.temperature``).
 
     Returns:
-        One ``[T]`` float32 tensor per micro-batch, 0 on positions without a label.
+        One ``[T]`` float32 tensor per micro-batch (on the model's device), 0 on positions without a label.
     """
     outs = engine.forward([policy_model_inputs(mb) for mb in micro_batches])
     region = getattr(engine, "compute_context", contextlib.nullcontext)
     with torch.no_grad(), region():  # the head in the forward's precision, as in PolicyLoss
-        return [token_log_probs(o, mb["labels"], temperature=temperature).log_probs
+        return [token_log_probs(o, _on_device_of(mb["labels"], o), temperature=temperature).log_probs
                 for o, mb in zip(outs, micro_batches)]
+
+
+def _on_device_of(labels: torch.Tensor, out: Any) -> torch.Tensor:
+    """The host batch's labels on the device of the output's hidden states (GPU engines)."""
+    hidden = getattr(out, "hidden", None)
+    return labels.to(hidden.device) if isinstance(hidden, torch.Tensor) else labels
