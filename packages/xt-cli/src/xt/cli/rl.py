@@ -137,7 +137,8 @@ def _loop(cfg: RLRunConfig, config: Any, run: Any, prompts: PromptSource, tok: A
                   f"({len(prompts.samples)} samples), "
                   f"{cfg.rollout.prompts_per_step} prompts x {cfg.rollout.group_size} samples per step, "
                   f"reward {cfg.rl.reward.function}, routing replay {d['replay']}; "
-                  f"precision {escape(d['precision'])}; trainer layout {escape(d.get('layout', 'plain'))}",
+                  f"precision {escape(d['precision'])}; rollout precision "
+                  f"{escape(d.get('rollout_precision', 'unknown'))}; trainer layout {escape(d.get('layout', 'plain'))}",
                   highlight=False)
     u = cfg.rollout.updates_per_step
     stop = min(cfg.train.steps, until_step if until_step is not None else cfg.train.steps)

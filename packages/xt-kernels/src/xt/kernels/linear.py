@@ -15,7 +15,9 @@ creates ``master.grad`` with an fp32-output GEMM.
 
 Off CUDA (no fp32-output bf16 GEMM there) the same sum is formed by an fp32 matmul of the upcast
 operands (exact products, fp32 accumulation). Anything that is not a 16-bit compute copy, a
-weight with a bias, or a call being traced by ``torch.compile`` takes ``F.linear`` unchanged.
+weight with a bias, a call being traced by ``torch.compile`` or one without autograd (``torch.no_grad``:
+reference forwards, KV-cache rollouts; the same product without the autograd function's host
+overhead) takes ``F.linear`` unchanged.
 """
 from __future__ import annotations
 
@@ -93,6 +95,6 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if master is None:
         return F.linear(x, weight, bias)
     (x,) = autocast_inputs(x)
-    if x.dtype != weight.dtype:
+    if x.dtype != weight.dtype or not torch.is_grad_enabled():  # no autograd (a rollout): nothing to add
         return F.linear(x, weight, bias)
     return _LinearGradAccum.apply(x, weight, master)

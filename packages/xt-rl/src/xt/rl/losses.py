@@ -42,6 +42,7 @@ beyond it are far outside any clip range.
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -256,7 +257,9 @@ def forward_log_probs(engine: Any, micro_batches: Sequence[Mapping[str, Any]], *
     (an engine holding the reference policy).
 
     Runs `xt.core.engine.Engine.forward` (the training forward's precision and compute weights)
-    with ``return_hidden=True`` and without the RL keys, then `token_log_probs` at `temperature`.
+    with ``return_hidden=True`` and without the RL keys, then `token_log_probs` at `temperature`
+    under `Engine.compute_context` (the LM head in that precision too, as `forward_backward` runs
+    the loss).
 
     Args:
         engine: an `Engine` (anything with ``forward(micro_batches)``).
@@ -264,9 +267,16 @@ def forward_log_probs(engine: Any, micro_batches: Sequence[Mapping[str, Any]], *
         temperature: the rollout's (``rl.temperature``).
 
     Returns:
-        One ``[T]`` float32 tensor per micro-batch, 0 on positions without a label.
+        One ``[T]`` float32 tensor per micro-batch (on the model's device), 0 on positions without a label.
     """
     outs = engine.forward([policy_model_inputs(mb) for mb in micro_batches])
-    with torch.no_grad():
-        return [token_log_probs(o, mb["labels"], temperature=temperature).log_probs
+    region = getattr(engine, "compute_context", contextlib.nullcontext)
+    with torch.no_grad(), region():  # the head in the forward's precision, as in PolicyLoss
+        return [token_log_probs(o, _on_device_of(mb["labels"], o), temperature=temperature).log_probs
                 for o, mb in zip(outs, micro_batches)]
+
+
+def _on_device_of(labels: torch.Tensor, out: Any) -> torch.Tensor:
+    """The host batch's labels on the device of the output's hidden states (GPU engines)."""
+    hidden = getattr(out, "hidden", None)
+    return labels.to(hidden.device) if isinstance(hidden, torch.Tensor) else labels

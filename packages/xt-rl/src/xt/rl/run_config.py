@@ -30,6 +30,12 @@ class RolloutConfig(ConfigStruct):
             trainer's old log-probs are computed before the first update and the PPO clip matters.
         max_batch_sequences: sequences generated together at most (0 = all of the step's).
         seed: seeds the sampling RNG (per step: ``seed + step``).
+        dtype: the precision of XT's rollout: "train" (default) runs generation as the trainer's
+            forward runs, i.e. ``train.dtype`` resolved for the device (bf16 autocast with the bf16
+            compute copies where that is bf16: `Engine.compute_context`; disaggregated rollout
+            actors hold compute copies of their own model copy); "fp32" always runs the fp32
+            weights without autocast. Engine "xt" only: LMDeploy computes in its own precision,
+            so with it only "train" (the default) is accepted.
         engine: "xt" (XT's KV-cache generation on the policy model) or "lmdeploy" (an LMDeploy
             pipeline on ``model.init_from``, re-exported after each update; extra
             ``xt-rl[lmdeploy]``, one process only, not run by XT's tests:
@@ -42,6 +48,7 @@ class RolloutConfig(ConfigStruct):
     max_new_tokens: int = 64
     top_p: float = 1.0
     seed: int = 0
+    dtype: Literal["train", "fp32"] = "train"
     # how the trainer uses it
     routing_replay: bool = False
     updates_per_step: int = 1
@@ -60,6 +67,8 @@ class RolloutConfig(ConfigStruct):
                 f"got {self.updates_per_step}")
         require(self.engine == "xt" or not self.routing_replay, "routing_replay",
                 "needs rollout.engine = 'xt' (LMDeploy does not return the routed experts)")
+        require(self.engine == "xt" or self.dtype == "train", "dtype",
+                f"{self.dtype!r} needs rollout.engine = 'xt' (LMDeploy computes in its own precision)")
         require(self.max_batch_sequences >= 0, "max_batch_sequences",
                 f"must be >= 0 (0 = all at once), got {self.max_batch_sequences}")
 

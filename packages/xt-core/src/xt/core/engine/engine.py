@@ -12,6 +12,7 @@ as a named extra state to `save_checkpoint` / `load_checkpoint` to keep both tog
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from xt.core.distributed import DistContext, LocalDistContext
 from xt.core.engine.compute_weights import ComputeWeights
 from xt.core.engine.optim import build_optimizer, build_scheduler, clip_divisor, takes_grad_scale
 from xt.core.engine.precision import Precision, resolve_precision
-from xt.core.engine.step import StepStats, forward, forward_backward
+from xt.core.engine.step import StepStats, compute_region, forward, forward_backward
 
 __all__ = ["Engine", "OptimStats", "NONFINITE_GRAD_POLICIES"]
 
@@ -204,6 +205,21 @@ class Engine:
         """
         return forward(self.model, micro_batches, self.device, self.autocast_dtype,
                        self.compute_weights, training)
+
+    def compute_context(self) -> contextlib.AbstractContextManager:
+        """A block in which the model computes as the engine's own forward does: the compute
+        weights swapped in (re-cast first if a master changed) and autocast at `autocast_dtype`;
+        a no-op in fp32. For running the model outside `forward` in the training precision, e.g.
+        the KV-cache rollout of `xt rl` on the trained model itself.
+
+        Returns:
+            A context manager (`xt.core.engine.step.compute_region`); not re-entrant, and not to be
+            used around `forward` / `forward_backward`, which enter it themselves.
+
+        Raises:
+            RuntimeError: (on entry) the compute weights are already swapped in.
+        """
+        return compute_region(self.device, self.autocast_dtype, self.compute_weights)
 
     def optim_step(self) -> OptimStats:
         """Clip, update, refresh the compute weights, step the schedule, run the model's hook.

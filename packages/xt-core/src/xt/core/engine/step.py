@@ -10,7 +10,7 @@ backpropagates is a `Loss` (`xt.core.engine.objective`; default `TokenMeanLoss`)
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +24,7 @@ from xt.core.engine.metrics import effective_seq_len
 from xt.core.engine.objective import (LossContext, TokenMeanLoss, as_loss_output, loss_totals,
                                       model_inputs)
 
-__all__ = ["StepStats", "to_device", "forward_backward", "forward"]
+__all__ = ["StepStats", "to_device", "forward_backward", "forward", "compute_region"]
 
 
 @dataclass
@@ -97,6 +97,27 @@ def _compute_context(device: torch.device, autocast_dtype: torch.dtype | None,
     return amp, weights.swapped() if weights is not None else contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def compute_region(device: torch.device, autocast_dtype: torch.dtype | None,
+                   weights: ComputeWeights | None) -> Iterator[None]:
+    """The precision of the training forward as one block: `weights` swapped in
+    (`ComputeWeights.swapped`, re-cast first if a master changed) around a `torch.autocast` region
+    of `autocast_dtype`; with neither (fp32) a no-op. For code that runs the model outside
+    `forward` / `forward_backward` in the same numerics, e.g. KV-cache rollouts.
+
+    Args:
+        device: the model's device (its type picks the autocast backend).
+        autocast_dtype: torch.bfloat16 / torch.float16, or None (no autocast).
+        weights: the compute copies to hold in the model, or None.
+
+    Raises:
+        RuntimeError: `weights` are already swapped in (a nested block).
+    """
+    amp, swap = _compute_context(device, autocast_dtype, weights)
+    with swap, amp:
+        yield
+
+
 def forward_backward(model: nn.Module, micro_batches: Sequence[Mapping[str, Any]],
                      dist_ctx: DistContext, device: torch.device,
                      autocast_dtype: torch.dtype | None = None,
@@ -118,7 +139,8 @@ def forward_backward(model: nn.Module, micro_batches: Sequence[Mapping[str, Any]
         dist_ctx: reductions across ranks; gradient sync is disabled for all but the last
             micro-batch.
         device: the model's device (batches are moved there).
-        autocast_dtype: e.g. torch.bfloat16 to run the forward under `torch.autocast`; None = off.
+        autocast_dtype: e.g. torch.bfloat16 to run the forward and the loss under `torch.autocast`
+            (backward outside it, as torch recommends); None = off.
         weights: bf16 compute copies to hold in the model during forward and backward
             (`ComputeWeights.swapped`; their gradients still land in the fp32 ``.grad``), or None.
         loss: the objective (`xt.core.engine.objective.Loss`); None = `TokenMeanLoss`.
@@ -145,10 +167,10 @@ def forward_backward(model: nn.Module, micro_batches: Sequence[Mapping[str, Any]
     with swap:
         for i, mb in enumerate(mbs):
             dist_ctx.set_grad_sync(model, i == n - 1)
-            with amp:
+            with amp:  # the loss too: a loss that owns the LM head runs it in the forward's precision
                 out = model(**model_inputs(loss, mb))
-            ctx = LossContext(global_tokens, n, world, i, totals)
-            result = as_loss_output(loss(out, mb, ctx), loss)
+                ctx = LossContext(global_tokens, n, world, i, totals)
+                result = as_loss_output(loss(out, mb, ctx), loss)
             result.objective.backward()
             acc.add(out, result)
     return acc.reduce(dist_ctx, mbs, global_tokens, seq_len)

@@ -36,10 +36,11 @@ from xt.rl.cluster.collective import BucketPlan, WeightGroup, broadcast_weights,
 from xt.rl.cluster.weights import WeightHandle, load_buckets, publish_weights
 from xt.rl.loop.build import StateHolder, build_laid_out, build_policy, load_policy, save_policy
 from xt.rl.loop.grpo import RewardWorker
-from xt.rl.loop.local import describe_policy
+from xt.rl.loop.local import describe_policy, policy_rollout
 from xt.rl.loop.messages import RewardRequest, TrainRequest
 from xt.rl.rewards import RewardPool
 from xt.rl.rollout import XTRolloutEngine
+from xt.rl.rollout.precision import copy_precision
 from xt.rl.rollout.protocol import RolloutRequest, decode, encode
 
 __all__ = ["TrainerActor", "RolloutActor", "RewardActor", "actor_device"]
@@ -80,13 +81,14 @@ class TrainerActor:
         self.parts = build_policy(cfg, self.device)
         self.rollout = None
         if colocated:
-            self.rollout = XTRolloutEngine(self.parts.model, max_batch_sequences=cfg.rollout.max_batch_sequences)
+            self.rollout = policy_rollout(self.parts, cfg.rollout)
             self.parts.state.rollout = self.rollout
 
     def info(self) -> dict[str, Any]:
         """`xt.rl.loop.local.describe_policy`, plus ``is_moe``, ``routing_replay`` and ``step``."""
         tr = self.parts.trainer
-        return {**describe_policy(self.parts, self.device, getattr(self.cfg, "parallel", None)), "is_moe": tr.is_moe,
+        return {**describe_policy(self.parts, self.device, getattr(self.cfg, "parallel", None), self.rollout),
+                "is_moe": tr.is_moe,
                 "routing_replay": tr.routing_replay, "step": self.parts.engine.step}
 
     def step(self) -> int:
@@ -188,19 +190,24 @@ class TrainerActor:
 
 class RolloutActor:
     """A rollout worker with its own model copy (module docstring). Its weights are the trainer's
-    after the first `load_weights`; until then they are the same seeded initialisation.
+    after the first `load_weights`; until then they are the same seeded initialisation. It computes
+    in ``rollout.dtype`` (`xt.rl.rollout.precision.copy_precision`): with "train" resolving to bf16,
+    under autocast with bf16 compute copies of its own fp32 copy, re-cast after each weight load.
 
     Args:
-        cfg: the `xt rl` config (``model``, ``train.seed``, ``kernels``, ``rollout``).
+        cfg: the `xt rl` config (``model``, ``train.seed`` / ``dtype`` / ``weight_cast``, ``kernels``,
+            ``rollout``).
         threads: torch intra-op threads.
     """
 
     def __init__(self, cfg: Any, threads: int) -> None:
         torch.set_num_threads(threads)
         seed_everything(cfg.train.seed)
-        model, _ = build_laid_out(cfg.model, cfg.kernels, ParallelConfig(), actor_device())  # plain, unsharded
-        self.engine = XTRolloutEngine(model.requires_grad_(False),
-                                      max_batch_sequences=cfg.rollout.max_batch_sequences)
+        device = actor_device()
+        model, _ = build_laid_out(cfg.model, cfg.kernels, ParallelConfig(), device)  # plain, unsharded
+        model.requires_grad_(False)
+        self.engine = XTRolloutEngine(model, max_batch_sequences=cfg.rollout.max_batch_sequences,
+                                      precision=copy_precision(model, cfg.train, cfg.rollout.dtype, device))
         self.wgroup: WeightGroup | None = None
 
     def join_weight_group(self, address: str, prefix: str, rank: int, world: int) -> None:
@@ -227,6 +234,10 @@ class RolloutActor:
     def ping(self) -> int:
         """The weight version held (also: the actor is alive)."""
         return self.engine.weight_version
+
+    def precision(self) -> str:
+        """The banner line of the precision it generates in (`RolloutPrecision.summary`)."""
+        return self.engine.precision.summary
 
     def load_weights(self, handle: WeightHandle, version: int) -> int:
         """Copy the published buckets in and set the version; returns the bytes read."""

@@ -208,6 +208,7 @@ class RayRun:
             root = str(Path(out_dir) / "weight_sync") if oc.weight_sync == "disk" else None
             self.rollout = DisaggregatedRollout(ray, self.trainers, _Actors(ray, handles, oc.max_restarts),
                                                 oc.weight_sync, int(oc.bucket_mb * 2 ** 20), root)
+            self.info = {**info, "rollout_precision": ray.get(handles[0].precision.remote())}
         self.reward = _RewardProxy(ray, self.reward_actors, oc.max_restarts)
         self.rollout.load_weights(None, 0)  # the rollout copies start from the trainer's weights
 
@@ -245,7 +246,8 @@ class RayRun:
         self.trainers.call("export_hf", str(path))
 
     def describe(self) -> dict[str, Any]:
-        """What the banner prints (the trainer actor's `describe_policy`) and the placement."""
+        """What the banner prints (the trainer actor's `describe_policy`; disaggregated, the
+        rollout precision is the first rollout actor's) and the placement."""
         return self.info
 
     def close(self) -> None:

@@ -23,19 +23,39 @@ from xt.rl.loop.build import build_policy, load_policy, save_policy
 from xt.rl.loop.grpo import RewardWorker
 from xt.rl.rewards import RewardPool
 from xt.rl.rollout import XTRolloutEngine
+from xt.rl.rollout.precision import policy_precision
 
-__all__ = ["LocalRun", "describe_policy"]
+__all__ = ["LocalRun", "describe_policy", "policy_rollout"]
 
 
-def describe_policy(parts: Any, device: torch.device, parallel: ParallelConfig | None = None) -> dict[str, Any]:
+def describe_policy(parts: Any, device: torch.device, parallel: ParallelConfig | None = None,
+                    rollout: Any = None) -> dict[str, Any]:
     """What the run banner prints of a built policy: model class, parameters, device, routing
-    replay ("on" / "off" / "n/a (dense)"), the engine's precision summary and the trainer's layout
-    (`xt.parallel.describe_layout` of ``cfg.parallel``)."""
+    replay ("on" / "off" / "n/a (dense)"), the engine's precision summary, the trainer's layout
+    (`xt.parallel.describe_layout` of ``cfg.parallel``) and, given the rollout engine on this
+    policy, its precision (``rollout_precision``; an engine without one computes in its own)."""
     tr = parts.trainer
-    return {"model": type(parts.model).__name__, "params": sum(p.numel() for p in parts.model.parameters()),
-            "device": str(device), "replay": "on" if tr.routing_replay else "off" if tr.is_moe else "n/a (dense)",
-            "precision": parts.engine.precision_summary,
-            "layout": describe_layout(parallel or ParallelConfig(), parts.dist, parts.model)}
+    out = {"model": type(parts.model).__name__, "params": sum(p.numel() for p in parts.model.parameters()),
+           "device": str(device), "replay": "on" if tr.routing_replay else "off" if tr.is_moe else "n/a (dense)",
+           "precision": parts.engine.precision_summary,
+           "layout": describe_layout(parallel or ParallelConfig(), parts.dist, parts.model)}
+    if rollout is not None:
+        prec = getattr(rollout, "precision", None)
+        out["rollout_precision"] = prec.summary if prec is not None else "the rollout engine's own"
+    return out
+
+
+def policy_rollout(parts: Any, rollout: Any) -> XTRolloutEngine:
+    """XT's rollout engine on the policy model itself (one process, Ray colocated), computing in
+    ``rollout.dtype``: "train" under the policy engine's `Engine.compute_context` (its own bf16
+    compute copies), "fp32" on the fp32 weights (`xt.rl.rollout.precision.policy_precision`).
+
+    Args:
+        parts: the built policy (`xt.rl.loop.build.PolicyParts`).
+        rollout: the ``[rollout]`` section (``dtype``, ``max_batch_sequences``).
+    """
+    return XTRolloutEngine(parts.model, max_batch_sequences=rollout.max_batch_sequences,
+                           precision=policy_precision(parts.engine, rollout.dtype))
 
 
 def _lmdeploy_engine(cfg: Any, model: torch.nn.Module, tokenizer: Any) -> Any:
@@ -70,7 +90,7 @@ class LocalRun:
         if cfg.rollout.engine == "lmdeploy":
             self.rollout: Any = _lmdeploy_engine(cfg, self.parts.model, tokenizer)
         else:
-            self.rollout = XTRolloutEngine(self.parts.model, max_batch_sequences=cfg.rollout.max_batch_sequences)
+            self.rollout = policy_rollout(self.parts, cfg.rollout)
         self.parts.state.rollout = self.rollout
         self.trainer = self.parts.trainer
         self._pool = RewardPool.from_config(cfg.rl.reward)
@@ -101,7 +121,7 @@ class LocalRun:
 
     def describe(self) -> dict[str, Any]:
         """`describe_policy` of the policy."""
-        return describe_policy(self.parts, self.device, getattr(self.cfg, "parallel", None))
+        return describe_policy(self.parts, self.device, getattr(self.cfg, "parallel", None), self.rollout)
 
     def close(self) -> None:
         """Stop the reward pool and remove the replay hook."""

@@ -4,7 +4,8 @@ on any device the model runs on, answering the rollout protocol (`xt.rl.rollout.
 The engine holds a model (the policy itself when trainer and rollout share a process, or a copy it
 keeps in sync with :meth:`XTRolloutEngine.load_weights`). Routed experts are recorded through
 `xt.models.common.routing_replay.record_routing` (forward hooks on the routers); the model code is not
-touched.
+touched. The precision it computes in is a `xt.rl.rollout.precision.RolloutPrecision` (``rollout.dtype``):
+fp32 by default, or the trainer's (bf16 autocast with compute copies) entered around each request.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from torch import nn
 
 from xt.models.common.generate import generate_detailed
 from xt.models.common.routing_replay import decoder_routers
+from xt.rl.rollout.precision import FP32_ROLLOUT, RolloutPrecision
 from xt.rl.rollout.protocol import IntArray, RolloutRequest, RolloutResult, RolloutSample
 
 __all__ = ["XTRolloutEngine"]
@@ -30,18 +32,27 @@ class XTRolloutEngine:
         max_batch_sequences: sequences generated together at most (the request is cut into chunks
             of this many; 0 = all at once). The samples do not depend on it except through the RNG
             stream, which is drawn per chunk in order.
+        precision: how the model computes (`xt.rl.rollout.precision`); default fp32 weights
+            without autocast.
+
+    Raises:
+        ValueError: a negative `max_batch_sequences`.
     """
 
-    def __init__(self, model: nn.Module, *, weight_version: int = 0, max_batch_sequences: int = 0) -> None:
+    def __init__(self, model: nn.Module, *, weight_version: int = 0, max_batch_sequences: int = 0,
+                 precision: RolloutPrecision = FP32_ROLLOUT) -> None:
         if max_batch_sequences < 0:
             raise ValueError(f"max_batch_sequences must be >= 0, got {max_batch_sequences}")
         self.model = model
         self.weight_version = weight_version
         self.max_batch_sequences = max_batch_sequences
+        self.precision = precision
         self.has_moe = bool(decoder_routers(model))
 
     def load_weights(self, state_dict: Mapping[str, torch.Tensor], version: int) -> None:
-        """Copy the policy's weights in (strict key match) and set the weight version.
+        """Copy the policy's weights in (strict key match) and set the weight version. The copy
+        writes the fp32 weights in place, so compute copies of them are re-cast before the next
+        generation (their version counters changed).
 
         Raises:
             RuntimeError: (from ``load_state_dict``) keys or shapes that do not match.
@@ -68,8 +79,9 @@ class XTRolloutEngine:
         samples: list[RolloutSample] = []
         for a in range(0, len(flat), chunk):
             part = flat[a:a + chunk]
-            g = generate_detailed(self.model, [p for _, p in part], sp.max_new_tokens, sp.temperature, sp.top_p,
-                                  list(sp.stop_token_ids), gen, record_experts=record)
+            with self.precision.context():
+                g = generate_detailed(self.model, [p for _, p in part], sp.max_new_tokens, sp.temperature,
+                                      sp.top_p, list(sp.stop_token_ids), gen, record_experts=record)
             for j, (i, p) in enumerate(part):
                 routed = IntArray.from_tensor(g.routed_experts[j]) if g.routed_experts is not None else None
                 samples.append(RolloutSample(prompt_index=i, prompt_ids=list(p), response_ids=g.tokens[j],
