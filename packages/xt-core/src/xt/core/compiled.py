@@ -12,8 +12,16 @@ import warnings
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.utils.checkpoint
 
 __all__ = ["CudaCompiled"]
+
+# Non-reentrant activation checkpointing stops a recompute early by raising this from its pack
+# hook, i.e. from inside whatever op runs next -- possibly inside a compiled call. It is control
+# flow, not a compile failure: catching it breaks the recompute (torch then asserts
+# "target_frame.early_stop is set"), as DeepSeek-V3's MTP block with AC did on the H200.
+_CHECKPOINT_CONTROL = tuple(c for c in (getattr(torch.utils.checkpoint, "_StopRecomputationError", None),)
+                            if isinstance(c, type))
 
 
 def _mark_token_dim(t: torch.Tensor) -> None:
@@ -51,6 +59,11 @@ class CudaCompiled:
     def __call__(self, *args):
         if self._broken or not (isinstance(args[0], torch.Tensor) and args[0].is_cuda):
             return self.fn(*args)
+        return self._call_compiled(args)
+
+    def _call_compiled(self, args: tuple):
+        """``fn(*args)`` through the compiled function (compiled on first use); eager from then on
+        when compilation fails, except for activation checkpointing's early-stop signal, re-raised."""
         if self._compiled is None:
             self._compiled = torch.compile(self.fn, fullgraph=True)
         for i in self.dynamic_args:
@@ -62,6 +75,8 @@ class CudaCompiled:
         except torch.OutOfMemoryError:
             raise
         except Exception as e:  # noqa: BLE001 - no compiler / an Inductor limitation: eager is correct
+            if _CHECKPOINT_CONTROL and isinstance(e, _CHECKPOINT_CONTROL):
+                raise
             self._broken = True
             warnings.warn(f"{self.name}: torch.compile failed ({type(e).__name__}: {str(e)[:200]}); "
                           "running it eagerly from now on", RuntimeWarning, stacklevel=2)
