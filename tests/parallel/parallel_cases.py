@@ -217,6 +217,7 @@ def run_toy(spec: dict, state: dict) -> dict:
     from xt.parallel.fsdp import EP_ATTR
     out["dropped"] = int(ctx.all_reduce_sum(torch.tensor(capacity_metrics(model)["moe_dropped_rows"], device=_device(spec))))
     out["ep_sliced"] = sorted(n for n, m in model.named_modules() if hasattr(m, EP_ATTR))
+    out["dispatchers"] = sorted({type(m).__name__ for m in model.modules() if hasattr(m, "combine")})
     dist.barrier()
     return out
 
