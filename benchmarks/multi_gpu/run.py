@@ -25,6 +25,7 @@ CPU (what the tests run: tests/parallel/test_multi_gpu_script.py). Stages (``--s
 Every stage prints as it goes (tee-friendly, flushed) and stops starting work when ``--budget-s``
 seconds have passed since the start (what was skipped is recorded), so a 10-minute device call
 returns partial results. After each case the JSON ``multi-gpu-<stage>-<device>-w<N>-<date>.json``
+(correctness: ``multi-gpu-correctness-<dtype>-...``)
 is rewritten atomically under ``--out-dir`` ($OUT if set, else benchmarks/results/), and the
 subprocess logs go next to it.
 
@@ -341,8 +342,9 @@ def stage_rl_sync(args, budget: Budget, out: Path) -> dict:
     return {"rc": rc, "wall_s": wall}
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse the flags, run the stages in order; exit 1 when a correctness case disagrees."""
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The flags, plus ``device`` ("cuda" when GPUs are found and --world is not given), ``world``,
+    ``dtype`` and ``stage_list``."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--stages", default="correctness,scaling,overlap",
                     help="comma list of correctness, scaling, overlap, rl_sync")
@@ -360,23 +362,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], help="extra xt train override (scaling, overlap)")
     ap.add_argument("--out-dir", default=os.environ.get("OUT") or str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args(argv)
-    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-    unknown = sorted(set(stages) - {"correctness", "scaling", "overlap", "rl_sync"})
+    args.stage_list = [s.strip() for s in args.stages.split(",") if s.strip()]
+    unknown = sorted(set(args.stage_list) - {"correctness", "scaling", "overlap", "rl_sync"})
     if unknown:
         ap.error(f"--stages: unknown stage(s) {unknown}; choose from correctness, scaling, overlap, rl_sync")
     gpus = torch.cuda.device_count()
     args.device = "cuda" if gpus and args.world is None else "cpu"
     args.world = args.world or gpus or 2
-    if args.device == "cpu" and not args.tiny and set(stages) & {"scaling", "overlap"}:
-        ap.error("--tiny is required for scaling/overlap on the CPU (Qwen3-30B-A3B needs GPUs)")
     args.dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the flags, run the stages in order; 1 when a correctness case disagrees."""
+    args = parse_args(argv)
+    stages = args.stage_list
+    if args.device == "cpu" and not args.tiny and set(stages) & {"scaling", "overlap"}:
+        sys.exit("--tiny is required for scaling/overlap on the CPU (Qwen3-30B-A3B needs GPUs)")
     budget = Budget(args.budget_s)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tag = f"{'h200' if args.device == 'cuda' else 'cpu'}-w{args.world}{'-tiny' if args.tiny else ''}-{dt.date.today().isoformat()}"
     ok = True
     for stage in stages:
-        out = out_dir / f"multi-gpu-{stage}-{tag}.json"
+        out = out_dir / f"multi-gpu-{stage}{'-' + args.dtype if stage == 'correctness' else ''}-{tag}.json"
         if stage == "correctness":
             ok &= stage_correctness(args, budget, out)
         elif stage == "scaling":
