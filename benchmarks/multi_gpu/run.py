@@ -29,13 +29,23 @@ returns partial results. After each case the JSON ``multi-gpu-<stage>-<device>-w
 is rewritten atomically under ``--out-dir`` ($OUT if set, else benchmarks/results/), and the
 subprocess logs go next to it.
 
-Device commands (the device machine has Python 3.12 and no msgspec: carry a cp312 msgspec wheel
-in ``.whl`` and install it offline first, as benchmarks/kernels/bench_optim.py does), from the
-repository root, one call each, for kind nvidia-h200-x2 / -x4 / -x8::
+Device commands (the device machine has Python 3.12, no network and no msgspec: carry the cp312
+msgspec wheel in ``.whl`` and install it offline first, as benchmarks/kernels/bench_optim.py does,
+and carry the Qwen3 tokenizer and Shakespeare assets in ``.devcache/xt``: copy both ignored folders
+from /work/main into the worktree, run with ``carry = [".whl", ".devcache"]``), from the
+repository root, for kind nvidia-h200-x2 / -x4 / -x8::
 
-    pip install --no-index .whl/msgspec-*-cp312-*.whl && export PYTHONPATH=$(ls -d packages/*/src | tr '\\n' ':') && \\
+    pip install --no-index .whl/msgspec-*-cp312-*.whl && export XT_CACHE=$PWD/.devcache/xt \\
+        PYTHONPATH=$(ls -d packages/*/src | tr '\\n' ':') && \\
     python benchmarks/multi_gpu/run.py --stages correctness,scaling,overlap --budget-s 540 --out-dir $OUT \\
         2>&1 | tee $OUT/multi-gpu.log
+
+A 48-layer run costs minutes of start-up (meta build, materialisation, compile warm-up), so one
+10-minute call will not finish the whole grid: the budget cuts it and the JSON says what was
+skipped. Split it over calls with ``--cases`` (names: ``4k_ep1 .. 4k_ep8``, ``16k_ep1 .. 16k_ep8``,
+``64k_spN``; correctness cases as printed), e.g. on x8: call 1 ``--stages correctness,scaling
+--cases fsdp,hsdp,ep,fsdp_x_ep_half,ep_one_expert,ep_empty_experts,sp,ep_sp_ac,dcp_resume_half,4k_ep8,4k_ep4``,
+call 2 ``--stages scaling,overlap --cases 16k_ep8,64k_sp8``, call 3 the remaining EP sizes.
 
 x2 and x4 cannot hold the 48-layer model's fp32 master weights and AdamW state (~490 GB in all);
 add ``--layers 12`` (x2) or ``--layers 24`` (x4): the JSON records the layer count. ``rl_sync``
@@ -51,6 +61,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -62,7 +73,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "tests" / "parallel"), str(ROOT / "benchmarks" / "train")]
 
-from bench_train import CONFIG, TINY_MODEL, run_logged, summarize, tail  # noqa: E402
+from bench_train import CONFIG, TINY_MODEL, summarize, tail  # noqa: E402
 from parallel_layouts import TOL, errors  # noqa: E402
 
 from xt.models.common.safetensors_io import atomic_write_text  # noqa: E402
@@ -248,6 +259,28 @@ def train_overrides(args, tokens: int, micro: int, ep: int, sp: int, ac: float) 
     return o + list(args.set)
 
 
+def run_logged(cmd: list[str], log: Path, timeout: float) -> tuple[int | str, float]:
+    """Run `cmd` from the repo root in its own process group, output to `log`; on timeout the
+    whole group is killed (torchrun's workers too, which would otherwise keep the GPUs).
+
+    Returns:
+        (exit code or "timeout", wall seconds).
+    """
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        f.write("$ " + " ".join(cmd) + "\n")
+        f.flush()
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        try:
+            rc: int | str = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            rc = "timeout"
+    return rc, time.perf_counter() - t0
+
+
 def run_train(args, name: str, ovr: list[str], log_dir: Path, timeout: float) -> dict:
     """`xt train` under torchrun on `args.world` ranks; the summary of its metrics.jsonl."""
     with tempfile.TemporaryDirectory() as t:
@@ -321,7 +354,8 @@ def stage_train_cases(args, budget: Budget, out: Path, stage: str, cases: list[t
 
 def stage_scaling(args, budget: Budget, out: Path) -> dict:
     say(f"== scaling: xt train on {args.world} ranks, {'tiny' if args.tiny else f'Qwen3-30B-A3B ({args.layers} layers)'}")
-    cases = [(n, train_overrides(args, t, m, ep, sp, ac)) for n, t, m, ep, sp, ac in scaling_cases(args.world)]
+    cases = [(n, train_overrides(args, t, m, ep, sp, ac)) for n, t, m, ep, sp, ac in scaling_cases(args.world)
+             if args.cases is None or n in args.cases.split(",")]
     return stage_train_cases(args, budget, out, "scaling", cases)
 
 
@@ -356,7 +390,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--budget-s", type=float, default=540.0)
     ap.add_argument("--dtype", choices=("bfloat16", "float32"), default=None,
                     help="correctness dtype (default bf16 on CUDA, fp32 on the CPU)")
-    ap.add_argument("--cases", default=None, help="comma list of correctness case names (default all, + dcp_resume_half)")
+    ap.add_argument("--cases", default=None, help="comma list of case names of correctness (+ dcp_resume_half) and "
+                    "scaling (e.g. 4k_ep8,16k_ep8,64k_sp8); default all")
     ap.add_argument("--sync-hidden", type=int, default=2048)
     ap.add_argument("--sync-layers", type=int, default=8)
     ap.add_argument("--set", action="append", default=[], help="extra xt train override (scaling, overlap)")

@@ -59,3 +59,18 @@ def test_ep_overlap_config_errors_name_the_field():
         ParallelConfig(ep_overlap=True)
     with pytest.raises(ConfigFieldError, match="ep_overlap.*capacity_factor"):
         ParallelConfig(ep_overlap=True, ep_size=2, capacity_factor=1.0)
+
+
+def test_overlap_order_forward_and_backward(pools):
+    """The exchanges and expert calls on each rank come in the order the module docstring gives:
+    forward, chunk 1's dispatch is in flight during experts 0 and chunk 0's combine during experts 1;
+    backward, chunk 0's reverse combine is in flight during experts 1's backward and chunk 1's
+    reverse dispatch during experts 0's."""
+    every = pools(2).run(dict(fn="overlap_cases:run_overlap_trace", num_experts=4, hidden=8, tokens=6))
+    expected = ["issue d0", "issue d1", "wait d0", "experts0", "issue c0", "wait d1", "experts1", "issue c1",
+                "wait c0", "wait c1", "backward",
+                "issue c1 (bwd)", "issue c0 (bwd)", "wait c1 (bwd)", "experts1 bwd start", "experts1 bwd end",
+                "issue d1 (bwd)", "wait c0 (bwd)", "experts0 bwd start", "experts0 bwd end", "issue d0 (bwd)",
+                "wait d1 (bwd)", "wait d0 (bwd)"]
+    for events in every:
+        assert events == expected, events
