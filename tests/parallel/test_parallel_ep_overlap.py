@@ -12,8 +12,6 @@ from __future__ import annotations
 import pytest
 
 from parallel_layouts import errors
-from xt.core.config.base import ConfigFieldError
-from xt.parallel import ParallelConfig
 
 pytestmark = pytest.mark.dist
 
@@ -52,13 +50,6 @@ def test_overlap_equals_plain_ep2(pools, skew, docs, ac):
 def test_overlap_equals_plain_world4(pools, layout, skew):
     docs = [[[6], [1], [3, 4], [8]], [[2, 2], [5], [1], [7]]]
     _compare(pools(4), layout, skew, docs)
-
-
-def test_ep_overlap_config_errors_name_the_field():
-    with pytest.raises(ConfigFieldError, match="ep_overlap.*ep_size > 1"):
-        ParallelConfig(ep_overlap=True)
-    with pytest.raises(ConfigFieldError, match="ep_overlap.*capacity_factor"):
-        ParallelConfig(ep_overlap=True, ep_size=2, capacity_factor=1.0)
 
 
 def test_overlap_order_forward_and_backward(pools):

@@ -26,7 +26,10 @@ order on every rank (the graph is the same), also in an activation-checkpointing
 Each token row meets the same expert weights as without overlap, so outputs and input gradients
 are those of the plain dispatcher; the expert weight gradients are the sum of the two chunks'
 GEMMs, a different summation order (equal to ~1e-7 in fp32, not bit for bit:
-tests/parallel/test_parallel_ep_overlap.py). Capacity limits are not supported here (they are
+tests/parallel/test_parallel_ep_overlap.py). The experts module is called once per chunk: under
+FSDP2 with the experts sharded (``edp_shard > 1``) and ``reshard_after_forward``, its weights are
+all-gathered once per chunk, twice per layer in forward and in backward, a cost to weigh in the
+GPU measurement (``benchmarks/multi_gpu/run.py --stages overlap``). Capacity limits are not supported here (they are
 per source rank over the whole micro-batch). Reference: the two-micro-batch communication overlap
 of DeepSeek-V3's training (arXiv 2412.19437, section 3.2), done here as a two-chunk split of one
 micro-batch's routed rows.
