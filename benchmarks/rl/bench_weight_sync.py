@@ -7,6 +7,7 @@ weights ``--repeats`` times (`RayRun.rollout.load_weights`: HF-named buckets of 
 The median goes into ``benchmarks/results/bench-rl-weight-sync-<device>-<date>.json`` (atomically).
 
     python benchmarks/rl/bench_weight_sync.py                       # CPU, gloo
+    python benchmarks/rl/bench_weight_sync.py --hidden 2048 --layers 8 --out PATH.json
 """
 from __future__ import annotations
 
@@ -66,6 +67,7 @@ def main() -> None:
     ap.add_argument("--rollout-workers", type=int, default=2)
     ap.add_argument("--bucket-mb", type=float, default=64.0)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/bench-rl-weight-sync-DEVICE-DATE.json)")
     args = ap.parse_args()
     import ray
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -90,8 +92,9 @@ def main() -> None:
             print(f"{mode:13s} {statistics.median(times):7.3f} s  ({nbytes / 2 ** 20:.0f} MiB, "
                   f"{args.rollout_workers} rollout actors)", flush=True)
     ray.shutdown()
-    out = Path(__file__).resolve().parents[1] / "results" / (
-        f"bench-rl-weight-sync-cpu-{datetime.date.today().isoformat()}.json")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    out = Path(args.out) if args.out else Path(__file__).resolve().parents[1] / "results" / (
+        f"bench-rl-weight-sync-{device}-{datetime.date.today().isoformat()}.json")
     tmp_out = out.with_suffix(".tmp")
     tmp_out.write_text(json.dumps({"args": vars(args), "threads": torch.get_num_threads(), "rows": rows}, indent=1))
     os.replace(tmp_out, out)

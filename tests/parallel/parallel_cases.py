@@ -2,7 +2,8 @@
 
 A spec (dict) holds: ``model`` (ToyConfig kwargs), ``seed``, ``skew``, ``docs[step][dp]`` (document
 lengths of each data-parallel rank's micro-batch per step), ``layout`` (ParallelConfig kwargs),
-``lr``, ``max_norm``. Both sides return ``{"loss": [...], "grad_norm": [...], "grads": {...}
+``lr``, ``max_norm``, optionally ``device`` ("cpu" default; "cuda" = this rank's current GPU, as
+benchmarks/multi_gpu/run.py runs them over NCCL). Both sides return ``{"loss": [...], "grad_norm": [...], "grads": {...}
 (step 0, full tensors), "params": {...} (after the last step)}``.
 """
 from __future__ import annotations
@@ -47,7 +48,22 @@ def add_images(batch: dict, seed: int, vl: dict) -> dict:
     return {**batch, "input_ids": ids, "labels": labels, "pixel_values": px}
 
 
+def _device(spec: dict) -> torch.device:
+    """``spec["device"]``: "cpu" (default) or "cuda" (the current GPU of this process)."""
+    if spec.get("device", "cpu") == "cuda":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def _batches(spec: dict, step: int) -> list[dict]:
+    out = _cpu_batches(spec, step)
+    dev = _device(spec)
+    if dev.type == "cpu":
+        return out
+    return [{k: v.to(dev) if torch.is_tensor(v) else v for k, v in b.items()} for b in out]
+
+
+def _cpu_batches(spec: dict, step: int) -> list[dict]:
     vocab = spec["model"].get("text_config", spec["model"]).get("vocab_size")
     out = [make_batch(spec["seed"] * 1000 + step * 10 + r, lens, vocab) for r, lens in enumerate(spec["docs"][step])]
     if spec.get("vl"):
@@ -83,7 +99,7 @@ def build_model(spec: dict):
         torch.manual_seed(spec["seed"])
         return Qwen3ForCausalLM(Qwen3Config(**spec["model"])).to(_dtype(spec))
     from parallel_toy_moe import ToyConfig, build_toy
-    return build_toy(ToyConfig(**spec["model"]), spec["seed"], spec["skew"]).to(_dtype(spec))
+    return build_toy(ToyConfig(**spec["model"]), spec["seed"], spec["skew"]).to(_device(spec), _dtype(spec))
 
 
 def _reference_steps(model, spec: dict, batches_of, loss_sum) -> dict:
@@ -124,7 +140,7 @@ def reference_toy(spec: dict) -> dict:
     ``spec["layout"]["capacity_factor"]`` applies per micro-batch here, which is what EP does per
     source rank when ``sp_size == 1`` (each rank's tokens are one micro-batch)."""
     from xt.parallel.expert_parallel import AllToAllDispatcher, capacity_metrics
-    model = build_model(spec)
+    model = build_model(spec)  # on spec["device"] (toy builder)
     cf = spec["layout"].get("capacity_factor")
     if cf is not None:
         for m in model.modules():
@@ -146,12 +162,28 @@ def _meshes(spec: dict, state: dict):
     if key not in state.setdefault("meshes", {}):
         m = spec["model"].get("text_config", spec["model"])  # a vision-language model: its LM's sizes
         experts = m.get("num_experts") or m.get("n_routed_experts") or m.get("num_local_experts")
-        state["meshes"][key] = build_meshes(cfg, "cpu", num_experts=experts,
+        state["meshes"][key] = build_meshes(cfg, _device(spec).type, num_experts=experts,
                                             num_attention_heads=m["num_attention_heads"],
                                             num_key_value_heads=m.get("num_key_value_heads"))
     meshes = state["meshes"][key]
     meshes.cfg = cfg  # same ranks, this case's AC / precision options
     return cfg, meshes
+
+
+def _forward_backward(model, ctx, spec: dict, step: int, micro: int) -> float:
+    """This rank's micro-batches of `step` (``docs[step][dp*micro:(dp+1)*micro]``) forward and
+    backward, gradient sync off for all but the last (as the engine does); returns the global loss."""
+    from xt.core.engine.loss import count_label_tokens, micro_batch_objective
+    mine = _batches(spec, step)[ctx.dp_rank * micro:(ctx.dp_rank + 1) * micro]
+    mbs = [ctx.shard_batch(b) for b in mine]
+    n_tok = ctx.all_reduce_sum(count_label_tokens(mbs, _device(spec)))
+    total = torch.zeros((), dtype=_dtype(spec), device=_device(spec))
+    for m, mb in enumerate(mbs):
+        ctx.set_grad_sync(model, m == micro - 1)
+        loss = micro_batch_objective(model(**mb), n_tok, micro, ctx.world_size)
+        loss.backward()
+        total += loss.detach()
+    return float(ctx.all_reduce_sum(total))
 
 
 def run_toy(spec: dict, state: dict) -> dict:
@@ -164,27 +196,17 @@ def run_toy(spec: dict, state: dict) -> dict:
     import torch.distributed as dist
 
     from xt.core.distributed import DistContext
-    from xt.core.engine.loss import count_label_tokens, micro_batch_objective
     from xt.parallel import parallelize
     from xt.parallel.gather import gather_full
     cfg, meshes = _meshes(spec, state)
     model = build_model(spec)
-    model, ctx = parallelize(model, cfg, device_type="cpu", meshes=meshes)
+    model, ctx = parallelize(model, cfg, device_type=_device(spec).type, meshes=meshes)
     assert isinstance(ctx, DistContext)
     opt = _optimizer(model, spec)
     micro = spec.get("micro", 1)
     out = {"loss": [], "grad_norm": []}
     for step in range(len(spec["docs"])):
-        mine = _batches(spec, step)[ctx.dp_rank * micro:(ctx.dp_rank + 1) * micro]
-        mbs = [ctx.shard_batch(b) for b in mine]
-        n_tok = ctx.all_reduce_sum(count_label_tokens(mbs, torch.device("cpu")))
-        total = torch.zeros((), dtype=_dtype(spec))
-        for m, mb in enumerate(mbs):
-            ctx.set_grad_sync(model, m == micro - 1)
-            loss = micro_batch_objective(model(**mb), n_tok, micro, ctx.world_size)
-            loss.backward()
-            total += loss.detach()
-        out["loss"].append(float(ctx.all_reduce_sum(total)))
+        out["loss"].append(_forward_backward(model, ctx, spec, step, micro))
         if step == 0:
             out["grads"] = gather_full(model, meshes.ep_group, grads=True)
         out["grad_norm"].append(float(ctx.clip_grad_norm_(model.parameters(), spec["max_norm"])))
@@ -193,8 +215,9 @@ def run_toy(spec: dict, state: dict) -> dict:
     out["params"] = gather_full(model, meshes.ep_group)
     from xt.parallel.expert_parallel import capacity_metrics
     from xt.parallel.fsdp import EP_ATTR
-    out["dropped"] = int(ctx.all_reduce_sum(torch.tensor(capacity_metrics(model)["moe_dropped_rows"])))
+    out["dropped"] = int(ctx.all_reduce_sum(torch.tensor(capacity_metrics(model)["moe_dropped_rows"], device=_device(spec))))
     out["ep_sliced"] = sorted(n for n, m in model.named_modules() if hasattr(m, EP_ATTR))
+    out["dispatchers"] = sorted({type(m).__name__ for m in model.modules() if hasattr(m, "combine")})
     dist.barrier()
     return out
 
@@ -378,6 +401,59 @@ def run_dcp(spec: dict, state: dict) -> dict:
     step(model_a, ctx_a, opt_a, 1)
     step(model_b, ctx_b, opt_b, 1)
     out["next_a"], out["next_b"] = gather_full(model_a), gather_full(model_b)
+    dist.barrier()
+    return out
+
+
+def _dcp_layout(spec: dict, state: dict, layout: dict):
+    from xt.parallel import parallelize
+    cfg, meshes = _meshes(dict(spec, layout=layout), state)
+    model, ctx = parallelize(build_model(spec), cfg, device_type=_device(spec).type, meshes=meshes)
+    return model, ctx, _optimizer(model, spec)
+
+
+def _dcp_next_step(model, ctx, opt, spec: dict, micro: int) -> dict:
+    """Step ``len(docs) - 1`` (the step after the checkpoint): its loss, grad norm and the params after it."""
+    from xt.parallel.gather import gather_full
+    loss = _forward_backward(model, ctx, spec, len(spec["docs"]) - 1, micro)
+    norm = float(ctx.clip_grad_norm_(model.parameters(), spec["max_norm"]))
+    opt.step()
+    opt.zero_grad()
+    return {"next_loss": loss, "next_grad_norm": norm, "next_params": gather_full(model)}
+
+
+def run_dcp_save(spec: dict, state: dict) -> dict:
+    """The saving side of a resume on another world size: every step of ``docs`` but the last
+    (one micro-batch per rank), DCP save of model + optimizer to ``spec["dir"]``, then the last step
+    (the resuming run's first). ``spec["layout"]`` is this world's layout."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+    model, ctx, opt = _dcp_layout(spec, state, spec["layout"])
+    for step in range(len(spec["docs"]) - 1):
+        _forward_backward(model, ctx, spec, step, 1)
+        ctx.clip_grad_norm_(model.parameters(), spec["max_norm"])
+        opt.step()
+        opt.zero_grad()
+    msd, osd = get_state_dict(model, opt)
+    dcp.save({"model": msd, "optim": osd}, checkpoint_id=spec["dir"])
+    out = _dcp_next_step(model, ctx, opt, spec, 1)
+    dist.barrier()
+    return out
+
+
+def run_dcp_resume(spec: dict, state: dict) -> dict:
+    """The resuming side: a world of ``1 / spec["micro"]`` of the saver's ranks loads ``spec["dir"]``
+    into ``spec["layout"]`` and takes the last step of ``docs`` with ``micro`` micro-batches per rank
+    (the same global batch as the saver's one per rank)."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    model, ctx, opt = _dcp_layout(spec, state, spec["layout"])
+    msd, osd = get_state_dict(model, opt)
+    dcp.load({"model": msd, "optim": osd}, checkpoint_id=spec["dir"])
+    set_state_dict(model, opt, model_state_dict=msd, optim_state_dict=osd)
+    out = _dcp_next_step(model, ctx, opt, spec, spec["micro"])
     dist.barrier()
     return out
 

@@ -21,14 +21,16 @@ import torch.multiprocessing as mp
 _HERE = str(Path(__file__).resolve().parent)
 
 
-def _worker(rank: int, world: int, root: str) -> None:
+def _worker(rank: int, world: int, root: str, backend: str = "gloo") -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
     sys.path.insert(0, _HERE)
     import datetime
 
     import torch.distributed as dist
-    dist.init_process_group("gloo", init_method=f"file://{root}/pg", rank=rank, world_size=world,
+    if backend == "nccl":  # one GPU per rank (benchmarks/multi_gpu/run.py)
+        torch.cuda.set_device(rank)
+    dist.init_process_group(backend, init_method=f"file://{root}/pg", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=120))
     state: dict = {}
     n = 0
@@ -57,12 +59,13 @@ def _worker(rank: int, world: int, root: str) -> None:
 
 
 class Pool:
-    """``Pool(world)`` spawns ``world`` gloo ranks; ``pool.run(spec)`` returns rank 0's result."""
+    """``Pool(world)`` spawns ``world`` gloo ranks; ``pool.run(spec)`` returns rank 0's result.
+    ``Pool(world, backend="nccl")``: rank r on GPU r instead."""
 
-    def __init__(self, world: int) -> None:
+    def __init__(self, world: int, backend: str = "gloo") -> None:
         self.world = world
         self.root = tempfile.mkdtemp(prefix=f"xt-pool{world}-")
-        self.ctx = mp.start_processes(_worker, args=(world, self.root), nprocs=world, join=False,
+        self.ctx = mp.start_processes(_worker, args=(world, self.root, backend), nprocs=world, join=False,
                                       start_method="spawn")
         self.n = 0
         self.broken: str | None = None

@@ -36,21 +36,21 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 GRAD_FLOOR = 0.1
 
 
-def mismatches(got: dict, ref: dict, tol: float = TOL) -> list[str]:
-    """Human-readable list of every quantity whose relative error exceeds `tol`.
+def errors(got: dict, ref: dict) -> dict[str, tuple[float, str]]:
+    """Every compared quantity's error against `ref`: ``{name: (error, detail)}``.
 
-    Parameters are compared by `rel_err`. A gradient tensor is compared as
-    ``||a - b|| / max(||b||, GRAD_FLOOR * ||all of ref's gradients||)``: a tensor whose true
-    gradient is exactly zero (e.g. q/k of a layer where every loss token attends only to itself)
-    holds rounding noise in one run (~1e-8, differing by CPU kernel) and exact zeros in another,
-    and noise over noise is no measure. A sharding error on a tensor with a real gradient is
-    still an O(1) relative error; only gradients below ~1e-6 of the model's are not resolved.
+    ``loss[i]`` / ``grad_norm[i]``: relative difference of the scalars. Parameters (``params.NAME``):
+    `rel_err`. A gradient tensor (``grads.NAME``) is measured as ``||a - b|| / max(||b||,
+    GRAD_FLOOR * ||all of ref's gradients||)``: a tensor whose true gradient is exactly zero (e.g.
+    q/k of a layer where every loss token attends only to itself) holds rounding noise in one run
+    (~1e-8, differing by CPU kernel) and exact zeros in another, and noise over noise is no
+    measure. A sharding error on a tensor with a real gradient is still an O(1) relative error;
+    only gradients below ~1e-6 of the model's are not resolved. A shape mismatch is ``inf``.
     """
-    bad = []
+    out: dict[str, tuple[float, str]] = {}
     for key in ("loss", "grad_norm"):
         for i, (a, b) in enumerate(zip(got[key], ref[key], strict=True)):
-            if abs(a - b) > tol * max(abs(b), 1e-12):
-                bad.append(f"{key}[{i}]: {a} vs {b}")
+            out[f"{key}[{i}]"] = (abs(a - b) / max(abs(b), 1e-12), f"{a} vs {b}")
     for group in ("grads", "params"):
         assert set(got[group]) == set(ref[group]), (sorted(got[group]), sorted(ref[group]))
         floor = 0.0
@@ -59,11 +59,15 @@ def mismatches(got: dict, ref: dict, tol: float = TOL) -> list[str]:
         for name, b in ref[group].items():
             a = got[group][name]
             if a.shape != b.shape:
-                bad.append(f"{group}.{name}: shape {tuple(a.shape)} vs {tuple(b.shape)}")
+                out[f"{group}.{name}"] = (float("inf"), f"shape {tuple(a.shape)} vs {tuple(b.shape)}")
                 continue
-            diff = float((a.double() - b.double()).norm())
+            diff = float((a.double().cpu() - b.double().cpu()).norm())
             nb = float(b.double().norm())
             e = diff / max(nb, floor) if max(nb, floor) > 0 else diff
-            if e > tol:
-                bad.append(f"{group}.{name}: rel err {e:.2e} (|ref| {nb:.2e})")
-    return bad
+            out[f"{group}.{name}"] = (e, f"rel err {e:.2e} (|ref| {nb:.2e})")
+    return out
+
+
+def mismatches(got: dict, ref: dict, tol: float = TOL) -> list[str]:
+    """Human-readable list of every quantity of `errors` whose error exceeds `tol`."""
+    return [f"{name}: {detail}" for name, (e, detail) in errors(got, ref).items() if e > tol]

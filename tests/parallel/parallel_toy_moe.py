@@ -110,8 +110,12 @@ class MoE(nn.Module):
         self.experts = Experts(c)
         self.dispatcher = AllToAllDispatcher(c.num_experts)
 
+    dispatcher_runs_experts = True  # parallel.ep_overlap (docs/contracts.md)
+
     def forward(self, x):
         ids, w = self.gate(x)
+        if hasattr(self.dispatcher, "run_experts"):
+            return self.dispatcher.run_experts(x, ids, w, self.experts)
         xs, counts, ctx = self.dispatcher.dispatch(x, ids, w)
         return self.dispatcher.combine(self.experts(xs, counts), ctx)
 

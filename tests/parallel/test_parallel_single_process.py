@@ -30,6 +30,7 @@ COVERED = {
     "activation_checkpointing_every_n": "test_activation_checkpointing_cuts_saved_activations",
     "capacity_factor": "test_capacity_factor_drops_rows",
     "moe_token_chunks": "test_moe_token_chunks_cut_saved_activations",
+    "ep_overlap": "test_ep_overlap_is_refused_on_one_process",
     "param_dtype": "test_fsdp_keys_at_world_size_1", "reduce_dtype": "test_fsdp_keys_at_world_size_1",
     "cpu_offload": "test_fsdp_keys_at_world_size_1", "reshard_after_forward": "test_fsdp_keys_at_world_size_1",
 }
@@ -48,6 +49,18 @@ def test_moe_token_chunks_cut_saved_activations():
     for name, g in ref["grads"].items():  # per tensor: chunking reorders the dW sums only
         err = float((got["grads"][name] - g).double().norm() / g.double().norm().clamp_min(1e-30))
         assert err <= 1e-6, (name, err)
+
+
+def test_ep_overlap_is_refused_on_one_process():
+    """`ep_overlap` needs EP (ep_size > 1: refused on one process) and no capacity factor; each
+    refusal names the field (its effect under torchrun: test_parallel_ep_overlap.py)."""
+    from xt.core.config.base import ConfigFieldError
+    with pytest.raises(ConfigFieldError, match="ep_overlap.*ep_size > 1"):
+        ParallelConfig(ep_overlap=True)
+    with pytest.raises(ConfigFieldError, match="ep_overlap.*capacity_factor"):
+        ParallelConfig(ep_overlap=True, ep_size=2, capacity_factor=1.0)
+    with pytest.raises(LayoutError, match="ep_size"):
+        parallelize_single(build(), ParallelConfig(ep_overlap=True, ep_size=2), device_type="cpu")
 
 
 def test_every_key_is_covered():

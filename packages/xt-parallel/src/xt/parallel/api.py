@@ -106,7 +106,8 @@ def parallelize(model: nn.Module, cfg: ParallelConfig, *, device_type: str | Non
     layer_modules = plan.layer_modules(model)
     expert_modules = []
     if cfg.ep_size > 1 or cfg.capacity_factor is not None:
-        swap_dispatchers(model, plan, meshes.ep_group if cfg.ep_size > 1 else None, cfg.capacity_factor)
+        swap_dispatchers(model, plan, meshes.ep_group if cfg.ep_size > 1 else None, cfg.capacity_factor,
+                         overlap=cfg.ep_overlap)
         if cfg.ep_size > 1:
             for i, block in enumerate(plan.moe_blocks):
                 experts = resolve(model, block.experts, f"moe_blocks[{i}].experts")

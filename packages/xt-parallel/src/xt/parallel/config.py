@@ -53,6 +53,10 @@ class ParallelConfig(ConfigStruct):
             over the micro-batch's tokens in this many chunks, each recomputed in backward, so one
             chunk's expert activations are alive at a time (long micro-batches; costs one more
             forward of the routed part). 1 = off. `xt.parallel.moe_chunks`.
+        ep_overlap: split every MoE layer's tokens in two chunks and overlap each chunk's EP
+            all-to-all with the other's expert compute, forward and backward
+            (`xt.parallel.ep_overlap`). Needs ``ep_size > 1`` and no `capacity_factor`. Off by
+            default until measured on GPUs.
         grad_clip_norm: not here (the trainer's optimizer section owns it); see
             :func:`xt.parallel.clip.clip_grad_norm_`.
     """
@@ -69,6 +73,7 @@ class ParallelConfig(ConfigStruct):
     reduce_dtype: str | None = "float32"
     capacity_factor: float | None = None
     moe_token_chunks: int = 1
+    ep_overlap: bool = False
 
     def __post_init__(self) -> None:
         """Range checks that need no world size (the layout is checked by `validate_layout`)."""
@@ -84,6 +89,11 @@ class ParallelConfig(ConfigStruct):
                 "activation_checkpointing_every_n",
                 "and `activation_checkpointing` (share) are exclusive: set only one of them")
         require(self.moe_token_chunks >= 1, "moe_token_chunks", f"must be >= 1 (1 = off), got {self.moe_token_chunks}")
+        require(not self.ep_overlap or self.ep_size > 1, "ep_overlap",
+                f"overlaps the expert-parallel all-to-all and needs ep_size > 1, got ep_size = {self.ep_size}")
+        require(not (self.ep_overlap and self.capacity_factor is not None), "ep_overlap",
+                "does not support capacity_factor (a capacity is per source rank over the whole micro-batch); "
+                "unset one of them")
         if self.param_dtype is not None:
             require_in(self.param_dtype, DTYPE_NAMES, "param_dtype")
         if self.reduce_dtype is not None:

@@ -29,7 +29,8 @@ from xt.kernels.moe import PermuteInfo, permute, unpermute
 from xt.parallel.comm import all_to_all
 from xt.parallel.plan import ParallelPlan, resolve
 
-__all__ = ["AllToAllDispatcher", "DispatchContext", "block_gather_index", "capacity_metrics", "swap_dispatchers"]
+__all__ = ["AllToAllDispatcher", "DispatchContext", "block_gather_index", "capacity_metrics", "regroup_index",
+           "swap_dispatchers"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,21 @@ def block_gather_index(src_starts: torch.Tensor, sizes: torch.Tensor, total: int
     block = torch.repeat_interleave(torch.arange(sizes.numel(), device=sizes.device), sizes, output_size=total)
     offset_in_block = torch.arange(total, device=sizes.device) - _exclusive_cumsum(sizes)[block]
     return src_starts[block] + offset_in_block
+
+
+def regroup_index(counts: torch.Tensor, total: int) -> torch.Tensor:
+    """Row index that turns received ``[source rank, local expert]`` blocks expert-major.
+
+    Args:
+        counts: ``[P, El]`` int64 rows received from each source rank for each local expert.
+        total: ``counts.sum()`` as a host int.
+
+    Returns:
+        ``[total]`` int64: expert-major row i is received row ``index[i]``.
+    """
+    P, El = counts.shape
+    starts = _exclusive_cumsum(counts.reshape(-1)).view(P, El)
+    return block_gather_index(starts.t().reshape(-1), counts.t().reshape(-1), total)
 
 
 def _in_backward() -> bool:
@@ -149,21 +165,20 @@ class AllToAllDispatcher(nn.Module):
             if dropped:
                 keep_index = block_gather_index(_exclusive_cumsum(counts), kept, sum(kept_host))
                 x_sorted = x_sorted.index_select(0, keep_index)
-        regroup_index = None
+        regroup = None
         if P > 1:
             x_recv = all_to_all(x_sorted.contiguous(), recv_splits, send_splits, self.ep_group)
             c = recv_counts.view(P, El)
             tokens_per_local_expert = c.sum(0)
             if El > 1:
-                starts = _exclusive_cumsum(c.reshape(-1)).view(P, El)
-                regroup_index = block_gather_index(starts.t().reshape(-1), c.t().reshape(-1), sum(recv_splits))
-                x_local = x_recv.index_select(0, regroup_index)
+                regroup = regroup_index(c, sum(recv_splits))
+                x_local = x_recv.index_select(0, regroup)
             else:
                 x_local = x_recv
         else:
             tokens_per_local_expert = kept
             x_local = x_sorted
-        ctx = DispatchContext(info, topk_weights, keep_index, send_splits, recv_splits, regroup_index, R)
+        ctx = DispatchContext(info, topk_weights, keep_index, send_splits, recv_splits, regroup, R)
         return x_local, tokens_per_local_expert, ctx
 
     def combine(self, y_local: torch.Tensor, ctx: DispatchContext) -> torch.Tensor:
@@ -195,17 +210,31 @@ def capacity_metrics(model: nn.Module) -> dict[str, int]:
 
 
 def swap_dispatchers(model: nn.Module, plan: ParallelPlan, ep_group: dist.ProcessGroup | None,
-                     capacity_factor: float | None) -> int:
+                     capacity_factor: float | None, overlap: bool = False) -> int:
     """Replace the dispatcher of every MoE block of `plan` by an :class:`AllToAllDispatcher`
-    over `ep_group` (None: local, for a capacity factor without EP), in place.
+    over `ep_group` (None: local, for a capacity factor without EP), in place. With `overlap`
+    (``parallel.ep_overlap``) an `xt.parallel.ep_overlap.OverlappedAllToAllDispatcher` instead.
 
     Returns:
         The number of dispatchers replaced.
 
     Raises:
         ValueError: a dispatcher path of `plan` that is not a submodule of `model`.
+        LayoutError: `overlap` with a MoE block that does not let its dispatcher run the experts
+            (class attribute ``dispatcher_runs_experts``; e.g. a Hugging Face MoE block).
     """
+    from xt.parallel.ep_overlap import OverlappedAllToAllDispatcher
+    from xt.parallel.mesh import LayoutError
     for i, block in enumerate(plan.moe_blocks):
         resolve(model, block.dispatcher, f"moe_blocks[{i}].dispatcher")
-        model.set_submodule(block.dispatcher, AllToAllDispatcher(plan.num_experts, ep_group, capacity_factor))
+        if overlap:
+            owner = resolve(model, block.block, f"moe_blocks[{i}].block")
+            if not getattr(type(owner), "dispatcher_runs_experts", False):
+                raise LayoutError(f"parallel.ep_overlap = true: the MoE block {block.block} ({type(owner).__name__}) "
+                                  "does not let its dispatcher run the experts (no dispatcher_runs_experts; "
+                                  "XT's MoEBlock does: docs/contracts.md, MoE dispatch)")
+            new = OverlappedAllToAllDispatcher(plan.num_experts, ep_group)
+        else:
+            new = AllToAllDispatcher(plan.num_experts, ep_group, capacity_factor)
+        model.set_submodule(block.dispatcher, new)
     return len(plan.moe_blocks)

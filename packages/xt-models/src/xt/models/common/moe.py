@@ -49,6 +49,9 @@ class MoEBlock(nn.Module):
     #: Swap point for xt.parallel (``parallel.moe_token_chunks``): run the routed part over the
     #: tokens in this many chunks, each recomputed in backward (docs/contracts.md, MoE dispatch).
     routed_token_chunks: int = 1
+    #: The block calls ``dispatcher.run_experts(x, topk_ids, topk_weights, experts)`` when the
+    #: dispatcher has it (xt.parallel's ``parallel.ep_overlap``; docs/contracts.md, MoE dispatch).
+    dispatcher_runs_experts = True
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, RouterStats]:
         """``x[T, D] -> (y[T, D] in x.dtype, RouterStats of this layer)``."""
@@ -62,7 +65,10 @@ class MoEBlock(nn.Module):
         return y, router_stats(route, self.gate.num_experts)
 
     def _routed(self, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor) -> torch.Tensor:
-        """dispatch -> experts -> weighted combine: ``x[T, D], ids[T, K], weights[T, K] -> [T, D]``."""
+        """dispatch -> experts -> weighted combine: ``x[T, D], ids[T, K], weights[T, K] -> [T, D]``
+        (or the dispatcher's ``run_experts``, which does all three)."""
+        if hasattr(self.dispatcher, "run_experts"):
+            return self.dispatcher.run_experts(x, topk_ids, topk_weights, self.experts)
         x_sorted, tokens_per_expert, ctx = self.dispatcher.dispatch(x, topk_ids, topk_weights)
         return self.dispatcher.combine(self.experts(x_sorted, tokens_per_expert), ctx)
 
