@@ -1,4 +1,4 @@
-"""Multi-GPU runs of issue 16 in one script: NCCL correctness, Qwen3-30B-A3B scaling, EP overlap, RL weight sync.
+"""Multi-GPU runs of issue 16 in one script: NCCL correctness, Qwen3-30B-A3B scaling, EP overlap, RL sync, comm.
 
 It takes the GPUs it finds (``torch.cuda.device_count()``), or ``--world N`` gloo processes on the
 CPU (what the tests run: tests/parallel/test_multi_gpu_script.py). Stages (``--stages``, comma list):
@@ -19,6 +19,14 @@ CPU (what the tests run: tests/parallel/test_multi_gpu_script.py). Stages (``--s
   metrics.jsonl (``bench_train.summarize``) and prints them next to the anchors (``ANCHORS``).
   ``--tiny`` runs the same code on bench_train's tiny model with token counts / 16 (CPU).
 * ``overlap``: the EP = N, 4k case with ``parallel.ep_overlap`` off and on.
+* ``comm``: bus bandwidth of ``all_gather_into_tensor``, ``reduce_scatter_tensor`` and
+  ``all_to_all_single`` over all N ranks (benchmarks/multi_gpu/comm_bench.py: bf16, 16 MiB to 1 GiB per
+  rank on CUDA, 64 and 256 KiB fp32 on the CPU; CUDA events after warm-up, the slowest rank, median).
+  nccl-tests' definitions: ``algbw = size / time``, ``busbw = algbw * (N - 1) / N`` for all three
+  (``2 (N - 1) / N`` is all-reduce's). Prints a table; its JSON also holds a ``format`` / ``env`` /
+  ``rates`` block in measure_rates.py's format with ``nvlink_gbps`` = the smallest of the three bus
+  bandwidths at 256 MiB (why: comm_bench.py), which ``python benchmarks/plan/measure_rates.py --install
+  benchmarks/results/multi-gpu-comm-h200-w8-DATE.json`` writes into ``xt plan``'s table.
 * ``rl_sync``: benchmarks/rl/bench_weight_sync.py (disaggregated ``xt rl`` on Ray, the three
   ``orchestrator.weight_sync`` modes) with ``--sync-hidden`` / ``--sync-layers`` as the size knob.
 
@@ -51,9 +59,18 @@ x2 and x4 cannot hold the 48-layer model's fp32 master weights and AdamW state (
 add ``--layers 12`` (x2) or ``--layers 24`` (x4): the JSON records the layer count. ``rl_sync``
 needs Ray on the device machine (``--stages rl_sync``, its own call).
 
+``comm`` alone (a minute; only ``.whl`` to carry, ``carry = [".whl"]``; x8 is the node the planner
+models, x2 / x4 give the same stage on fewer GPUs), for kind nvidia-h200-x2 / -x4 / -x8::
+
+    pip install --no-index .whl/msgspec-*-cp312-*.whl && export PYTHONPATH=$(ls -d packages/*/src | tr '\\n' ':') && \\
+    python benchmarks/multi_gpu/run.py --stages comm --budget-s 300 --out-dir $OUT 2>&1 | tee $OUT/multi-gpu-comm.log
+
+then copy ``multi-gpu-comm-h200-wN-DATE.json`` from ``files_at`` into benchmarks/results/ and
+``--install`` it as above (from the x8 run: the planner's node is 8 GPUs).
+
 CPU (gloo; ``--tiny`` is required for scaling/overlap here)::
 
-    python benchmarks/multi_gpu/run.py --world 2 --tiny --stages correctness,scaling,overlap
+    python benchmarks/multi_gpu/run.py --world 2 --tiny --stages correctness,scaling,overlap,comm
 """
 from __future__ import annotations
 
@@ -71,7 +88,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT / "tests" / "parallel"), str(ROOT / "benchmarks" / "train")]
+sys.path[:0] = [str(ROOT / "tests" / "parallel"), str(ROOT / "benchmarks" / "train"),
+                str(ROOT / "benchmarks" / "multi_gpu")]
 
 from bench_train import CONFIG, TINY_MODEL, summarize, tail  # noqa: E402
 from parallel_layouts import TOL, errors  # noqa: E402
@@ -366,6 +384,44 @@ def stage_overlap(args, budget: Budget, out: Path) -> dict:
     return stage_train_cases(args, budget, out, "overlap", cases)
 
 
+def stage_comm(args, budget: Budget, out: Path) -> dict:
+    """benchmarks/multi_gpu/comm_bench.py's sizes on an N-rank pool, smallest first, within the budget;
+    `out` rewritten after each size (with the ``rates`` block once a size is measured)."""
+    import comm_bench as comm
+    from parallel_harness import Pool
+    if args.world < 2:
+        raise SystemExit("--stages comm needs at least 2 ranks (bus bandwidth of one rank is 0)")
+    dtype = "bfloat16" if args.device == "cuda" else "float32"  # the CPU's gloo check stays in fp32
+    backend = pool_backend(args.device)
+    sizes = comm.CUDA_SIZES if args.device == "cuda" else comm.CPU_SIZES
+    result = {"stage": "comm", "world": args.world, "device": args.device, "dtype": dtype, "backend": backend,
+              "definition": "algbw = size / time (size: each rank's larger buffer); busbw = algbw * (N - 1) / N "
+                            "(nccl-tests, all-gather / reduce-scatter / all-to-all)", "rows": [], "skipped": []}
+    say(f"== comm: {args.world} ranks ({backend}, {dtype}), sizes {[s >> 10 for s in sizes]} KiB")
+    pool = Pool(args.world, backend)
+    try:
+        for size in sizes:
+            if budget.left() < 20:
+                result["skipped"].append({"bytes": size, "skipped": "time budget"})
+                continue
+            rows = pool.run({"fn": "comm_bench:run_rank", "bytes": size, "device": args.device, "dtype": dtype})
+            result["rows"] += rows
+            for r in rows:
+                say(f"  {r['op']:15s} {r['bytes'] / 2**20:8.4g} MiB: busbw {r['busbw_gbps']:.2f} GB/s")
+            result.update(comm.rates_block(result["rows"], args.world, args.device, dtype, backend, out.name))
+            write_json(out, result)
+    finally:
+        pool.close()
+    result["table"] = comm.comm_table(result["rows"])
+    write_json(out, result)
+    say(result["table"])
+    if "rates" in result:
+        say(f"nvlink_gbps (planner): {result['rates']['nvlink_gbps']['value']} GB/s "
+            f"({result['rates']['nvlink_gbps']['source']})")
+    say(f"wrote {out}")
+    return result
+
+
 def stage_rl_sync(args, budget: Budget, out: Path) -> dict:
     """benchmarks/rl/bench_weight_sync.py with the size knob; its JSON goes to `out`."""
     say(f"== rl_sync: hidden {args.sync_hidden}, {args.sync_layers} layers")
@@ -381,7 +437,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ``dtype`` and ``stage_list``."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--stages", default="correctness,scaling,overlap",
-                    help="comma list of correctness, scaling, overlap, rl_sync")
+                    help="comma list of correctness, scaling, overlap, rl_sync, comm")
     ap.add_argument("--world", type=int, default=None, help="CPU gloo processes (default: the GPUs found)")
     ap.add_argument("--tiny", action="store_true", help="scaling/overlap on the tiny model (tokens / 16)")
     ap.add_argument("--layers", type=int, default=48, help="Qwen3-30B-A3B layers (48 = the real model)")
@@ -398,9 +454,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--out-dir", default=os.environ.get("OUT") or str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args(argv)
     args.stage_list = [s.strip() for s in args.stages.split(",") if s.strip()]
-    unknown = sorted(set(args.stage_list) - {"correctness", "scaling", "overlap", "rl_sync"})
+    unknown = sorted(set(args.stage_list) - {"correctness", "scaling", "overlap", "rl_sync", "comm"})
     if unknown:
-        ap.error(f"--stages: unknown stage(s) {unknown}; choose from correctness, scaling, overlap, rl_sync")
+        ap.error(f"--stages: unknown stage(s) {unknown}; choose from correctness, scaling, overlap, rl_sync, comm")
     gpus = torch.cuda.device_count()
     args.device = "cuda" if gpus and args.world is None else "cpu"
     args.world = args.world or gpus or 2
@@ -427,6 +483,8 @@ def main(argv: list[str] | None = None) -> int:
             stage_scaling(args, budget, out)
         elif stage == "overlap":
             stage_overlap(args, budget, out)
+        elif stage == "comm":
+            stage_comm(args, budget, out)
         else:
             stage_rl_sync(args, budget, out)
     return 0 if ok else 1

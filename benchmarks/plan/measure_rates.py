@@ -9,14 +9,18 @@ Measured (each the median of timed repeats after warm-up, random bf16 data, CUDA
 * ``hbm_gbps``: a device-to-device ``copy_`` of 2 GiB (bytes read + written, the device notes' way);
 * ``h2d_gbps`` / ``d2h_gbps``: ``copy_`` of 1 GiB between pinned host memory and the GPU.
 
-NVLink and network bandwidths need several GPUs or nodes: this script does not measure them, and
-they stay placeholders in the table (``xt.parallel.step_estimate``, ``rates_h200.json``).
+NVLink and network bandwidths need several GPUs or nodes: this script does not measure them.
+``nvlink_gbps`` is measured by the ``comm`` stage of benchmarks/multi_gpu/run.py (bus bandwidth of
+all-gather / reduce-scatter / all-to-all over the GPUs of one node), whose JSON holds a ``rates``
+block in this script's format; ``network_gbps`` (several nodes) stays a placeholder.
 
 Output: ``{--out}/plan-rates-<device>-<date>.json`` in the table format (``{"rates": {name: {value,
 unit, status, source}}}`` plus ``env`` and the raw timings), written atomically, and a printed
-table. ``--install FILE`` (no GPU needed) then writes FILE's measured rates into the package table
+table. ``--install FILE`` (no GPU needed) then writes the known rates FILE holds (``KNOWN``: this
+script's, or ``nvlink_gbps`` of a multi-GPU comm file) into the package table
 ``packages/xt-parallel/src/xt/parallel/rates_h200.json`` (atomically), leaving the others as they are;
-a CPU file is refused there.
+a file measured on another device than CUDA, one holding none of them, an unknown rate name or a
+rate that is not ``measured`` is refused.
 
 Next GPU session (one ``nvidia-h200`` call, together with ``validate_plan.py``; msgspec is not on the
 machine, so carry its wheel: ``mkdir -p .whl && cp /work/main/.whl/msgspec-*.whl .whl/`` with
@@ -50,6 +54,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks" / "models"))
 TABLE = ROOT / "packages" / "xt-parallel" / "src" / "xt" / "parallel" / "rates_h200.json"
 MEASURED = ("bf16_gemm_tflops", "grouped_mm_tflops", "hbm_gbps", "h2d_gbps", "d2h_gbps")
+#: what ``--install`` accepts: this script's rates and the multi-GPU ones (benchmarks/multi_gpu/run.py comm)
+KNOWN = MEASURED + ("nvlink_gbps", "network_gbps")
+#: the ``format`` of a measured file (this script's, and the comm stage's ``rates`` block)
+FORMAT = "xt plan rate table v1 (measured part)"
 
 
 def _timer(device: torch.device):
@@ -113,23 +121,49 @@ def _write_atomic(path: Path, payload: dict) -> None:
 
 
 def install(measured_file: Path, table_file: Path = TABLE) -> dict:
-    """Write `measured_file`'s rates into the planner's table `table_file` (module docstring).
+    """Write the known rates of `measured_file` into the planner's table `table_file` (module docstring).
+
+    Args:
+        measured_file: a JSON with ``env.device`` and ``rates`` ({name: {value, unit, status, source}}):
+            this script's output or benchmarks/multi_gpu/run.py's comm stage's.
+        table_file: the rate table (default the package's ``rates_h200.json``).
+
+    Returns:
+        The table as written.
 
     Raises:
-        ValueError: a file measured on another device than CUDA, or without the measured rates.
+        ValueError: a file measured on another device than CUDA, one without any rate of ``KNOWN``,
+            an unknown rate name, a rate that is not ``measured`` or lacks a numeric value / unit /
+            source, or a unit other than the table's (each named, with the file).
     """
     got = json.loads(measured_file.read_text())
-    if got.get("env", {}).get("device") != "cuda":
-        raise ValueError(f"{measured_file}: measured on {got.get('env', {}).get('device')!r}, not on a GPU; "
+    device = got.get("env", {}).get("device") if isinstance(got.get("env"), dict) else None
+    if device != "cuda":
+        raise ValueError(f"{measured_file}: measured on {device!r}, not on a GPU; "
                          "only a CUDA measurement goes into the planner's table")
-    missing = [k for k in MEASURED if k not in got["rates"]]
-    if missing:
-        raise ValueError(f"{measured_file}: rates {missing} are missing")
+    rates = got.get("rates")
+    if not isinstance(rates, dict):
+        raise ValueError(f"{measured_file}: no 'rates' block ({{name: {{value, unit, status, source}}}})")
+    unknown = sorted(set(rates) - set(KNOWN))
+    if unknown:
+        raise ValueError(f"{measured_file}: rates {unknown} are not ones the planner's table takes {list(KNOWN)}")
+    names = [k for k in KNOWN if k in rates]
+    if not names:
+        raise ValueError(f"{measured_file}: holds none of the planner's measured rates {list(KNOWN)}")
     table = json.loads(table_file.read_text())
-    for name in MEASURED:
+    for name in names:
+        r = rates[name]
+        if (not isinstance(r, dict) or not isinstance(r.get("value"), (int, float)) or not r.get("unit")
+                or not r.get("source") or r.get("status") != "measured"):
+            raise ValueError(f"{measured_file}: rate {name!r} needs a numeric 'value', a 'unit', a 'source' and "
+                             f"status 'measured'; got {r!r}")
+        unit = table["rates"].get(name, {}).get("unit", r["unit"])
+        if r["unit"] != unit:
+            raise ValueError(f"{measured_file}: rate {name!r} is in {r['unit']!r}, the table's in {unit!r}")
+    for name in names:
         old = table["rates"].get(name, {}).get("value")
-        table["rates"][name] = got["rates"][name]
-        print(f"  {name}: {old} -> {got['rates'][name]['value']:g} {got['rates'][name]['unit']}")
+        table["rates"][name] = rates[name]
+        print(f"  {name}: {old} -> {rates[name]['value']:g} {rates[name]['unit']}")
     _write_atomic(table_file, table)
     return table
 
@@ -160,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     env = {"device": device.type, "name": name, "torch": torch.__version__, "python": platform.python_version(),
            "utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, {"format": "xt plan rate table v1 (measured part)", "env": env, "rates": rates, "raw": raw})
+    _write_atomic(path, {"format": FORMAT, "env": env, "rates": rates, "raw": raw})
     print(f"wrote {path} in {time.perf_counter() - t0:.0f}s", flush=True)
     return 0
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
+import sys
 import re
 import statistics
 from pathlib import Path
@@ -87,3 +89,76 @@ def test_scaling_stage_table_and_json_on_fake_metrics(tmp_path, monkeypatch):
     assert any("NeMo Automodel" in t and "12,000" in t and "28.0" in t for t in table)
     assert any("torchtitan" in t and "27.6" in t for t in table)
     assert not list(tmp_path.glob(".*tmp*"))  # written through a temp file and renamed
+
+
+# --- comm stage ------------------------------------------------------------------------------------------
+
+sys.path.insert(0, str(_PATH.parents[2] / "benchmarks" / "plan"))
+import comm_bench  # noqa: E402  (benchmarks/multi_gpu, on the path since run.py was loaded)
+import measure_rates  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def comm_file(tmp_path_factory) -> Path:
+    """The comm stage at world 2 on the CPU (gloo), run once for the tests below."""
+    folder = tmp_path_factory.mktemp("comm")
+    assert run.main(["--world", "2", "--stages", "comm", "--out-dir", str(folder)]) == 0
+    (path,) = folder.glob("multi-gpu-comm-cpu-w2-*.json")
+    return path
+
+
+def test_comm_stage_world2_bandwidths_and_rates_block(comm_file):
+    got = json.loads(comm_file.read_text())
+    assert (got["world"], got["backend"], got["dtype"], got["skipped"]) == (2, "gloo", "float32", [])
+    assert [(r["op"], r["bytes"]) for r in got["rows"]] == [(op, s) for s in comm_bench.CPU_SIZES for op in comm_bench.OPS]
+    for r in got["rows"]:  # nccl-tests: algbw = size / time, busbw = algbw (N - 1) / N = algbw / 2
+        assert r["seconds"] > 0 and r["algbw_gbps"] == pytest.approx(r["bytes"] / r["seconds"] / 1e9, rel=1e-12)
+        assert r["busbw_gbps"] == pytest.approx(r["algbw_gbps"] / 2, rel=1e-12) and r["busbw_gbps"] > 0
+    # the rates block is measure_rates.py's format; nvlink_gbps = the smallest busbw at the largest size (<= 256 MiB)
+    assert got["format"] == measure_rates.FORMAT and got["env"]["device"] == "cpu" and got["env"]["world"] == 2
+    (name,) = got["rates"]
+    rate = got["rates"][name]
+    low = min(r["busbw_gbps"] for r in got["rows"] if r["bytes"] == 256 << 10)
+    assert name == "nvlink_gbps" and rate["value"] == float(f"{low:.4g}") and rate["unit"] == "GB/s"
+    assert rate["status"] == "measured" and comm_file.name in rate["source"]
+    assert len(got["table"].splitlines()) == 1 + len(got["rows"])
+
+
+def test_bus_bandwidth_formula_by_hand():
+    # 1 GiB all-gathered on 8 ranks in 10 ms: algbw 2^30 / 0.01 / 1e9 = 107.3741824 GB/s, busbw x 7/8
+    assert comm_bench.bandwidths("all_gather", 1 << 30, 0.01, 8) == pytest.approx((107.3741824, 93.9524096), rel=1e-12)
+    assert comm_bench.bandwidths("reduce_scatter", 1 << 28, 0.002, 4) == pytest.approx((134.217728, 100.663296), rel=1e-12)
+    assert comm_bench.bandwidths("all_to_all", 10**9, 1.0, 2) == pytest.approx((1.0, 0.5), rel=1e-12)
+    with pytest.raises(ValueError, match="at least 2 ranks"):
+        comm_bench.bus_factor("all_gather", 1)
+    with pytest.raises(ValueError, match="all_reduce"):
+        comm_bench.bus_factor("all_reduce", 8)
+    # the planner's pick: the slowest op at 256 MiB, not at 1 GiB or 64 MiB
+    rows = [{"op": op, "bytes": s << 20, "busbw_gbps": bw + s} for s in (64, 256, 1024)
+            for op, bw in zip(comm_bench.OPS, (300.0, 280.0, 250.0))]
+    assert comm_bench.planner_rate(rows) == {"bytes": 256 << 20, "op": "all_to_all", "busbw_gbps": 506.0}
+
+
+def test_install_comm_file_changes_only_nvlink(comm_file, tmp_path):
+    from xt.parallel.step_estimate import RATES_FILE, load_rates
+    table = tmp_path / "table.json"
+    shutil.copy(RATES_FILE, table)
+    before = table.read_bytes()
+    with pytest.raises(ValueError, match="not on a GPU"):  # the CPU's gloo file
+        measure_rates.install(comm_file, table)
+    fake = json.loads(comm_file.read_text())
+    fake["env"]["device"] = "cuda"
+    fake["rates"]["nvlink_gbps"].update(value=371.5, source="fake x8 comm file")
+    empty = dict(fake, rates={})
+    (tmp_path / "empty.json").write_text(json.dumps(empty))
+    with pytest.raises(ValueError, match="none of the planner's measured rates"):
+        measure_rates.install(tmp_path / "empty.json", table)
+    assert table.read_bytes() == before
+    (tmp_path / "cuda.json").write_text(json.dumps(fake))
+    measure_rates.install(tmp_path / "cuda.json", table)
+    old, new = json.loads(before)["rates"], json.loads(table.read_text())["rates"]
+    assert new.pop("nvlink_gbps") == fake["rates"]["nvlink_gbps"] and old.pop("nvlink_gbps")["status"] == "placeholder"
+    assert new == old
+    rates, status = load_rates(table)
+    assert rates["nvlink_gbps"] == (371.5, "fake x8 comm file") and status["nvlink_gbps"] == "measured"
+    assert status["network_gbps"] == "placeholder"

@@ -4,7 +4,8 @@ The table is ``rates_h200.json`` beside this module (:func:`load_rates`): each r
 unit, a status (``measured``, ``datasheet`` or ``placeholder``) and its source (the result file, or
 how a placeholder was guessed). ``benchmarks/plan/measure_rates.py`` measures the one-GPU rates on
 an H200 and ``--install`` writes them into it; NVLink and network bandwidths need several GPUs and
-stay placeholders until measured there.
+stay placeholders until measured there (``nvlink_gbps``: the ``comm`` stage of
+``benchmarks/multi_gpu/run.py``, nccl-tests' bus bandwidth, which is what the formulas below divide by).
 
 Compute: the model's training FLOPs (``flops_per_token``, docs/architecture.md, MFU) at the
 whole-step efficiency XT measured on one H200 (fp32 masters, bf16 autocast, AdamW included):
