@@ -82,6 +82,34 @@ def test_unknown_key_names_key_file_line_and_allowed_keys(tmp_path):
         assert allowed in msg
 
 
+class Part(ConfigStruct):
+    source: str
+    weight: float = 1.0
+
+
+class WithOptional(ConfigStruct):
+    """An optional table (like ``data.vision``) and an array of tables (like ``[[data.mix]]``)."""
+
+    extra: ModelSection | None = None
+    parts: list[Part] = []
+
+
+def test_unknown_key_in_an_optional_table_and_in_an_array_of_tables(tmp_path):
+    text = "[extra]\nname = 'a'\nhidden_sise = 3\n"
+    p = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as ei:
+        load_config(p, WithOptional, [])
+    e = ei.value  # not a TypeError from the `T | None` section type
+    assert e.key == "extra.hidden_sise" and e.line == 3 and "allowed keys in [extra]: name, hidden_size" in str(e)
+    text = "[[parts]]\nsource = 'a'\n\n[[parts]]\nsource = 'b'\nweigth = 2\n"
+    p = _write(tmp_path, text, "mix.toml")
+    with pytest.raises(ConfigError) as ei:
+        load_config(p, WithOptional, [])
+    e = ei.value
+    assert e.key == "parts[1].weigth" and e.line == _line(text, "weigth") == 6
+    assert "source, weight" in str(e)
+
+
 def test_unknown_section(tmp_path):
     text = GOOD + "\n[trian]\nsteps = 3\n"
     p, e = _error(tmp_path, text)

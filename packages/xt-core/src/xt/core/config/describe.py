@@ -83,6 +83,20 @@ def type_at(root: type, parts: list[str]) -> Any | None:
     return _unwrap(tp)
 
 
+def struct_at(root: type, parts: list[str]) -> type | None:
+    """The `msgspec.Struct` type of the table at a dotted key below `root` (the struct member of an
+    optional table such as ``data.vision``), or None when the key names no table.
+
+    Args:
+        root, parts: as for `type_at`.
+    """
+    tp = type_at(root, parts)
+    members = _union_members(tp) if tp is not None else None
+    if members is not None:
+        tp = next((_unwrap(m) for m in members if _is_struct(_unwrap(m))), None)
+    return tp if _is_struct(tp) else None
+
+
 def describe_type(tp: Any) -> str:
     """Describe what values a type accepts, in TOML words (e.g. ``"one of 'bf16', 'fp32'"``)."""
     tp = _unwrap(tp)

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from xt.core.config.base import ConfigError, ConfigFieldError
-from xt.core.config.describe import check_strict, describe_type, struct_field_names, type_at
+from xt.core.config.describe import check_strict, describe_type, struct_at, struct_field_names, type_at
 
 __all__ = ["load_config", "convert_config", "parse_override", "apply_overrides", "find_key_line",
            "locate_key", "config_error_at"]
@@ -94,11 +94,13 @@ def _split_toml_key(text: str) -> list[str]:
 def find_key_line(text: str, key: str) -> int | None:
     """1-based line where dotted `key` is set in TOML `text` (or its table header), else None.
 
-    A line scanner: understands ``[table]`` headers and (dotted) ``key = value`` lines, which
-    covers XT configs; keys inside inline tables resolve to the line of the enclosing key.
+    A line scanner: understands ``[table]`` and ``[[array.of.tables]]`` headers (the k-th entry is
+    ``array.of.tables[k]``) and (dotted) ``key = value`` lines, which covers XT configs; keys inside
+    inline tables resolve to the line of the enclosing key.
     """
     target = key.split(".")
     table: list[str] = []
+    arrays: dict[tuple[str, ...], int] = {}  # [[a.b]] headers seen so far: the k-th is a.b[k]
     best: tuple[int, int] | None = None  # (matched prefix length, line)
     for lineno, line in enumerate(text.splitlines(), 1):
         s = line.strip()
@@ -107,6 +109,10 @@ def find_key_line(text: str, key: str) -> int | None:
         m = _HEADER_LINE.match(s)
         if m:
             table = _split_toml_key(m.group(1))
+            if s.startswith("[["):  # an array of tables: msgspec names its k-th entry `a.b[k]`
+                k = arrays.get(tuple(table), 0)
+                arrays[tuple(table)] = k + 1
+                table = table[:-1] + [f"{table[-1]}[{k}]"]
             full = table
         else:
             m = _KEY_LINE.match(s)
@@ -138,7 +144,7 @@ def _translate(err: msgspec.ValidationError, root: type) -> tuple[str, str]:
     if unknown or missing:
         field = (unknown or missing).group(1)
         full = f"{key}.{field}" if key else field
-        section = type_at(root, parent_parts)
+        section = struct_at(root, parent_parts)  # an optional table (data.vision) is `T | None`
         names = struct_field_names(section) if section is not None else []
         where = f"[{key}]" if key else "the top level"
         if unknown:
