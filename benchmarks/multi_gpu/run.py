@@ -1,4 +1,4 @@
-"""Multi-GPU runs of issue 16 in one script: NCCL correctness, Qwen3-30B-A3B scaling, EP overlap, RL sync, comm.
+"""Multi-GPU runs in one script: NCCL correctness, Qwen3-30B-A3B scaling, EP overlap, RL sync, comm.
 
 It takes the GPUs it finds (``torch.cuda.device_count()``), or ``--world N`` gloo processes on the
 CPU (what the tests run: tests/parallel/test_multi_gpu_script.py). Stages (``--stages``, comma list):
