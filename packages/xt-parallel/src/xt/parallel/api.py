@@ -28,7 +28,7 @@ from xt.parallel.moe_chunks import apply_moe_token_chunks
 from xt.parallel.config import ParallelConfig
 from xt.parallel.context import ParallelDistContext
 from xt.parallel.discover import find_layers, model_sizes, plan_for
-from xt.parallel.expert_parallel import swap_dispatchers
+from xt.parallel.dispatch_swap import swap_dispatchers
 from xt.parallel.fsdp import apply_fsdp, shard_experts_
 from xt.parallel.mesh import ParallelMeshes, build_meshes
 from xt.parallel.plan import ParallelPlan, resolve

@@ -25,7 +25,7 @@ from xt.parallel.checkpointing import apply_activation_checkpointing, checkpoint
 from xt.parallel.moe_chunks import apply_moe_token_chunks
 from xt.parallel.config import ParallelConfig
 from xt.parallel.discover import plan_for
-from xt.parallel.expert_parallel import swap_dispatchers
+from xt.parallel.dispatch_swap import swap_dispatchers
 from xt.parallel.mesh import LayoutError
 from xt.parallel.plan import ParallelPlan
 
