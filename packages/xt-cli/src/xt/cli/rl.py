@@ -181,8 +181,11 @@ def _loop(cfg: RLRunConfig, config: Any, run: Any, prompts: PromptSource, tok: A
 def _report(console: Console, rows: list[dict[str, Any]], r: RLResult) -> None:
     if rows:
         first, end = rows[0], rows[-1]
+        def fmt(v: Any) -> str:  # the metric as the step lines print it (3 decimals), or what it is
+            return f"{v:.3f}" if isinstance(v, (int, float)) else str(v)
+
         console.print(f"\n[bold]done[/bold]: RL steps {first['step']}-{end['step']} in {r.wall_s:.0f}s; reward "
-                      f"{first.get('reward_mean')} (step {first['step']}) -> {end.get('reward_mean')} "
+                      f"{fmt(first.get('reward_mean'))} (step {first['step']}) -> {fmt(end.get('reward_mean'))} "
                       f"(step {end['step']})", highlight=False)
     console.print(f"  metrics     {r.metrics_path}")
     if r.plot_path:
