@@ -78,6 +78,8 @@ class TrainerActor:
         self.rank, self.world = rank, world
         self.wgroup: WeightGroup | None = None
         self.cfg, self.device = cfg, actor_device()
+        if world > 1:
+            _join_trainer_group(master, rank, world, self.device)
         self.parts = build_policy(cfg, self.device)
         self.rollout = None
         if colocated:
@@ -186,6 +188,22 @@ class TrainerActor:
     def close(self) -> None:
         """Remove the routing-replay hook."""
         self.parts.trainer.close()
+
+
+def _join_trainer_group(master: str, rank: int, world: int, device: torch.device) -> None:
+    """Initialise the default process group (gloo on the CPU, NCCL on CUDA) as `rank` of `world`
+    through the driver-hosted TCP store at `master` (``"HOST:PORT"``), before `build_policy`
+    (whose `xt.parallel.apply_layout` then uses it). A store the driver bound to a port of its own
+    choosing (port 0) replaces torchrun's env rendezvous, where rank 0 would bind a port picked
+    earlier: another socket can take that one in between (EADDRINUSE, seen in CI)."""
+    import datetime
+
+    import torch.distributed as tdist
+    if tdist.is_initialized():
+        return
+    host, _, port = master.rpartition(":")
+    store = tdist.TCPStore(host, int(port), is_master=False, timeout=datetime.timedelta(seconds=600))
+    tdist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, rank=rank, world_size=world)
 
 
 class RolloutActor:

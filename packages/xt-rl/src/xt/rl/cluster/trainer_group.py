@@ -2,7 +2,8 @@
 torch.distributed group, called alike, and the `PolicyTrainer` interface over them.
 
 Rank r gets the environment torchrun would give it (``RANK = r``, ``WORLD_SIZE = N``,
-``MASTER_ADDR:MASTER_PORT`` = a free port on the driver's node, where rank 0 is placed), so
+``MASTER_ADDR:MASTER_PORT``), and the group is initialised through a TCP store the driver serves
+(`host_store`: a port bound by the OS, so no other socket can take it first), so
 `xt.parallel.apply_layout` lays the policy out by ``[parallel]`` exactly as `xt train` does under
 torchrun (gloo on the CPU, NCCL on CUDA). Every call goes to every rank (their forwards, gathers
 and checkpoints are collective); the answer is rank 0's. Each rank receives the whole
@@ -10,22 +11,24 @@ and checkpoints are collective); the answer is rank 0's. Each rank receives the 
 """
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 from xt.rl.cluster.actors import TrainerActor
 from xt.rl.loop.messages import TrainRequest, TrainResult
 from xt.rl.rollout.protocol import decode, encode
 
-__all__ = ["TrainerGroup", "TrainerProxy", "free_address"]
+__all__ = ["TrainerGroup", "TrainerProxy", "host_store"]
 
 
-def free_address(ray: Any) -> str:
-    """``"HOST:PORT"``: this node's Ray address and a port free on it now."""
+def host_store(ray: Any) -> tuple[Any, str]:
+    """A TCP store served by this process (the driver) on a port the OS picks while binding it, and
+    its ``"HOST:PORT"``; the trainer ranks rendezvous through it (keep the store alive)."""
+    import datetime
+
+    import torch.distributed as tdist
     host = ray.util.get_node_ip_address()
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return f"{host}:{s.getsockname()[1]}"
+    store = tdist.TCPStore(host, 0, is_master=True, wait_for_workers=False, timeout=datetime.timedelta(seconds=600))
+    return store, f"{host}:{store.port}"
 
 
 class TrainerGroup:
@@ -38,7 +41,7 @@ class TrainerGroup:
 
     def __init__(self, ray: Any, cfg: Any, colocated: bool, threads: int, gpus: float, workers: int) -> None:
         self.ray = ray
-        master = free_address(ray) if workers > 1 else None
+        self._store, master = host_store(ray) if workers > 1 else (None, None)
         here = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(
             node_id=ray.get_runtime_context().get_node_id(), soft=False)
         self.handles = []
