@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -88,6 +89,7 @@ class Pool:
                 raise RuntimeError(f"case {self.n} failed on the workers:\n{msg}")
             time.sleep(0.003)
         out = torch.load(result, weights_only=False)
+        result.unlink()  # only the parent reads it; jobs stay until close (a slow rank may not have read its own)
         self.n += 1
         return out
 
@@ -97,3 +99,4 @@ class Pool:
             p.join(timeout=3)
             if p.is_alive():
                 p.kill()
+        shutil.rmtree(self.root, ignore_errors=True)  # the jobs hold models' weights: ~150 MB per pool
