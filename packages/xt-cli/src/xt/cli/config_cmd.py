@@ -2,8 +2,10 @@
 
 Both read the typed sections themselves: `show` loads a run file like `xt train` does (same
 checks, same ``--set``) and prints it as TOML with every default filled in; `keys` lists the keys
-of `xt.cli.config.XTConfig` with their types, defaults and the first sentence of their docstring
-entries (`xt.core.config.config_keys`), so the listing cannot drift from the code.
+of every run command's config (`COMMAND_CONFIGS`: `xt train`'s `xt.cli.config.XTConfig`, `xt rl`'s
+`xt.cli.rl_config.RLRunConfig`) with their types, defaults and the first sentence of their
+docstring entries (`xt.core.config.config_keys`), so the listing cannot drift from the code. A
+section both commands read (``[train]``, ``[parallel]``, ...) is listed once, its header naming them.
 """
 from __future__ import annotations
 
@@ -11,9 +13,14 @@ from pathlib import Path
 from typing import Sequence
 
 from xt.cli.config import XTConfig, load_xt_config
-from xt.core.config import ConfigError, config_keys, dump_config
+from xt.cli.rl_config import RLRunConfig
+from xt.core.config import ConfigError, ConfigKey, config_keys, dump_config
 
-__all__ = ["resolved_config_text", "keys_text", "write_run_config", "RUN_CONFIG"]
+__all__ = ["resolved_config_text", "keys_text", "section_listings", "write_run_config", "RUN_CONFIG",
+           "COMMAND_CONFIGS"]
+
+#: the run commands and the top-level config Struct each reads, in the order `xt config keys` lists them
+COMMAND_CONFIGS: tuple[tuple[str, type], ...] = (("xt train", XTConfig), ("xt rl", RLRunConfig))
 
 #: the resolved config a run keeps in its folder (``train.out_dir``)
 RUN_CONFIG = "config.toml"
@@ -26,22 +33,51 @@ def resolved_config_text(cfg: XTConfig, source: str | Path | None) -> str:
     return head + dump_config(cfg, unset_as_comments=True)
 
 
+def section_listings() -> list[tuple[str, tuple[str, ...], list[ConfigKey]]]:
+    """Every top-level section of the run commands' configs (`COMMAND_CONFIGS`), once each:
+    ``(section, commands that read it, its keys)``, in first-seen order (`xt train`'s sections,
+    then those only `xt rl` has).
+
+    A section two commands declare with the same keys (types, defaults and docs alike) is one
+    entry naming both; were they to differ, each command's version is an entry of its own.
+    """
+    out: list[tuple[str, tuple[str, ...], list[ConfigKey]]] = []
+    for command, cls in COMMAND_CONFIGS:
+        by_section: dict[str, list[ConfigKey]] = {}
+        for k in config_keys(cls):
+            by_section.setdefault(k.key.split(".")[0], []).append(k)
+        for section, keys in by_section.items():
+            i = next((i for i, (s, _, ks) in enumerate(out) if s == section and ks == keys), None)
+            if i is None:
+                out.append((section, (command,), keys))
+            else:
+                out[i] = (section, out[i][1] + (command,), keys)
+    return out
+
+
 def keys_text(section: str | None = None) -> str:
-    """The keys (all, or those of `section`: ``train``, ``model.config`` ... or one dotted key), one
-    per line: ``key = default  (type)  doc``.
+    """The keys (all, or those of `section`: ``train``, ``rollout``, ``model.config`` ... or one
+    dotted key) of every run command's config, each section under a ``# [SECTION]  (COMMANDS)``
+    header naming the commands that read it, then one line per key: ``key = default  (type)  doc``.
 
     Raises:
-        xt.core.config.ConfigError: `section` matches no key (the sections are listed).
+        xt.core.config.ConfigError: `section` matches no key of any command (the sections are listed).
     """
-    keys = config_keys(XTConfig)
+    listings = section_listings()
     if section:
-        keys = [k for k in keys if k.key == section or k.key.startswith(section + ".")]
-        if not keys:
-            sections = sorted({k.key.split(".")[0] for k in config_keys(XTConfig)})
-            raise ConfigError(f"xt config keys: no key {section!r}; the sections are {', '.join(sections)}")
-    width = max(len(f"{k.key} = {k.default}") for k in keys)
-    width = min(width, 48)
-    return "\n".join(f"{f'{k.key} = {k.default}':<{width}}  ({k.type})  {k.doc}".rstrip() for k in keys) + "\n"
+        listings = [(s, cmds, [k for k in keys if k.key == section or k.key.startswith(section + ".")])
+                    for s, cmds, keys in listings]
+        listings = [(s, cmds, keys) for s, cmds, keys in listings if keys]
+        if not listings:
+            sections = sorted({s for s, _, _ in section_listings()})
+            raise ConfigError(f"xt config keys: no key {section!r}; the sections are {', '.join(sections)} "
+                              f"(of {', '.join(c for c, _ in COMMAND_CONFIGS)})")
+    width = min(max(len(f"{k.key} = {k.default}") for _, _, keys in listings for k in keys), 48)
+    lines: list[str] = []
+    for s, cmds, keys in listings:
+        lines.append(f"# [{s}]  ({', '.join(cmds)})")
+        lines += [f"{f'{k.key} = {k.default}':<{width}}  ({k.type})  {k.doc}".rstrip() for k in keys]
+    return "\n".join(lines) + "\n"
 
 
 def write_run_config(cfg: XTConfig, source: str | Path | None) -> Path:

@@ -103,7 +103,8 @@ def config_show(ctx: click.Context, config: str, overrides: tuple[str, ...]) -> 
 @click.argument("section", required=False)
 @click.pass_context
 def config_keys_cmd(ctx: click.Context, section: str | None) -> None:
-    """List the config keys (of SECTION, e.g. `train`, or all): default, type, meaning."""
+    """List the config keys of `xt train` and `xt rl` (of SECTION, e.g. `train` or `rollout`, or
+    all): default, type, meaning; each section's header names the commands that read it."""
     with reported_errors(_debug(ctx)):
         from xt.cli.config_cmd import keys_text
         click.echo(keys_text(section), nl=False)
