@@ -65,7 +65,7 @@ def test_keys_lists_every_key_with_default_type_and_doc():
     steps = next(line for line in lines if line.startswith("train.steps = "))
     assert steps.startswith("train.steps = 1000") and "(an integer)" in steps and "optimizer steps to run in total" in steps
     dtype = next(line for line in lines if line.startswith("train.dtype = "))
-    assert "\"auto\"" in dtype and "one of 'auto', 'bf16'" in dtype
+    assert "\"auto\"" in dtype and "one of 'auto', 'bf16', 'fp32', 'bfloat16', 'float32'" in dtype
     assert all(line.split(")  ", 1)[-1].strip() for line in lines), [l for l in lines if not l.split(")  ", 1)[-1].strip()]
     # each section's header names the commands whose config has it
     sections = {k.split(".")[0] for k in train_keys | rl_keys}

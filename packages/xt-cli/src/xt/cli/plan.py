@@ -74,7 +74,7 @@ def plan_layout(model, facts: ModelFacts, layout: ParallelConfig, world: int, to
                          moe_layers=facts.moe_layers, top_k=facts.top_k, hidden=facts.hidden,
                          ep_size=layout.ep_size, fsdp_size=layout.resolved_fsdp_size(world),
                          dense_params=dense, expert_params=expert, recompute_share=ac_share,
-                         gathered_bytes=2 if layout.param_dtype == "bfloat16" else 4, micro_batches=micro_batches,
+                         gathered_bytes=2 if layout.param_dtype == "bf16" else 4, micro_batches=micro_batches,
                          cpu_offload=layout.cpu_offload)
     return LayoutPlan(layout, memory, largest_micro_batch(facts, layout, world, gpu_bytes, compute_bytes), step)
 

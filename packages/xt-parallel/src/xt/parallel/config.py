@@ -12,13 +12,19 @@ Sequence-parallel ranks also take part in FSDP sharding (they hold the same para
 from __future__ import annotations
 
 import math
+from typing import Literal
 
-from xt.core.config.base import ConfigStruct, require, require_in
+from xt.core.config.base import ConfigStruct, require
+from xt.core.config.dtypes import DTYPES, normalize_dtype_field
 
 __all__ = ["ParallelConfig", "DTYPE_NAMES"]
 
-#: dtype names accepted by `param_dtype` / `reduce_dtype` (None keeps the parameters' dtype).
-DTYPE_NAMES = ("float32", "bfloat16", "float16")
+#: the dtype names `param_dtype` / `reduce_dtype` keep (None keeps the parameters' dtype); torch's
+#: spellings ``"bfloat16"``, ``"float16"``, ``"float32"`` are accepted too (`xt.core.config.dtypes`).
+DTYPE_NAMES = DTYPES
+
+#: what a TOML file may write for them: XT's spelling or torch's
+_DtypeName = Literal["bf16", "fp16", "fp32", "bfloat16", "float16", "float32"]
 
 
 class ParallelConfig(ConfigStruct):
@@ -41,11 +47,12 @@ class ParallelConfig(ConfigStruct):
         reshard_after_forward: free gathered parameters after each layer's forward (ZeRO-3);
             False keeps them until backward (ZeRO-2-like, more memory, fewer all-gathers).
         param_dtype: compute dtype of gathered parameters (`MixedPrecisionPolicy.param_dtype`),
-            one of ``DTYPE_NAMES``; unset keeps the stored dtype, so a run under torchrun computes
-            like the single-process run (the engine's ``train.dtype = "bf16"`` autocast applies to
-            both). ``"bfloat16"`` = fp32 master weights sharded, bf16 gathered copies.
-        reduce_dtype: dtype of the gradient reduce-scatter / all-reduce (default float32), or unset
-            (= param_dtype).
+            ``"bf16"``, ``"fp16"`` or ``"fp32"`` (torch's ``"bfloat16"``, ``"float16"``,
+            ``"float32"`` are accepted and stored short); unset keeps the stored dtype, so a run under
+            torchrun computes like the single-process run (the engine's ``train.dtype = "bf16"``
+            autocast applies to both). ``"bf16"`` = fp32 master weights sharded, bf16 gathered copies.
+        reduce_dtype: dtype of the gradient reduce-scatter / all-reduce (default ``"fp32"``; the
+            same spellings), or unset (= param_dtype).
         capacity_factor: None = dropless expert parallelism. A number > 0 caps every expert at
             ``ceil(capacity_factor * T * K / num_experts)`` rows per source rank; excess rows are
             dropped (contribute zero) with a warning and a counted metric.
@@ -69,8 +76,8 @@ class ParallelConfig(ConfigStruct):
     activation_checkpointing_every_n: int = 0
     cpu_offload: bool = False
     reshard_after_forward: bool = True
-    param_dtype: str | None = None
-    reduce_dtype: str | None = "float32"
+    param_dtype: _DtypeName | None = None
+    reduce_dtype: _DtypeName | None = "fp32"
     capacity_factor: float | None = None
     moe_token_chunks: int = 1
     ep_overlap: bool = False
@@ -94,10 +101,8 @@ class ParallelConfig(ConfigStruct):
         require(not (self.ep_overlap and self.capacity_factor is not None), "ep_overlap",
                 "does not support capacity_factor (a capacity is per source rank over the whole micro-batch); "
                 "unset one of them")
-        if self.param_dtype is not None:
-            require_in(self.param_dtype, DTYPE_NAMES, "param_dtype")
-        if self.reduce_dtype is not None:
-            require_in(self.reduce_dtype, DTYPE_NAMES, "reduce_dtype")
+        normalize_dtype_field(self, "param_dtype", DTYPE_NAMES)  # "bfloat16" -> "bf16"; also when built in Python
+        normalize_dtype_field(self, "reduce_dtype", DTYPE_NAMES)
         if self.capacity_factor is not None:
             require(math.isfinite(self.capacity_factor) and self.capacity_factor > 0, "capacity_factor",
                     f"must be a finite number > 0 or unset (dropless), got {self.capacity_factor}")

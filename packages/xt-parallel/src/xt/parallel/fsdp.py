@@ -19,6 +19,7 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 from torch.distributed.tensor import DTensor, Shard
 
+from xt.core.config.dtypes import TORCH_DTYPE_NAMES
 from xt.parallel.config import ParallelConfig
 from xt.parallel.mesh import ParallelMeshes
 
@@ -29,7 +30,8 @@ EP_ATTR = "xt_expert_parallel"
 
 
 def _dtype(name: str | None) -> torch.dtype | None:
-    return None if name is None else getattr(torch, name)
+    """The `torch.dtype` of a config dtype name (``"bf16"`` -> `torch.bfloat16`), None kept."""
+    return None if name is None else getattr(torch, TORCH_DTYPE_NAMES[name])
 
 
 def mixed_precision_policy(cfg: ParallelConfig) -> MixedPrecisionPolicy:

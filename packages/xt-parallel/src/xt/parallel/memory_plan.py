@@ -290,7 +290,7 @@ def plan_memory(model: nn.Module | ModelFacts, cfg: ParallelConfig, world: int, 
     if cfg.cpu_offload:
         params = grads = optimizer = 0
     compute_copies = 2 * f.castable_numel if (not fsdp and compute_bytes == 2 and weight_cast) else 0
-    gathered_bytes = 2 if cfg.param_dtype == "bfloat16" else 4
+    gathered_bytes = 2 if cfg.param_dtype == "bf16" else 4
     fsdp_buffers = fsdp_grad_buffers = fsdp_layer_buffers = 0
     if fsdp:
         biggest = max((d + e // cfg.ep_size for d, e in zip(f.layer_dense, f.layer_expert)), default=0)

@@ -103,7 +103,7 @@ def estimate_step(*, flops_per_token: float, tokens: int, moe_layers: int, top_k
             last micro-batch).
         recompute_share: share of the layers recomputed (activation checkpointing): + 1/3 of their
             FLOPs.
-        gathered_bytes: 4 (fp32 parameters gathered) or 2 (``param_dtype = "bfloat16"``).
+        gathered_bytes: 4 (fp32 parameters gathered) or 2 (``param_dtype = "bf16"``).
         micro_batches: micro-batches per optimizer step (``train.micro_batches_per_step``).
         cpu_offload: FSDP2 CPU offload: the fp32 parameter shard ``(dense + expert / ep) / fsdp``
             is copied host -> device twice per micro-batch and its gradient device -> host once.

@@ -11,6 +11,7 @@ from typing import Any, Literal
 import msgspec
 
 from xt.core.config import ConfigStruct, require
+from xt.core.config.dtypes import normalize_dtype_field
 
 __all__ = ["RolloutConfig", "TaskConfig", "OrchestratorConfig"]
 
@@ -35,7 +36,8 @@ class RolloutConfig(ConfigStruct):
             compute copies where that is bf16: `Engine.compute_context`; disaggregated rollout
             actors hold compute copies of their own model copy); "fp32" always runs the fp32
             weights without autocast. Engine "xt" only: LMDeploy computes in its own precision,
-            so with it only "train" (the default) is accepted.
+            so with it only "train" (the default) is accepted. "float32" is accepted and stored
+            as "fp32" (`xt.core.config.dtypes`).
         engine: "xt" (XT's KV-cache generation on the policy model) or "lmdeploy" (an LMDeploy
             pipeline on ``model.init_from``, re-exported after each update; extra
             ``xt-rl[lmdeploy]``, one process only, not run by XT's tests:
@@ -48,7 +50,7 @@ class RolloutConfig(ConfigStruct):
     max_new_tokens: int = 64
     top_p: float = 1.0
     seed: int = 0
-    dtype: Literal["train", "fp32"] = "train"
+    dtype: Literal["train", "fp32", "float32"] = "train"
     # how the trainer uses it
     routing_replay: bool = False
     updates_per_step: int = 1
@@ -62,6 +64,7 @@ class RolloutConfig(ConfigStruct):
         require(self.max_new_tokens >= 1, "max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
         require(isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1, "top_p",
                 f"must be in (0, 1], got {self.top_p!r}")
+        normalize_dtype_field(self, "dtype", ("fp32",), words=("train",))
         require(1 <= self.updates_per_step <= self.prompts_per_step * self.group_size, "updates_per_step",
                 f"must be in [1, prompts_per_step * group_size = {self.prompts_per_step * self.group_size}], "
                 f"got {self.updates_per_step}")

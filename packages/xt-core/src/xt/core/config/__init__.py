@@ -10,6 +10,7 @@ Public API:
                                                   xt.core.errors.XTError)
     config_error_at(key, message, path, overrides) a ConfigError located like load_config's
     OptimConfig, ScheduleConfig, TrainConfig, CheckpointConfig, TrackingConfig   the engine's sections
+    xt.core.config.dtypes                         dtype keys: "bf16" | "bfloat16" ... kept short
 """
 from xt.core.config.base import ConfigError, ConfigFieldError, ConfigStruct, require, require_in
 from xt.core.config.dump import dump_config

@@ -4,7 +4,7 @@
 `xt.core.config.ConfigStruct`). Every problem becomes a `ConfigError` whose message names the
 dotted key, where it was set (``file:line`` or the ``--set`` override) and what is allowed, e.g.::
 
-    cfg.toml:7: bad value for `train.dtype`: Invalid enum value 'fp16'; allowed: one of 'auto', 'bf16', 'fp32'
+    cfg.toml:7: bad value for `train.dtype`: Invalid enum value 'fp16'; allowed: one of 'auto', 'bf16', 'fp32', 'bfloat16', 'float32'
 """
 from __future__ import annotations
 

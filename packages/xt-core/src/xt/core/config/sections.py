@@ -16,6 +16,7 @@ import math
 from typing import Literal
 
 from xt.core.config.base import ConfigStruct, require, require_in
+from xt.core.config.dtypes import normalize_dtype_field
 from xt.core.sizes import parse_size
 
 __all__ = ["OptimConfig", "ScheduleConfig", "TrainConfig", "CheckpointConfig", "TrackingConfig"]
@@ -110,7 +111,8 @@ class TrainConfig(ConfigStruct):
             forward pass: parameters, gradients and AdamW state stay fp32 (master weights),
             matmuls run in bf16. Chosen over bf16 parameters because the optimizer update stays
             exact and checkpoints stay fp32. An explicit "bf16" on a CPU that emulates bf16
-            (~30-40x slower matmuls) runs, with a warning.
+            (~30-40x slower matmuls) runs, with a warning. "bfloat16" and "float32" are accepted
+            and stored as "bf16" and "fp32" (`xt.core.config.dtypes`).
         weight_cast: under bf16, when the fp32 master weights are cast to bf16. "per_step"
             (default): bf16 copies of the matmul weights are made once per optimizer step and
             their gradients are added into the fp32 ``.grad`` as they arrive
@@ -138,7 +140,7 @@ class TrainConfig(ConfigStruct):
     steps: int = 1000
     micro_batches_per_step: int = 1
     max_grad_norm: float = 1.0
-    dtype: Literal["auto", "bf16", "fp32"] = "auto"
+    dtype: Literal["auto", "bf16", "fp32", "bfloat16", "float32"] = "auto"
     weight_cast: Literal["per_step", "per_use"] = "per_step"
     nonfinite_grad: Literal["raise", "skip"] = "raise"
     seed: int = 0
@@ -153,6 +155,7 @@ class TrainConfig(ConfigStruct):
                 f"must be >= 1, got {self.micro_batches_per_step}")
         require(_finite(self.max_grad_norm) and self.max_grad_norm >= 0, "max_grad_norm",
                 f"must be >= 0 (0 = no clipping), got {self.max_grad_norm!r}")
+        normalize_dtype_field(self, "dtype", ("bf16", "fp32"), words=("auto",))  # also when built in Python
         require_in(self.nonfinite_grad, ("raise", "skip"), "nonfinite_grad")  # also when built in Python
         require(self.log_every >= 1, "log_every", f"must be >= 1, got {self.log_every}")
         require(bool(self.out_dir), "out_dir", "must be a non-empty path")
