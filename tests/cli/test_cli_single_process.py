@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from xt.cli.step_time_text import step_time_line
+
 QUICK = ["--set", "train.steps=2", "--set", "sample.max_new_tokens=0", "--set", "checkpoint.hf_export=false",
          "--set", "checkpoint.every_steps=0", "--set", "model.config.router_aux_loss_coef=0.0"]
 AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}  # a CPU without bf16 instructions
@@ -45,9 +47,11 @@ def test_parallel_settings_apply_on_one_process(tiny_run: Path, tmp_path: Path):
     log_ac, ac = _train(tiny_run, tmp_path / "ac", "--set", "parallel.activation_checkpointing=1.0")
     assert "layout: single process; activation checkpointing on 2/2 layers [0, 1]" in log_ac
     assert [r["loss"] for r in ac] == [r["loss"] for r in plain]
+    assert step_time_line(ac) in log_ac and "(too few steps for a median)" in log_ac  # 2 steps: no median
     log_mp, mp = _train(tiny_run, tmp_path / "mp", "--set", "parallel.param_dtype='bfloat16'")
     assert "FSDP2 at world size 1 for param_dtype=bf16" in log_mp  # torch's spelling, stored as XT's
     assert all(abs(a["loss"] - b["loss"]) < 0.05 for a, b in zip(mp, plain)) and mp[0]["loss"] != plain[0]["loss"]
     log_r, _ = _train(tiny_run, tmp_path / "mp", "--set", "parallel.param_dtype='bfloat16'", "--set",
                       "train.steps=3", "--resume", "auto")
     assert "resumed from" in log_r and "step-2" in log_r
+    assert "(one step: no warm-up step to tell apart)" in log_r and "0.0s above it" not in log_r  # step 3 only

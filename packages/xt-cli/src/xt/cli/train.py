@@ -23,10 +23,10 @@ from torch import nn
 from xt.cli.config import XTConfig, load_xt_config
 from xt.cli.config_cmd import write_run_config
 from xt.cli.preflight import preflight
+from xt.cli.step_time_text import step_time_line
 from xt.core.checkpoint import latest_checkpoint, seed_everything
 from xt.core.distributed import DistContext
 from xt.core.engine import Trainer, TrainResult, read_metrics
-from xt.core.engine.metrics import step_time_summary
 from xt.data import build_eval_batches, build_loader, load_tokenizer, save_tokenizer
 from xt.kernels.config import apply_kernels_config
 from xt.models import finish_run_model, from_pretrained, run_model_source, generate, save_pretrained, section_config, unused_model_keys
@@ -193,10 +193,9 @@ def _report(console: Console, cfg: XTConfig, result: TrainResult, skipped: int, 
     else:
         console.print(f"\n[bold]done[/bold]: steps {start + 1}-{result.step} in {result.wall_s:.0f}s"
                       + (" (data ran out)" if result.stopped_early else ""))
-        times = step_time_summary(read_metrics(result.metrics_path, strict=False)[start:])
+        times = step_time_line(read_metrics(result.metrics_path, strict=False)[start:])
         if times:
-            console.print(f"  step time   median {times['median_s']:.2f}s; first step {times['warmup_s']:.1f}s above it "
-                          f"(warm-up); slowest later step {times['max_over_median']:.2f}x the median")
+            console.print(times)
     if skipped:
         console.print(f"skipped {skipped} bad records (data.on_error = 'skip')")
     if mix:
