@@ -17,6 +17,11 @@ random Qwen3 of test_rl_command.py (4 RL steps of 2 updates each, fp32, CPU):
   weights gathered by FullState and published through the object store) equals the one-process
   run: every per-step metric and every final weight within 1e-5 (AdamW made near-linear, eps = 1).
 
+- colocated with a trainer of 2 Ray actors (the same tiny Qwen3-MoE, FSDP2 2 x EP 2, routing
+  replay; each rank sampling its share of the prompts on a full rollout copy refreshed from the
+  sharded policy after each update) equals the disaggregated run with 2 trainer ranks and 2
+  rollout workers: per-step rewards equal, every other metric and every final weight within 1e-5.
+
 - one-step overlap (``max_staleness = 1``, disaggregated, weights through disk): the samples are
   one RL step stale from step 2 on (``rollout_staleness``), the run differs from the synchronous
   one, and a run stopped after 2 RL steps and resumed (the checkpoint holds the buffered rollout)
@@ -276,3 +281,31 @@ def test_two_rank_fsdp_ep_trainer_equals_the_one_process_run(tmp_path):
     wa, wb = _weights(ref.checkpoint), _weights(res.checkpoint)
     assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], rtol=0, atol=1e-5) for k in wa)
     assert "trainer layout world 2 = hsdp 1 x fsdp 2, ep 2" in (tmp_path / "log.txt").read_text()
+
+
+def test_colocated_two_rank_trainer_samples_as_two_rollout_workers(tmp_path):
+    hf = tmp_path / "hf_start"
+    rows, ckpts = {}, {}
+    for name, placement in (("dis", 'placement = "disaggregated"\nrollout_workers = 2\n'),
+                            ("col", 'placement = "colocated"\n')):
+        cfg = _from_hf_folder(_config(tmp_path, name, moe=True), hf)
+        _with(cfg, f'[orchestrator]\nkind = "ray"\ntrainer_workers = 2\n{placement}bucket_mb = 0.5\n\n'
+                   '[parallel]\nfsdp_size = 2\nep_size = 2\n')
+        res = run_rl(cfg, console=_quiet(tmp_path))
+        assert res.step == 8
+        rows[name] = [{k: v for k, v in r.items() if k != "actor_restarts"} for r in _rows(tmp_path / name)]
+        ckpts[name] = res.checkpoint
+    a, b = rows["dis"], rows["col"]
+    assert [r["step"] for r in b] == [1, 2, 3, 4] and [set(r) for r in a] == [set(r) for r in b]
+    rewards = [k for k in a[0] if k.startswith(("reward", "pass_at"))]
+    assert "reward_mean" in rewards and [[r[k] for k in rewards] for r in a] == [[r[k] for k in rewards] for r in b]
+    assert len({r["reward_mean"] for r in a}) > 1  # the samples change as the policy trains
+    assert all(r["routing_mismatch_frac"] is not None for r in b)  # replay on the copy's recorded experts
+    for ra, rb in zip(a, b):
+        for k, v in ra.items():
+            assert (v is None and rb[k] is None) or rb[k] == pytest.approx(v, rel=1e-5, abs=1e-5), k
+    wa, wb = _weights(ckpts["dis"]), _weights(ckpts["col"])
+    assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], rtol=0, atol=1e-5) for k in wa)
+    log = " ".join((tmp_path / "log.txt").read_text().split())  # the console wraps at 80 columns
+    assert "Ray, colocated (2 trainer ranks, each sampling its share on a rollout copy)" in log
+    assert "trainer layout world 2 = hsdp 1 x fsdp 2, ep 2" in log
