@@ -18,7 +18,7 @@ random Qwen3 of test_rl_command.py (4 RL steps of 2 updates each, fp32, CPU):
   run: every per-step metric and every final weight within 1e-5 (AdamW made near-linear, eps = 1).
 
 - colocated with a trainer of 2 Ray actors (the same tiny Qwen3-MoE, FSDP2 2 x EP 2, routing
-  replay; each rank sampling its share of the prompts on a full rollout copy refreshed from the
+  replay; and the dense Qwen3 under FSDP2 2; each rank sampling its share of the prompts on a full rollout copy refreshed from the
   sharded policy after each update) equals the disaggregated run with 2 trainer ranks and 2
   rollout workers: per-step rewards equal, every other metric and every final weight within 1e-5.
 
@@ -283,14 +283,15 @@ def test_two_rank_fsdp_ep_trainer_equals_the_one_process_run(tmp_path):
     assert "trainer layout world 2 = hsdp 1 x fsdp 2, ep 2" in (tmp_path / "log.txt").read_text()
 
 
-def test_colocated_two_rank_trainer_samples_as_two_rollout_workers(tmp_path):
+@pytest.mark.parametrize("moe, ep", [(True, 2), (False, 1)], ids=["moe-fsdp2-ep2", "dense-fsdp2"])
+def test_colocated_two_rank_trainer_samples_as_two_rollout_workers(tmp_path, moe, ep):
     hf = tmp_path / "hf_start"
     rows, ckpts = {}, {}
     for name, placement in (("dis", 'placement = "disaggregated"\nrollout_workers = 2\n'),
                             ("col", 'placement = "colocated"\n')):
-        cfg = _from_hf_folder(_config(tmp_path, name, moe=True), hf)
+        cfg = _from_hf_folder(_config(tmp_path, name, moe=moe), hf)
         _with(cfg, f'[orchestrator]\nkind = "ray"\ntrainer_workers = 2\n{placement}bucket_mb = 0.5\n\n'
-                   '[parallel]\nfsdp_size = 2\nep_size = 2\n')
+                   f'[parallel]\nfsdp_size = 2\nep_size = {ep}\n')
         res = run_rl(cfg, console=_quiet(tmp_path))
         assert res.step == 8
         rows[name] = [{k: v for k, v in r.items() if k != "actor_restarts"} for r in _rows(tmp_path / name)]
@@ -300,7 +301,7 @@ def test_colocated_two_rank_trainer_samples_as_two_rollout_workers(tmp_path):
     rewards = [k for k in a[0] if k.startswith(("reward", "pass_at"))]
     assert "reward_mean" in rewards and [[r[k] for k in rewards] for r in a] == [[r[k] for k in rewards] for r in b]
     assert len({r["reward_mean"] for r in a}) > 1  # the samples change as the policy trains
-    assert all(r["routing_mismatch_frac"] is not None for r in b)  # replay on the copy's recorded experts
+    assert all((r.get("routing_mismatch_frac") is not None) == moe for r in b)  # replay on the copy's recorded experts
     for ra, rb in zip(a, b):
         for k, v in ra.items():
             assert (v is None and rb[k] is None) or rb[k] == pytest.approx(v, rel=1e-5, abs=1e-5), k
@@ -308,4 +309,4 @@ def test_colocated_two_rank_trainer_samples_as_two_rollout_workers(tmp_path):
     assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], rtol=0, atol=1e-5) for k in wa)
     log = " ".join((tmp_path / "log.txt").read_text().split())  # the console wraps at 80 columns
     assert "Ray, colocated (2 trainer ranks, each sampling its share on a rollout copy)" in log
-    assert "trainer layout world 2 = hsdp 1 x fsdp 2, ep 2" in log
+    assert f"trainer layout world 2 = hsdp 1 x fsdp 2, ep {ep}" in log
