@@ -20,7 +20,10 @@ random Qwen3 of test_rl_command.py (4 RL steps of 2 updates each, fp32, CPU):
 - colocated with a trainer of 2 Ray actors (the same tiny Qwen3-MoE, FSDP2 2 x EP 2, routing
   replay; and the dense Qwen3 under FSDP2 2; each rank sampling its share of the prompts on a full rollout copy refreshed from the
   sharded policy after each update) equals the disaggregated run with 2 trainer ranks and 2
-  rollout workers: per-step rewards equal, every other metric and every final weight within 1e-5.
+  rollout workers: per-step rewards equal, every other metric and every final weight within 1e-5;
+  a colocated 2-rank FSDP2 trainer with ``train.dtype = "bf16"`` resumed from the one-process
+  checkpoint holds its weights bit for bit in both ranks' rollout copies, and samples the same
+  tokens and log-probs, bit for bit, as the one-process bf16 rollout of the same two shares.
 
 - one-step overlap (``max_staleness = 1``, disaggregated, weights through disk): the samples are
   one RL step stale from step 2 on (``rollout_staleness``), the run differs from the synchronous
@@ -310,3 +313,38 @@ def test_colocated_two_rank_trainer_samples_as_two_rollout_workers(tmp_path, moe
     log = " ".join((tmp_path / "log.txt").read_text().split())  # the console wraps at 80 columns
     assert "Ray, colocated (2 trainer ranks, each sampling its share on a rollout copy)" in log
     assert f"trainer layout world 2 = hsdp 1 x fsdp 2, ep {ep}" in log
+
+
+def test_colocated_two_rank_resume_refreshes_both_copies_and_bf16_samples_as_one_process(tmp_path, local_run):
+    from test_rl_command import _config as config_path
+    from xt.cli.rl_config import load_rl_config
+    from xt.rl.cluster import RayRun
+    from xt.rl.cluster.rollout_proxy import merge_samples, split_request
+    from xt.rl.loop.build import StateHolder, build_policy, load_policy
+    from xt.rl.loop.local import policy_rollout
+    from xt.rl.rollout import RolloutRequest, SamplingParams
+
+    cfg = load_rl_config(_with(config_path(tmp_path, "cbf16"), '[orchestrator]\nkind = "ray"\ntrainer_workers = 2\n\n'
+                               '[parallel]\nfsdp_size = 2\n'), ["train.dtype=bf16"])
+    request = RolloutRequest(prompts=[[9707, 11, 1879], [785, 3974], [1879, 9707]], n=2, seed=3,
+                             sampling=SamplingParams(max_new_tokens=6, temperature=1.0, stop_token_ids=[]))
+    run = RayRun(cfg, tmp_path / "cbf16")
+    try:
+        run.load(local_run[1], StateHolder())  # the one-process checkpoint, resharded; every copy refreshed
+        copies = [ray.get(h.rollout_state_dict.remote()) for h in run.trainers.handles]
+        remote = run.rollout.generate(request)
+        banner = run.describe()["rollout_precision"]
+    finally:
+        run.close()
+    want = {_strip(k): v for k, v in _weights(local_run[1]).items()}
+    for sd in copies:  # each rank holds the whole model, the checkpoint's weights bit for bit
+        assert set(want) <= set(sd) and all(torch.equal(sd[k], want[k]) for k in want)
+    parts = build_policy(msgspec.structs.replace(cfg, parallel=type(cfg.parallel)()), torch.device("cpu"))
+    load_policy(parts, local_run[1], StateHolder())
+    local = policy_rollout(parts, cfg.rollout)  # bf16 under the one-process policy engine's compute copies
+    shares, reqs = split_request(request, 2)
+    here = merge_samples(shares, [local.generate(r) for r in reqs])
+    assert "bf16 autocast" in banner and "own model copy" in banner
+    assert [x.prompt_index for x in remote.samples] == [0, 0, 1, 1, 2, 2]
+    assert [x.response_ids for x in remote.samples] == [x.response_ids for x in here]
+    assert [x.log_probs for x in remote.samples] == [x.log_probs for x in here]  # bit for bit

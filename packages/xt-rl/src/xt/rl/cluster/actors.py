@@ -141,6 +141,12 @@ class TrainerActor:
         self.rollout.load_weights(None, version)
         return n
 
+    def rollout_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """CPU copies of this rank's rollout copy's tensors (for checks); None without a copy."""
+        if self.copy is None:
+            return None
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.copy.state_dict().items()}
+
     def full_state(self, device: torch.device | str = "cpu") -> Any:
         """The policy's full state for weight sync: None (its plain state dict) for a plain model, a
         `FullState` on `device` (gathered one tensor at a time; every rank must iterate it) for a
