@@ -17,13 +17,14 @@ random Qwen3 of test_rl_command.py (4 RL steps of 2 updates each, fp32, CPU):
   weights gathered by FullState and published through the object store) equals the one-process
   run: every per-step metric and every final weight within 1e-5 (AdamW made near-linear, eps = 1).
 
-- colocated with a trainer of 2 Ray actors (the same tiny Qwen3-MoE, FSDP2 2 x EP 2, routing
-  replay; and the dense Qwen3 under FSDP2 2; each rank sampling its share of the prompts on a full rollout copy refreshed from the
-  sharded policy after each update) equals the disaggregated run with 2 trainer ranks and 2
-  rollout workers: per-step rewards equal, every other metric and every final weight within 1e-5;
-  a colocated 2-rank FSDP2 trainer with ``train.dtype = "bf16"`` resumed from the one-process
-  checkpoint holds its weights bit for bit in both ranks' rollout copies, and samples the same
-  tokens and log-probs, bit for bit, as the one-process bf16 rollout of the same two shares.
+- colocated with a trainer of 2 Ray actors (the same tiny Qwen3-MoE, FSDP2 2 x EP 2, routing replay;
+  and the dense Qwen3 under FSDP2 2; each rank sampling its share of the prompts on a full rollout
+  copy refreshed from the sharded policy after each update) equals the disaggregated run with 2
+  trainer ranks and 2 rollout workers: per-step rewards equal, every other metric and every final
+  weight within 1e-5; a colocated 2-rank FSDP2 trainer with ``train.dtype = "bf16"`` resumed from
+  the one-process checkpoint holds its weights bit for bit in both ranks' rollout copies, and
+  samples the same tokens and log-probs, bit for bit, as the one-process bf16 rollout of the same
+  two shares.
 
 - one-step overlap (``max_staleness = 1``, disaggregated, weights through disk): the samples are
   one RL step stale from step 2 on (``rollout_staleness``), the run differs from the synchronous

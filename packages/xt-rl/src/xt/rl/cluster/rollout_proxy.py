@@ -182,8 +182,8 @@ class DisaggregatedRollout:
             self._target = None
         if self.actors.restarts != before and want != self.weight_version and self._handle is not None:
             self.actors.call_all("load_weights", [(self._handle, self.weight_version)] * len(self.actors.handles))
-        return RolloutResult(samples=merge_samples(pending["parts"], outs), weight_version=want, seconds=time.perf_counter() - pending["t0"],
-                             request_id=pending["request_id"])
+        return RolloutResult(samples=merge_samples(pending["parts"], outs), weight_version=want,
+                             seconds=time.perf_counter() - pending["t0"], request_id=pending["request_id"])
 
     def generate(self, request: RolloutRequest) -> RolloutResult:
         """`submit` then `collect`: a synchronous rollout on the current weights."""
