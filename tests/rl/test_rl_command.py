@@ -8,8 +8,9 @@
 - a tiny Qwen3-MoE with routing replay on runs and logs the routing agreement (non-zero: after the
   step's first update the trainer's own routing differs from the rollout's);
 - config mistakes stop before any model is built with one error naming the key, file and line
-  (also of ``rollout.engine``, ``rollout.dtype``, ``[orchestrator]``: trainer_workers, collective sync, and of the
-  trainer's ``[parallel]`` layout against ``orchestrator.trainer_workers``).
+  (also of ``rollout.engine``, ``rollout.dtype``, ``[orchestrator]``: trainer_workers without Ray,
+  rollout_workers beside colocated trainer ranks, collective sync, and of the trainer's
+  ``[parallel]`` layout against ``orchestrator.trainer_workers``).
 """
 from __future__ import annotations
 
@@ -154,8 +155,10 @@ def test_moe_run_with_routing_replay_logs_the_agreement(tmp_path):
      ["rollout.dtype", ".toml:", "rollout.engine = 'xt'"]),
     ("[rl]\n", '[orchestrator]\nkind = "ray"\nrollout_workers = 2\n\n[rl]\n',
      ["orchestrator.rollout_workers", ".toml:", "colocated"]),
-    ("[rl]\n", '[orchestrator]\nkind = "ray"\ntrainer_workers = 2\n\n[rl]\n',
-     ["orchestrator.trainer_workers", ".toml:", "disaggregated"]),
+    ("[rl]\n", '[orchestrator]\ntrainer_workers = 2\n\n[rl]\n',
+     ["orchestrator.trainer_workers", ".toml:", "kind = 'ray'"]),
+    ("[rl]\n", '[orchestrator]\nkind = "ray"\ntrainer_workers = 2\nrollout_workers = 2\n\n[rl]\n',
+     ["orchestrator.rollout_workers", ".toml:", "colocated", "trainer_workers = 2"]),
     ("[rl]\n", '[orchestrator]\nkind = "ray"\nplacement = "disaggregated"\nweight_sync = "collective"\n'
                'max_staleness = 1\n\n[rl]\n', ["orchestrator.weight_sync", ".toml:", "max_staleness = 0"]),
     ("[rl]\n", '[orchestrator]\nkind = "ray"\nplacement = "disaggregated"\ntrainer_workers = 4\n\n[rl]\n',

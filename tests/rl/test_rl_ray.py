@@ -17,6 +17,15 @@ random Qwen3 of test_rl_command.py (4 RL steps of 2 updates each, fp32, CPU):
   weights gathered by FullState and published through the object store) equals the one-process
   run: every per-step metric and every final weight within 1e-5 (AdamW made near-linear, eps = 1).
 
+- colocated with a trainer of 2 Ray actors (the same tiny Qwen3-MoE, FSDP2 2 x EP 2, routing replay;
+  and the dense Qwen3 under FSDP2 2; each rank sampling its share of the prompts on a full rollout
+  copy refreshed from the sharded policy after each update) equals the disaggregated run with 2
+  trainer ranks and 2 rollout workers: per-step rewards equal, every other metric and every final
+  weight within 1e-5; a colocated 2-rank FSDP2 trainer with ``train.dtype = "bf16"`` resumed from
+  the one-process checkpoint holds its weights bit for bit in both ranks' rollout copies, and
+  samples the same tokens and log-probs, bit for bit, as the one-process bf16 rollout of the same
+  two shares.
+
 - one-step overlap (``max_staleness = 1``, disaggregated, weights through disk): the samples are
   one RL step stale from step 2 on (``rollout_staleness``), the run differs from the synchronous
   one, and a run stopped after 2 RL steps and resumed (the checkpoint holds the buffered rollout)
@@ -276,3 +285,67 @@ def test_two_rank_fsdp_ep_trainer_equals_the_one_process_run(tmp_path):
     wa, wb = _weights(ref.checkpoint), _weights(res.checkpoint)
     assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], rtol=0, atol=1e-5) for k in wa)
     assert "trainer layout world 2 = hsdp 1 x fsdp 2, ep 2" in (tmp_path / "log.txt").read_text()
+
+
+@pytest.mark.parametrize("moe, ep", [(True, 2), (False, 1)], ids=["moe-fsdp2-ep2", "dense-fsdp2"])
+def test_colocated_two_rank_trainer_samples_as_two_rollout_workers(tmp_path, moe, ep):
+    hf = tmp_path / "hf_start"
+    rows, ckpts = {}, {}
+    for name, placement in (("dis", 'placement = "disaggregated"\nrollout_workers = 2\n'),
+                            ("col", 'placement = "colocated"\n')):
+        cfg = _from_hf_folder(_config(tmp_path, name, moe=moe), hf)
+        _with(cfg, f'[orchestrator]\nkind = "ray"\ntrainer_workers = 2\n{placement}bucket_mb = 0.5\n\n'
+                   f'[parallel]\nfsdp_size = 2\nep_size = {ep}\n')
+        res = run_rl(cfg, console=_quiet(tmp_path))
+        assert res.step == 8
+        rows[name] = [{k: v for k, v in r.items() if k != "actor_restarts"} for r in _rows(tmp_path / name)]
+        ckpts[name] = res.checkpoint
+    a, b = rows["dis"], rows["col"]
+    assert [r["step"] for r in b] == [1, 2, 3, 4] and [set(r) for r in a] == [set(r) for r in b]
+    rewards = [k for k in a[0] if k.startswith(("reward", "pass_at"))]
+    assert "reward_mean" in rewards and [[r[k] for k in rewards] for r in a] == [[r[k] for k in rewards] for r in b]
+    assert len({r["reward_mean"] for r in a}) > 1  # the samples change as the policy trains
+    assert all((r.get("routing_mismatch_frac") is not None) == moe for r in b)  # replay on the copy's recorded experts
+    for ra, rb in zip(a, b):
+        for k, v in ra.items():
+            assert (v is None and rb[k] is None) or rb[k] == pytest.approx(v, rel=1e-5, abs=1e-5), k
+    wa, wb = _weights(ckpts["dis"]), _weights(ckpts["col"])
+    assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], rtol=0, atol=1e-5) for k in wa)
+    log = " ".join((tmp_path / "log.txt").read_text().split())  # the console wraps at 80 columns
+    assert "Ray, colocated (2 trainer ranks, each sampling its share on a rollout copy)" in log
+    assert f"trainer layout world 2 = hsdp 1 x fsdp 2, ep {ep}" in log
+
+
+def test_colocated_two_rank_resume_refreshes_both_copies_and_bf16_samples_as_one_process(tmp_path, local_run):
+    from test_rl_command import _config as config_path
+    from xt.cli.rl_config import load_rl_config
+    from xt.rl.cluster import RayRun
+    from xt.rl.cluster.rollout_proxy import merge_samples, split_request
+    from xt.rl.loop.build import StateHolder, build_policy, load_policy
+    from xt.rl.loop.local import policy_rollout
+    from xt.rl.rollout import RolloutRequest, SamplingParams
+
+    cfg = load_rl_config(_with(config_path(tmp_path, "cbf16"), '[orchestrator]\nkind = "ray"\ntrainer_workers = 2\n\n'
+                               '[parallel]\nfsdp_size = 2\n'), ["train.dtype=bf16"])
+    request = RolloutRequest(prompts=[[9707, 11, 1879], [785, 3974], [1879, 9707]], n=2, seed=3,
+                             sampling=SamplingParams(max_new_tokens=6, temperature=1.0, stop_token_ids=[]))
+    run = RayRun(cfg, tmp_path / "cbf16")
+    try:
+        run.load(local_run[1], StateHolder())  # the one-process checkpoint, resharded; every copy refreshed
+        copies = [ray.get(h.rollout_state_dict.remote()) for h in run.trainers.handles]
+        remote = run.rollout.generate(request)
+        banner = run.describe()["rollout_precision"]
+    finally:
+        run.close()
+    want = {_strip(k): v for k, v in _weights(local_run[1]).items()}
+    for sd in copies:  # each rank holds the whole model, the checkpoint's weights bit for bit
+        assert set(want) <= set(sd) and all(torch.equal(sd[k], want[k]) for k in want)
+    parts = build_policy(msgspec.structs.replace(cfg, parallel=type(cfg.parallel)()), torch.device("cpu"))
+    load_policy(parts, local_run[1], StateHolder())
+    local = policy_rollout(parts, cfg.rollout)  # bf16 under the one-process policy engine's compute copies
+    shares, reqs = split_request(request, 2)
+    here = merge_samples(shares, [local.generate(r) for r in reqs])
+    assert "bf16 autocast" in banner and "own model copy" in banner
+    assert [x.prompt_index for x in remote.samples] == [0, 0, 1, 1, 2, 2]
+    assert [x.response_ids for x in remote.samples] == [x.response_ids for x in here]
+    assert [x.log_probs for x in remote.samples] == [x.log_probs for x in here]  # bit for bit

@@ -131,7 +131,9 @@ def _loop(cfg: RLRunConfig, config: Any, run: Any, prompts: PromptSource, tok: A
     d = run.describe()
     oc = cfg.orchestrator
     where = "one process" if oc.kind == "local" else f"Ray, {oc.placement}" + (
-        f" ({oc.rollout_workers} rollout workers, weights by {oc.weight_sync})" if oc.placement == "disaggregated" else "")
+        f" ({oc.rollout_workers} rollout workers, weights by {oc.weight_sync})" if oc.placement == "disaggregated"
+        else f" ({oc.trainer_workers} trainer ranks, each sampling its share on a rollout copy)"
+        if oc.trainer_workers > 1 else "")
     console.print(f"[bold]xt rl[/bold] {escape(str(config))}: {d['model']}, {d['params'] / 1e6:.1f}M "
                   f"parameters, device {d['device']} ({where}); task {cfg.task.source}:{cfg.task.name} "
                   f"({len(prompts.samples)} samples), "

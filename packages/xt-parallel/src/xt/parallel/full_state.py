@@ -27,7 +27,9 @@ class FullState:
     """Iterable of ``(name, full tensor)`` over a (laid-out) model, keyed as the plain model's
     ``state_dict()``: parameters gathered over FSDP2 and, for modules marked by
     :func:`xt.parallel.fsdp.shard_experts_`, over `ep_group`; a tied parameter gathered once and
-    yielded under each of its names in a row; then the persistent buffers. Tensors are on the CPU.
+    yielded under each of its names in a row; then the persistent buffers. Tensors are on `device`
+    (default the CPU; the model's own device, e.g. ``cuda``, skips the round trip through the host
+    for a consumer on that device, such as a colocated rollout copy).
 
     Collective: every rank must iterate it to the end, in step (each tensor is an all-gather); each
     rank gets every tensor. Iterating again gathers again.
@@ -36,7 +38,9 @@ class FullState:
         layout: ``[(name, global shape, dtype)]`` in iteration order (nothing gathered).
     """
 
-    def __init__(self, model: nn.Module, ep_group: dist.ProcessGroup | None = None) -> None:
+    def __init__(self, model: nn.Module, ep_group: dist.ProcessGroup | None = None,
+                 device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
         names: dict[int, list[str]] = defaultdict(list)
         for name, p in model.named_parameters(remove_duplicate=False):
             names[id(p)].append(plain_name(name))
@@ -61,7 +65,7 @@ class FullState:
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
         with torch.no_grad():
             for names, t, group in self._entries:
-                full = full_tensor(t, group).to("cpu")
+                full = full_tensor(t, group).to(self.device)
                 for name in names:
                     yield name, full
                 del full

@@ -119,10 +119,14 @@ class OrchestratorConfig(ConfigStruct):
     Attributes:
         kind: "local" (everything in the `xt rl` process) or "ray" (rollout, reward and trainer
             workers as Ray actors; extra ``xt-rl[ray]``). The synchronous results are the same.
-        placement: "colocated" (one actor holds the trainer and the rollout engine on the same
-            model and devices; they take turns, the weights are handed over in memory) or
-            "disaggregated" (rollout actors with their own model copy; the trainer's weights reach
-            them in buckets through ``weight_sync``).
+        placement: "colocated" (the trainer actors also generate, taking turns with the updates
+            on their devices; the weights are handed over in memory: with one trainer rank the
+            rollout runs on the trained model itself; with ``trainer_workers = N`` > 1 each rank
+            keeps a full unsharded rollout copy on its device, refreshed from the sharded policy
+            after each update, and samples a share of the step's prompts split as among N
+            rollout workers, so the samples equal a disaggregated run with ``rollout_workers = N``;
+            costs a full copy of the weights per rank) or "disaggregated" (rollout actors with
+            their own model copy; the trainer's weights reach them in buckets through ``weight_sync``).
         weight_sync: how the trainer's weights reach the rollout actors (disaggregated only), in
             HF-named buckets: "object_store" (through Ray's object store, in memory), "disk"
             (safetensors files under ``train.out_dir/weight_sync``: a shared file system between
@@ -131,18 +135,20 @@ class OrchestratorConfig(ConfigStruct):
             ``max_staleness = 0``, since the trainer then holds no earlier weights to redo a rollout on).
         trainer_workers: trainer actors, >= 1: ranks of one torch.distributed group running the
             policy laid out by ``[parallel]`` (FSDP2, EP) as `xt train` under torchrun, each
-            training on its share of every update's samples; > 1 needs kind = "ray" and
-            placement = "disaggregated".
+            training on its share of every update's samples; > 1 needs kind = "ray" (colocated:
+            each rank also samples its share of the prompts on a rollout copy of its own).
         bucket_mb: the largest weight bucket, MiB (> 0); a tensor above it travels alone.
-        rollout_workers: rollout actors (disaggregated), >= 1. With more than one, each gets a
+        rollout_workers: rollout actors (disaggregated), >= 1; 1 with colocated (the trainer ranks
+            sample: ``trainer_workers`` of them split the prompts alike). With more than one, each gets a
             contiguous share of the step's prompts and its own seed (``seed * 1009 + worker``), so
             the samples differ from a one-worker run (and stay reproducible).
         reward_workers: reward actors, >= 1, each with a `RewardPool` of ``rl.reward.workers``
             processes; the completions are split between them in order (the rewards do not change).
         address: "" starts Ray inside the `xt rl` process; "auto" or "HOST:PORT" joins a cluster.
         num_cpus: CPUs of the embedded Ray (0 = all of the machine's).
-        gpus_per_actor: GPUs of the trainer and of each rollout actor; -1 = 1 when CUDA is visible,
-            else 0. Colocated runs one actor, so both share its GPUs.
+        gpus_per_actor: GPUs of each trainer actor and of each rollout actor; -1 = 1 when CUDA is
+            visible, else 0. Colocated runs only the trainer actors, so each rank's trainer and
+            rollout share its GPUs.
         max_restarts: how often Ray restarts a dead rollout / reward actor (its work is redone,
             after the rollout gets the current weights); >= 0.
         max_staleness: 0 = synchronous; 1 = one-step off-policy overlap (disaggregated): each
@@ -172,9 +178,8 @@ class OrchestratorConfig(ConfigStruct):
         require(self.gpus_per_actor == -1 or self.gpus_per_actor >= 0, "gpus_per_actor",
                 f"must be -1 (auto) or >= 0, got {self.gpus_per_actor}")
         require(self.trainer_workers >= 1, "trainer_workers", f"must be >= 1, got {self.trainer_workers}")
-        require(self.trainer_workers == 1 or (self.kind == "ray" and self.placement == "disaggregated"),
-                "trainer_workers", f"{self.trainer_workers} needs kind = 'ray' and placement = 'disaggregated' "
-                "(the rollout samples on a model of its own, not on the sharded one)")
+        require(self.trainer_workers == 1 or self.kind == "ray", "trainer_workers",
+                f"{self.trainer_workers} needs kind = 'ray' (the ranks are Ray actors)")
         require(not (self.weight_sync == "collective" and self.max_staleness), "weight_sync",
                 "'collective' needs max_staleness = 0 (a redone prefetched rollout needs the earlier weights, "
                 "which only 'object_store' / 'disk' keep)")
@@ -183,4 +188,5 @@ class OrchestratorConfig(ConfigStruct):
         require(self.max_staleness == 0 or (self.kind == "ray" and self.placement == "disaggregated"),
                 "max_staleness", "1 (overlap) needs kind = 'ray' and placement = 'disaggregated' (separate rollout actors)")
         require(self.placement == "disaggregated" or self.rollout_workers == 1, "rollout_workers",
-                f"must be 1 with placement = 'colocated' (the trainer actor samples), got {self.rollout_workers}")
+                f"must be 1 with placement = 'colocated' (the trainer actors sample, split over "
+                f"trainer_workers = {self.trainer_workers}), got {self.rollout_workers}")

@@ -11,8 +11,11 @@ arrival. Weights travel as buckets (`xt.rl.cluster.weights`).
   torch.distributed group (the environment torchrun would set: ``RANK``, ``WORLD_SIZE``,
   ``MASTER_ADDR`` ...; gloo on the CPU, NCCL on CUDA), laid out by ``[parallel]`` as `xt train`
   under torchrun; the driver calls every rank alike and reads rank 0's answer.
-  Colocated (one rank), it also holds the rollout engine on the same model: the two take turns on
-  its devices and the weight hand-over is a version bump.
+  Colocated, it also holds a rollout engine and the two take turns on its devices: with one rank
+  on the trained model itself (the hand-over is a version bump); with several, each rank on a full
+  unsharded copy of its own (`xt.rl.cluster.rollout_copy`: the sharded policy cannot generate
+  alone), refreshed in memory from the policy's gathered full state after each update, and each
+  rank samples its share of the step's prompts.
 - `RolloutActor`: a model copy built the same way and an `XTRolloutEngine` on it (disaggregated).
 - `RewardActor`: a `RewardPool` (worker processes with per-call timeouts).
 """
@@ -33,6 +36,7 @@ from xt.parallel.export import exporter
 from xt.parallel.full_state import FullState
 from xt.models.hf_stream import PlainState
 from xt.rl.cluster.collective import BucketPlan, WeightGroup, broadcast_weights, bucket_plan, receive_weights
+from xt.rl.cluster.rollout_copy import build_rollout_copy, refresh_copy
 from xt.rl.cluster.weights import WeightHandle, load_buckets, publish_weights
 from xt.rl.loop.build import StateHolder, build_laid_out, build_policy, load_policy, save_policy
 from xt.rl.loop.grpo import RewardWorker
@@ -57,7 +61,9 @@ class TrainerActor:
 
     Args:
         cfg: the `xt rl` config (its sections are read; it is not modified).
-        colocated: also hold the rollout engine on the trained model.
+        colocated: also hold a rollout engine: on the trained model itself when it is not laid out
+            over ranks, else on a full rollout copy of this rank's (`xt.rl.cluster.rollout_copy`)
+            computing in ``rollout.dtype`` as a disaggregated rollout actor does.
         threads: torch intra-op threads (the driver's, so the numerics equal a one-process run).
         rank, world: this trainer rank and the number of trainer actors.
         master: ``"HOST:PORT"`` where rank 0 hosts the trainer group's rendezvous (``world > 1``).
@@ -82,9 +88,15 @@ class TrainerActor:
             _join_trainer_group(master, rank, world, self.device)
         self.parts = build_policy(cfg, self.device)
         self.rollout = None
-        if colocated:
+        self.copy: torch.nn.Module | None = None  # the colocated rollout copy of a laid-out policy
+        if colocated and self.full_state() is None:
             self.rollout = policy_rollout(self.parts, cfg.rollout)
-            self.parts.state.rollout = self.rollout
+        elif colocated:
+            self.copy = build_rollout_copy(cfg.model, self.device)
+            self.rollout = XTRolloutEngine(self.copy, max_batch_sequences=cfg.rollout.max_batch_sequences,
+                                           precision=copy_precision(self.copy, cfg.train, cfg.rollout.dtype,
+                                                                    self.device))
+        self.parts.state.rollout = self.rollout
 
     def info(self) -> dict[str, Any]:
         """`xt.rl.loop.local.describe_policy`, plus ``is_moe``, ``routing_replay`` and ``step``."""
@@ -106,7 +118,8 @@ class TrainerActor:
         return self.parts.trainer.sequence_kl(decode(data, TrainRequest))
 
     def generate(self, data: bytes) -> bytes:
-        """Colocated rollout: ``RolloutRequest`` bytes -> ``RolloutResult`` bytes.
+        """Colocated rollout: ``RolloutRequest`` bytes -> ``RolloutResult`` bytes, on this rank's
+        rollout engine alone (not collective: each rank samples its own share).
 
         Raises:
             RuntimeError: the actor is not colocated.
@@ -115,17 +128,31 @@ class TrainerActor:
             raise RuntimeError("TrainerActor.generate: this trainer is not colocated with a rollout engine")
         return encode(self.rollout.generate(decode(data, RolloutRequest)))
 
-    def set_rollout_version(self, version: int) -> None:
-        """Colocated hand-over: the rollout engine samples from the trained model itself; only the
-        version moves."""
-        if self.rollout is not None:
-            self.rollout.load_weights(None, version)
+    def set_rollout_version(self, version: int) -> int:
+        """Colocated hand-over of the current weights as `version`, in memory; returns the bytes
+        copied. On the trained model itself only the version moves (0 bytes); a rollout copy is
+        refreshed from the policy's full state (`xt.rl.cluster.rollout_copy.refresh_copy`, gathered
+        on this device), collective: every trainer rank must be called."""
+        if self.rollout is None:
+            return 0
+        n = 0
+        if self.copy is not None:
+            n = refresh_copy(self.copy, self.full_state(self.device))
+        self.rollout.load_weights(None, version)
+        return n
 
-    def full_state(self) -> Any:
+    def rollout_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """CPU copies of this rank's rollout copy's tensors (for checks); None without a copy."""
+        if self.copy is None:
+            return None
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.copy.state_dict().items()}
+
+    def full_state(self, device: torch.device | str = "cpu") -> Any:
         """The policy's full state for weight sync: None (its plain state dict) for a plain model, a
-        `FullState` (gathered one tensor at a time; every rank must iterate it) for a laid-out one."""
+        `FullState` on `device` (gathered one tensor at a time; every rank must iterate it) for a
+        laid-out one."""
         meshes = getattr(self.parts.dist, "meshes", None)
-        return None if meshes is None else FullState(self.parts.model, getattr(meshes, "ep_group", None))
+        return None if meshes is None else FullState(self.parts.model, getattr(meshes, "ep_group", None), device)
 
     def weight_plan(self, max_bytes: int) -> BucketPlan:
         """The HF buckets of a weight sync (`xt.rl.cluster.collective.bucket_plan`; nothing gathered)."""

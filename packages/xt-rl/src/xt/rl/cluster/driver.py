@@ -7,9 +7,15 @@ instead), creates the actors (`xt.rl.cluster.actors`) and exposes the interface 
 ``export_hf``, ``describe``, ``close``.
 
 **Placement.** The trainer is ``orchestrator.trainer_workers`` `TrainerActor` ranks of one
-torch.distributed group (`xt.rl.cluster.trainer_group`; FSDP2 / EP by ``[parallel]``). Colocated
-(one rank): it holds the policy and the rollout engine on the same model (they take turns on its
-devices); after each update the hand-over is in memory, a version bump. Disaggregated:
+torch.distributed group (`xt.rl.cluster.trainer_group`; FSDP2 / EP by ``[parallel]``). Colocated:
+the trainer ranks also generate, taking turns with the updates on their devices, and the weights
+are handed over in memory. One rank holds the policy and the rollout engine on the same model (the
+hand-over is a version bump). N ranks: the policy is sharded, so each rank keeps a full unsharded
+rollout copy (`xt.rl.cluster.rollout_copy`), refreshed after each update from the gathered full
+state (one tensor at a time, on its device; collective over the ranks), and samples a contiguous
+share of the step's prompts seeded ``seed * 1009 + k`` (`ColocatedRollout`), the split of N
+disaggregated rollout workers, so the samples equal such a run's; the cost is a full copy of the
+weights per rank (docs/architecture.md). Disaggregated:
 ``orchestrator.rollout_workers`` `RolloutActor` copies; after each update the trainer streams its
 weights in HF-named buckets, published (`xt.rl.cluster.weights`: object store or disk) and copied in
 by every rollout actor, or broadcast over a process group of trainer rank 0 and the rollout actors
@@ -28,7 +34,8 @@ counts these. A rollout actor that died and came back between the weight sync an
 answers with the wrong weight version: that answer is dropped and redone the same way. With
 collective weight sync a restarted rollout actor has left the weight-sync group, so a new group is
 built with every member and the current weights broadcast again. The trainer actors are not
-restarted (their optimizer state lives only there: resume from the last checkpoint instead).
+restarted (their optimizer state lives only there: resume from the last checkpoint instead); so
+a colocated rollout, which runs on them, is not redone either: the run stops with the error.
 """
 from __future__ import annotations
 
@@ -201,7 +208,7 @@ class RayRun:
         self.info = info
         self.trainer = TrainerProxy(self.trainers, info)
         if colocated:
-            self.rollout: Any = ColocatedRollout(ray, self.trainer_actor)
+            self.rollout: Any = ColocatedRollout(ray, self.trainers)
         else:
             handles = [ray.remote(RolloutActor).options(num_cpus=0, num_gpus=gpus, **restart).remote(cfg, threads)
                        for _ in range(oc.rollout_workers)]

@@ -1,7 +1,11 @@
 """The rollout side of a Ray run as the loop sees it (`xt.rl.cluster.driver` builds them): the
-colocated trainer actor's own rollout engine, or `RolloutActor` copies whose weights come from the
-trainer actors in HF-named buckets (object store, disk, or broadcast over torch.distributed:
-``orchestrator.weight_sync``) and whose calls are redone after a restart.
+colocated trainer actors' own rollout engines (one rank: on the trained model; several: each rank
+on its rollout copy, sampling its share of the prompts), or `RolloutActor` copies whose weights
+come from the trainer actors in HF-named buckets (object store, disk, or broadcast over
+torch.distributed: ``orchestrator.weight_sync``) and whose calls are redone after a restart.
+
+Both split a request over W workers alike (`split_request`, `merge_samples`), so a colocated run of
+N trainer ranks samples exactly what a disaggregated run of N rollout workers samples.
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import msgspec
 from xt.rl.cluster.trainer_group import TrainerGroup
 from xt.rl.rollout.protocol import RolloutRequest, RolloutResult, decode, encode
 
-__all__ = ["ColocatedRollout", "DisaggregatedRollout", "split_counts"]
+__all__ = ["ColocatedRollout", "DisaggregatedRollout", "split_counts", "split_request", "merge_samples"]
 
 
 def split_counts(n: int, parts: int) -> list[tuple[int, int]]:
@@ -23,20 +27,58 @@ def split_counts(n: int, parts: int) -> list[tuple[int, int]]:
     return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
-class ColocatedRollout:
-    """The rollout interface over the colocated trainer actor (same model; hand-over = version)."""
+def split_request(request: RolloutRequest, workers: int) -> tuple[list[tuple[int, int]], list[RolloutRequest]]:
+    """The shares of `request` for `workers` rollout workers: ``(parts, requests)``. One worker gets
+    the request as it is; several get contiguous prompt ranges (`split_counts`; empty ones
+    dropped, so there may be fewer requests than workers), worker k seeded ``seed * 1009 + k``."""
+    parts = split_counts(len(request.prompts), workers)
+    if workers == 1:
+        return parts, [request]
+    return parts, [msgspec.structs.replace(request, prompts=request.prompts[a:b], seed=request.seed * 1009 + k)
+                   for k, (a, b) in enumerate(parts)]
 
-    def __init__(self, ray: Any, actor: Any) -> None:
-        self.ray, self.actor = ray, actor
+
+def merge_samples(parts: list[tuple[int, int]], results: list[RolloutResult]) -> list[Any]:
+    """The samples of the `split_request` shares' `results`, in prompt order, each ``prompt_index``
+    shifted back to the whole request's."""
+    return [msgspec.structs.replace(s, prompt_index=s.prompt_index + a)
+            for (a, _), res in zip(parts, results) for s in res.samples]
+
+
+class ColocatedRollout:
+    """The rollout interface over the colocated trainer actors (`TrainerGroup`). One rank samples
+    on the trained model (hand-over = version). N ranks each sample a `split_request` share on
+    their own rollout copy, in parallel; the hand-over refreshes every copy from the sharded policy
+    (collective over the ranks)."""
+
+    def __init__(self, ray: Any, trainers: TrainerGroup) -> None:
+        self.ray, self.trainers = ray, trainers
         self.weight_version = 0
+        self.sync_bytes = 0
 
     def generate(self, request: RolloutRequest) -> RolloutResult:
-        """Sample on the trainer actor's model."""
-        return decode(self.ray.get(self.actor.generate.remote(encode(request))), RolloutResult)
+        """Sample `request` on the trainer ranks (shares as `DisaggregatedRollout` splits them over
+        that many rollout workers), in prompt order.
+
+        Raises:
+            RuntimeError: a rank answers with another weight version than the last hand-over's.
+        """
+        t0 = time.perf_counter()
+        parts, reqs = split_request(request, len(self.trainers.handles))
+        refs = [h.generate.remote(encode(r)) for h, r in zip(self.trainers.handles, reqs)]
+        outs = [decode(b, RolloutResult) for b in self.ray.get(refs)]
+        bad = [k for k, o in enumerate(outs) if o.weight_version != self.weight_version]
+        if bad:
+            raise RuntimeError(f"colocated trainer ranks {bad} answer with weight version "
+                               f"{outs[bad[0]].weight_version}, not {self.weight_version}")
+        return RolloutResult(samples=merge_samples(parts, outs), weight_version=self.weight_version,
+                             seconds=time.perf_counter() - t0, request_id=request.request_id)
 
     def load_weights(self, state_dict: Any, version: int) -> None:
-        """In-memory hand-over: the rollout engine already holds the trained model; set `version`."""
-        self.ray.get(self.actor.set_rollout_version.remote(version))
+        """In-memory hand-over of the trainer's current weights as `version` on every rank
+        (``state_dict`` is ignored: they are the trainer actors'); ``sync_bytes``: what rank 0's
+        rollout copy received (0 on the trained model itself)."""
+        self.sync_bytes = int(self.trainers.call("set_rollout_version", version))
         self.weight_version = version
 
 
@@ -111,12 +153,7 @@ class DisaggregatedRollout:
         """Start a rollout on the actors' current weights and return at once (one-step overlap:
         `collect` it later). One worker gets the request as it is; several get contiguous prompt
         shares, worker k seeded ``seed * 1009 + k``."""
-        parts = split_counts(len(request.prompts), len(self.actors.handles))
-        if len(self.actors.handles) == 1:
-            reqs = [request]
-        else:
-            reqs = [msgspec.structs.replace(request, prompts=request.prompts[a:b], seed=request.seed * 1009 + k)
-                    for k, (a, b) in enumerate(parts)]
+        parts, reqs = split_request(request, len(self.actors.handles))
         args = [(encode(r),) for r in reqs]
         return {"args": args, "parts": parts, "refs": self.actors.submit("generate", args), "t0": time.perf_counter(),
                 "handle": self._handle, "version": self.weight_version, "request_id": request.request_id}
@@ -145,10 +182,8 @@ class DisaggregatedRollout:
             self._target = None
         if self.actors.restarts != before and want != self.weight_version and self._handle is not None:
             self.actors.call_all("load_weights", [(self._handle, self.weight_version)] * len(self.actors.handles))
-        samples = [msgspec.structs.replace(s, prompt_index=s.prompt_index + a)
-                   for (a, _), res in zip(pending["parts"], outs) for s in res.samples]
-        return RolloutResult(samples=samples, weight_version=want, seconds=time.perf_counter() - pending["t0"],
-                             request_id=pending["request_id"])
+        return RolloutResult(samples=merge_samples(pending["parts"], outs), weight_version=want,
+                             seconds=time.perf_counter() - pending["t0"], request_id=pending["request_id"])
 
     def generate(self, request: RolloutRequest) -> RolloutResult:
         """`submit` then `collect`: a synchronous rollout on the current weights."""

@@ -35,7 +35,8 @@ class TrainerGroup:
     """N trainer actors (module docstring); never restarted (resume from a checkpoint instead).
 
     Args:
-        ray: the module; cfg: the `xt rl` config; colocated: rank 0 also samples (N = 1 only);
+        ray: the module; cfg: the `xt rl` config; colocated: every rank also samples (its share,
+            on the trained model at N = 1, else on a rollout copy of its own: `TrainerActor`);
         threads: torch threads per actor; gpus: GPUs per actor; workers: N.
     """
 

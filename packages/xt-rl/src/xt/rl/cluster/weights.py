@@ -116,8 +116,9 @@ def hf_targets(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def copy_bucket(targets: Mapping[str, torch.Tensor], bucket: Iterable[tuple[str, torch.Tensor]],
                 seen: set[str]) -> int:
-    """Copy a bucket's ``(hf_name, tensor)`` pairs into `targets` (`hf_targets`), adding the names to
-    `seen`; returns the bytes copied.
+    """Copy a bucket's ``(name, tensor)`` pairs into `targets` (by HF name: `hf_targets`; or by XT
+    name: a plain model's ``state_dict()``, as `xt.rl.cluster.rollout_copy.refresh_copy` does),
+    adding the names to `seen`; returns the bytes copied.
 
     Raises:
         KeyError: a name the model does not have.
