@@ -161,6 +161,9 @@ def test_moe_run_with_routing_replay_logs_the_agreement(tmp_path):
      ["orchestrator.rollout_workers", ".toml:", "colocated", "trainer_workers = 2"]),
     ("[rl]\n", '[orchestrator]\nkind = "ray"\nplacement = "disaggregated"\nweight_sync = "collective"\n'
                'max_staleness = 1\n\n[rl]\n', ["orchestrator.weight_sync", ".toml:", "max_staleness = 0"]),
+    ("[rl]\n", '[orchestrator]\nbucket_mb = 64\n\n[rl]\n', ["orchestrator.bucket_mb", ".toml:", "kind = 'local'"]),
+    ("[rl]\n", '[orchestrator]\nkind = "ray"\nweight_sync = "disk"\n\n[rl]\n',
+     ["orchestrator.weight_sync", ".toml:", "placement = 'colocated'"]),
     ("[rl]\n", '[orchestrator]\nkind = "ray"\nplacement = "disaggregated"\ntrainer_workers = 4\n\n[rl]\n',
      ["orchestrator.trainer_workers", "samples of one update (3)"]),
     ("[rl]\n", '[orchestrator]\nkind = "ray"\nplacement = "disaggregated"\ntrainer_workers = 2\n\n'

@@ -287,14 +287,14 @@ def test_two_rank_fsdp_ep_trainer_equals_the_one_process_run(tmp_path):
     assert "trainer layout world 2 = hsdp 1 x fsdp 2, ep 2" in (tmp_path / "log.txt").read_text()
 
 
-@pytest.mark.parametrize("moe, ep", [(True, 2), (False, 1)], ids=["moe-fsdp2-ep2", "dense-fsdp2"])
+@pytest.mark.parametrize("moe, ep", [(True, 2)], ids=["moe-fsdp2-ep2"])  # (False, 1): dense FSDP2 alike, ~45 s more
 def test_colocated_two_rank_trainer_samples_as_two_rollout_workers(tmp_path, moe, ep):
     hf = tmp_path / "hf_start"
     rows, ckpts = {}, {}
-    for name, placement in (("dis", 'placement = "disaggregated"\nrollout_workers = 2\n'),
+    for name, placement in (("dis", 'placement = "disaggregated"\nrollout_workers = 2\nbucket_mb = 0.5\n'),
                             ("col", 'placement = "colocated"\n')):
         cfg = _from_hf_folder(_config(tmp_path, name, moe=moe), hf)
-        _with(cfg, f'[orchestrator]\nkind = "ray"\ntrainer_workers = 2\n{placement}bucket_mb = 0.5\n\n'
+        _with(cfg, f'[orchestrator]\nkind = "ray"\ntrainer_workers = 2\n{placement}\n'
                    f'[parallel]\nfsdp_size = 2\nep_size = {ep}\n')
         res = run_rl(cfg, console=_quiet(tmp_path))
         assert res.step == 8

@@ -154,6 +154,10 @@ class OrchestratorConfig(ConfigStruct):
         max_staleness: 0 = synchronous; 1 = one-step off-policy overlap (disaggregated): each
             step's rollout starts during the previous step, on the weights before its update, so
             rollout actors generate while the trainer trains; checkpoints hold the buffered rollout.
+
+    A key changed from its default where it has no effect is an error, never ignored: the Ray keys
+    (``placement`` .. ``max_restarts``) under ``kind = "local"``, ``weight_sync`` and ``bucket_mb``
+    under colocated placement.
     """
 
     kind: Literal["local", "ray"] = "local"
@@ -187,6 +191,26 @@ class OrchestratorConfig(ConfigStruct):
         require(self.max_staleness in (0, 1), "max_staleness", f"must be 0 or 1, got {self.max_staleness}")
         require(self.max_staleness == 0 or (self.kind == "ray" and self.placement == "disaggregated"),
                 "max_staleness", "1 (overlap) needs kind = 'ray' and placement = 'disaggregated' (separate rollout actors)")
+        self._refuse_unused()
         require(self.placement == "disaggregated" or self.rollout_workers == 1, "rollout_workers",
                 f"must be 1 with placement = 'colocated' (the trainer actors sample, split over "
                 f"trainer_workers = {self.trainer_workers}), got {self.rollout_workers}")
+
+    def _refuse_unused(self) -> None:
+        """No setting is silently ignored: a key changed from its default where it has no effect
+        (the Ray keys under ``kind = "local"``; the weight-sync keys under colocated placement,
+        whose hand-over is in memory) is an error naming it.
+
+        Raises:
+            xt.core.errors.ConfigError: naming the first such key.
+        """
+        defaults = {f.name: f.default for f in msgspec.structs.fields(OrchestratorConfig)}
+        ray_only = ("placement", "weight_sync", "bucket_mb", "rollout_workers", "reward_workers", "address",
+                    "num_cpus", "gpus_per_actor", "max_restarts")
+        unused = ray_only if self.kind == "local" else (
+            ("weight_sync", "bucket_mb") if self.placement == "colocated" else ())
+        why = ("has no effect with kind = 'local' (everything runs in the xt rl process); set kind = 'ray'"
+               if self.kind == "local" else
+               "has no effect with placement = 'colocated' (the weights are handed over in memory)")
+        for key in unused:
+            require(getattr(self, key) == defaults[key], key, f"{why}, got {getattr(self, key)!r}")
