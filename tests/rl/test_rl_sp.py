@@ -24,7 +24,6 @@ from parallel_harness import Pool  # noqa: E402
 
 from rl_sp_cases import LENS, _model, one_process  # noqa: E402
 
-pytestmark = pytest.mark.dist
 TOL = 1e-5
 
 CASES = {
@@ -37,6 +36,50 @@ CASES = {
                                  clip_eps_high=0.08, kl_coef=0.2, kl_estimator="k1"),
     "gspo-constant-k3": RLConfig(policy_loss="gspo", aggregation="constant", max_response_tokens=8, kl_coef=0.1),
 }
+
+
+class _FakeSP:
+    """SP rank `rank` of `size` without torch.distributed (`SequenceShards` reads only these)."""
+
+    def __init__(self, rank: int, size: int) -> None:
+        from types import SimpleNamespace
+
+        from xt.parallel.sp_batch import shard_batch_for_sp
+        self.sp_rank, self.sp_size, self.meshes = rank, size, SimpleNamespace(sp_group=None)
+        self.shard_batch = lambda b: shard_batch_for_sp(b, rank, size)
+
+
+@pytest.mark.parametrize("size", [2, 3])
+def test_slices_put_back_together_are_the_micro_batch(size):
+    from xt.rl.batch import SP_TOKENS, pack_samples, sequence_index
+    from xt.rl.seq_parallel import SequenceShards
+    g = torch.Generator().manual_seed(0)
+    prompts, responses = [[1, 2, 3], [4], [5, 6]], [[7, 8], [9, 10, 11], [12, 13]]
+    experts = [torch.randint(0, 8, (2, len(p) + len(r), 2), generator=g) for p, r in zip(prompts, responses)]
+    mb = pack_samples(prompts, responses, advantages=[0.5, -1.0, 2.0], rollout_log_probs=[[-1.0, -2.0], [-3.0] * 3, [-4.0, -5.0]],
+                      keep=[True, False, True], routed_experts=experts)
+    T = mb["input_ids"].numel()  # 13 tokens: padded to 14 (size 2) or 15 (size 3)
+    shards = [SequenceShards(_FakeSP(r, size)) for r in range(size)]
+    parts = [sp.shard(mb) for sp in shards]
+    assert all(p[SP_TOKENS] == T and torch.equal(p["cu_seqlens"][:4], mb["cu_seqlens"]) for p in parts)
+    for key in ("input_ids", "labels", "advantages", "rollout_log_probs", "loss_mask"):
+        assert torch.equal(torch.cat([p[key] for p in parts])[:T], mb[key]), key
+    assert torch.equal(torch.cat([p["routed_experts"] for p in parts], dim=1)[:, :T], mb["routed_experts"])
+    seq, d = sequence_index(mb)
+    got = [sp.sequence_index(p) for sp, p in zip(shards, parts)]
+    assert all(n == d + 1 for _, n in got)  # the padding document
+    assert torch.equal(torch.cat([s for s, _ in got])[:T], seq) and torch.cat([s for s, _ in got])[T:].eq(d).all()
+    real = torch.cat([sp.real_tokens(p) for sp, p in zip(shards, parts)])
+    assert real.sum() == T and real[:T].all()
+    with pytest.raises(ValueError, match="parallel.sp_size"):
+        shards[0].sequence_index(mb)  # a whole micro-batch is not a slice
+
+
+def test_sequence_shards_needs_an_sp_layout():
+    from xt.rl.seq_parallel import SequenceShards, sequence_shards
+    assert sequence_shards(None) is None and sequence_shards(_FakeSP(0, 1)) is None
+    with pytest.raises(ValueError, match="parallel.sp_size > 1"):
+        SequenceShards(_FakeSP(0, 1))
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +106,7 @@ def _same(got: dict, want: dict, spec: dict) -> None:
     assert max(float((wa[k] - start[k]).abs().max()) for k in wa) > 1e-3  # the step did train
 
 
+@pytest.mark.dist
 @pytest.mark.parametrize("name", list(CASES))
 def test_sp2_trainer_step_equals_one_process(pool2, name):
     spec = _spec(CASES[name])
@@ -74,6 +118,7 @@ def test_sp2_trainer_step_equals_one_process(pool2, name):
         assert 0 < m["tis_capped_frac"] < 1 or 0 < m["mismatch_masked_frac"] < 1
 
 
+@pytest.mark.dist
 def test_sp2_sequence_kl_equals_one_process(pool2):
     spec = _spec(RLConfig(kl_coef=0.1, kl_in="reward", kl_estimator="k3"), sequence_kl=True)
     want, got = one_process(spec), pool2.run(spec)
@@ -82,6 +127,7 @@ def test_sp2_sequence_kl_equals_one_process(pool2):
     _same(got, want, spec)
 
 
+@pytest.mark.dist
 def test_sp2_moe_with_routing_replay_equals_one_process(pool2):
     spec = _spec(RLConfig(aggregation="seq_mean_token_mean"), moe=True)
     want, got = one_process(spec), pool2.run(spec)
