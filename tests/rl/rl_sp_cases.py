@@ -1,6 +1,6 @@
 """The RL trainer step of `test_rl_sp.py`, on one process or on every rank of a gloo pool laid out
 with Ulysses SP: a tiny fp32 XT Qwen3 (or Qwen3-MoE with routing replay), fixed rollouts
-(`rl_helpers.random_rollouts`), `PolicyTrainer.train` (2 updates of 2 micro-batches, a reference
+(`rl_helpers.random_rollouts`), `PolicyTrainer.train` (2 updates of ``spec["micro"]`` (2) micro-batches, a reference
 engine for the KL) and `PolicyTrainer.sequence_kl`. Both sides build the same thing from the spec,
 so the test compares values only.
 
@@ -72,7 +72,7 @@ def run_step(spec: dict, lay_out) -> dict:
     ``lay_out(model)`` (whose ``dist`` is the DistContext, None on one process); the metrics without
     timings, the KL list and ``weights`` through ``lay_out.gather(model)``."""
     engine, reference = _engines(spec, lay_out)
-    trainer = PolicyTrainer(engine, spec["rl"], updates_per_step=2, micro_batches=2, reference=reference,
+    trainer = PolicyTrainer(engine, spec["rl"], updates_per_step=2, micro_batches=spec.get("micro", 2), reference=reference,
                             routing_replay=bool(spec.get("moe")), dist=lay_out.dist)
     req = request(spec)
     res = trainer.train(req)

@@ -7,7 +7,7 @@ through `PolicyTrainer.train`: every logged metric and the updated weights withi
 docs/architecture.md, Numerics), for token_mean, seq_mean_token_mean (with sequence-level TIS and
 masking) and GSPO, KL on; `sequence_kl` (``rl.kl_in = "reward"``) per sample; and a Qwen3-MoE
 with routing replay (its agreement metrics counted over the whole micro-batch, the router's aux loss
-off: it is normalised per SP slice).
+off: it is normalised per SP slice); and 4 ranks as 2 data-parallel groups x 2 SP ranks.
 """
 from __future__ import annotations
 
@@ -89,6 +89,13 @@ def pool2():
     pool.close()
 
 
+@pytest.fixture(scope="module")
+def pool4():
+    pool = Pool(4)
+    yield pool
+    pool.close()
+
+
 def _spec(rl: RLConfig, **kw) -> dict:
     return dict(fn="rl_sp_cases:run_sp", rl=rl, seed=3, lr=0.5, sp=2, **kw)
 
@@ -133,3 +140,13 @@ def test_sp2_moe_with_routing_replay_equals_one_process(pool2):
     want, got = one_process(spec), pool2.run(spec)
     assert 0 < want["metrics"]["routing_mismatch_frac"] < 1
     _same(got, want, spec)
+
+
+@pytest.mark.dist
+def test_dp2_x_sp2_trainer_step_equals_one_process(pool4):
+    """4 ranks = 2 data-parallel groups x 2 SP ranks: each group its share of every update's 3
+    samples (1 and 2, one micro-batch each), each share split over its SP pair."""
+    spec = _spec(CASES["dapo-seq_mean-k2-tis_seq-mask_seq"], micro=1)
+    want, got = one_process(spec), pool4.run(spec)
+    _same(got, want, spec)
+    assert want["metrics"]["trainer_tokens"] == sum(map(sum, LENS))
