@@ -59,12 +59,14 @@ def routing_agreement(model: nn.Module, batch: Mapping[str, Any], *, valid: torc
     same = (own[..., :, None] == rec_ids[..., None, :]).any(-1)  # [L, T, K]: own expert also recorded
     keep = (torch.ones(same.shape[1], dtype=torch.bool, device=same.device) if valid is None
             else valid.to(same.device).reshape(-1))
-    miss = ~same[:, keep]
-    counts = torch.stack([miss.double().sum(), torch.tensor(float(miss.numel()), dtype=torch.float64, device=miss.device),
-                          miss.any(-1).double().sum(), torch.tensor(float(miss[..., 0].numel()), dtype=torch.float64,
-                                                                    device=miss.device)])
+    miss = ~same[:, keep]  # [L, T', K]
+    l, t, k = miss.shape
+    counts = torch.tensor([float(miss.sum()), float(l * t * k), float(miss.any(-1).sum()), float(l * t)],
+                          dtype=torch.float64, device=miss.device)
     if reduce is not None:
         counts = reduce(counts)
     c = counts.tolist()
-    return {"routing_mismatch_frac": c[0] / max(c[1], 1.0), "routing_mismatch_tokens_frac": c[2] / max(c[3], 1.0)}
+    nan = float("nan")  # no token counted (as the mean of nothing)
+    return {"routing_mismatch_frac": c[0] / c[1] if c[1] else nan,
+            "routing_mismatch_tokens_frac": c[2] / c[3] if c[3] else nan}
 
