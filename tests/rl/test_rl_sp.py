@@ -64,7 +64,9 @@ def test_slices_put_back_together_are_the_micro_batch(size):
     assert all(p[SP_TOKENS] == T and torch.equal(p["cu_seqlens"][:4], mb["cu_seqlens"]) for p in parts)
     for key in ("input_ids", "labels", "advantages", "rollout_log_probs", "loss_mask"):
         assert torch.equal(torch.cat([p[key] for p in parts])[:T], mb[key]), key
-    assert torch.equal(torch.cat([p["routed_experts"] for p in parts], dim=1)[:, :T], mb["routed_experts"])
+    experts_cat = torch.cat([p["routed_experts"] for p in parts], dim=1)
+    assert torch.equal(experts_cat[:, :T], mb["routed_experts"])
+    assert experts_cat.shape[1] > T and (experts_cat[:, T:] == torch.tensor([0, 1])).all()  # distinct on padding
     seq, d = sequence_index(mb)
     got = [sp.sequence_index(p) for sp, p in zip(shards, parts)]
     assert all(n == d + 1 for _, n in got)  # the padding document

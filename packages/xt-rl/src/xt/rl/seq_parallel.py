@@ -68,9 +68,9 @@ class SequenceShards:
 
     def shard(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         """This rank's slice of an RL micro-batch (`xt.rl.batch`): every ``[T]`` tensor cut to
-        ``[Tl]``, ``routed_experts [L, T, K]`` to ``[L, Tl, K]``, the global ``cu_seqlens`` kept,
-        and ``batch[SP_TOKENS] = T`` (an int, never passed to the model) so that the padding
-        tokens are known.
+        ``[Tl]``, ``routed_experts [L, T, K]`` to ``[L, Tl, K]`` (experts ``0..K-1`` on SP padding
+        tokens), the global ``cu_seqlens`` kept, and ``batch[SP_TOKENS] = T`` (an int, never passed
+        to the model) so that the padding tokens are known.
 
         Raises:
             ValueError: what `shard_batch_for_sp` raises (a batch that is not packed 1-D).
@@ -81,9 +81,12 @@ class SequenceShards:
         if experts is not None:  # token axis first, so the split cuts it like the other [T] tensors
             b[ROUTED_EXPERTS] = experts.transpose(0, 1)
         out = self.dist.shard_batch(b)
-        if experts is not None:
-            out[ROUTED_EXPERTS] = out[ROUTED_EXPERTS].transpose(0, 1).contiguous()
         out[SP_TOKENS] = n
+        if experts is not None:
+            e = out[ROUTED_EXPERTS].transpose(0, 1).contiguous()
+            # SP padding tokens: experts 0..K-1, distinct as a router's top-k is (the split pads with 0s)
+            e[:, ~self.real_tokens(out)] = torch.arange(e.shape[-1], dtype=e.dtype, device=e.device)
+            out[ROUTED_EXPERTS] = e
         return out
 
     def sequence_index(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, int]:
