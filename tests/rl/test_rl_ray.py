@@ -16,7 +16,7 @@ random Qwen3 of test_rl_command.py (4 RL steps of 2 updates each, fp32, CPU):
   both, EP 2; each rank training on its share of the samples;
   weights gathered by FullState and published through the object store) equals the one-process
   run: every per-step metric and every final weight within 1e-5 (AdamW made near-linear, eps = 1).
-- (slow) a trainer of 2 Ray actors with ``parallel.sp_size = 2`` (Ulysses: every micro-batch split
+- a trainer of 2 Ray actors with ``parallel.sp_size = 2`` (Ulysses: every micro-batch split
   over both; GSPO, seq_mean_token_mean, KL in the loss, sequence-level TIS) equals the one-process
   run within 1e-5 in every per-step metric and final weight.
 
@@ -281,7 +281,6 @@ def test_two_rank_fsdp_ep_trainer_equals_the_one_process_run(tmp_path):
     assert "trainer layout world 2 = hsdp 1 x fsdp 2, ep 2" in (tmp_path / "log.txt").read_text()
 
 
-@pytest.mark.slow
 def test_two_rank_sequence_parallel_trainer_equals_the_one_process_run(tmp_path):
     """``parallel.sp_size = 2`` over 2 trainer actors (each micro-batch split over both, Ulysses;
     FSDP2 over both) with GSPO, seq_mean_token_mean, KL in the loss and sequence-level TIS: every
