@@ -17,13 +17,13 @@ torch.set_num_threads(1)
 VOCAB = 64
 
 
-def tiny_qwen3(seed: int = 0, dtype: torch.dtype = torch.float64, moe: bool = False):
-    """A 1-layer XT Qwen3 (or Qwen3-MoE) policy, random init."""
+def tiny_qwen3(seed: int = 0, dtype: torch.dtype = torch.float64, moe: bool = False, aux_coef: float = 0.05):
+    """A 1-layer XT Qwen3 (or Qwen3-MoE, router aux loss coefficient `aux_coef`) policy, random init."""
     from xt.models.qwen3.config import Qwen3Config
     from xt.models.qwen3.model import Qwen3ForCausalLM
 
     extra = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, norm_topk_prob=True,
-                 router_aux_loss_coef=0.05) if moe else {}
+                 router_aux_loss_coef=aux_coef) if moe else {}
     torch.manual_seed(seed)
     cfg = Qwen3Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
                       num_attention_heads=4, num_key_value_heads=2, head_dim=8, initializer_range=0.3, **extra)

@@ -168,6 +168,9 @@ def test_moe_run_with_routing_replay_logs_the_agreement(tmp_path):
      ["orchestrator.trainer_workers", "samples of one update (3)"]),
     ("[rl]\n", '[orchestrator]\nkind = "ray"\nplacement = "disaggregated"\ntrainer_workers = 2\n\n'
                '[parallel]\nfsdp_size = 3\n\n[rl]\n', ["fsdp_size"]),
+    ("[rl]\n", '[parallel]\nsp_size = 2\n\n[rl]\n', ["parallel.sp_size", ".toml:", "orchestrator.trainer_workers (1)"]),
+    ("[rl]\n", '[orchestrator]\nkind = "ray"\nplacement = "disaggregated"\ntrainer_workers = 2\n\n'
+               '[parallel]\nsp_size = 4\n\n[rl]\n', ["parallel.sp_size", "must divide orchestrator.trainer_workers (2)"]),
 ])
 def test_config_mistakes_are_one_error_line(tmp_path, line, value, needles):
     path = _config(tmp_path, "bad")

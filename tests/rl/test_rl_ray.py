@@ -16,6 +16,9 @@ random Qwen3 of test_rl_command.py (4 RL steps of 2 updates each, fp32, CPU):
   both, EP 2; each rank training on its share of the samples;
   weights gathered by FullState and published through the object store) equals the one-process
   run: every per-step metric and every final weight within 1e-5 (AdamW made near-linear, eps = 1).
+- a trainer of 2 Ray actors with ``parallel.sp_size = 2`` (Ulysses: every micro-batch split
+  over both; GSPO, seq_mean_token_mean, KL in the loss, sequence-level TIS) equals the one-process
+  run within 1e-5 in every per-step metric and final weight.
 
 - colocated with a trainer of 2 Ray actors (the same tiny Qwen3-MoE, FSDP2 2 x EP 2, routing replay;
   and the dense Qwen3 under FSDP2 2; each rank sampling its share of the prompts on a full rollout
@@ -349,3 +352,31 @@ def test_colocated_two_rank_resume_refreshes_both_copies_and_bf16_samples_as_one
     assert [x.prompt_index for x in remote.samples] == [0, 0, 1, 1, 2, 2]
     assert [x.response_ids for x in remote.samples] == [x.response_ids for x in here]
     assert [x.log_probs for x in remote.samples] == [x.log_probs for x in here]  # bit for bit
+
+
+def test_two_rank_sequence_parallel_trainer_equals_the_one_process_run(tmp_path):
+    """``parallel.sp_size = 2`` over 2 trainer actors (each micro-batch split over both, Ulysses;
+    FSDP2 over both) with GSPO, seq_mean_token_mean, KL in the loss and sequence-level TIS: every
+    per-step metric and every final weight within 1e-5 of one process (2 RL steps; default AdamW,
+    a dense model). The trainer step itself, for more losses, is `test_rl_sp.py`'s (fast)."""
+    rl = ('[rl]\npolicy_loss = "gspo"\naggregation = "seq_mean_token_mean"\nclip_eps_low = 0.1\nkl_coef = 0.05\n'
+          '[rl.mismatch]\ntis = "sequence"\ntis_cap = 1.5\n')
+    runs = {}
+    for name, extra in (("local_sp", ""), ("sp", '[orchestrator]\nkind = "ray"\nplacement = "disaggregated"\n'
+                                                 'trainer_workers = 2\n\n[parallel]\nsp_size = 2\n\n')):
+        path = _config(tmp_path, name)
+        text = path.read_text().replace("steps = 8", "steps = 4").replace("[rl]\nclip_eps_high = 0.28\n", "")
+        path.write_text(text.replace("[rl.reward]", rl + "\n[rl.reward]"))
+        _with(path, extra)
+        runs[name] = run_rl(path, console=_quiet(tmp_path))
+    assert runs["sp"].step == 4
+    a, b = _rows(tmp_path / "local_sp"), [{k: v for k, v in r.items() if k != "actor_restarts"}
+                                         for r in _rows(tmp_path / "sp")]
+    assert [r["step"] for r in b] == [1, 2] and [set(r) for r in a] == [set(r) for r in b]
+    assert all(r["kl"] is not None and r["tis_weight_mean"] is not None for r in a)
+    for ra, rb in zip(a, b):
+        for k, v in ra.items():
+            assert (v is None and rb[k] is None) or rb[k] == pytest.approx(v, rel=1e-5, abs=1e-5), k
+    wa, wb = _weights(runs["local_sp"].checkpoint), _weights(runs["sp"].checkpoint)
+    assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], rtol=0, atol=1e-5) for k in wa)
+    assert "trainer layout world 2 = hsdp 1 x fsdp 2, ep 1, sp 2" in " ".join((tmp_path / "log.txt").read_text().split())

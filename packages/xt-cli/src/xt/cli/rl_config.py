@@ -12,7 +12,7 @@ One TOML file, one table per section::
     [schedule]   # xt.core ScheduleConfig
     [checkpoint] # xt.core CheckpointConfig (every_steps, keep_last, save_final, resume, hf_export)
     [kernels]    # xt.kernels KernelsConfig
-    [parallel]   # xt.parallel ParallelConfig: the trainer's layout (FSDP2 / EP over orchestrator.trainer_workers)
+    [parallel]   # xt.parallel ParallelConfig: the trainer's layout (FSDP2 / EP / Ulysses SP over orchestrator.trainer_workers)
 
 Load with :func:`load_rl_config`; ``--set section.key=value`` overrides any entry. Every error names
 the dotted key, the file and the line (`xt.core.config.load_config`).
@@ -51,12 +51,16 @@ class RLRunConfig(RunSections):
         per_update = self.rollout.prompts_per_step * self.rollout.group_size // u
         require(self.train.micro_batches_per_step <= per_update, "train.micro_batches_per_step",
                 f"must be <= the samples of one update ({per_update}), got {self.train.micro_batches_per_step}")
-        ranks = self.orchestrator.trainer_workers
-        require(ranks * self.train.micro_batches_per_step <= per_update, "orchestrator.trainer_workers",
-                f"{ranks} ranks x train.micro_batches_per_step = {self.train.micro_batches_per_step} exceed the "
-                f"samples of one update ({per_update}): every rank needs a sample per micro-batch")
-        require(self.parallel.sp_size == 1, "parallel.sp_size",
-                "must be 1 for xt rl (the RL losses need whole sequences on each rank)")
+        ranks, sp = self.orchestrator.trainer_workers, self.parallel.sp_size
+        require(sp == 1 or (ranks > 1 and ranks % sp == 0), "parallel.sp_size",
+                f"{sp} splits each sequence over that many trainer ranks: it must divide "
+                f"orchestrator.trainer_workers ({ranks}), which must then be > 1 (kind = 'ray', "
+                "placement = 'disaggregated')")
+        data_ranks = ranks // sp  # the ranks of one SP group train on the same samples
+        require(data_ranks * self.train.micro_batches_per_step <= per_update, "orchestrator.trainer_workers",
+                f"{ranks} ranks (/ parallel.sp_size = {sp}) x train.micro_batches_per_step = "
+                f"{self.train.micro_batches_per_step} exceed the samples of one update ({per_update}): every "
+                "data-parallel rank needs a sample per micro-batch")
         require(not (self.orchestrator.max_staleness and self.rl.dynamic_sampling), "orchestrator.max_staleness",
                 "1 (overlap) cannot be combined with rl.dynamic_sampling (its extra rounds need the current weights)")
         if self.rollout.engine == "lmdeploy":

@@ -11,5 +11,6 @@ Modules (import them directly; this package imports nothing, so reward workers s
     xt.rl.mismatch     truncated importance sampling and ratio masking (train/rollout mismatch)
     xt.rl.dapo         dynamic_sampling, overlong_penalty, overlong_keep
     xt.rl.batch        the RL micro-batch: pack_samples, RL_KEYS, sequence helpers
+    xt.rl.seq_parallel Ulysses SP in the trainer: SequenceShards (slices, whole-sequence sums)
     xt.rl.rewards      RewardPool, math-verify and reasoning-gym rewards, user reward functions
 """

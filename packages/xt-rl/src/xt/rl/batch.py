@@ -16,6 +16,7 @@ token are ``-100``.
 | ``rollout_log_probs`` | ``[T]`` float32 | the rollout engine's log-probs of the sampled tokens (needed for mismatch correction) |
 | ``loss_mask`` | ``[T]`` bool/float | optional extra mask (e.g. DAPO overlong filtering): 0 drops the token from the loss and from its counts |
 | ``routed_experts`` | ``[L, T, K]`` int | optional: the rollout's experts of every MoE layer for every token, for routing replay; this key *is* passed to the model, whose `xt.models.common.routing_replay.enable_routing_replay` hook takes it |
+| ``sp_tokens`` | int | only on a sequence-parallel slice (`xt.rl.seq_parallel`): the micro-batch's tokens T before the split (later positions are SP padding) |
 
 `RL_KEYS` are kept out of the model call by the losses (``model_inputs``). `pack_samples` builds
 such a micro-batch from token lists.
@@ -29,15 +30,18 @@ import torch
 
 from xt.core.labels import IGNORE_INDEX
 
-__all__ = ["RL_KEYS", "PER_TOKEN_KEYS", "loss_token_mask", "sequence_lengths", "sequence_index",
+__all__ = ["RL_KEYS", "PER_TOKEN_KEYS", "SP_TOKENS", "loss_token_mask", "sequence_lengths", "sequence_index",
            "expand_to_tokens", "segment_sum", "pack_samples"]
 
 #: the routing-replay key: passed to the model (its replay hook removes it), not a loss input
 ROUTED_EXPERTS = "routed_experts"
 
+#: on a sequence-parallel slice: the micro-batch's tokens before the split (`xt.rl.seq_parallel`)
+SP_TOKENS = "sp_tokens"
+
 #: per-token inputs of the RL losses that the model must not receive
 PER_TOKEN_KEYS = ("advantages", "old_log_probs", "ref_log_probs", "rollout_log_probs")
-RL_KEYS = PER_TOKEN_KEYS + ("loss_mask",)
+RL_KEYS = PER_TOKEN_KEYS + ("loss_mask", SP_TOKENS)
 
 
 def loss_token_mask(batch: Mapping[str, Any]) -> torch.Tensor:

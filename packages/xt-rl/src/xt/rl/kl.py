@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from xt.rl.batch import segment_sum
+from xt.rl.seq_parallel import SeqReduce, whole
 
 __all__ = ["KL_ESTIMATORS", "kl_estimate", "sequence_kl", "kl_penalized_rewards"]
 
@@ -58,7 +59,8 @@ def kl_estimate(log_probs: torch.Tensor, ref_log_probs: torch.Tensor, estimator:
 
 
 def sequence_kl(log_probs: torch.Tensor, ref_log_probs: torch.Tensor, mask: torch.Tensor,
-                seq: torch.Tensor, num_seqs: int, estimator: str = "k1") -> torch.Tensor:
+                seq: torch.Tensor, num_seqs: int, estimator: str = "k1",
+                seq_reduce: SeqReduce | None = None) -> torch.Tensor:
     """``[D]``: each sequence's summed per-token KL estimate over its ``mask`` tokens, nats (detached).
 
     Args:
@@ -66,9 +68,10 @@ def sequence_kl(log_probs: torch.Tensor, ref_log_probs: torch.Tensor, mask: torc
         mask: ``[T]`` bool, the response tokens (`xt.rl.batch.loss_token_mask`).
         seq, num_seqs: the sequence of each token (`xt.rl.batch.sequence_index`).
         estimator: as for `kl_estimate`.
+        seq_reduce: under Ulysses SP, sums the SP ranks' partial sums (`xt.rl.seq_parallel`).
     """
     k = kl_estimate(log_probs.detach(), ref_log_probs, estimator)
-    return segment_sum(torch.where(mask, k, 0.0), seq, num_seqs)
+    return whole(segment_sum(torch.where(mask, k, 0.0), seq, num_seqs), seq_reduce)
 
 
 def kl_penalized_rewards(rewards: torch.Tensor, seq_kl: torch.Tensor, kl_coef: float) -> torch.Tensor:

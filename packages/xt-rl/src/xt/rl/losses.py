@@ -37,6 +37,11 @@ micro-batches and ranks): ``policy_loss`` (the aggregated ``w · pg`` part), ``c
 ``mismatch_masked_frac``, ``mismatch_kl_k1`` / ``mismatch_kl_k3`` (estimates of
 ``KL(π_rollout ‖ π_old)``).
 
+**Ulysses SP** (``parallel.sp_size > 1``): each micro-batch is an SP slice and `PolicyLoss` is given
+the `xt.rl.seq_parallel.SequenceShards`; the whole-sequence sums (``n_i``, GSPO's ``log s_i``, the
+sequence-level mismatch ratio) are added over the SP group without gradient, everything else is per
+token, so values, gradients and metrics are those of ``sp_size = 1`` (`xt.rl.seq_parallel`).
+
 The ratio's exponent is clamped at 80 (``ρ ≤ e^80``) so that float32 never overflows; tokens
 beyond it are far outside any clip range.
 """
@@ -51,10 +56,11 @@ import torch
 from xt.core.engine.objective import LossContext
 from xt.models.common.head_loss import token_log_probs
 from xt.rl.aggregate import aggregate, step_totals, token_mean
-from xt.rl.batch import RL_KEYS, loss_token_mask, segment_sum, sequence_index
+from xt.rl.batch import RL_KEYS, loss_token_mask, segment_sum
 from xt.rl.config import RLConfig
 from xt.rl.kl import kl_estimate
 from xt.rl.mismatch import mismatch_weights
+from xt.rl.seq_parallel import SeqReduce, SequenceShards, index_of, whole
 
 __all__ = ["Surrogate", "clipped_surrogate", "ppo_log_ratio", "gspo_log_ratio", "PolicyLoss",
            "policy_model_inputs", "forward_log_probs"]
@@ -123,16 +129,18 @@ def ppo_log_ratio(log_probs: torch.Tensor, old_log_probs: torch.Tensor, mask: to
 
 
 def gspo_log_ratio(log_probs: torch.Tensor, old_log_probs: torch.Tensor, mask: torch.Tensor,
-                   seq: torch.Tensor, num_seqs: int) -> torch.Tensor:
+                   seq: torch.Tensor, num_seqs: int, seq_reduce: SeqReduce | None = None) -> torch.Tensor:
     """``[T]`` GSPO's token-form log-ratio ``sg[log s_i] + log π_t − sg[log π_t]`` (module docstring).
 
     Args:
         log_probs, old_log_probs: ``[T]``; mask: ``[T]`` bool loss tokens.
         seq, num_seqs: the sequence of each token (`xt.rl.batch.sequence_index`).
+        seq_reduce: under Ulysses SP, sums the SP ranks' per-sequence partials (both sums of
+            ``log s_i`` are without gradient; `xt.rl.seq_parallel`).
     """
     diff = ppo_log_ratio(log_probs, old_log_probs, mask).detach()
-    n_i = segment_sum(mask.to(diff.dtype), seq, num_seqs).clamp(min=1)
-    log_s = (segment_sum(diff, seq, num_seqs) / n_i)[seq]
+    n_i = whole(segment_sum(mask.to(diff.dtype), seq, num_seqs), seq_reduce).clamp(min=1)
+    log_s = (whole(segment_sum(diff, seq, num_seqs), seq_reduce) / n_i)[seq]
     return torch.where(mask, log_s + log_probs - log_probs.detach(), 0.0)
 
 
@@ -163,6 +171,7 @@ class PolicyLoss:
     Args:
         config: the ``[rl]`` section (``policy_loss``, clip range, dual clip, aggregation,
             ``max_response_tokens``, temperature, KL, ``entropy_metric``, ``mismatch``).
+        sp: the SP group when the micro-batches are Ulysses slices (`xt.rl.seq_parallel`), else None.
 
     Raises (when called):
         KeyError: a batch key the config needs is missing (named, with the config field).
@@ -170,10 +179,11 @@ class PolicyLoss:
         ValueError: per-token tensors whose length is not the labels'.
     """
 
-    def __init__(self, config: RLConfig = RLConfig()) -> None:
+    def __init__(self, config: RLConfig = RLConfig(), sp: SequenceShards | None = None) -> None:
         if not isinstance(config, RLConfig):
             raise TypeError(f"PolicyLoss needs an xt.rl.config.RLConfig, got {type(config).__name__}")
         self.config = config
+        self.sp = sp
 
     def model_inputs(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         """The model's keyword arguments (`policy_model_inputs`)."""
@@ -181,7 +191,7 @@ class PolicyLoss:
 
     def totals(self, micro_batches: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         """This rank's loss tokens and sequences (`xt.rl.aggregate.step_totals`)."""
-        return step_totals(micro_batches)
+        return step_totals(micro_batches, self.sp)
 
     def __call__(self, out: Any, batch: Mapping[str, Any], ctx: LossContext):
         cfg = self.config
@@ -190,12 +200,13 @@ class PolicyLoss:
         lp = token_log_probs(out, labels, temperature=cfg.temperature, return_entropy=cfg.entropy_metric)
         logp = lp.log_probs
         mask = loss_token_mask(batch)
-        seq, num_seqs = sequence_index(batch)
+        seq, num_seqs = index_of(batch, self.sp)
+        reduce = self.sp.sum if self.sp is not None else None
         adv = _per_token(batch, "advantages", n, "the policy gradient's advantages").to(logp.dtype)
         old = (_per_token(batch, "old_log_probs", n, "").to(logp.dtype) if batch.get("old_log_probs") is not None
                else logp.detach())
         if cfg.policy_loss == "gspo":
-            log_ratio = gspo_log_ratio(logp, old, mask, seq, num_seqs)
+            log_ratio = gspo_log_ratio(logp, old, mask, seq, num_seqs, reduce)
         else:
             log_ratio = ppo_log_ratio(logp, old, mask)
         sur = clipped_surrogate(log_ratio, adv, eps_low=cfg.clip_eps_low, eps_high=cfg.clip_eps_high,
@@ -208,7 +219,8 @@ class PolicyLoss:
             rollout = _per_token(batch, "rollout_log_probs", n, "needed by rl.mismatch.tis / rl.mismatch.mask")
             mm = cfg.mismatch
             mw = mismatch_weights(old, rollout, mask, seq, num_seqs, tis=mm.tis, tis_cap=mm.tis_cap,
-                                  mask_level=mm.mask, mask_low=mm.mask_low, mask_high=mm.mask_high)
+                                  mask_level=mm.mask, mask_low=mm.mask_low, mask_high=mm.mask_high,
+                                  seq_reduce=reduce)
             if cfg.mismatch.enabled:
                 pg = pg * mw.weights.to(pg.dtype)
             x = mw.log_ratio.double()
@@ -218,7 +230,7 @@ class PolicyLoss:
                            mismatch_kl_k1=token_mean(-x, mask, totals),
                            mismatch_kl_k3=token_mean(torch.expm1(x) - x, mask, totals))
         agg = dict(seq=seq, num_seqs=num_seqs, totals=totals, mode=cfg.aggregation,
-                   max_response_tokens=cfg.max_response_tokens)
+                   max_response_tokens=cfg.max_response_tokens, seq_reduce=reduce)
         policy = aggregate(pg, mask, **agg)
         objective = policy
         ref = batch.get("ref_log_probs")
@@ -246,8 +258,9 @@ class PolicyLoss:
 
     def __repr__(self) -> str:
         c = self.config
+        sp = f", sp={self.sp.size}" if self.sp is not None else ""
         return (f"PolicyLoss({c.policy_loss}, eps=({c.clip_eps_low}, {c.clip_eps_high}), "
-                f"aggregation={c.aggregation}, kl={c.kl_coef if c.kl_in == 'loss' else 0})")
+                f"aggregation={c.aggregation}, kl={c.kl_coef if c.kl_in == 'loss' else 0}{sp})")
 
 
 def forward_log_probs(engine: Any, micro_batches: Sequence[Mapping[str, Any]], *,

@@ -20,6 +20,9 @@ term by the importance ratio ``ρ_t = π_old(y_t) / π_rollout(y_t)``, computed 
   normaliser (the estimator's sample size is unchanged).
 
 Both may be combined: the weight is ``min(ρ, C) · keep``.
+
+Under Ulysses SP (`xt.rl.seq_parallel`) the sequence-level sums of ``log ρ_t`` and of the loss
+tokens are taken over the whole sequence through ``seq_reduce`` (no gradient flows through them).
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ from typing import NamedTuple
 import torch
 
 from xt.rl.batch import segment_sum
+from xt.rl.seq_parallel import SeqReduce, whole
 
 __all__ = ["MISMATCH_LEVELS", "MismatchWeights", "log_importance_ratio", "truncated_is_weights",
            "ratio_keep_mask", "mismatch_weights"]
@@ -66,19 +70,19 @@ def log_importance_ratio(old_log_probs: torch.Tensor, rollout_log_probs: torch.T
 
 
 def _level_log_ratio(log_ratio: torch.Tensor, mask: torch.Tensor, seq: torch.Tensor, num_seqs: int,
-                     level: str, normalise: bool) -> torch.Tensor:
+                     level: str, normalise: bool, seq_reduce: SeqReduce | None) -> torch.Tensor:
     if level == "token":
         return log_ratio
     if level == "sequence":
-        total = segment_sum(log_ratio, seq, num_seqs)
+        total = whole(segment_sum(log_ratio, seq, num_seqs), seq_reduce)
         if normalise:
-            total = total / segment_sum(mask.float(), seq, num_seqs).clamp(min=1)
+            total = total / whole(segment_sum(mask.float(), seq, num_seqs), seq_reduce).clamp(min=1)
         return total[seq]
     raise ValueError(f"mismatch level must be one of {list(MISMATCH_LEVELS)}, got {level!r}")
 
 
 def truncated_is_weights(log_ratio: torch.Tensor, mask: torch.Tensor, seq: torch.Tensor, num_seqs: int,
-                         level: str, cap: float) -> tuple[torch.Tensor, torch.Tensor]:
+                         level: str, cap: float, seq_reduce: SeqReduce | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(weights [T], capped [T] bool)``: ``min(ρ, cap)`` per token or per sequence (module docstring).
 
     Args:
@@ -86,21 +90,23 @@ def truncated_is_weights(log_ratio: torch.Tensor, mask: torch.Tensor, seq: torch
         mask: ``[T]`` bool loss tokens; seq, num_seqs: `xt.rl.batch.sequence_index`.
         level: "token" or "sequence" (``rl.mismatch.tis``).
         cap: C > 0 (``rl.mismatch.tis_cap``).
+        seq_reduce: under SP, sums the ranks' per-sequence partials (module docstring).
 
     Raises:
         ValueError: a bad level or cap.
     """
     if not (cap > 0 and math.isfinite(cap)):
         raise ValueError(f"truncated IS: cap must be a finite number > 0, got {cap!r} (rl.mismatch.tis_cap)")
-    lr = _level_log_ratio(log_ratio, mask, seq, num_seqs, level, normalise=False)
+    lr = _level_log_ratio(log_ratio, mask, seq, num_seqs, level, normalise=False, seq_reduce=seq_reduce)
     log_cap = math.log(cap)
     capped = (lr > log_cap) & mask
     return torch.where(mask, lr.clamp(max=log_cap).exp(), 0.0), capped
 
 
 def ratio_keep_mask(log_ratio: torch.Tensor, mask: torch.Tensor, seq: torch.Tensor, num_seqs: int,
-                    level: str, low: float, high: float) -> torch.Tensor:
-    """``[T]`` bool: loss tokens whose ratio (token, or sequence geometric mean) is in ``[low, high]``.
+                    level: str, low: float, high: float, seq_reduce: SeqReduce | None = None) -> torch.Tensor:
+    """``[T]`` bool: loss tokens whose ratio (token, or sequence geometric mean) is in ``[low, high]``;
+    ``seq_reduce`` as for `truncated_is_weights`.
 
     Raises:
         ValueError: a bad level, or bounds outside ``0 <= low <= 1 <= high``.
@@ -108,7 +114,7 @@ def ratio_keep_mask(log_ratio: torch.Tensor, mask: torch.Tensor, seq: torch.Tens
     if not (0 <= low <= 1 <= high):
         raise ValueError(f"ratio mask: need 0 <= mask_low <= 1 <= mask_high, got {low!r}, {high!r} "
                          "(rl.mismatch.mask_low / mask_high)")
-    lr = _level_log_ratio(log_ratio, mask, seq, num_seqs, level, normalise=True)
+    lr = _level_log_ratio(log_ratio, mask, seq, num_seqs, level, normalise=True, seq_reduce=seq_reduce)
     lo = math.log(low) if low > 0 else -math.inf
     hi = math.log(high) if math.isfinite(high) else math.inf
     return mask & (lr >= lo) & (lr <= hi)
@@ -116,7 +122,8 @@ def ratio_keep_mask(log_ratio: torch.Tensor, mask: torch.Tensor, seq: torch.Tens
 
 def mismatch_weights(old_log_probs: torch.Tensor, rollout_log_probs: torch.Tensor, mask: torch.Tensor,
                      seq: torch.Tensor, num_seqs: int, *, tis: str = "token", tis_cap: float = 2.0,
-                     mask_level: str = "off", mask_low: float = 0.0, mask_high: float = math.inf) -> MismatchWeights:
+                     mask_level: str = "off", mask_low: float = 0.0, mask_high: float = math.inf,
+                     seq_reduce: SeqReduce | None = None) -> MismatchWeights:
     """The per-token mismatch weights ``min(ρ, C) · keep`` (module docstring).
 
     Args:
@@ -124,6 +131,7 @@ def mismatch_weights(old_log_probs: torch.Tensor, rollout_log_probs: torch.Tenso
         mask: ``[T]`` bool loss tokens; seq, num_seqs: `xt.rl.batch.sequence_index`.
         tis: "off", "token" or "sequence" (``rl.mismatch.tis``); tis_cap: C.
         mask_level: "off", "token" or "sequence" (``rl.mismatch.mask``); mask_low, mask_high: bounds.
+        seq_reduce: under SP, sums the ranks' per-sequence partials (module docstring).
 
     Returns:
         `MismatchWeights`.
@@ -135,10 +143,10 @@ def mismatch_weights(old_log_probs: torch.Tensor, rollout_log_probs: torch.Tenso
     if tis == "off":
         weights, capped = mask.float(), torch.zeros_like(mask)
     else:
-        weights, capped = truncated_is_weights(log_ratio, mask, seq, num_seqs, tis, tis_cap)
+        weights, capped = truncated_is_weights(log_ratio, mask, seq, num_seqs, tis, tis_cap, seq_reduce)
     masked = torch.zeros_like(mask)
     if mask_level != "off":
-        keep = ratio_keep_mask(log_ratio, mask, seq, num_seqs, mask_level, mask_low, mask_high)
+        keep = ratio_keep_mask(log_ratio, mask, seq, num_seqs, mask_level, mask_low, mask_high, seq_reduce)
         masked = mask & ~keep
         weights = torch.where(keep, weights, 0.0)
     return MismatchWeights(weights, capped, masked, log_ratio)

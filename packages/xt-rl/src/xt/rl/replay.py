@@ -8,7 +8,7 @@ replay off, how often the trainer scores tokens on other experts than the rollou
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -21,7 +21,8 @@ __all__ = ["routing_agreement"]
 
 
 @torch.no_grad()
-def routing_agreement(model: nn.Module, batch: Mapping[str, Any]) -> dict[str, float]:
+def routing_agreement(model: nn.Module, batch: Mapping[str, Any], *, valid: torch.Tensor | None = None,
+                      reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, float]:
     """Compare the model's own top-k with the batch's recorded ``routed_experts [L, T, K]``.
 
     Runs one forward without ``routed_experts`` (with `enable_routing_replay` installed that clears
@@ -30,6 +31,9 @@ def routing_agreement(model: nn.Module, batch: Mapping[str, Any]) -> dict[str, f
     Args:
         model: the policy (eval/train mode left as is).
         batch: an RL micro-batch (`xt.rl.batch`) with ``routed_experts``.
+        valid: ``[T]`` bool, the tokens that count (an SP slice: not the SP padding); None = all.
+        reduce: sums the counts over ranks first (an SP slice: `SequenceShards.sum`, collective),
+            so the fractions are the whole micro-batch's; None = this batch alone.
 
     Returns:
         ``routing_mismatch_frac``: share of the ``L·T·K`` expert slots whose expert set differs
@@ -53,6 +57,16 @@ def routing_agreement(model: nn.Module, batch: Mapping[str, Any]) -> dict[str, f
         raise ValueError(f"routing_agreement: the model routed {tuple(own.shape)} but the batch records "
                          f"{tuple(rec_ids.shape)} (routed_experts must be [layers, T, top_k])")
     same = (own[..., :, None] == rec_ids[..., None, :]).any(-1)  # [L, T, K]: own expert also recorded
-    return {"routing_mismatch_frac": float((~same).double().mean()),
-            "routing_mismatch_tokens_frac": float((~same).any(-1).double().mean())}
+    keep = (torch.ones(same.shape[1], dtype=torch.bool, device=same.device) if valid is None
+            else valid.to(same.device).reshape(-1))
+    miss = ~same[:, keep]  # [L, T', K]
+    l, t, k = miss.shape
+    counts = torch.tensor([float(miss.sum()), float(l * t * k), float(miss.any(-1).sum()), float(l * t)],
+                          dtype=torch.float64, device=miss.device)
+    if reduce is not None:
+        counts = reduce(counts)
+    c = counts.tolist()
+    nan = float("nan")  # no token counted (as the mean of nothing)
+    return {"routing_mismatch_frac": c[0] / c[1] if c[1] else nan,
+            "routing_mismatch_tokens_frac": c[2] / c[3] if c[3] else nan}
 

@@ -15,6 +15,15 @@ rank receives the whole request and trains on its contiguous share of each updat
 (``dist.dp_rank`` of ``dist.dp_size``); the losses' global counts (`xt.rl.aggregate.step_totals`) and
 metrics are summed over ranks by the engine, so the objective is the one-process one. The routing
 agreement is each rank's share's, averaged over the ranks.
+
+**Ulysses sequence parallelism** (``parallel.sp_size = P > 1``; trainer ranks = dp x P): the P ranks
+of an SP group take the same share, and every micro-batch is cut into their slices right after
+packing (`xt.rl.seq_parallel.SequenceShards.shard`), so the old / reference log-probs, the loss and
+the routing agreement all run on slices (Ulysses' attention sees whole documents). The loss gets
+the SP group for its whole-sequence sums (`PolicyLoss(sp=...)`), `sequence_kl` adds the per-sample
+partial sums over the group, the routing agreement adds its counts over the group (without the SP
+padding), and ``trainer_tokens`` counts the tokens before the SP padding: the objective, gradients
+and logged values are those of ``sp_size = 1``.
 """
 from __future__ import annotations
 
@@ -25,12 +34,13 @@ from typing import Any
 import torch
 
 from xt.models.common.routing_replay import decoder_routers, enable_routing_replay
-from xt.rl.batch import loss_token_mask, pack_samples, sequence_index
+from xt.rl.batch import SP_TOKENS, loss_token_mask, pack_samples
 from xt.rl.config import RLConfig
 from xt.rl.kl import sequence_kl
 from xt.rl.loop.messages import TrainRequest, TrainResult, TrainSample
 from xt.rl.losses import PolicyLoss, forward_log_probs
 from xt.rl.replay import routing_agreement
+from xt.rl.seq_parallel import index_of, sequence_shards
 
 __all__ = ["PolicyTrainer", "split_evenly"]
 
@@ -60,7 +70,8 @@ class PolicyTrainer:
         routing_replay: pass the rollout's experts to the model (``rollout.routing_replay``).
         reference: a frozen reference `Engine` for ``rl.kl_coef > 0``, else None.
         weight_version: the version of the weights the engine holds now.
-        dist: the layout's `DistContext` (``dp_rank`` / ``dp_size`` pick this rank's samples); None
+        dist: the layout's `DistContext` (``dp_rank`` / ``dp_size`` pick this rank's samples;
+            ``sp_size > 1`` splits each micro-batch over the SP group, module docstring); None
             or one without them = all samples.
     """
 
@@ -70,7 +81,8 @@ class PolicyTrainer:
         if rl.kl_coef > 0 and rl.kl_in == "loss" and reference is None:
             raise ValueError("PolicyTrainer: rl.kl_coef > 0 with rl.kl_in = 'loss' needs a reference engine")
         self.engine, self.rl = engine, rl
-        self.loss = PolicyLoss(rl)
+        self.sp = sequence_shards(dist)
+        self.loss = PolicyLoss(rl, sp=self.sp)
         self.updates_per_step, self.micro_batches = updates_per_step, micro_batches
         self.reference = reference
         self.weight_version = weight_version
@@ -88,7 +100,13 @@ class PolicyTrainer:
                 [x.prompt_ids for x in s], [x.response_ids for x in s], advantages=[x.advantage for x in s],
                 rollout_log_probs=[x.rollout_log_probs for x in s], keep=[x.keep for x in s],
                 routed_experts=[x.routed_experts.to_tensor() for x in s] if with_experts else None))
-        return out
+        return [self.sp.shard(mb) for mb in out] if self.sp is not None else out
+
+    def _routing(self, mb: dict[str, Any]) -> dict[str, float]:
+        """The routing agreement of one micro-batch (the whole one, under SP)."""
+        if self.sp is None:
+            return routing_agreement(self.engine.model, mb)
+        return routing_agreement(self.engine.model, mb, valid=self.sp.real_tokens(mb), reduce=self.sp.sum)
 
     def _share(self, samples: list[TrainSample]) -> list[TrainSample]:
         """This data-parallel rank's contiguous share of one update's samples (all of them at dp_size 1).
@@ -141,12 +159,12 @@ class PolicyTrainer:
         for u, mbs in zip(updates, per_update):
             if measure:  # before each update: after the first one the weights are no longer the rollout's
                 for mb in (mbs if self.routing_replay else self._batches(u, True)):
-                    for k, v in routing_agreement(self.engine.model, mb).items():
+                    for k, v in self._routing(mb).items():
                         add(k, v)
             self.engine.zero_grad()
             stats = self.engine.forward_backward(mbs, self.loss)
             opt = self.engine.optim_step()
-            tokens += stats.num_tokens
+            tokens += stats.num_tokens if self.sp is None else sum(mb[SP_TOKENS] for mb in mbs)
             for k, v in stats.loss_metrics.items():
                 add(k, v)
             add("grad_norm", getattr(opt, "grad_norm", None))
@@ -154,11 +172,17 @@ class PolicyTrainer:
             self.weight_version += 1
         dt = time.perf_counter() - t0
         out: dict[str, float | None] = {k: sum(v) / len(v) for k, v in metrics.items()}
-        if measure and self.dp_size > 1:  # each rank measured its share: the mean over ranks
-            keys = sorted(k for k in out if k.startswith("routing_"))
+        world = self.dp_size * (self.sp.size if self.sp is not None else 1)
+        keys = sorted(k for k in out if k.startswith("routing_")) if measure else []
+        if world > 1 and (keys or self.sp is not None):
+            # each rank measured its share (the same on the ranks of an SP group): the mean over ranks;
+            # under SP each rank holds its micro-batches' unpadded token count: their sum over dp ranks
             dev = next(self.engine.model.parameters()).device
-            t = self._dist.all_reduce_sum(torch.tensor([out[k] for k in keys], dtype=torch.float64, device=dev))
-            out.update({k: float(v) / self.dp_size for k, v in zip(keys, t.tolist())})
+            vals = [out[k] for k in keys] + ([float(tokens)] if self.sp is not None else [])
+            t = self._dist.all_reduce_sum(torch.tensor(vals, dtype=torch.float64, device=dev)).tolist()
+            out.update({k: v / world for k, v in zip(keys, t)})
+            if self.sp is not None:
+                tokens = int(round(t[-1] / self.sp.size))
         out.update(trainer_tokens=float(tokens), trainer_s=dt, trainer_tokens_per_s=tokens / dt if dt > 0 else None)
         return TrainResult(metrics=out, weight_version=self.weight_version)
 
@@ -169,7 +193,8 @@ class PolicyTrainer:
         ``rl.kl_in = "reward"`` subtracts from the rewards (times ``rl.kl_coef``). Sample order kept.
 
         Every response token counts, also of samples with ``keep = False``. Under data parallelism
-        every rank computes every sample (its forwards are collective), so all ranks return the same list.
+        every rank computes every sample (its forwards are collective), so all ranks return the same list;
+        under SP each rank its slice of every sample, the sums added over the SP group.
 
         Raises:
             ValueError: no reference engine, or no samples.
@@ -182,9 +207,12 @@ class PolicyTrainer:
         out: list[float] = []
         pol = forward_log_probs(self.engine, mbs, temperature=self.rl.temperature)
         ref = forward_log_probs(self.reference, mbs, temperature=self.rl.temperature)
-        for mb, lp, rp in zip(mbs, pol, ref):
-            seq, n = sequence_index(mb)
-            out.extend(sequence_kl(lp, rp, loss_token_mask({"labels": mb["labels"]}), seq, n, self.rl.kl_estimator).double().tolist())
+        sizes = [len(p) for p in split_evenly(len(request.samples), self.micro_batches)]
+        reduce = self.sp.sum if self.sp is not None else None
+        for mb, lp, rp, d in zip(mbs, pol, ref, sizes):
+            seq, n = index_of(mb, self.sp)
+            kl = sequence_kl(lp, rp, loss_token_mask({"labels": mb["labels"]}), seq, n, self.rl.kl_estimator, reduce)
+            out.extend(kl[:d].double().tolist())  # under SP: without the padding document
         return out
 
     def close(self) -> None:
