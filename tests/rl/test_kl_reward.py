@@ -95,3 +95,41 @@ def test_grpo_step_trains_on_kl_shaped_rewards():
     raw = group_advantages(torch.tensor([0.0, 1.0, 1.0, 0.0, 0.5, 1.0], dtype=torch.float64).view(2, 3),
                            estimator="grpo").reshape(-1)
     assert (want - raw).abs().max() > 1e-3  # the KL moved the advantages
+
+
+def test_reference_routes_itself_under_routing_replay():
+    """MoE policy with ``routing_replay`` and a reference (kl_in = "reward"): the policy's log-probs
+    replay the samples' recorded experts, the reference's come from its own router (it is another
+    model; it has no replay hook). With the reference holding the policy's very weights, the KL is
+    then exactly the replayed-vs-own-routing difference, written out from two direct forwards."""
+    import copy
+
+    from rl_helpers import tiny_moe
+    from xt.models.common.routing_replay import enable_routing_replay
+    from xt.rl.rollout.protocol import IntArray
+
+    policy = tiny_moe("qwen3_moe", seed=0, dtype=torch.float64)
+    ref = copy.deepcopy(policy).requires_grad_(False)
+    tr = PolicyTrainer(Engine(policy, torch.optim.SGD(policy.parameters(), lr=0.0)),
+                       RLConfig(kl_coef=0.1, kl_in="reward", kl_estimator="k1"), micro_batches=2,
+                       routing_replay=True, reference=Engine(ref, torch.optim.SGD(ref.parameters(), lr=0.0)))
+    prompts = [PROMPTS[i % 3] for i in range(6)]
+    gen = torch.Generator().manual_seed(5)
+    routed = [torch.stack([torch.randperm(8, generator=gen)[:2] for _ in range(2 * (len(p) + len(r)))]
+                          ).reshape(2, len(p) + len(r), 2) for p, r in zip(prompts, RESPONSES)]  # [L, T, K]
+    samples = [TrainSample(prompt_ids=p, response_ids=r, advantage=0.0, rollout_log_probs=[0.0] * len(r),
+                           routed_experts=IntArray.from_tensor(e)) for p, r, e in zip(prompts, RESPONSES, routed)]
+    got = tr.sequence_kl(TrainRequest(samples=samples, step=1))
+
+    replayed = copy.deepcopy(ref)
+    enable_routing_replay(replayed)
+    want = []
+    with torch.no_grad():
+        for p, r, e in zip(prompts, RESPONSES, routed):
+            ids = torch.tensor(list(p) + list(r))
+            kw = dict(input_ids=ids, position_ids=torch.arange(len(ids)))
+            lp = torch.log_softmax(replayed(**kw, routed_experts=e).logits.double(), -1)
+            rp = torch.log_softmax(ref(**kw).logits.double(), -1)
+            pos = torch.arange(len(p) - 1, len(ids) - 1)
+            want.append(float((lp[pos, ids[pos + 1]] - rp[pos, ids[pos + 1]]).sum()))
+    assert got == pytest.approx(want, rel=1e-5, abs=1e-6)  # float32 log-probs in the trainer and max(abs(w) for w in want) > 1e-3

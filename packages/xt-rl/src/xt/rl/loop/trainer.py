@@ -7,7 +7,8 @@ all samples are computed first (`forward_log_probs`, the policy before this step
 are the current ones (ratio 1 exactly, no extra forward). On MoE models the routing agreement with
 the rollout (`xt.rl.replay.routing_agreement`) is measured before each update and averaged. A reference model, when ``rl.kl_coef > 0``,
 gives ``ref_log_probs`` (``rl.kl_in = "loss"``) or, through `PolicyTrainer.sequence_kl`, the per-sample
-KL the driver subtracts from the rewards (``rl.kl_in = "reward"``). Each update is ``Engine.forward_backward(mbs, PolicyLoss)`` then
+KL the driver subtracts from the rewards (``rl.kl_in = "reward"``); under routing replay the reference
+routes by its own router (the recorded experts are the rollout policy's choices). Each update is ``Engine.forward_backward(mbs, PolicyLoss)`` then
 ``optim_step``, and bumps the weight version.
 
 **Data parallel** (a trainer laid out over several ranks, e.g. Ray trainer actors with FSDP2): every
@@ -34,7 +35,7 @@ from typing import Any
 import torch
 
 from xt.models.common.routing_replay import decoder_routers, enable_routing_replay
-from xt.rl.batch import SP_TOKENS, loss_token_mask, pack_samples
+from xt.rl.batch import ROUTED_EXPERTS, SP_TOKENS, loss_token_mask, pack_samples
 from xt.rl.config import RLConfig
 from xt.rl.kl import sequence_kl
 from xt.rl.loop.messages import TrainRequest, TrainResult, TrainSample
@@ -153,7 +154,8 @@ class PolicyTrainer:
                     mb["old_log_probs"] = old
         if self.reference is not None and self.rl.kl_in == "loss":
             for mbs in per_update:
-                for mb, ref in zip(mbs, forward_log_probs(self.reference, mbs, temperature=self.rl.temperature)):
+                for mb, ref in zip(mbs, forward_log_probs(self.reference, _own_routing(mbs),
+                                                          temperature=self.rl.temperature)):
                     mb["ref_log_probs"] = ref
         tokens = 0
         for u, mbs in zip(updates, per_update):
@@ -206,7 +208,7 @@ class PolicyTrainer:
         mbs = self._batches(request.samples, self.routing_replay)
         out: list[float] = []
         pol = forward_log_probs(self.engine, mbs, temperature=self.rl.temperature)
-        ref = forward_log_probs(self.reference, mbs, temperature=self.rl.temperature)
+        ref = forward_log_probs(self.reference, _own_routing(mbs), temperature=self.rl.temperature)
         sizes = [len(p) for p in split_evenly(len(request.samples), self.micro_batches)]
         reduce = self.sp.sum if self.sp is not None else None
         for mb, lp, rp, d in zip(mbs, pol, ref, sizes):
@@ -220,3 +222,10 @@ class PolicyTrainer:
         if self._replay_hook is not None:
             self._replay_hook.remove()
             self._replay_hook = None
+
+
+def _own_routing(micro_batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The micro-batches without ``routed_experts``, for the reference: the recorded experts are the
+    rollout policy's choices, so under routing replay the reference still routes by its own router
+    (π_ref is the reference model's distribution; it has no replay hook either)."""
+    return [{k: v for k, v in mb.items() if k != ROUTED_EXPERTS} for mb in micro_batches]
