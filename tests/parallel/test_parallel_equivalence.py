@@ -99,10 +99,10 @@ def test_random_cases(pools, world, examples):
     prop()
 
 
-@pytest.mark.slow
+@pytest.mark.soak
 @pytest.mark.parametrize("world", [2, 4])
 def test_random_cases_slow(pools, world):
-    """The `slow` profile: many more drawn cases."""
+    """The soak profile (``-m soak``; not in CI, ~3 min): many more drawn cases than `test_random_cases`."""
     @settings(max_examples=120, **dict(_SETTINGS, derandomize=False))
     @seed(20261129)  # fixed, but other draws than the derandomised CI examples
     @given(spec=cases(world))
