@@ -11,7 +11,8 @@ so both paths run every step):
   (`xt.models.common.fast_decode`).
 
 Reported: response tokens / wall seconds (median of ``--repeats`` after one warm-up run; the two
-paths take turns), and
+paths take turns); the decode steps alone, (tokens - B) / (seconds - seconds of a call with one new
+token, i.e. the prefill); and
 whether both paths gave the same tokens (same seed) and their largest log-prob difference.
 
     python benchmarks/rl/bench_decode.py                      # CPU, the defaults
@@ -76,38 +77,48 @@ def main() -> None:
         prompts = [torch.randint(0, a.vocab, (int(torch.randint(32, 97, (1,), generator=g)),), generator=g).tolist()
                    for _ in range(B)]
 
-        def once(path):
+        def once(path, new):
             gen = torch.Generator(device=device).manual_seed(3)
-            return generate_detailed(model, prompts, a.new_tokens, temperature=1.0, generator=gen, decode_path=path)
+            return generate_detailed(model, prompts, new, temperature=1.0, generator=gen, decode_path=path)
 
-        results = {path: once(path) for path in PATHS}  # warm-up
+        def timed(path, new):
+            _sync(device)
+            t0 = time.perf_counter()
+            res = once(path, new)
+            _sync(device)
+            return res, time.perf_counter() - t0
+
+        results = {path: once(path, a.new_tokens) for path in PATHS}  # warm-up
         times = {path: [] for path in PATHS}
+        prefill = {path: [] for path in PATHS}
         for _ in range(a.repeats):  # the paths take turns, so a change in the machine's load hits both
             for path in PATHS:
-                _sync(device)
-                t0 = time.perf_counter()
-                results[path] = once(path)
-                _sync(device)
-                times[path].append(time.perf_counter() - t0)
+                results[path], t = timed(path, a.new_tokens)
+                times[path].append(t)
+                prefill[path].append(timed(path, 1)[1])  # the prompts' forward and one sampled token
         runs = {}
         for path in PATHS:
             tokens = sum(len(t) for t in results[path].tokens)
-            runs[path] = {"seconds": times[path], "response_tokens": tokens, "result": results[path],
-                          "tokens_per_s": tokens / statistics.median(times[path])}
+            t, t1 = statistics.median(times[path]), statistics.median(prefill[path])
+            runs[path] = {"seconds": times[path], "prefill_seconds": prefill[path], "response_tokens": tokens,
+                          "result": results[path], "tokens_per_s": tokens / t,
+                          "decode_tokens_per_s": (tokens - B) / max(t - t1, 1e-9)}
         ref, fast = runs["reference"]["result"], runs["fast"]["result"]
         diff = max(abs(x - y) for la, lb in zip(ref.log_probs, fast.log_probs) for x, y in zip(la, lb))
-        row = {"sequences": B, **{f"{p}_tokens_per_s": runs[p]["tokens_per_s"] for p in PATHS},
-               **{f"{p}_seconds": runs[p]["seconds"] for p in PATHS},
+        row = {"sequences": B, **{f"{p}_{k}": runs[p][k] for p in PATHS for k in
+                                   ("tokens_per_s", "decode_tokens_per_s", "seconds", "prefill_seconds")},
                "speedup": runs["fast"]["tokens_per_s"] / runs["reference"]["tokens_per_s"],
+               "decode_speedup": runs["fast"]["decode_tokens_per_s"] / runs["reference"]["decode_tokens_per_s"],
                "same_tokens": ref.tokens == fast.tokens, "max_abs_log_prob_diff": diff}
         rows.append(row)
         print(f"B={B}: reference {row['reference_tokens_per_s']:.0f} tokens/s, fast {row['fast_tokens_per_s']:.0f} "
-              f"tokens/s ({row['speedup']:.2f}x)", flush=True)
-    print(f"\n| sequences | reference tokens/s | fast tokens/s | speedup | same tokens | max |log-prob diff| |\n"
-          f"|---:|---:|---:|---:|:---:|---:|")
+              f"tokens/s ({row['speedup']:.2f}x; decode steps alone {row['decode_speedup']:.2f}x)", flush=True)
+    print("\n| sequences | reference tokens/s | fast tokens/s | speedup | decode steps: reference | fast | speedup "
+          "| same tokens | max abs log-prob diff |\n|---:|---:|---:|---:|---:|---:|---:|:---:|---:|")
     for r in rows:
         print(f"| {r['sequences']} | {r['reference_tokens_per_s']:.0f} | {r['fast_tokens_per_s']:.0f} | "
-              f"{r['speedup']:.2f}x | {r['same_tokens']} | {r['max_abs_log_prob_diff']:.1e} |")
+              f"{r['speedup']:.2f}x | {r['reference_decode_tokens_per_s']:.0f} | {r['fast_decode_tokens_per_s']:.0f} | "
+              f"{r['decode_speedup']:.2f}x | {r['same_tokens']} | {r['max_abs_log_prob_diff']:.1e} |")
     result = {
         "what": "XT KV-cache generation tokens/s, decode_path fast vs reference (benchmarks/rl/bench_decode.py)",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
