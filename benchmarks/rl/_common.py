@@ -21,7 +21,8 @@ def machine(device: torch.device) -> dict:
 def write_result(out: str | None, name: str, result: dict) -> Path:
     """Write ``result`` as JSON to ``out`` or ``benchmarks/results/<name>-<UTC date>.json`` (through a
     temporary file and a rename, so a reader never sees half a file); print and return the path."""
-    path = Path(out) if out else ROOT / "benchmarks" / "results" / f"{name}-{time.strftime('%Y-%m-%d', time.gmtime())}.json"
+    date = time.strftime("%Y-%m-%d", time.gmtime())
+    path = Path(out) if out else ROOT / "benchmarks" / "results" / f"{name}-{date}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=1))

@@ -12,7 +12,11 @@ different lengths, early stops, greedy and sampled:
 - sampled log-probs equal the processed (temperature, top-p) log-probs of a full forward;
 - a batch whose sequences all stop early stops within `FINISH_CHECK_EVERY` steps, trimmed at each
   sequence's first stop token;
-- `sequence_attention` (GQA folding, sinks, window) equals the masked `core_attention` in float64.
+- `sequence_attention` (GQA folding, sinks, window) equals the masked `core_attention` in float64;
+- the decode steps read nothing back on the host: 32 more steps add no `.tolist()` / `.cpu()` /
+  `int()` / `bool()` of a tensor in the loop's modules (the routing recorder included), only the
+  finished-flag read every `FINISH_CHECK_EVERY` steps when there are stop tokens (the reference loop
+  makes ~17 such reads per step).
 """
 from __future__ import annotations
 
@@ -178,3 +182,42 @@ def test_bad_arguments_raise():
     model = build_model(dict(QWEN3))
     with pytest.raises(ValueError, match="decode_path"):
         generate_detailed(model, [[1, 2]], 2, decode_path="paged")
+
+
+_HOST_READS = ("__bool__", "__int__", "__index__", "__float__", "item", "tolist", "cpu", "numpy")
+_LOOP_FILES = ("fast_decode.py", "sequence_cache.py", "sampling.py", "routing_replay.py")
+
+
+def _count_loop_host_reads(monkeypatch) -> dict:
+    """Count, by method, the reads of a tensor's value on the host made from the decode loop's own
+    modules (the model's code, e.g. its CPU-only input checks, is not counted)."""
+    import sys
+
+    counts: dict[str, int] = {}
+    for name in _HOST_READS:
+        orig = getattr(torch.Tensor, name)
+
+        def wrapped(self, *a, _orig=orig, _name=name, **k):
+            if sys._getframe(1).f_code.co_filename.endswith(_LOOP_FILES):
+                counts[_name] = counts.get(_name, 0) + 1
+            return _orig(self, *a, **k)
+        monkeypatch.setattr(torch.Tensor, name, wrapped)
+    return counts
+
+
+@pytest.mark.parametrize("eos", [None, [VOCAB + 1]])  # no stop token; one that is never emitted
+def test_decode_steps_read_nothing_on_the_host(monkeypatch, eos):
+    torch.manual_seed(0)
+    model = build_model(dict(QWEN3_MOE)).eval()
+    prompts = [p.tolist() for p in random_docs(LENGTHS, seed=25)]
+    reads = {}
+    for n in (16, 48):
+        with monkeypatch.context() as m:
+            counts = _count_loop_host_reads(m)
+            generate_detailed(model, prompts, n, 1.0, generator=torch.Generator().manual_seed(0), eos_token_id=eos,
+                              record_experts=True)
+        reads[n] = counts
+    extra = {k: reads[48].get(k, 0) - reads[16].get(k, 0) for k in _HOST_READS}
+    # 32 more decode steps: no read per step; with stop tokens one finished-flag read per 8 steps
+    assert extra == {k: (32 // FINISH_CHECK_EVERY if eos and k == "__bool__" else 0) for k in _HOST_READS}
+    assert sum(reads[16].values()) < 30  # the set-up and the final copies

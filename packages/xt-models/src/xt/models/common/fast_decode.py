@@ -95,9 +95,9 @@ def _routing_per_sequence(rec: RoutingRecord, prompt_cu: list[int], totals: list
     return out
 
 
-def decode_on_device(model: nn.Module, prompts: list[list[int]] | list[torch.Tensor], max_new_tokens: int, temperature: float,
-                     top_p: float, eos: set[int], generator: torch.Generator | None, record_experts: bool,
-                     extra: dict, check_every: int = FINISH_CHECK_EVERY
+def decode_on_device(model: nn.Module, prompts: list[list[int]] | list[torch.Tensor], max_new_tokens: int,
+                     temperature: float, top_p: float, eos: set[int], generator: torch.Generator | None,
+                     record_experts: bool, extra: dict, check_every: int = FINISH_CHECK_EVERY
                      ) -> tuple[list[list[int]], list[list[float]], list[torch.Tensor] | None]:
     """Generate for B prompts with per-sequence caches and no per-token host read (module docstring).
 
