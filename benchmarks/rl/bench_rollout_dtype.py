@@ -18,16 +18,12 @@ Writes ``benchmarks/results/bench-rl-rollout-dtype-<device>-<date>.json`` (atomi
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+from _common import machine, write_result
 
 
 def _args() -> argparse.Namespace:
@@ -105,8 +101,7 @@ def main() -> None:
         "what": "XT rollout tokens/s and log-prob agreement, rollout.dtype fp32 vs train (bf16) "
                 "(benchmarks/rl/bench_rollout_dtype.py)",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                    "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None},
+        "machine": machine(device),
         "setup": {"model": f"random XT Qwen3, {a.layers} layers, hidden {a.hidden}, vocab 151936, tied",
                   "params": sum(p.numel() for p in model.parameters()), "prompts": a.prompts, "group": a.group,
                   "prompt_tokens": "32-96 (random)", "new_tokens": a.new_tokens, "temperature": 1.0,
@@ -115,13 +110,7 @@ def main() -> None:
         "speedup_train_over_fp32": out["train"]["tokens_per_s"] / out["fp32"]["tokens_per_s"],
     }
     print(f"train (bf16) / fp32 rollout tokens/s: {result['speedup_train_over_fp32']:.2f}x")
-    path = Path(a.out) if a.out else (ROOT / "benchmarks" / "results" /
-                                      f"bench-rl-rollout-dtype-{a.device}-{time.strftime('%Y-%m-%d', time.gmtime())}.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, path)
-    print(f"wrote {path}")
+    write_result(a.out, f"bench-rl-rollout-dtype-{a.device}", result)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
 - with ``train.dtype = "bf16"`` forced, the rollout in the training precision ("train") gives
   per-token log-probs within ``BF16_TOL`` of the trainer's (`forward_log_probs`, a packed bf16
   forward through `Engine.forward`); they are not equal. The whole difference is the attention:
-  the KV-cache decode attends over the cache with a mask (the keys of all sequences) where the
+  the KV-cache decode attends over the cache with a mask (the fast decode path: each sequence's
+  own cached keys with a key-length mask; the reference loop: the keys of all sequences) where the
   packed forward runs one causal SDPA per document, and bf16 SDPA rounds its softmax
   probabilities per block of keys, so the two round differently; each layer's bf16 output then
   differs by an ulp here and there (|logit| < 4 here: ulp 2^-6 = 0.016; ``BF16_TOL`` about two).

@@ -5,29 +5,41 @@ Works with any model whose attention layers call a swappable ``core_attention`` 
 ``sliding_window``/``sinks`` optional) and whose ``forward(input_ids[T], position_ids=,
 cu_seqlens=, max_seqlen=)`` returns ``.logits [T, V]`` (Qwen3, Llama, DeepSeek-V3, GPT-OSS; InternVL,
 whose prompts may carry images: ``pixel_values`` go to the prompt's forward). During
-:func:`generate` every ``core_attention`` is temporarily replaced by a :class:`CachedCoreAttention`
-that appends the new keys/values to a per-layer cache and attends over the cache; the model code
-is unchanged. Prompts of different lengths need no padding: each step is a packed batch of the new
-tokens of every sequence.
+:func:`generate` every ``core_attention`` is temporarily replaced by a cache-attending module; the
+model code is unchanged. Prompts of different lengths need no padding: the prefill is one packed
+batch of all prompts, every later step one token per sequence.
+
+Two decode loops (``decode_path``):
+
+- ``"fast"`` (default, :mod:`xt.models.common.fast_decode`): per-sequence caches
+  (:class:`~xt.models.common.sequence_cache.SequenceCachedAttention`, O(B * L) attention per step),
+  tokens / log-probs / finished flags kept on the device, "all finished?" read every few steps;
+- ``"reference"``: :class:`CachedCoreAttention` attends every new token over the concatenated caches
+  of all sequences with a document mask (O(B^2 * L) per step) and the host reads the step's tokens
+  every step. Kept as the reference the fast loop is tested and benchmarked against.
 
 Shape legend: B sequences, T new tokens of a step (sum over sequences), Lc cache capacity,
 H/G query/key-value heads, Dq/Dv head dims, V vocabulary.
 
-Sampling: temperature scaling then nucleus (top-p) filtering (Holtzman et al. 2020,
-"The Curious Case of Neural Text Degeneration", arXiv:1904.09751).
+Sampling (:mod:`xt.models.common.sampling`, re-exported here): temperature scaling then nucleus
+(top-p) filtering (Holtzman et al. 2020, "The Curious Case of Neural Text Degeneration",
+arXiv:1904.09751).
 """
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from xt.models.common.fast_decode import decode_on_device
 from xt.models.common.routing_replay import RoutingRecord, record_routing
+from xt.models.common.sampling import processed_log_probs, sample_next
+from xt.models.common.sequence_cache import swap_core_attention
 from xt.models.common.sinks_attention import core_attention, document_mask, packed_doc_positions
 
-__all__ = ["DecodeState", "CachedCoreAttention", "use_kv_cache", "processed_log_probs", "sample_next",
+__all__ = ["DECODE_PATHS", "DecodeState", "CachedCoreAttention", "use_kv_cache", "processed_log_probs", "sample_next",
            "Generation", "generate_detailed", "generate"]
 
 
@@ -112,66 +124,11 @@ class CachedCoreAttention(nn.Module):
         return core_attention(q[None], keys[None], vals[None], mask[None], scale, sinks)[0]
 
 
-@contextmanager
 def use_kv_cache(model: nn.Module, state: DecodeState):
     """Swap every ``core_attention`` attribute of ``model``'s modules for a :class:`CachedCoreAttention`
     for the duration of the context (restored afterwards, also on error)."""
-    swapped = []
-    for mod in model.modules():
-        core = getattr(mod, "core_attention", None)
-        if isinstance(core, nn.Module) and not isinstance(core, CachedCoreAttention):
-            swapped.append((mod, core))
-            mod.core_attention = CachedCoreAttention(state, getattr(core, "softmax_scale", None))
-    try:
-        yield
-    finally:
-        for mod, core in swapped:
-            mod.core_attention = core
-
-
-def processed_log_probs(logits: torch.Tensor, temperature: float, top_p: float = 1.0) -> torch.Tensor:
-    """``[B, V]`` float32 log-probabilities of the distribution :func:`sample_next` samples from.
-
-    ``log_softmax(logits / temperature)``; with ``top_p < 1`` the tokens outside the nucleus get
-    ``-inf`` and the rest are renormalised (minus the log of the nucleus mass). ``temperature == 0``
-    (greedy) gives the raw ``log_softmax(logits)``.
-
-    Raises:
-        ValueError: ``temperature < 0`` or ``top_p`` outside ``(0, 1]``.
-    """
-    if temperature < 0 or not 0 < top_p <= 1:
-        raise ValueError(f"temperature must be >= 0 and top_p in (0, 1]; got {temperature}, {top_p}")
-    logp = torch.log_softmax(logits.float() / (temperature or 1.0), dim=-1)
-    if top_p >= 1 or temperature == 0:
-        return logp
-    sp, idx = logp.exp().sort(dim=-1, descending=True)
-    drop = torch.zeros_like(sp, dtype=torch.bool).scatter(-1, idx, (sp.cumsum(-1) - sp) >= top_p)
-    logp = logp.masked_fill(drop, float("-inf"))
-    return logp - torch.logsumexp(logp, dim=-1, keepdim=True)
-
-
-def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_p: float = 1.0,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-    """Pick one token per row of ``logits [B, V]``.
-
-    ``temperature == 0``: argmax (greedy). Otherwise softmax(logits / temperature) restricted to the
-    smallest set of tokens whose probability reaches ``top_p`` (the most likely token always kept),
-    renormalised, sampled with ``generator``. Returns ``[B]`` int64.
-
-    Raises:
-        ValueError: ``temperature < 0`` or ``top_p`` outside ``(0, 1]``.
-    """
-    if temperature < 0 or not 0 < top_p <= 1:
-        raise ValueError(f"temperature must be >= 0 and top_p in (0, 1]; got {temperature}, {top_p}")
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p < 1:
-        sp, idx = probs.sort(dim=-1, descending=True)
-        drop = (sp.cumsum(-1) - sp) >= top_p
-        sp = sp.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, idx, sp)
-    return torch.multinomial(probs / probs.sum(-1, keepdim=True), 1, generator=generator).squeeze(-1)
+    return swap_core_attention(model, lambda core: CachedCoreAttention(state, getattr(core, "softmax_scale", None)),
+                               skip=(CachedCoreAttention,))
 
 
 @dataclass
@@ -203,11 +160,15 @@ def _split_routing(rec: RoutingRecord, steps_cu: list[torch.Tensor], totals: lis
     return [torch.cat(parts, dim=1)[:, :n] for parts, n in zip(per_seq, totals)]
 
 
+#: the decode loops :func:`generate_detailed` can run
+DECODE_PATHS = ("fast", "reference")
+
+
 @torch.no_grad()
 def generate_detailed(model: nn.Module, prompts: list[list[int]] | list[torch.Tensor], max_new_tokens: int,
                       temperature: float = 0.0, top_p: float = 1.0, eos_token_id: int | list[int] | None = None,
                       generator: torch.Generator | None = None, record_experts: bool = False,
-                      pixel_values: torch.Tensor | None = None) -> Generation:
+                      pixel_values: torch.Tensor | None = None, decode_path: str = "fast") -> Generation:
     """Continue each prompt by up to ``max_new_tokens`` tokens with a KV cache (batched, no padding).
 
     Args:
@@ -222,19 +183,52 @@ def generate_detailed(model: nn.Module, prompts: list[list[int]] | list[torch.Te
         pixel_values: for a vision-language model, ``[N, 3, S, S]`` the tiles of the prompts'
             images in the order of their image-token runs (prompts in order); given to the
             prompt's forward only (the new tokens are text). None: text only.
+        decode_path: ``"fast"`` (default): per-sequence caches, no per-token host read
+            (:mod:`xt.models.common.fast_decode`); ``"reference"``: the packed loop over one
+            document-masked cache of all sequences (:class:`CachedCoreAttention`), with host reads
+            every token, kept for comparisons. Same tokens and log-probs up to float rounding; the
+            fast path may draw a few more rows from ``generator`` after the last sequence stopped
+            (it notices every :data:`~xt.models.common.fast_decode.FINISH_CHECK_EVERY` steps).
 
     Returns:
         :class:`Generation`.
 
     Raises:
-        ValueError: an empty prompt, a negative ``max_new_tokens``, or a bad temperature / top-p.
+        ValueError: an empty prompt, a negative ``max_new_tokens``, a bad temperature / top-p, or an
+            unknown ``decode_path``.
     """
     if any(len(p) == 0 for p in prompts):
         raise ValueError("generate: every prompt needs at least one token")
     if max_new_tokens < 0:
         raise ValueError(f"generate: max_new_tokens must be >= 0, got {max_new_tokens}")
+    if decode_path not in DECODE_PATHS:
+        raise ValueError(f"generate: decode_path must be one of {DECODE_PATHS}, got {decode_path!r}")
     dev = next(model.parameters()).device
     eos = set([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []))
+    tiles = {} if pixel_values is None else {"pixel_values": pixel_values.to(dev)}
+    was_training = model.training
+    model.eval()
+    try:
+        if decode_path == "fast":
+            out, logps, routed = decode_on_device(model, prompts, max_new_tokens, temperature, top_p, eos,
+                                                  generator, record_experts, tiles)
+        else:
+            out, logps, routed = _decode_reference(model, prompts, max_new_tokens, temperature, top_p, eos,
+                                                   generator, record_experts, tiles)
+    finally:
+        model.train(was_training)
+    reasons = ["stop" if o and o[-1] in eos else "length" for o in out]
+    return Generation(out, logps, reasons, routed)
+
+
+def _decode_reference(model: nn.Module, prompts: list[list[int]] | list[torch.Tensor], max_new_tokens: int,
+                      temperature: float, top_p: float, eos: set[int], generator: torch.Generator | None,
+                      record_experts: bool, tiles: dict
+                      ) -> tuple[list[list[int]], list[list[float]], list[torch.Tensor] | None]:
+    """The reference decode loop (``decode_path="reference"``): every step one packed forward over
+    :class:`CachedCoreAttention`; returns ``(tokens, log_probs, routed)`` as
+    :func:`xt.models.common.fast_decode.decode_on_device` does."""
+    dev = next(model.parameters()).device
     B = len(prompts)
     lengths = [len(p) for p in prompts]
     state = DecodeState(B, max(lengths) + max_new_tokens + 1, dev)
@@ -246,8 +240,6 @@ def generate_detailed(model: nn.Module, prompts: list[list[int]] | list[torch.Te
     done = [False] * B
     steps_cu: list[torch.Tensor] = []
 
-    tiles = {} if pixel_values is None else {"pixel_values": pixel_values.to(dev)}
-
     def step(ids: torch.Tensor, cu: torch.Tensor) -> torch.Tensor:
         extra = tiles if not steps_cu else {}  # the images enter with the prompts only
         steps_cu.append(cu.cpu())
@@ -256,31 +248,25 @@ def generate_detailed(model: nn.Module, prompts: list[list[int]] | list[torch.Te
         state.advance(cu)
         return logits[cu[1:].long() - 1]
 
-    was_training = model.training
-    model.eval()
-    try:
-        with use_kv_cache(model, state), (record_routing(model) if record_experts else nullcontext()) as rec:
-            for i in range(max_new_tokens):
-                last = step(ids, cu)
-                nxt = sample_next(last, temperature, top_p, generator)
-                lp = processed_log_probs(last, temperature, top_p).gather(1, nxt[:, None])[:, 0].tolist()
-                for b, t in enumerate(nxt.tolist()):
-                    if not done[b]:
-                        out[b].append(t)
-                        logps[b].append(lp[b])
-                        done[b] = t in eos
-                ids = nxt
-                cu = torch.arange(B + 1, dtype=torch.int32, device=dev)
-                if all(done):
-                    break
-            if record_experts:
-                step(ids, cu)  # route the final tokens too (the prompts when max_new_tokens = 0)
-    finally:
-        model.train(was_training)
-    reasons = ["stop" if o and o[-1] in eos else "length" for o in out]
+    with use_kv_cache(model, state), (record_routing(model) if record_experts else nullcontext()) as rec:
+        for i in range(max_new_tokens):
+            last = step(ids, cu)
+            nxt = sample_next(last, temperature, top_p, generator)
+            lp = processed_log_probs(last, temperature, top_p).gather(1, nxt[:, None])[:, 0].tolist()
+            for b, t in enumerate(nxt.tolist()):
+                if not done[b]:
+                    out[b].append(t)
+                    logps[b].append(lp[b])
+                    done[b] = t in eos
+            ids = nxt
+            cu = torch.arange(B + 1, dtype=torch.int32, device=dev)
+            if all(done):
+                break
+        if record_experts:
+            step(ids, cu)  # route the final tokens too (the prompts when max_new_tokens = 0)
     routed = (_split_routing(rec, steps_cu, [n + len(o) for n, o in zip(lengths, out)])
               if record_experts and rec.calls else None)
-    return Generation(out, logps, reasons, routed)
+    return out, logps, routed
 
 
 def generate(model: nn.Module, prompts: list[list[int]] | list[torch.Tensor], max_new_tokens: int,

@@ -56,8 +56,8 @@ def decoder_routers(model: nn.Module) -> list[nn.Module]:
 
 
 class RoutingRecord:
-    """What :func:`record_routing` collected: per router, the ``topk_ids [T_call, K]`` int64 (CPU) of
-    each of its calls, in call order (``calls[l][c]``)."""
+    """What :func:`record_routing` collected: per router, the ``topk_ids [T_call, K]`` int64 (CPU, or
+    the model's device with ``keep_on_device``) of each of its calls, in call order (``calls[l][c]``)."""
 
     def __init__(self, num_routers: int) -> None:
         self.calls: list[list[torch.Tensor]] = [[] for _ in range(num_routers)]
@@ -73,15 +73,22 @@ class RoutingRecord:
 
 
 @contextmanager
-def record_routing(model: nn.Module) -> Iterator[RoutingRecord]:
+def record_routing(model: nn.Module, keep_on_device: bool = False) -> Iterator[RoutingRecord]:
     """Record the experts every decoder router of `model` picks while the context is open.
+
+    Args:
+        model: the model whose decoder routers are hooked.
+        keep_on_device: keep each call's ``topk_ids`` where the router computed them (no host
+            read per router call, which on a GPU would stall the host once per layer and step); the
+            caller moves them. Default: copied to the CPU as they come.
 
     Yields:
         a :class:`RoutingRecord` (filled as the model runs; hooks removed on exit, also on error).
     """
     routers = decoder_routers(model)
     rec = RoutingRecord(len(routers))
-    handles = [r.register_forward_hook(lambda m, args, out, l=l: rec.calls[l].append(out.topk_ids.detach().cpu()))
+    move = (lambda t: t.detach()) if keep_on_device else (lambda t: t.detach().cpu())
+    handles = [r.register_forward_hook(lambda m, args, out, l=l: rec.calls[l].append(move(out.topk_ids)))
                for l, r in enumerate(routers)]
     try:
         yield rec

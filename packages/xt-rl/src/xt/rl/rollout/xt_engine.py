@@ -31,7 +31,10 @@ class XTRolloutEngine:
         weight_version: the version of the weights it holds now.
         max_batch_sequences: sequences generated together at most (the request is cut into chunks
             of this many; 0 = all at once). The samples do not depend on it except through the RNG
-            stream, which is drawn per chunk in order.
+            stream, which is drawn per chunk in order: a chunk draws one row per sequence per decode
+            step it runs, including the few steps (< 8; CUDA < 16) past its last stop token before
+            the fast decode loop notices (`xt.models.common.fast_decode`), so the chunk size
+            changes which draws a later chunk gets.
         precision: how the model computes (`xt.rl.rollout.precision`); default fp32 weights
             without autocast.
 
