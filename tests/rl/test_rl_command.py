@@ -132,6 +132,34 @@ def test_resumed_run_equals_the_uninterrupted_one(tmp_path):
     banner = " ".join((tmp_path / "log.txt").read_text().split())
     assert "rollout precision fp32 as the trainer (rollout.dtype = 'train'; train.dtype = 'fp32'" in banner
 
+    # SIGTERM (a preemption) arriving during RL step 2: that step finishes, a checkpoint is saved, the
+    # continue command printed; resuming gives the uninterrupted run's metrics and weights exactly
+    import signal
+
+    from xt.cli import rl as rl_cmd
+    step = rl_cmd.GRPOLoop.step
+
+    def step_with_sigterm(self, n):
+        if n == 2:
+            signal.raise_signal(signal.SIGTERM)
+        return step(self, n)
+
+    sig = _config(tmp_path, "sig")
+    rl_cmd.GRPOLoop.step = step_with_sigterm
+    try:
+        stopped = run_rl(sig, console=quiet)
+    finally:
+        rl_cmd.GRPOLoop.step = step
+    assert stopped.interrupted == "SIGTERM" and stopped.step == 4 and stopped.checkpoint.name == "step-4"
+    assert stopped.hf_path is None and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
+    log = " ".join((tmp_path / "log.txt").read_text().split())
+    assert "stopped by SIGTERM after step 4 of 8; checkpoint" in log and f"xt rl {sig} --resume auto" in log
+    again = run_rl(sig, resume="auto", console=quiet)
+    assert again.resumed_from.name == "step-4" and again.step == 8 and again.interrupted is None
+    assert _rows(tmp_path / "sig") == a
+    ws = _weights(again.checkpoint)
+    assert all(torch.equal(wa[k], ws[k]) for k in wa)
+
 
 def test_moe_run_with_routing_replay_logs_the_agreement(tmp_path):
     res = run_rl(_config(tmp_path, "moe", moe=True), console=Console(file=open(tmp_path / "log.txt", "w")),

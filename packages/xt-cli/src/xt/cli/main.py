@@ -122,12 +122,17 @@ def rl(ctx: click.Context, config: str, overrides: tuple[str, ...], resume: str 
     policy-gradient updates ([rl] section). Writes metrics.jsonl, reward.png and checkpoints to
     train.out_dir. On one process by default; [orchestrator] kind = "ray" runs the parts as Ray
     actors (Ray embedded in this process, or the cluster of --address).
+
+    SIGINT (Ctrl-C) or SIGTERM: the RL step under way finishes, a checkpoint is saved, the command
+    to continue is printed, and the exit status is 75; a second Ctrl-C stops at once (130).
     """
     if address is not None:
         overrides = (*overrides, "orchestrator.kind=ray", f"orchestrator.address={address}")
     with reported_errors(_debug(ctx), on_interrupt=lambda: _last_checkpoint_note(_rl_out_dir(config, overrides))):
         from xt.cli.rl import run_rl
-        run_rl(config, list(overrides), resume)
+        result = run_rl(config, list(overrides), resume)
+    if result.interrupted:
+        sys.exit(EXIT_STOPPED)
 
 
 def _rl_out_dir(config: str, overrides: tuple[str, ...]) -> str:

@@ -23,12 +23,15 @@ from rich.console import Console
 from rich.markup import escape
 
 from xt.cli.rl_config import RLRunConfig, load_rl_config
+from xt.cli.train import resume_command
 from xt.core.checkpoint import latest_checkpoint, resolve_resume
 from xt.core.config.loader import config_error_at
+from xt.core.distributed import LocalDistContext
 from xt.core.errors import ConfigError
 from xt.core.engine import read_metrics
 from xt.core.engine.metrics import MetricsWriter
 from xt.core.engine.report import ProgressReporter, plot_curves
+from xt.core.engine.stop import StopWatch
 from xt.data import load_tokenizer
 from xt.models import check_model_section, section_config
 from xt.rl.loop.build import check_trainer_layout
@@ -50,6 +53,8 @@ class RLResult:
     resumed_from: Path | None
     wall_s: float
     hf_path: Path | None = None
+    interrupted: str | None = None  # "SIGINT" / "SIGTERM" when a signal stopped the run (checkpoint saved)
+    out_of_time: bool = False  # train.max_minutes was spent (checkpoint saved)
 
 
 def _tokenizer(cfg: RLRunConfig, config: Any, overrides: Sequence[str]):
@@ -112,12 +117,12 @@ def run_rl(config: str | Path | None, overrides: Sequence[str] = (), resume: str
     else:
         run = LocalRun(cfg, device, tok)
     try:
-        return _loop(cfg, config, run, prompts, tok, path, out_dir, console, until_step, t_start)
+        return _loop(cfg, config, overrides, run, prompts, tok, path, out_dir, console, until_step, t_start)
     finally:
         run.close()
 
 
-def _loop(cfg: RLRunConfig, config: Any, run: Any, prompts: PromptSource, tok: Any, path: Path | None,
+def _loop(cfg: RLRunConfig, config: Any, overrides: Sequence[str], run: Any, prompts: PromptSource, tok: Any, path: Path | None,
           out_dir: Path, console: Console, until_step: int | None, t_start: float) -> RLResult:
     overlap = cfg.orchestrator.max_staleness > 0
     loop = GRPOLoop(prompts, lambda s: render_prompt(tok, cfg.task, s),
@@ -150,8 +155,12 @@ def _loop(cfg: RLRunConfig, config: Any, run: Any, prompts: PromptSource, tok: A
     last: dict[str, Any] = {}
     last_ckpt = path
     every = cfg.checkpoint.every_steps
+    # SIGINT / SIGTERM / train.max_minutes: the RL step under way finishes, a checkpoint is saved and
+    # the run stops; checkpoint.every_minutes saves between the every_steps ones (as xt train does)
+    watch = StopWatch(cfg.train.max_minutes, cfg.checkpoint.every_minutes)
+    why = None
     try:
-        with ProgressReporter(stop // u, step // u, cfg.train.log_every, True, console) as rep:
+        with ProgressReporter(stop // u, step // u, cfg.train.log_every, True, console) as rep, watch:
             if path is not None:
                 rep.print(f"resumed from {path} at step {step}")
             while step < stop:
@@ -162,26 +171,38 @@ def _loop(cfg: RLRunConfig, config: Any, run: Any, prompts: PromptSource, tok: A
                     last["actor_restarts"] = run.restarts
                 writer.write(last)
                 rep.update(step // u, last)
-                if every and step % every == 0:
+                why = watch.poll(LocalDistContext(), torch.device("cpu"))  # the driver decides alone
+                if (every and step % every == 0) or why.checkpoint_due or (why.stop and step < stop):
                     last_ckpt = run.save(out_dir, prompts, cfg.checkpoint.keep_last, extra)
+                    watch.checkpointed()
+                if why.stop:
+                    break
     finally:
         writer.close()
+    stopped = why is not None and why.stop and step < stop
     if cfg.checkpoint.save_final and (last_ckpt is None or last_ckpt.name != f"step-{step}"):
         last_ckpt = run.save(out_dir, prompts, cfg.checkpoint.keep_last, extra)
     hf = None
-    if cfg.checkpoint.hf_export:
+    if cfg.checkpoint.hf_export and not (stopped and why.signal):  # as xt train: a signal skips the export
         hf = out_dir / "hf"
         run.export_hf(hf)
     rows = read_metrics(metrics_path, strict=False)
     plot = plot_curves(rows, out_dir / "reward.png", {"reward_mean": "reward mean", "pass_at_1": "pass@1"},
                        title=f"xt rl: {cfg.task.name}", ylabel="reward") if rows else None
-    result = RLResult(step, last, metrics_path, plot, last_ckpt, path, time.perf_counter() - t_start, hf)
-    _report(console, rows, result)
+    result = RLResult(step, last, metrics_path, plot, last_ckpt, path, time.perf_counter() - t_start, hf,
+                      interrupted=why.signal if stopped else None, out_of_time=stopped and why.out_of_time)
+    if stopped:
+        cause = result.interrupted or f"train.max_minutes = {cfg.train.max_minutes:g}"
+        console.print(f"\n[bold]stopped[/bold] by {cause} after step {step} of {cfg.train.steps}; "
+                      f"checkpoint {last_ckpt}", highlight=False)
+        console.print(f"  continue with: {escape(resume_command(config, overrides, 'rl'))}", highlight=False)
+    _report(console, rows, result, done=not stopped)
     return result
 
 
-def _report(console: Console, rows: list[dict[str, Any]], r: RLResult) -> None:
-    if rows:
+
+def _report(console: Console, rows: list[dict[str, Any]], r: RLResult, done: bool = True) -> None:
+    if rows and done:
         first, end = rows[0], rows[-1]
         def fmt(v: Any) -> str:  # the metric as the step lines print it (3 decimals), or what it is
             return f"{v:.3f}" if isinstance(v, (int, float)) else str(v)

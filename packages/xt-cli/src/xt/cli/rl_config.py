@@ -54,8 +54,8 @@ class RLRunConfig(RunSections):
         ranks, sp = self.orchestrator.trainer_workers, self.parallel.sp_size
         require(sp == 1 or (ranks > 1 and ranks % sp == 0), "parallel.sp_size",
                 f"{sp} splits each sequence over that many trainer ranks: it must divide "
-                f"orchestrator.trainer_workers ({ranks}), which must then be > 1 (kind = 'ray', "
-                "placement = 'disaggregated')")
+                f"orchestrator.trainer_workers ({ranks}), which must then be > 1 (kind = 'ray'; colocated or "
+                "disaggregated)")
         data_ranks = ranks // sp  # the ranks of one SP group train on the same samples
         require(data_ranks * self.train.micro_batches_per_step <= per_update, "orchestrator.trainer_workers",
                 f"{ranks} ranks (/ parallel.sp_size = {sp}) x train.micro_batches_per_step = "

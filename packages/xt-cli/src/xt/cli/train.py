@@ -172,10 +172,11 @@ def parameter_counts(model: nn.Module) -> tuple[int, int]:
     return total, local
 
 
-def resume_command(config: str | Path | None, overrides: Sequence[str]) -> str:
-    """The shell command that continues this run: ``xt train CONFIG [--set ...] --resume auto``."""
+def resume_command(config: str | Path | None, overrides: Sequence[str], command: str = "train") -> str:
+    """The shell command that continues this run: ``xt COMMAND CONFIG [--set ...] --resume auto``
+    (`command`: "train" or "rl")."""
     sets = "".join(f" --set {shlex.quote(o)}" for o in overrides)
-    return f"xt train {shlex.quote(str(config))}{sets} --resume auto"
+    return f"xt {command} {shlex.quote(str(config))}{sets} --resume auto"
 
 
 def _report(console: Console, cfg: XTConfig, result: TrainResult, skipped: int, again: str,

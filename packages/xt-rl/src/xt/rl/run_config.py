@@ -134,8 +134,9 @@ class OrchestratorConfig(ConfigStruct):
             of it and the rollout actors: gloo on the CPU, NCCL on CUDA; synchronous runs only,
             ``max_staleness = 0``, since the trainer then holds no earlier weights to redo a rollout on).
         trainer_workers: trainer actors, >= 1: ranks of one torch.distributed group running the
-            policy laid out by ``[parallel]`` (FSDP2, EP) as `xt train` under torchrun, each
-            training on its share of every update's samples; > 1 needs kind = "ray" (colocated:
+            policy laid out by ``[parallel]`` (FSDP2, EP, Ulysses SP with ``parallel.sp_size``
+            dividing them) as `xt train` under torchrun, each data-parallel rank training on its
+            share of every update's samples; > 1 needs kind = "ray" (colocated:
             each rank also samples its share of the prompts on a rollout copy of its own).
         bucket_mb: the largest weight bucket, MiB (> 0); a tensor above it travels alone.
         rollout_workers: rollout actors (disaggregated), >= 1; 1 with colocated (the trainer ranks
@@ -209,8 +210,11 @@ class OrchestratorConfig(ConfigStruct):
                     "num_cpus", "gpus_per_actor", "max_restarts")
         unused = ray_only if self.kind == "local" else (
             ("weight_sync", "bucket_mb") if self.placement == "colocated" else ())
-        why = ("has no effect with kind = 'local' (everything runs in the xt rl process); set kind = 'ray'"
-               if self.kind == "local" else
-               "has no effect with placement = 'colocated' (the weights are handed over in memory)")
+        separate = ("weight_sync", "bucket_mb", "rollout_workers")  # keys of separate rollout actors
         for key in unused:
+            why = ("has no effect with kind = 'local' (everything runs in the xt rl process); set kind = 'ray'"
+                   + (" and placement = 'disaggregated'" if key in separate else "")
+                   if self.kind == "local" else
+                   "has no effect with placement = 'colocated' (the weights are handed over in memory); "
+                   "set placement = 'disaggregated'")
             require(getattr(self, key) == defaults[key], key, f"{why}, got {getattr(self, key)!r}")

@@ -73,14 +73,15 @@ def attribute_docs(cls: type) -> dict[str, str]:
 
 
 def _first_sentence(text: str) -> str:
-    """`text` up to its first ``.`` or ``;`` outside parentheses and abbreviations, with RST
-    double backticks shown as single ones."""
+    """`text` up to its first ``.`` outside parentheses and abbreviations ("e.g.", "et al.", ...),
+    with RST double backticks shown as single ones (a ``;`` does not end it: what follows often
+    gives the other values' meaning, e.g. "0 = synchronous; 1 = ...")."""
     depth = 0
     for i, c in enumerate(text):
         depth += (c == "(") - (c == ")")
-        if depth == 0 and c in ".;" and (i + 1 == len(text) or text[i + 1] == " "):
-            if not re.search(r"(\be\.g|\bi\.e|\betc)$", text[:i]):
-                text = text[:i + 1] if c == "." else text[:i]
+        if depth == 0 and c == "." and (i + 1 == len(text) or text[i + 1] == " "):
+            if not re.search(r"(\be\.g|\bi\.e|\betc|\bal|\bvs|\bcf)$", text[:i]):
+                text = text[:i + 1]
                 break
     return text.replace("``", "`")
 
