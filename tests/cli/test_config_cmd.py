@@ -104,3 +104,16 @@ def test_keys_unknown_section_lists_both_commands_sections():
     listed = r.output.split("the sections are ", 1)[1].split(" (of ")[0].split(", ")
     assert listed == sorted({f.encode_name for cls in (XTConfig, RLRunConfig) for f in msgspec.structs.fields(cls)})
     assert "rollout" in listed and "data" in listed and "xt train, xt rl" in r.output
+
+
+def test_show_resolves_an_rl_config_as_xt_rl_does(tmp_path):
+    from xt.cli.rl_config import load_rl_config
+
+    src = Path(__file__).resolve().parents[2] / "examples" / "rl_smollm2_arithmetic.toml"
+    r = CliRunner().invoke(cli, ["config", "show", str(src), "--set", "rollout.group_size=3"])
+    assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+    (tmp_path / "resolved.toml").write_text(r.output)
+    got = load_rl_config(tmp_path / "resolved.toml")
+    assert got == load_rl_config(src, ["rollout.group_size=3"]) and got.rollout.group_size == 3
+    r = CliRunner().invoke(cli, ["config", "show", str(src), "--set", "rollout.group_size=0"])
+    assert r.exit_code == 1 and "rollout.group_size" in r.output  # xt rl's own checks

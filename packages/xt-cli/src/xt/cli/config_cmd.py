@@ -1,7 +1,7 @@
 """`xt config show` and `xt config keys`: what a run's config resolves to, and every key there is.
 
-Both read the typed sections themselves: `show` loads a run file like `xt train` does (same
-checks, same ``--set``) and prints it as TOML with every default filled in; `keys` lists the keys
+Both read the typed sections themselves: `show` loads a run file like `xt train` (or, for a file with
+`xt rl`'s sections, `xt rl`) does (same checks, same ``--set``) and prints it as TOML with every default filled in; `keys` lists the keys
 of every run command's config (`COMMAND_CONFIGS`: `xt train`'s `xt.cli.config.XTConfig`, `xt rl`'s
 `xt.cli.rl_config.RLRunConfig`) with their types, defaults and the first sentence of their
 docstring entries (`xt.core.config.config_keys`), so the listing cannot drift from the code. A
@@ -9,11 +9,12 @@ section both commands read (``[train]``, ``[parallel]``, ...) is listed once, it
 """
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 from typing import Sequence
 
 from xt.cli.config import XTConfig, load_xt_config
-from xt.cli.rl_config import RLRunConfig
+from xt.cli.rl_config import RLRunConfig, load_rl_config
 from xt.core.config import ConfigError, ConfigKey, config_keys, dump_config
 
 __all__ = ["resolved_config_text", "keys_text", "section_listings", "write_run_config", "RUN_CONFIG",
@@ -26,9 +27,9 @@ COMMAND_CONFIGS: tuple[tuple[str, type], ...] = (("xt train", XTConfig), ("xt rl
 RUN_CONFIG = "config.toml"
 
 
-def resolved_config_text(cfg: XTConfig, source: str | Path | None) -> str:
+def resolved_config_text(cfg: XTConfig | RLRunConfig, source: str | Path | None) -> str:
     """`cfg` as TOML with every default, unset keys as ``# key = (unset)`` comments, headed by
-    where it came from; ``load_xt_config`` of the text gives back an equal config."""
+    where it came from; ``load_xt_config`` (``load_rl_config``) of the text gives back an equal config."""
     head = f"# resolved config of {source} (every default filled in; unset keys shown as comments)\n"
     return head + dump_config(cfg, unset_as_comments=True)
 
@@ -92,10 +93,30 @@ def write_run_config(cfg: XTConfig, source: str | Path | None) -> Path:
     return path
 
 
+#: top-level sections only `xt rl`'s config has: a file with one of them is shown as `xt rl` reads it
+RL_ONLY_SECTIONS = ("task", "rollout", "rl", "orchestrator")
+
+
 def show(config: str | Path, overrides: Sequence[str] = ()) -> str:
-    """The text `xt config show CONFIG --set ...` prints (`resolved_config_text`).
+    """The text `xt config show CONFIG --set ...` prints (`resolved_config_text`): the config as
+    `xt rl` resolves it when the file (or a ``--set``) has one of `RL_ONLY_SECTIONS`, else as
+    `xt train` does.
 
     Raises:
-        xt.core.config.ConfigError: as `load_xt_config`.
+        xt.core.config.ConfigError: as `load_xt_config` / `load_rl_config`.
     """
+    if _is_rl_config(config, overrides):
+        return resolved_config_text(load_rl_config(config, overrides), config)
     return resolved_config_text(load_xt_config(config, overrides), config)
+
+
+def _is_rl_config(config: str | Path, overrides: Sequence[str]) -> bool:
+    """Whether the file's top level or an override names an `xt rl`-only section (a file that does
+    not parse is left to the loaders, which report it with its line)."""
+    if any(o.split("=", 1)[0].strip().split(".", 1)[0] in RL_ONLY_SECTIONS for o in overrides):
+        return True
+    try:
+        top = tomllib.loads(Path(config).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return False
+    return any(k in top for k in RL_ONLY_SECTIONS)

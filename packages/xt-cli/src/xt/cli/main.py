@@ -93,7 +93,8 @@ def config_group() -> None:
               help="Override a config entry (TOML literal), as for `xt train`. Repeatable.")
 @click.pass_context
 def config_show(ctx: click.Context, config: str, overrides: tuple[str, ...]) -> None:
-    """Print CONFIG as `xt train` resolves it: TOML with every default filled in."""
+    """Print CONFIG as `xt train` resolves it (as `xt rl` does for a file with [task], [rollout],
+    [rl] or [orchestrator]): TOML with every default filled in."""
     with reported_errors(_debug(ctx)):
         from xt.cli.config_cmd import show
         click.echo(show(config, list(overrides)), nl=False)
