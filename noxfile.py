@@ -14,7 +14,7 @@ nox.options.reuse_existing_virtualenvs = True
 TORCH = "torch==2.13.0"
 PACKAGES = ["core", "kernels", "parallel", "models", "data", "rl", "cli"]
 # The tests also exercise xt-rl's optional extras (math-verify, reasoning-gym: neither needs torch).
-TEST_DEPS = ["pytest>=8", "pytest-timeout", "pytest-xdist>=3.5", "hypothesis>=6.100", "transformers>=5.17", "gguf>=0.10",
+TEST_DEPS = ["pytest>=8", "pytest-timeout", "hypothesis>=6.100", "transformers>=5.17", "gguf>=0.10",
              "triton>=3.6", "math-verify>=0.9", "reasoning-gym>=0.1.25", "tensorboard>=2.14",
              "ray>=2.40"]  # ray: the xt rl orchestration tests (installed in ~6 s here, 240 MB on disk)
 
@@ -64,12 +64,6 @@ def rl_demo(session: nox.Session) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Install everything and run the whole suite (CI runs exactly this).
-
-    Two pytest-xdist workers, each test file on one of them (``--dist loadfile``: a file's
-    module-scoped fixtures, e.g. the Ray instance, stay in one process): on 2 cores the serial
-    suite leaves one core idle much of the time (gloo rendezvous, subprocess start-up). Extra
-    arguments are passed on (``-n 0`` runs serially).
-    """
+    """Install everything and run the whole suite (CI runs exactly this)."""
     _install_xt(session, *TEST_DEPS)
-    session.run("pytest", "-q", "-rs", "-n", "2", "--dist", "loadfile", *session.posargs, env=_env())
+    session.run("pytest", "-q", "-rs", *session.posargs, env=_env())
