@@ -30,7 +30,8 @@ def _rows(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("layout", [[], ["parallel.reshard_after_forward=false"]], ids=["plain", "fsdp1"])
+@pytest.mark.parametrize("layout", [[], pytest.param(["parallel.reshard_after_forward=false"], marks=pytest.mark.soak)],
+                         ids=["plain", "fsdp1"])  # fsdp1: soak (~22 s; the layout itself is covered in tests/parallel)
 def test_library_run_trains_and_exports_like_xt_train(tiny_run: Path, tmp_path: Path, layout):
     from transformers import AutoModelForCausalLM
 
