@@ -8,7 +8,9 @@ so both paths run every step):
 - ``reference``: every step attends all new tokens over the concatenated caches of all B sequences
   with a dense document mask (O(B^2 * L)) and reads the step's tokens on the host;
 - ``fast``: per-sequence caches (O(B * L)), tokens / log-probs on the device
-  (`xt.models.common.fast_decode`).
+  (`xt.models.common.fast_decode`), every step run eagerly (``cuda_graph=False``);
+- ``fast+graph`` (CUDA only): the fast path with its decode steps replayed from a CUDA graph
+  (`xt.models.common.decode_graph`).
 
 Reported: response tokens / wall seconds (median of ``--repeats`` after one warm-up run; the two
 paths take turns); the decode steps alone, (tokens - B) / (seconds - seconds of a call with one new
@@ -31,6 +33,7 @@ import torch
 
 from _common import machine, write_result
 PATHS = ("reference", "fast")
+GRAPH = "fast+graph"  # on CUDA also: the fast path with its decode steps replayed from a CUDA graph
 
 
 def _args() -> argparse.Namespace:
@@ -70,6 +73,7 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     device = torch.device(a.device)
+    paths = PATHS + ((GRAPH,) if device.type == "cuda" else ())
     model = _model(a, device)
     g = torch.Generator().manual_seed(1)
     rows = []
@@ -79,7 +83,8 @@ def main() -> None:
 
         def once(path, new):
             gen = torch.Generator(device=device).manual_seed(3)
-            return generate_detailed(model, prompts, new, temperature=1.0, generator=gen, decode_path=path)
+            return generate_detailed(model, prompts, new, temperature=1.0, generator=gen,
+                                     decode_path="fast" if path == GRAPH else path, cuda_graph=path == GRAPH)
 
         def timed(path, new):
             _sync(device)
@@ -88,16 +93,16 @@ def main() -> None:
             _sync(device)
             return res, time.perf_counter() - t0
 
-        results = {path: once(path, a.new_tokens) for path in PATHS}  # warm-up
-        times = {path: [] for path in PATHS}
-        prefill = {path: [] for path in PATHS}
+        results = {path: once(path, a.new_tokens) for path in paths}  # warm-up
+        times = {path: [] for path in paths}
+        prefill = {path: [] for path in paths}
         for _ in range(a.repeats):  # the paths take turns, so a change in the machine's load hits both
-            for path in PATHS:
+            for path in paths:
                 results[path], t = timed(path, a.new_tokens)
                 times[path].append(t)
                 prefill[path].append(timed(path, 1)[1])  # the prompts' forward and one sampled token
         runs = {}
-        for path in PATHS:
+        for path in paths:
             tokens = sum(len(t) for t in results[path].tokens)
             t, t1 = statistics.median(times[path]), statistics.median(prefill[path])
             runs[path] = {"seconds": times[path], "prefill_seconds": prefill[path], "response_tokens": tokens,
@@ -105,11 +110,19 @@ def main() -> None:
                           "decode_tokens_per_s": (tokens - B) / max(t - t1, 1e-9)}
         ref, fast = runs["reference"]["result"], runs["fast"]["result"]
         diff = max(abs(x - y) for la, lb in zip(ref.log_probs, fast.log_probs) for x, y in zip(la, lb))
-        row = {"sequences": B, **{f"{p}_{k}": runs[p][k] for p in PATHS for k in
+        row = {"sequences": B, **{f"{p}_{k}": runs[p][k] for p in paths for k in
                                    ("tokens_per_s", "decode_tokens_per_s", "seconds", "prefill_seconds")},
                "speedup": runs["fast"]["tokens_per_s"] / runs["reference"]["tokens_per_s"],
                "decode_speedup": runs["fast"]["decode_tokens_per_s"] / runs["reference"]["decode_tokens_per_s"],
                "same_tokens": ref.tokens == fast.tokens, "max_abs_log_prob_diff": diff}
+        if GRAPH in runs:
+            gr = runs[GRAPH]["result"]
+            row.update(graph_speedup=runs[GRAPH]["tokens_per_s"] / runs["reference"]["tokens_per_s"],
+                       graph_same_tokens=gr.tokens == ref.tokens,
+                       graph_max_abs_log_prob_diff=max(abs(x - y) for la, lb in zip(ref.log_probs, gr.log_probs)
+                                                       for x, y in zip(la, lb)))
+            print(f"B={B}: fast+graph {runs[GRAPH]['tokens_per_s']:.0f} tokens/s ({row['graph_speedup']:.2f}x the "
+                  f"reference; same tokens {row['graph_same_tokens']})", flush=True)
         rows.append(row)
         print(f"B={B}: reference {row['reference_tokens_per_s']:.0f} tokens/s, fast {row['fast_tokens_per_s']:.0f} "
               f"tokens/s ({row['speedup']:.2f}x; decode steps alone {row['decode_speedup']:.2f}x)", flush=True)
@@ -120,7 +133,8 @@ def main() -> None:
               f"{r['speedup']:.2f}x | {r['reference_decode_tokens_per_s']:.0f} | {r['fast_decode_tokens_per_s']:.0f} | "
               f"{r['decode_speedup']:.2f}x | {r['same_tokens']} | {r['max_abs_log_prob_diff']:.1e} |")
     result = {
-        "what": "XT KV-cache generation tokens/s, decode_path fast vs reference (benchmarks/rl/bench_decode.py)",
+        "what": "XT KV-cache generation tokens/s, decode_path fast (eager; on CUDA also with a CUDA graph, "
+                "fast+graph) vs reference (benchmarks/rl/bench_decode.py)",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": machine(device),
         "setup": {"model": f"random XT Qwen3, {a.layers} layers, hidden {a.hidden}, vocab {a.vocab}, tied, fp32",

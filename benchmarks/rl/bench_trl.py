@@ -53,6 +53,14 @@ def _args() -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=5, help="GRPO steps of each (>= 2)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--prompts-per-step", type=int, default=6, help="rollout.prompts_per_step (the demo's 6)")
+    p.add_argument("--group-size", type=int, default=4, help="rollout.group_size (the demo's 4)")
+    p.add_argument("--max-new-tokens", type=int, default=16, help="rollout.max_new_tokens (the demo's 16)")
+    p.add_argument("--task-jsonl", default=None,
+                   help="read the prompts from this JSONL file (task.source = 'jsonl') instead of generating them "
+                        "with reasoning-gym: for a machine without reasoning-gym")
+    p.add_argument("--write-task-jsonl", default=None,
+                   help="write the demo task's samples (reasoning-gym, in its order) to this JSONL file and exit")
     p.add_argument("--out", default=None,
                    help="the JSON (default benchmarks/results/bench-rl-trl-<device>-<dtype>-<date>.json)")
     a = p.parse_args()
@@ -68,12 +76,32 @@ def _ensure_model(path: Path) -> None:
     convert_checkpoint("asset:smollm2-135m-instruct-gguf", str(path))
 
 
+SHAPE: dict[str, object] = {}  # the run's --prompts-per-step / --group-size / --max-new-tokens / --task-jsonl
+
+
 def _overrides(model: str, steps: int, out_dir: str, dtype: str) -> list[str]:
     """The demo config, for `steps` steps, without checkpoints or export, at a constant lr (HF's
-    warmup starts a step earlier than XT's: without warmup both use the same lr at every step)."""
-    return [f"model.init_from={model!r}", f"train.steps={steps}", f"train.out_dir={out_dir!r}",
-            "checkpoint.every_steps=0", "checkpoint.save_final=false", "checkpoint.hf_export=false",
-            f"train.dtype={dtype!r}", "train.log_every=1", "schedule.warmup_steps=0"]
+    warmup starts a step earlier than XT's: without warmup both use the same lr at every step), with
+    the batch shape and prompt file of this run (`SHAPE`)."""
+    out = [f"model.init_from={model!r}", f"train.steps={steps}", f"train.out_dir={out_dir!r}",
+           "checkpoint.every_steps=0", "checkpoint.save_final=false", "checkpoint.hf_export=false",
+           f"train.dtype={dtype!r}", "train.log_every=1", "schedule.warmup_steps=0"]
+    out += [f"rollout.{k}={SHAPE[k]}" for k in ("prompts_per_step", "group_size", "max_new_tokens") if k in SHAPE]
+    if SHAPE.get("task_jsonl"):
+        out += ["task.source='jsonl'", f"task.path={str(SHAPE['task_jsonl'])!r}"]
+    return out
+
+
+def write_task_jsonl(path: Path) -> int:
+    """Write the demo task's samples (reasoning-gym's, in generation order) as JSONL; returns the count.
+    `PromptSource` shuffles a JSONL task exactly as the generated one (same seed, same list)."""
+    from xt.cli.rl_config import load_rl_config
+    from xt.rl.loop.prompts import task_samples
+    samples = task_samples(load_rl_config(DEMO, [f"train.out_dir={str(path.parent)!r}"]).task)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text("".join(json.dumps(s) + "\n" for s in samples))
+    os.replace(tmp, path)
+    return len(samples)
 
 
 class XTSteps:
@@ -200,6 +228,12 @@ def _summary(r: dict) -> dict:
 
 def main() -> None:
     a = _args()
+    if a.write_task_jsonl:
+        n = write_task_jsonl(Path(a.write_task_jsonl))
+        print(f"wrote {n} samples to {a.write_task_jsonl}")
+        return
+    SHAPE.update(prompts_per_step=a.prompts_per_step, group_size=a.group_size, max_new_tokens=a.max_new_tokens,
+                 task_jsonl=a.task_jsonl and str(Path(a.task_jsonl).resolve()))
     if a.device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
     import torch
@@ -226,7 +260,8 @@ def main() -> None:
                     "gpu": torch.cuda.get_device_name(0) if a.device == "cuda" else None},
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__},
         "setup": {"model": "SmolLM2-135M-Instruct (xt convert asset:smollm2-135m-instruct-gguf)", "device": a.device,
-                  "dtype": a.dtype, "steps": a.steps, "prompts_per_step": 6, "group_size": 4, "max_new_tokens": 16,
+                  "dtype": a.dtype, "steps": a.steps, "prompts_per_step": a.prompts_per_step, "group_size": a.group_size,
+                  "max_new_tokens": a.max_new_tokens, "prompts": a.task_jsonl or "reasoning-gym basic_arithmetic",
                   "temperature": 0.8, "optimizer": "AdamW lr 2e-5 wd 0, constant (no warmup), clip 1.0",
                   "same_prompt_ids": trl_res["same_prompt_ids"], "xt_rollout_precision": xt_steps.rollout_precision},
         "xt": {**xt, **sx}, "trl": {k: v for k, v in {**trl_res, **st}.items() if k != "same_prompt_ids"},

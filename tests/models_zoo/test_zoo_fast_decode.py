@@ -26,7 +26,7 @@ import torch
 from xt.models import build_model
 from xt.models.common.fast_decode import FINISH_CHECK_EVERY, FinishedPoll
 from xt.models.common.generate import generate_detailed
-from xt.models.common.sampling import processed_log_probs
+from xt.models.common.sampling import processed_log_probs, sample_next
 from xt.models.common.sequence_cache import SequenceCacheState, sequence_attention
 from xt.models.common.sinks_attention import core_attention, document_mask
 from zoo_helpers import VOCAB, hf_and_ours, random_docs
@@ -221,3 +221,95 @@ def test_decode_steps_read_nothing_on_the_host(monkeypatch, eos):
     # 32 more decode steps: no read per step; with stop tokens one finished-flag read per 8 steps
     assert extra == {k: (32 // FINISH_CHECK_EVERY if eos and k == "__bool__" else 0) for k in _HOST_READS}
     assert sum(reads[16].values()) < 30  # the set-up and the final copies
+
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("top_p", [1.0, 0.7])
+def test_sampling_draws_what_multinomial_draws(dtype, top_p):
+    """`sample_next`'s exponential race picks torch.multinomial's tokens from the same generator state
+    and leaves the generator where multinomial does."""
+    logits = torch.randn(64, 500, generator=torch.Generator().manual_seed(1), dtype=dtype) * 3
+    g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    got = sample_next(logits, 0.8, top_p, g1)
+    probs = torch.softmax(logits.float() / 0.8, dim=-1)
+    if top_p < 1:
+        sp, idx = probs.sort(dim=-1, descending=True)
+        probs = torch.zeros_like(probs).scatter(-1, idx, sp.masked_fill((sp.cumsum(-1) - sp) >= top_p, 0.0))
+    want = torch.multinomial(probs / probs.sum(-1, keepdim=True), 1, generator=g2).squeeze(-1)
+    assert torch.equal(got, want)
+    assert torch.equal(g1.get_state(), g2.get_state())
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_static_decode_steps_equal_the_reference_loop(tmp_path, monkeypatch, temperature):
+    """The steps a CUDA graph records (all cache slots under a mask, device counters, fixed buffers),
+    run eagerly on the CPU: the reference loop's tokens, finish reasons and log-probs (float64, 1e-6)."""
+    import functools
+
+    from xt.models.common import fast_decode
+    from xt.models.common.decode_graph import WARMUP_STEPS, DecodeGraph
+
+    model = _model(tmp_path, "qwen3").to(torch.float64)
+    prompts = [p.tolist() for p in random_docs(LENGTHS, seed=27)]
+    free, _ = _both(model, prompts, 12, temperature, None, record=False)
+    eos = _stop_tokens(free.tokens)
+    monkeypatch.setattr(fast_decode, "graph_blocker", lambda *a: None)
+    made = []
+    monkeypatch.setattr(fast_decode, "DecodeGraph",
+                        lambda *a, **k: made.append(functools.partial(DecodeGraph, capture=False)(*a, **k)) or made[-1])
+    ref, static = _both(model, prompts, 12, temperature, eos)
+    assert len(made) == 1 and made[0].ready  # the static steps ran
+    assert static.tokens == ref.tokens and static.finish_reasons == ref.finish_reasons
+    assert ref.finish_reasons[0] == "stop" and "length" in ref.finish_reasons
+    assert max(map(len, ref.tokens)) > 1 + WARMUP_STEPS  # steps after the warm-up were replays
+    assert _max_diff(static.log_probs, ref.log_probs) <= 1e-6
+    model.float()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_cuda_graph_decode_equals_the_reference_loop(tmp_path, temperature):
+    """On the GPU (float64 weights, a CUDA generator): the decode steps replayed from a CUDA graph
+    give the reference loop's tokens and finish reasons, log-probs within 1e-6; the model's Python
+    forward ran only for the prefill, the warm-up and the capture."""
+    from xt.models.common.decode_graph import WARMUP_STEPS
+
+    model = _model(tmp_path, "qwen3").to("cuda", torch.float64)
+    prompts = [p.tolist() for p in random_docs(LENGTHS, seed=26)]
+    free = generate_detailed(model, prompts, 12, temperature, 1.0, None, torch.Generator(device="cuda").manual_seed(5),
+                             decode_path="reference")
+    eos = _stop_tokens(free.tokens)
+    out = {}
+    for path in ("reference", "fast"):
+        calls = []
+        hook = model.register_forward_pre_hook(lambda m, a: calls.append(1))
+        try:
+            out[path] = generate_detailed(model, prompts, 12, temperature, 1.0, eos,
+                                          torch.Generator(device="cuda").manual_seed(5), decode_path=path)
+        finally:
+            hook.remove()
+        out[path + "_calls"] = len(calls)
+    ref, fast = out["reference"], out["fast"]
+    assert fast.tokens == ref.tokens and fast.finish_reasons == ref.finish_reasons
+    assert _max_diff(fast.log_probs, ref.log_probs) <= 1e-6
+    assert out["fast_calls"] == 2 + WARMUP_STEPS < out["reference_calls"]
+    model.float()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("arch", ["qwen3_moe", "deepseek_v3"])
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, FP32_TOL), (torch.float64, 1e-6)])
+def test_moe_fast_decode_on_cuda_equals_the_reference_loop(tmp_path, arch, dtype, tol):
+    """An MoE model on the GPU decodes eagerly (no graph): the reference loop's tokens and routed
+    experts, log-probs within the bound of the dtype (float64 experts take the per-expert loop)."""
+    model = _model(tmp_path, arch).to("cuda", dtype)
+    prompts = [p.tolist() for p in random_docs(LENGTHS, seed=26)]
+    out = {path: generate_detailed(model, prompts, 12, 0.0, 1.0, None, None, record_experts=True, decode_path=path)
+           for path in ("reference", "fast")}
+    ref, fast = out["reference"], out["fast"]
+    assert fast.tokens == ref.tokens and fast.finish_reasons == ref.finish_reasons
+    assert _max_diff(fast.log_probs, ref.log_probs) <= tol
+    assert all(torch.equal(a, b) for a, b in zip(ref.routed_experts, fast.routed_experts))

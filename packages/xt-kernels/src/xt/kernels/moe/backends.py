@@ -54,12 +54,14 @@ def _device_name(dev: torch.device) -> str:
 
 def _candidates(x: torch.Tensor, w: torch.Tensor, trans_b: bool) -> list[str]:
     """Fast kernel sets usable for these inputs; none when K or N is not 16-byte aligned
-    (then ``auto`` falls back to the per-expert loop instead of raising)."""
+    (then ``auto`` falls back to the per-expert loop instead of raising); Triton only for
+    fp16 / bf16 / fp32 inputs."""
     from xt.kernels.moe import gg_torch
     out = []
     if not gg_torch.aligned(x, w, trans_b):
         return out
-    if x.device.type == "cuda" and triton_usable_on(x.device):
+    # the Triton kernels accumulate in fp32: float64 inputs (checks against a float64 reference) take the loop
+    if x.device.type == "cuda" and x.dtype in (torch.float16, torch.bfloat16, torch.float32) and triton_usable_on(x.device):
         out.append("triton")
     if gg_torch.available(x):
         out.append("torch")

@@ -14,11 +14,11 @@ check nothing on the device. Finished sequences keep decoding (their tokens are 
 step has the same ``B`` and the random stream draws one row per sequence per step, as the reference
 loop does: up to the step where the reference stops, the samples are the same.
 
-What still blocks a CUDA-graph capture of a decode step: the attended key slots grow by
-:data:`~xt.models.common.sequence_cache.KEY_BLOCK` every that many steps (one graph per block size),
-the token/log-prob columns are written at a host index (would be a device counter), MoE layers
-size their expert batches from the routing (data-dependent shapes), and ``record_experts`` appends
-to Python lists from forward hooks.
+On CUDA, for models without MoE layers, the decode steps after the first few run from a CUDA graph
+(:mod:`xt.models.common.decode_graph`): every such step attends all cache slots under a mask, writes its
+token / log-prob column at a device counter and its next input into a fixed buffer, so its shapes and
+addresses never change. MoE layers size their expert batches from the routing (data-dependent
+shapes), so those models decode eagerly; ``cuda_graph=False`` does too.
 
 Shape legend: B sequences, N = ``max_new_tokens``, V vocabulary, L MoE layers, K experts per token.
 """
@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xt.models.common.decode_graph import DecodeGraph, graph_blocker, has_moe_layers
 from xt.models.common.routing_replay import RoutingRecord, record_routing
 from xt.models.common.sampling import processed_log_probs, sample_next
 from xt.models.common.sequence_cache import SequenceCacheState, SequenceCachedAttention, swap_core_attention
@@ -97,8 +98,8 @@ def _routing_per_sequence(rec: RoutingRecord, prompt_cu: list[int], totals: list
 
 def decode_on_device(model: nn.Module, prompts: list[list[int]] | list[torch.Tensor], max_new_tokens: int,
                      temperature: float, top_p: float, eos: set[int], generator: torch.Generator | None,
-                     record_experts: bool, extra: dict, check_every: int = FINISH_CHECK_EVERY
-                     ) -> tuple[list[list[int]], list[list[float]], list[torch.Tensor] | None]:
+                     record_experts: bool, extra: dict, check_every: int = FINISH_CHECK_EVERY,
+                     cuda_graph: bool = True) -> tuple[list[list[int]], list[list[float]], list[torch.Tensor] | None]:
     """Generate for B prompts with per-sequence caches and no per-token host read (module docstring).
 
     Args:
@@ -111,6 +112,8 @@ def decode_on_device(model: nn.Module, prompts: list[list[int]] | list[torch.Ten
             (the final tokens are routed by one more forward, as in the reference loop).
         extra: keywords for the prefill forward only (e.g. ``pixel_values``).
         check_every: steps between "all finished?" reads (:class:`FinishedPoll`).
+        cuda_graph: replay the decode steps from a CUDA graph where the call allows it
+            (:func:`~xt.models.common.decode_graph.graph_blocker`); False: always eager.
 
     Returns:
         ``(tokens, log_probs, routed)``: per sequence the new tokens through the first stop token,
@@ -130,44 +133,71 @@ def decode_on_device(model: nn.Module, prompts: list[list[int]] | list[torch.Ten
     tokens = torch.zeros(B, max_new_tokens, dtype=torch.int64, device=dev)
     logps = torch.zeros(B, max_new_tokens, dtype=torch.float32, device=dev)
     finished = torch.zeros(B, dtype=torch.bool, device=dev)
+    cur = torch.zeros(B, dtype=torch.int64, device=dev)  # each sequence's newest token: the next step's input
+    col = torch.zeros(1, dtype=torch.int64, device=dev)  # the column of tokens / logps the next sample goes to
     stops = torch.tensor(sorted(eos), dtype=torch.int64, device=dev) if eos else None
     poll = FinishedPoll(finished, check_every)
     head_apart = "return_hidden" in inspect.signature(model.forward).parameters
-    calls = 0
+    blocker = graph_blocker(model, dev, generator, max_new_tokens - 1) if cuda_graph else "cuda_graph=False"
+    routes = record_experts and has_moe_layers(model)
 
-    def forward(ids: torch.Tensor) -> torch.Tensor:
-        nonlocal calls
-        if calls == 0:
-            pos = state.begin_prefill(lengths)
-            kw = dict(input_ids=ids, position_ids=pos, cu_seqlens=cu, max_seqlen=max(lengths), **extra)
-            if head_apart:  # the head on each prompt's last token only: [B, V] logits, not [T, V]
-                o = model(**kw, return_hidden=True)
-                logits = F.linear(o.hidden[last_of_prompt], o.head_weight)
-            else:
-                logits = model(**kw).logits[last_of_prompt]
+    def take(logits: torch.Tensor) -> None:
+        """Sample from ``logits [B, V]`` and write the tokens / log-probs at column ``col`` (device ops only)."""
+        nxt = sample_next(logits, temperature, top_p, generator)
+        tokens.index_copy_(1, col, nxt[:, None])
+        logps.index_copy_(1, col, processed_log_probs(logits, temperature, top_p).gather(1, nxt[:, None]))
+        col.add_(1)
+        cur.copy_(nxt)
+        if stops is not None:
+            torch.logical_or(finished, torch.isin(nxt, stops), out=finished)
+
+    def prefill() -> torch.Tensor:
+        pos = state.begin_prefill(lengths)
+        kw = dict(input_ids=ids, position_ids=pos, cu_seqlens=cu, max_seqlen=max(lengths), **extra)
+        if head_apart:  # the head on each prompt's last token only: [B, V] logits, not [T, V]
+            o = model(**kw, return_hidden=True)
+            logits = F.linear(o.hidden[last_of_prompt], o.head_weight)
         else:
-            pos = state.begin_decode()
-            logits = model(input_ids=ids, position_ids=pos, cu_seqlens=state.decode_cu_seqlens, max_seqlen=1).logits
+            logits = model(**kw).logits[last_of_prompt]
         state.end_step()
-        calls += 1
         return logits
+
+    def decode() -> torch.Tensor:
+        pos = state.begin_decode()
+        logits = model(input_ids=cur, position_ids=pos, cu_seqlens=state.decode_cu_seqlens, max_seqlen=1).logits
+        state.end_step()
+        return logits
+
+    def static_step() -> None:
+        """One decode step with fixed shapes and addresses (what the CUDA graph records)."""
+        pos = state.begin_static_decode()
+        logits = model(input_ids=cur, position_ids=pos, cu_seqlens=state.decode_cu_seqlens, max_seqlen=1).logits
+        state.end_static_step()
+        take(logits)
 
     make = lambda core: SequenceCachedAttention(state, getattr(core, "softmax_scale", None))  # noqa: E731
     steps = 0
-    with swap_core_attention(model, make), (record_routing(model, keep_on_device=True) if record_experts
+    graph = None if blocker else DecodeGraph(static_step, generator, on_eager_step=state.count_static_step)
+    with swap_core_attention(model, make), (record_routing(model, keep_on_device=True) if routes
                                             else nullcontext()) as rec:
-        for i in range(max_new_tokens):
-            last = forward(ids)
-            nxt = sample_next(last, temperature, top_p, generator)
-            tokens[:, i] = nxt
-            logps[:, i] = processed_log_probs(last, temperature, top_p).gather(1, nxt[:, None])[:, 0]
-            steps, ids = i + 1, nxt
-            if stops is not None:
-                finished |= torch.isin(nxt, stops)
-                if poll(steps):
-                    break
-        if record_experts:
-            forward(ids)  # route the final tokens too (the prompts when max_new_tokens = 0)
+        while steps < max_new_tokens:
+            if steps == 0:
+                take(prefill())
+                steps = 1
+            elif graph is None:
+                take(decode())
+                steps += 1
+            elif not graph.ready:  # real steps on a side stream, then the capture (which takes none)
+                steps += graph.warm_up_and_capture()
+            else:
+                state.begin_static_decode()  # the host's capacity check of the step the replay takes
+                graph.replay()
+                state.count_static_step()
+                steps += 1
+            if stops is not None and poll(steps):
+                break
+        if routes:  # route the final tokens too (the prompts when max_new_tokens = 0)
+            prefill() if steps == 0 else decode()
     tok = tokens[:, :steps].cpu()
     lp = logps[:, :steps].cpu().tolist()
     keep = [steps] * B
@@ -178,5 +208,5 @@ def decode_on_device(model: nn.Module, prompts: list[list[int]] | list[torch.Ten
     out = [row[:k] for row, k in zip(rows, keep)]
     out_lp = [row[:k] for row, k in zip(lp, keep)]
     routed = (_routing_per_sequence(rec, prompt_cu, [n + k for n, k in zip(lengths, keep)])
-              if record_experts and rec.calls else None)
+              if routes and rec.calls else None)
     return out, out_lp, routed

@@ -168,7 +168,8 @@ DECODE_PATHS = ("fast", "reference")
 def generate_detailed(model: nn.Module, prompts: list[list[int]] | list[torch.Tensor], max_new_tokens: int,
                       temperature: float = 0.0, top_p: float = 1.0, eos_token_id: int | list[int] | None = None,
                       generator: torch.Generator | None = None, record_experts: bool = False,
-                      pixel_values: torch.Tensor | None = None, decode_path: str = "fast") -> Generation:
+                      pixel_values: torch.Tensor | None = None, decode_path: str = "fast",
+                      cuda_graph: bool = True) -> Generation:
     """Continue each prompt by up to ``max_new_tokens`` tokens with a KV cache (batched, no padding).
 
     Args:
@@ -189,6 +190,8 @@ def generate_detailed(model: nn.Module, prompts: list[list[int]] | list[torch.Te
             every token, kept for comparisons. Same tokens and log-probs up to float rounding; the
             fast path may draw a few more rows from ``generator`` after the last sequence stopped
             (it notices every :data:`~xt.models.common.fast_decode.FINISH_CHECK_EVERY` steps).
+        cuda_graph: on the fast path, replay the decode steps from a CUDA graph where the call
+            allows it (CUDA, no MoE layers: :mod:`xt.models.common.decode_graph`); False: eager.
 
     Returns:
         :class:`Generation`.
@@ -211,7 +214,7 @@ def generate_detailed(model: nn.Module, prompts: list[list[int]] | list[torch.Te
     try:
         if decode_path == "fast":
             out, logps, routed = decode_on_device(model, prompts, max_new_tokens, temperature, top_p, eos,
-                                                  generator, record_experts, tiles)
+                                                  generator, record_experts, tiles, cuda_graph=cuda_graph)
         else:
             out, logps, routed = _decode_reference(model, prompts, max_new_tokens, temperature, top_p, eos,
                                                    generator, record_experts, tiles)

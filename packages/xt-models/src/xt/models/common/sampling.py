@@ -55,4 +55,8 @@ def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_p: float = 1
         drop = (sp.cumsum(-1) - sp) >= top_p
         sp = sp.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, idx, sp)
-    return torch.multinomial(probs / probs.sum(-1, keepdim=True), 1, generator=generator).squeeze(-1)
+    # One draw per row as an exponential race, argmax(p / E) with E ~ Exp(1): exactly what
+    # torch.multinomial(p, 1) computes (same draws from the generator, same tokens), without its host
+    # read of p's validity, so a CUDA graph can capture it (xt.models.common.decode_graph).
+    q = torch.empty_like(probs).exponential_(1, generator=generator)
+    return (probs / probs.sum(-1, keepdim=True) / q).argmax(dim=-1)

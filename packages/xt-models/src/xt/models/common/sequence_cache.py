@@ -150,6 +150,34 @@ class SequenceCacheState:
         self._set_used(self.cached_max + 1)
         return self.lengths
 
+    def begin_static_decode(self) -> torch.Tensor:
+        """Start a decode step whose shapes never change, for a CUDA-graph capture
+        (:mod:`xt.models.common.decode_graph`): one new token per sequence, attending all ``capacity``
+        key slots (those not yet written are masked). End it with :meth:`end_static_step`. Returns the
+        rotary positions ``[B]`` int64 (``lengths`` itself: do not modify).
+
+        Raises:
+            ValueError: the capacity would be exceeded (checked on the host, outside any graph).
+        """
+        self.doc, self.row, self.slot, self.S, self._step_new = self._seq, self._zeros, self.lengths, 1, None
+        if self.cached_max + 1 > self.capacity:
+            raise ValueError(f"KV cache capacity {self.capacity} exceeded (a sequence would hold "
+                             f"{self.cached_max + 1} tokens)")
+        self.used = self.capacity
+        self._masks.clear()
+        return self.lengths
+
+    def end_static_step(self) -> None:
+        """Count a static decode step's token as cached: ``lengths += 1`` on the device (captured with
+        the step) and the masks of the step dropped. The host count ``cached_max`` is advanced by
+        :meth:`count_static_step`, once per step run (a graph replay runs no Python)."""
+        self.lengths.add_(1)
+        self._masks.clear()
+
+    def count_static_step(self) -> None:
+        """Advance the host count ``cached_max`` by the one token a static decode step caches."""
+        self.cached_max += 1
+
     def end_step(self) -> None:
         """Count the step's new tokens as cached."""
         if self._step_new is None:
