@@ -313,3 +313,23 @@ def test_moe_fast_decode_on_cuda_equals_the_reference_loop(tmp_path, arch, dtype
     assert fast.tokens == ref.tokens and fast.finish_reasons == ref.finish_reasons
     assert _max_diff(fast.log_probs, ref.log_probs) <= tol
     assert all(torch.equal(a, b) for a, b in zip(ref.routed_experts, fast.routed_experts))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_step_that_cannot_be_captured_decodes_eagerly(tmp_path):
+    """A model whose forward reads the device on the host (here a hook's ``.item()``) cannot be
+    recorded: the capture warns and the call decodes eagerly, with the reference loop's tokens."""
+    model = _model(tmp_path, "qwen3").to("cuda", torch.float64)
+    hook = model.register_forward_pre_hook(lambda m, a, kw: float(kw["input_ids"].sum().item()) and None,
+                                           with_kwargs=True)
+    prompts = [p.tolist() for p in random_docs(LENGTHS, seed=28)]
+    try:
+        ref = generate_detailed(model, prompts, 12, 0.0, decode_path="reference")
+        with pytest.warns(UserWarning, match="CUDA-graph capture failed"):
+            fast = generate_detailed(model, prompts, 12, 0.0, decode_path="fast")
+    finally:
+        hook.remove()
+    assert fast.tokens == ref.tokens
+    assert _max_diff(fast.log_probs, ref.log_probs) <= 1e-6
+    model.float()

@@ -20,6 +20,7 @@ the warm-up and the capture run with ``cache_enabled=False`` (PyTorch's rule for
 from __future__ import annotations
 
 from collections.abc import Callable
+import warnings
 from contextlib import nullcontext
 
 import torch
@@ -29,7 +30,7 @@ __all__ = ["WARMUP_STEPS", "DecodeGraph", "graph_blocker", "has_moe_layers"]
 
 #: static decode steps run eagerly (on a side stream) before the capture: compiled code, cuBLAS
 #: handles and autotuning settle there, not inside the graph
-WARMUP_STEPS = 2
+WARMUP_STEPS = 1
 
 
 def has_moe_layers(model: nn.Module) -> bool:
@@ -82,7 +83,8 @@ class DecodeGraph:
 
     ``warm_up_and_capture()`` runs :data:`WARMUP_STEPS` real steps eagerly on a side stream, then
     records one step (recording runs no kernel: the step is not taken) and sets ``ready``;
-    ``replay()`` takes one step.
+    ``replay()`` takes one step. A capture that fails (an operation that cannot be recorded) warns,
+    records why in ``failure`` and leaves ``graph`` None: ``replay()`` then runs the step eagerly.
     """
 
     def __init__(self, step: Callable[[], None], generator: torch.Generator | None,
@@ -90,6 +92,7 @@ class DecodeGraph:
         self.step, self.generator, self.on_eager_step, self.capture = step, generator, on_eager_step, capture
         self.graph: torch.cuda.CUDAGraph | None = None
         self.ready = False
+        self.failure: str | None = None  # why the capture failed (then every step runs eagerly)
 
     def _autocast(self):
         if not torch.is_autocast_enabled("cuda"):
@@ -113,11 +116,17 @@ class DecodeGraph:
                 if self.on_eager_step is not None:
                     self.on_eager_step()
         torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
+        graph = torch.cuda.CUDAGraph()
         if self.generator is not None:
-            self.graph.register_generator_state(self.generator)
-        with torch.cuda.graph(self.graph), self._autocast():
-            self.step()
+            graph.register_generator_state(self.generator)
+        try:
+            with torch.cuda.graph(graph), self._autocast():
+                self.step()  # recorded, not run: no state changes if the capture fails
+        except RuntimeError as e:  # something in the step cannot be captured: run it eagerly instead
+            self.failure = f"{type(e).__name__}: {e}".splitlines()[0]
+            warnings.warn(f"decode: the CUDA-graph capture failed ({self.failure}); decoding eagerly", stacklevel=2)
+            return WARMUP_STEPS
+        self.graph = graph
         return WARMUP_STEPS
 
     def replay(self) -> None:
