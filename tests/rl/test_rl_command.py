@@ -181,6 +181,8 @@ def test_moe_run_with_routing_replay_logs_the_agreement(tmp_path):
     ("updates_per_step = 2", 'updates_per_step = 2\ndtype = "bf16"', ["rollout.dtype", ".toml:", "'train'"]),
     ("updates_per_step = 2", 'updates_per_step = 2\nengine = "lmdeploy"\ndtype = "fp32"',
      ["rollout.dtype", ".toml:", "rollout.engine = 'xt'"]),
+    ("updates_per_step = 2", 'updates_per_step = 2\nengine = "lmdeploy"\ncuda_graph = false',
+     ["rollout.cuda_graph", ".toml:", "rollout.engine = 'xt'"]),
     ("[rl]\n", '[orchestrator]\nkind = "ray"\nrollout_workers = 2\n\n[rl]\n',
      ["orchestrator.rollout_workers", ".toml:", "colocated"]),
     ("[rl]\n", '[orchestrator]\ntrainer_workers = 2\n\n[rl]\n',

@@ -130,3 +130,16 @@ def test_chat_prompt_ids_equal_the_training_ids(name):
     if name == "llama3":
         assert prompt.count(tok.bos_token_id) == 1 and prompt[0] == tok.bos_token_id
         assert train_ids.count(tok.bos_token_id) == 1
+
+
+@pytest.mark.parametrize("cuda_graph", [True, False])
+def test_rollout_cuda_graph_setting_reaches_the_generation(monkeypatch, cuda_graph):
+    """``rollout.cuda_graph`` (`XTRolloutEngine(cuda_graph=)`) is what the engine's generation gets."""
+    import xt.rl.rollout.xt_engine as xe
+
+    seen = []
+    real = xe.generate_detailed
+    monkeypatch.setattr(xe, "generate_detailed", lambda *a, **k: seen.append(k["cuda_graph"]) or real(*a, **k))
+    eng = XTRolloutEngine(tiny_qwen3(), cuda_graph=cuda_graph)
+    eng.generate(RolloutRequest(prompts=[[1, 5, 9]], n=2, seed=0, sampling=SamplingParams(max_new_tokens=3)))
+    assert seen == [cuda_graph]

@@ -42,6 +42,9 @@ class RolloutConfig(ConfigStruct):
             pipeline on ``model.init_from``, re-exported after each update; extra
             ``xt-rl[lmdeploy]``, one process only, not run by XT's tests:
             `xt.rl.rollout.lmdeploy_engine`).
+        cuda_graph: on CUDA, XT's generation replays its decode steps from a CUDA graph where it
+            can (models without MoE layers: `xt.models.common.decode_graph`; same tokens as eager);
+            false: every step eager. Engine "xt" only.
     """
 
     # what one step samples
@@ -57,6 +60,7 @@ class RolloutConfig(ConfigStruct):
     # which engine, and how it batches
     engine: Literal["xt", "lmdeploy"] = "xt"
     max_batch_sequences: int = 0
+    cuda_graph: bool = True
 
     def __post_init__(self) -> None:
         require(self.prompts_per_step >= 1, "prompts_per_step", f"must be >= 1, got {self.prompts_per_step}")
@@ -72,6 +76,8 @@ class RolloutConfig(ConfigStruct):
                 "needs rollout.engine = 'xt' (LMDeploy does not return the routed experts)")
         require(self.engine == "xt" or self.dtype == "train", "dtype",
                 f"{self.dtype!r} needs rollout.engine = 'xt' (LMDeploy computes in its own precision)")
+        require(self.engine == "xt" or self.cuda_graph, "cuda_graph",
+                "false needs rollout.engine = 'xt' (LMDeploy runs its own decode loop)")
         require(self.max_batch_sequences >= 0, "max_batch_sequences",
                 f"must be >= 0 (0 = all at once), got {self.max_batch_sequences}")
 

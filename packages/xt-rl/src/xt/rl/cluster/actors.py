@@ -95,7 +95,7 @@ class TrainerActor:
             self.copy = build_rollout_copy(cfg.model, self.device)
             self.rollout = XTRolloutEngine(self.copy, max_batch_sequences=cfg.rollout.max_batch_sequences,
                                            precision=copy_precision(self.copy, cfg.train, cfg.rollout.dtype,
-                                                                    self.device))
+                                                                    self.device), cuda_graph=cfg.rollout.cuda_graph)
         self.parts.state.rollout = self.rollout
 
     def info(self) -> dict[str, Any]:
@@ -252,7 +252,8 @@ class RolloutActor:
         model, _ = build_laid_out(cfg.model, cfg.kernels, ParallelConfig(), device)  # plain, unsharded
         model.requires_grad_(False)
         self.engine = XTRolloutEngine(model, max_batch_sequences=cfg.rollout.max_batch_sequences,
-                                      precision=copy_precision(model, cfg.train, cfg.rollout.dtype, device))
+                                      precision=copy_precision(model, cfg.train, cfg.rollout.dtype, device),
+                                      cuda_graph=cfg.rollout.cuda_graph)
         self.wgroup: WeightGroup | None = None
 
     def join_weight_group(self, address: str, prefix: str, rank: int, world: int) -> None:

@@ -52,10 +52,10 @@ def policy_rollout(parts: Any, rollout: Any) -> XTRolloutEngine:
 
     Args:
         parts: the built policy (`xt.rl.loop.build.PolicyParts`).
-        rollout: the ``[rollout]`` section (``dtype``, ``max_batch_sequences``).
+        rollout: the ``[rollout]`` section (``dtype``, ``max_batch_sequences``, ``cuda_graph``).
     """
     return XTRolloutEngine(parts.model, max_batch_sequences=rollout.max_batch_sequences,
-                           precision=policy_precision(parts.engine, rollout.dtype))
+                           precision=policy_precision(parts.engine, rollout.dtype), cuda_graph=rollout.cuda_graph)
 
 
 def _lmdeploy_engine(cfg: Any, model: torch.nn.Module, tokenizer: Any) -> Any:

@@ -37,19 +37,22 @@ class XTRolloutEngine:
             changes which draws a later chunk gets.
         precision: how the model computes (`xt.rl.rollout.precision`); default fp32 weights
             without autocast.
+        cuda_graph: replay the decode steps from a CUDA graph on CUDA where the model allows it
+            (``rollout.cuda_graph``; `xt.models.common.decode_graph`); False: eager.
 
     Raises:
         ValueError: a negative `max_batch_sequences`.
     """
 
     def __init__(self, model: nn.Module, *, weight_version: int = 0, max_batch_sequences: int = 0,
-                 precision: RolloutPrecision = FP32_ROLLOUT) -> None:
+                 precision: RolloutPrecision = FP32_ROLLOUT, cuda_graph: bool = True) -> None:
         if max_batch_sequences < 0:
             raise ValueError(f"max_batch_sequences must be >= 0, got {max_batch_sequences}")
         self.model = model
         self.weight_version = weight_version
         self.max_batch_sequences = max_batch_sequences
         self.precision = precision
+        self.cuda_graph = cuda_graph
         self.has_moe = bool(decoder_routers(model))
 
     def load_weights(self, state_dict: Mapping[str, torch.Tensor], version: int) -> None:
@@ -84,7 +87,8 @@ class XTRolloutEngine:
             part = flat[a:a + chunk]
             with self.precision.context():
                 g = generate_detailed(self.model, [p for _, p in part], sp.max_new_tokens, sp.temperature,
-                                      sp.top_p, list(sp.stop_token_ids), gen, record_experts=record)
+                                      sp.top_p, list(sp.stop_token_ids), gen, record_experts=record,
+                                      cuda_graph=self.cuda_graph)
             for j, (i, p) in enumerate(part):
                 routed = IntArray.from_tensor(g.routed_experts[j]) if g.routed_experts is not None else None
                 samples.append(RolloutSample(prompt_index=i, prompt_ids=list(p), response_ids=g.tokens[j],
