@@ -185,6 +185,11 @@ def test_override_errors_name_the_override(tmp_path):
     assert "'bf16'" in str(ei.value) and "'fp32'" in str(ei.value)
     with pytest.raises(ConfigError, match="unknown key `optim.learning_rate`"):
         load_config(p, Top, ["optim.learning_rate=1"])
+    with pytest.raises(ConfigError, match=r"unknown key `train.step`; did you mean `train.steps`\?"):
+        load_config(p, Top, ["train.step=1"])
+    with pytest.raises(ConfigError) as ei:  # nothing close: no suggestion
+        load_config(p, Top, ["train.zzzz=1"])
+    assert "did you mean" not in str(ei.value)
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         load_config(p, Top, ["train.steps"])
     with pytest.raises(ConfigError, match="is a value, not a table"):

@@ -8,6 +8,7 @@ dotted key, where it was set (``file:line`` or the ``--set`` override) and what 
 """
 from __future__ import annotations
 
+import difflib
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -148,7 +149,9 @@ def _translate(err: msgspec.ValidationError, root: type) -> tuple[str, str]:
         names = struct_field_names(section) if section is not None else []
         where = f"[{key}]" if key else "the top level"
         if unknown:
-            return full, f"unknown key `{full}`; allowed keys in {where}: {', '.join(names)}"
+            close = difflib.get_close_matches(field, names, n=1, cutoff=0.7)
+            hint = f"; did you mean `{f'{key}.' if key else ''}{close[0]}`?" if close else ""
+            return full, f"unknown key `{full}`{hint}; allowed keys in {where}: {', '.join(names)}"
         wanted = describe_type(type_at(root, parent_parts + [field]))
         return full, f"missing required key `{full}` ({wanted})"
     if isinstance(cause, ConfigFieldError):
