@@ -111,3 +111,73 @@ def test_missing_ray_is_one_config_error(monkeypatch):
         import_ray()
     assert e.value.key == "orchestrator.kind"
     assert split_counts(7, 3) == [(0, 2), (2, 4), (4, 7)] and split_counts(1, 3) == [(0, 1)]
+
+
+def _receiver(address, prefix, rank, world, die_after_buckets, seed, out):
+    """A weight-sync member of rank >= 1 (a forked process): receive the plan's buckets into a model
+    of other weights and report the outcome; or leave after ``die_after_buckets`` buckets (os._exit)."""
+    import os
+    import time
+
+    from xt.rl.cluster.collective import WeightGroup, _bytes, receive_weights
+    model = tiny_qwen3(seed=seed + 1, dtype=torch.float32)
+    group = WeightGroup(address, prefix, rank, world, torch.device("cpu"), timeout_s=60)
+    plan = out.get()
+    if die_after_buckets is not None:
+        for bucket in plan[:die_after_buckets]:
+            group.broadcast(torch.empty(sum(_bytes(s, d) for _, s, d in bucket), dtype=torch.uint8))
+        os._exit(3)
+    t0 = time.perf_counter()
+    try:
+        receive_weights(group, model, plan)
+    except RuntimeError as e:
+        out.put(("failed", time.perf_counter() - t0, str(e)[:200]))
+        return
+    out.put(("ok", time.perf_counter() - t0, {k: v.clone() for k, v in model.state_dict().items()}))
+
+
+def test_a_member_dying_mid_broadcast_fails_the_others_at_once_and_a_new_group_works():
+    """Weight sync over gloo (`xt.rl.cluster.collective`): trainer rank 0 and two receivers; one
+    receiver leaves after the first bucket. The trainer's broadcast raises, closes its end, and the
+    other receiver, blocked in the same broadcast, fails too: both within seconds, not at the 60 s
+    timeout. A new group (new prefix, a fresh receiver) then moves every weight bit for bit."""
+    import datetime
+    import multiprocessing as mp
+    import time
+
+    import torch.distributed as dist
+    from xt.models.hf_stream import PlainState
+    from xt.rl.cluster.collective import WeightGroup, bucket_plan, broadcast_weights
+
+    model = tiny_qwen3(seed=0, dtype=torch.float32)
+    plan = bucket_plan(model, 2048, PlainState(model).layout)
+    assert len(plan) > 3
+    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=datetime.timedelta(seconds=60))
+    address = f"127.0.0.1:{store.port}"
+    ctx = mp.get_context("fork")
+    for prefix, dying in (("sync/1", 1), ("sync/2", None)):
+        queues = [ctx.Queue(), ctx.Queue()]
+        procs = [ctx.Process(target=_receiver, args=(address, prefix, 1 + i, 3, dying if i == 1 else None, 0, q))
+                 for i, q in enumerate(queues)]
+        for p in procs:
+            p.start()
+        group = WeightGroup(address, prefix, 0, 3, torch.device("cpu"), timeout_s=60)
+        for q in queues:
+            q.put(plan)
+        time.sleep(0.5)  # both receivers are inside the broadcast loop
+        t0 = time.perf_counter()
+        if dying is None:
+            sent = broadcast_weights(group, model, 2048, plan)
+            status, _, state = queues[0].get(timeout=60)
+            assert status == "ok" and sent == sum(t.numel() * t.element_size() for t in model.state_dict().values())
+            assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+            assert queues[1].get(timeout=60)[0] == "ok"
+        else:
+            with pytest.raises(RuntimeError, match="broadcast of the weights failed"):
+                broadcast_weights(group, model, 2048, plan)
+            assert time.perf_counter() - t0 < 20 and group.pg is None  # closed
+            status, waited, why = queues[0].get(timeout=60)
+            assert status == "failed" and waited < 20, why
+        for p in procs:
+            p.join(timeout=30)
+        assert [p.exitcode for p in procs] == [0, 3 if dying else 0]

@@ -175,8 +175,13 @@ class TrainerActor:
         """
         if self.rank == 0 and self.wgroup is None:
             raise RuntimeError("TrainerActor.broadcast_weights: join_weight_group first")
-        return broadcast_weights(self.wgroup if self.rank == 0 else None, self.parts.model, max_bytes, plan,
-                                 self.full_state())
+        try:
+            return broadcast_weights(self.wgroup if self.rank == 0 else None, self.parts.model, max_bytes, plan,
+                                     self.full_state())
+        except RuntimeError:
+            if self.rank == 0 and self.wgroup is not None and self.wgroup.pg is None:  # closed: a receiver died
+                self.wgroup = None
+            raise
 
     def publish_weights(self, how: str, max_bytes: int, root: str | None) -> WeightHandle | None:
         """The current weights as HF-named buckets (`xt.rl.cluster.weights.publish_weights`). A
@@ -269,7 +274,12 @@ class RolloutActor:
         """
         if self.wgroup is None:
             raise RuntimeError("RolloutActor.receive_weights: join_weight_group first")
-        n = receive_weights(self.wgroup, self.engine.model, plan)
+        try:
+            n = receive_weights(self.wgroup, self.engine.model, plan)
+        except RuntimeError:  # the sender or another member left mid-broadcast: rejoin a new group later
+            self.wgroup.close()
+            self.wgroup = None
+            raise
         self.engine.weight_version = version
         return n
 

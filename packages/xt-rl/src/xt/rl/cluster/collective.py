@@ -15,11 +15,14 @@ it passes (`WeightGroup`: gloo on the CPU, NCCL on CUDA; group rank 0 = the trai
    plan and copies them by HF name into its model (`receive_weights`); every tensor must arrive.
 
 One bucket buffer is alive at a time on each side. A group whose member died cannot be repaired:
-the driver builds a new one (a new store prefix) with every member.
+a member whose broadcast fails closes its end (`WeightGroup.close`), so the others blocked in the
+same broadcast fail at once too, and the driver builds a new group (a new store prefix) with every
+member once the dead one is back, then broadcasts again (`xt.rl.cluster.rollout_proxy`).
 """
 from __future__ import annotations
 
 import datetime
+import gc
 from collections.abc import Iterable
 from typing import Any
 
@@ -67,8 +70,24 @@ class WeightGroup:
             self.device = torch.device("cpu")
             self.pg = dist.ProcessGroupGloo(store, rank, world, timeout)
 
+    def close(self) -> None:
+        """Leave the group: drop this member's process group, which closes its connections, so
+        members blocked in a broadcast with it fail at once instead of waiting for the timeout.
+        The group cannot be used afterwards (a new one is built with every member)."""
+        pg, self.pg = self.pg, None
+        if pg is not None and hasattr(pg, "abort"):
+            pg.abort()
+        del pg
+        gc.collect()
+
     def broadcast(self, buffer: torch.Tensor) -> None:
-        """Broadcast `buffer` (on ``self.device``) from group rank 0 to every member, in place."""
+        """Broadcast `buffer` (on ``self.device``) from group rank 0 to every member, in place.
+
+        Raises:
+            RuntimeError: the group was closed, or a member left or died during the broadcast.
+        """
+        if self.pg is None:
+            raise RuntimeError("weight sync: this weight-sync group was closed")
         opts = dist.BroadcastOptions()
         opts.rootRank = 0
         self.pg.broadcast([buffer], opts).wait()
@@ -98,18 +117,28 @@ def broadcast_weights(group: WeightGroup | None, model: nn.Module, max_bytes: in
     in its gathers.
 
     Raises:
-        RuntimeError: a bucket differs from `plan` (the receivers would cut it wrongly).
+        RuntimeError: a bucket differs from `plan` (the receivers would cut it wrongly), or a
+            broadcast failed (a receiver died or left): then the group is closed
+            (`WeightGroup.close`), and the streaming still runs to its end so that the other
+            trainer ranks' gathers complete.
     """
-    sent = 0
+    sent, failure = 0, None
     buckets = iter_hf_buckets(model, max_bytes, tensors)
     for i, bucket in enumerate(buckets):
-        if group is None:
+        if group is None or failure is not None:
             continue
         if i >= len(plan) or [k for k, _ in bucket] != [k for k, _, _ in plan[i]]:
             raise RuntimeError(f"weight sync: bucket {i} differs from the plan the rollout actors received")
         flat = torch.cat([t.detach().contiguous().reshape(-1).view(torch.uint8).to(group.device) for _, t in bucket])
-        group.broadcast(flat)
+        try:
+            group.broadcast(flat)
+        except RuntimeError as e:
+            failure = e
+            group.close()
+            continue
         sent += flat.numel()
+    if failure is not None:
+        raise RuntimeError(f"weight sync: the broadcast of the weights failed: {failure}") from failure
     return sent
 
 
@@ -119,7 +148,8 @@ def receive_weights(group: WeightGroup, model: nn.Module, plan: BucketPlan) -> i
 
     Raises:
         KeyError: the plan names a tensor the model lacks, or a model tensor is in no bucket.
-        RuntimeError: a shape that differs (from ``copy_``).
+        RuntimeError: a shape that differs (from ``copy_``), or a broadcast failed (the sender or
+            another member died or left; the caller closes the group).
     """
     targets = hf_targets(model)
     seen: set[str] = set()

@@ -88,7 +88,12 @@ class _Actors:
         self.ray, self.handles, self.max_restarts, self.on_restart = ray, handles, max_restarts, on_restart
         self.restarts = 0
 
-    def _wait_alive(self, i: int) -> None:
+    def wait_alive(self, i: int) -> None:
+        """Block until actor i answers a ping (Ray restarts a dead one), at most ``RESTART_WAIT_S``.
+
+        Raises:
+            ray.exceptions.RayActorError: it is still dead after ``RESTART_WAIT_S``.
+        """
         deadline = time.monotonic() + RESTART_WAIT_S
         while True:
             try:
@@ -108,7 +113,7 @@ class _Actors:
         """
         for attempt in range(self.max_restarts + 1):
             self.restarts += 1
-            self._wait_alive(i)
+            self.wait_alive(i)
             if self.on_restart is not None:
                 self.on_restart(i)
             try:

@@ -119,14 +119,46 @@ class DisaggregatedRollout:
         self.ray.get(refs)
 
     def _broadcast(self, version: int) -> None:
-        """Collective sync: every trainer rank streams, rank 0 broadcasts, every rollout actor receives."""
+        """Collective sync: every trainer rank streams, rank 0 broadcasts, every rollout actor receives.
+
+        A rollout actor that dies during the broadcast makes the others' broadcasts fail (each
+        closes its end of the group, `xt.rl.cluster.collective`); once Ray has restarted it (counted
+        in ``actors.restarts``), every member joins a new group and the whole broadcast runs again,
+        up to ``max_restarts`` times.
+
+        Raises:
+            RuntimeError: a broadcast failed with no actor dead (e.g. a plan mismatch), or actors
+                kept dying after ``max_restarts`` new groups.
+        """
         if self._plan is None:
             self._regroup()
             self._plan = self.ray.get(self.trainers.rank0.weight_plan.remote(self.max_bytes))
-        sent = self.trainers.submit("broadcast_weights", self.max_bytes, self._plan)
-        got = [h.receive_weights.remote(self._plan, version) for h in self.actors.handles]
-        self.sync_bytes = int(self.ray.get(sent)[0])
-        self.ray.get(got)
+        errors = self.ray.exceptions
+        for attempt in range(self.actors.max_restarts + 1):
+            sent = self.trainers.submit("broadcast_weights", self.max_bytes, self._plan)
+            got = self.actors.submit("receive_weights", [(self._plan, version)] * len(self.actors.handles))
+            failure, dead = None, []
+            try:
+                n = self.ray.get(sent)
+            except errors.RayTaskError as e:
+                failure = e
+            for i, ref in enumerate(got):
+                try:
+                    self.ray.get(ref)
+                except errors.RayActorError:
+                    dead.append(i)
+                except errors.RayTaskError as e:
+                    failure = failure or e
+            if not dead and failure is None:
+                self.sync_bytes = int(n[0])
+                return
+            if not dead or attempt == self.actors.max_restarts:
+                raise RuntimeError(f"weight sync: the broadcast failed (rollout actors dead: {dead}): "
+                                   f"{failure}") from failure
+            for i in dead:
+                self.actors.restarts += 1
+                self.actors.wait_alive(i)
+            self._regroup()
 
     def _resync(self, i: int) -> None:
         if self.how == "collective":  # the restarted actor left the group: a new group for everyone
