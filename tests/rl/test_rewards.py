@@ -108,3 +108,22 @@ def test_pool_with_a_builtin_reward():
     with RewardPool("math_verify", workers=1, timeout_s=20.0) as p:
         res = p.score(["\\boxed{4}", "\\boxed{5}", "no idea"], [{"answer": "4"}] * 3)
     assert res.rewards == [1.0, 0.0, 0.0] and res.status == ["ok"] * 3
+
+
+def test_a_task_written_to_jsonl_gives_the_same_prompts_in_the_same_order(tmp_path):
+    """The demo's reasoning-gym samples written as JSONL (what `benchmarks/rl/bench_trl.py
+    --write-task-jsonl` does for a machine without reasoning-gym) load back as the same samples, and
+    `PromptSource` draws them in the same order."""
+    import json
+
+    from xt.rl.loop.prompts import PromptSource, task_samples
+    from xt.rl.run_config import TaskConfig
+
+    gym = TaskConfig(name="basic_arithmetic", size=200, seed=1, config={"max_digits": 1, "operators": ["+", "-"]})
+    samples = task_samples(gym)
+    path = tmp_path / "task.jsonl"
+    path.write_text("".join(json.dumps(s) + "\n" for s in samples))
+    again = task_samples(TaskConfig(source="jsonl", path=str(path), seed=1))
+    assert again == [json.loads(json.dumps(s)) for s in samples]  # (JSON turns the metadata's tuples into lists)
+    a, b = PromptSource(samples, seed=1), PromptSource(again, seed=1)
+    assert [s["question"] for s in a.next(450)] == [s["question"] for s in b.next(450)]  # across epochs too
