@@ -9,16 +9,19 @@ random Qwen3 of test_rl_command.py (4 RL steps of 2 updates each, fp32, CPU):
   (the weight-sync group rebuilt), and metrics and final weights still equal the one-process run
   exactly; ``actor_restarts`` counts the redone calls (2 here when both kills land mid-call, as the
   50 ms reward calls make sure for the reward); ``weight_sync_s`` is logged every step;
-- collective weight sync to 2 rollout actors (the trainer resumed from the one-process run's final
-  checkpoint): both hold the checkpoint's weights bit for bit, equal to the disk hand-over's;
+- collective weight sync to 2 rollout actors with ``train.dtype = "bf16"`` (the trainer resumed
+  from the one-process run's final checkpoint): both hold the checkpoint's weights bit for bit,
+  equal to the disk hand-over's, and (``rollout.dtype = "train"``: their own bf16 compute copies,
+  re-cast after the weight load) sample the same tokens with the same log-probs, bit for bit, as
+  the one-process bf16 rollout of the same two shares;
 - a trainer of 2 Ray actors (one gloo group; a tiny Qwen3-MoE with routing replay started from an
   HF folder, loaded sharded: each rank reads its rows; FSDP2 over both and its experts sliced over
   both, EP 2; each rank training on its share of the samples;
   weights gathered by FullState and published through the object store) equals the one-process
   run: every per-step metric and every final weight within 1e-5 (AdamW made near-linear, eps = 1).
-- a trainer of 2 Ray actors with ``parallel.sp_size = 2`` (Ulysses: every micro-batch split
+- (soak) a trainer of 2 Ray actors with ``parallel.sp_size = 2`` (Ulysses: every micro-batch split
   over both; GSPO, seq_mean_token_mean, KL in the loss, sequence-level TIS) equals the one-process
-  run within 1e-5 in every per-step metric and final weight.
+  run within 1e-5 in every per-step metric and final weight (the SP trainer step is test_rl_sp.py's).
 
 - colocated with a trainer of 2 Ray actors (the same tiny Qwen3-MoE, FSDP2 2 x EP 2, routing replay;
   and the dense Qwen3 under FSDP2 2; each rank sampling its share of the prompts on a full rollout
@@ -31,13 +34,9 @@ random Qwen3 of test_rl_command.py (4 RL steps of 2 updates each, fp32, CPU):
 
 - one-step overlap (``max_staleness = 1``, disaggregated, weights through disk): the samples are
   one RL step stale from step 2 on (``rollout_staleness``), the run differs from the synchronous
-  one, and a run stopped after 2 RL steps and resumed (the checkpoint holds the buffered rollout)
-  equals the uninterrupted one, in which the rollout actor was killed during a prefetched rollout
-  (redone on the weights it was started with).
-
-- a disaggregated rollout actor with ``train.dtype = "bf16"`` (``rollout.dtype = "train"``: its own
-  bf16 compute copies, re-cast after the weight load) samples the same tokens with the same
-  log-probs, bit for bit, as the one-process rollout on the bf16 policy for the same seed;
+  one, and a run resumed from its step-4 checkpoint (after 2 RL steps; the checkpoint holds the
+  buffered rollout), in which the rollout actor is killed during a prefetched rollout (redone on
+  the weights it was started with), equals the uninterrupted one.
 
 - asking for more GPUs than the Ray cluster has is one ConfigError (Ray would wait forever).
 
