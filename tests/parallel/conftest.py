@@ -8,19 +8,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from parallel_harness import Pool  # noqa: E402
-
-_POOLS: dict[int, Pool] = {}
+from parallel_harness import close_shared_pools, shared_pool  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def pools():
-    """``pools(world) -> Pool``: one persistent process group per world size for the session."""
-    def get(world: int) -> Pool:
-        if world not in _POOLS:
-            _POOLS[world] = Pool(world)
-        return _POOLS[world]
-    yield get
-    for p in _POOLS.values():
-        p.close()
-    _POOLS.clear()
+    """``pools(world) -> Pool``: one persistent process group per world size for the session
+    (`parallel_harness.shared_pool`: the same pools serve tests/rl's SP cases)."""
+    yield shared_pool
+    close_shared_pools()

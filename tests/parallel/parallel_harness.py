@@ -1,7 +1,8 @@
 """A persistent pool of gloo ranks that runs many test cases (spawning costs seconds; do it once).
 
 The parent writes ``job-N.pt`` (a picklable spec); every rank runs ``fn(spec, ctx)`` where ``fn`` is
-``module:function`` importable in the child; rank 0 writes ``result-N.pt``; a rank that raises writes
+``module:function`` importable in the child (``spec["sys_path"]``, optional: folders put on the
+child's ``sys.path`` first); rank 0 writes ``result-N.pt``; a rank that raises writes
 ``error-N-RANK.txt`` and exits (the pool is then broken and every later call fails fast). Results come
 back through files, never a multiprocessing queue (large payloads deadlock: docs/architecture.md, Machines).
 """
@@ -47,6 +48,9 @@ def _worker(rank: int, world: int, root: str, backend: str = "gloo") -> None:
             nap = min(0.05, nap * 1.5)
         try:
             spec = torch.load(job, weights_only=False)
+            for path in spec.get("sys_path", ()):  # case modules outside tests/parallel (tests/rl)
+                if path not in sys.path:
+                    sys.path.insert(0, path)
             mod, fn = spec["fn"].split(":")
             result = getattr(importlib.import_module(mod), fn)(spec, state)
             if rank == 0:
@@ -100,3 +104,25 @@ class Pool:
             if p.is_alive():
                 p.kill()
         shutil.rmtree(self.root, ignore_errors=True)  # the jobs hold models' weights: ~150 MB per pool
+
+
+_SHARED: dict[int, Pool] = {}
+
+
+def shared_pool(world: int) -> Pool:
+    """The session's one gloo `Pool` of `world` ranks, started on first use and shared by every test
+    directory that asks (tests/parallel's ``pools`` fixture, tests/rl's SP cases: one start each
+    costs ~5-15 s on a 2-core CPU); closed by `close_shared_pools` (also at interpreter exit)."""
+    if world not in _SHARED:
+        if not _SHARED:
+            import atexit
+            atexit.register(close_shared_pools)
+        _SHARED[world] = Pool(world)
+    return _SHARED[world]
+
+
+def close_shared_pools() -> None:
+    """Close every `shared_pool` (idempotent)."""
+    for pool in _SHARED.values():
+        pool.close()
+    _SHARED.clear()

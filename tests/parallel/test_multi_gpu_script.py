@@ -28,7 +28,30 @@ def _stage_json(folder: Path, stage: str) -> dict:
     return json.loads(path.read_text())
 
 
-def test_correctness_world2_agrees_and_reports_its_errors(tmp_path):
+class _Borrowed:
+    """A session pool (the ``pools`` fixture) lent to run.py, which closes each pool it makes: the
+    close is a no-op, so the session keeps it (a fresh world-2 and world-1 pool per stage cost
+    ~8 s of each correctness test on a 2-core CPU; the cases and the DCP hand-over are the same)."""
+
+    def __init__(self, pool) -> None:
+        self.pool = pool
+
+    def run(self, spec: dict, timeout: float = 180.0):
+        return self.pool.run(spec, timeout)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def session_pools(pools, monkeypatch):
+    """run.py's ``Pool(world, backend)`` answered by the session's gloo pools."""
+    import parallel_harness
+    got = {world: pools(world) for world in (1, 2)}  # started (if not yet) before Pool is replaced
+    monkeypatch.setattr(parallel_harness, "Pool", lambda world, backend="gloo": _Borrowed(got[world]))
+
+
+def test_correctness_world2_agrees_and_reports_its_errors(tmp_path, session_pools):
     rc = run.main(["--world", "2", "--stages", "correctness", "--cases", "ep_sp_ac,dcp_resume_half",
                    "--out-dir", str(tmp_path)])
     got = _stage_json(tmp_path, "correctness-float32")
@@ -42,7 +65,7 @@ def test_correctness_world2_agrees_and_reports_its_errors(tmp_path):
     assert abs(dcp["next_loss_resumed"] - dcp["next_loss_saver"]) <= 1e-5 * dcp["next_loss_saver"]
 
 
-def test_correctness_fails_when_a_case_disagrees(tmp_path, monkeypatch):
+def test_correctness_fails_when_a_case_disagrees(tmp_path, monkeypatch, session_pools):
     """A reference taking 1.5x the learning rate (a stand-in for a sharding bug) must fail the stage."""
     real = parallel_cases.reference_toy
     monkeypatch.setattr(parallel_cases, "reference_toy", lambda spec: real(dict(spec, lr=spec["lr"] * 1.5)))

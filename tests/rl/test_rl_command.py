@@ -1,6 +1,6 @@
 """`xt rl` on one process (tiny random Qwen3 models, the real Qwen3 tokenizer, a reasoning-gym task):
 
-- a run of 2 RL steps, stopped, then resumed for 2 more equals the uninterrupted 4-step run
+- a run of 2 RL steps, stopped by SIGTERM, then resumed for 2 more equals the uninterrupted 4-step run
   exactly: every metric of every step (rewards, losses, gradient norms, entropy, ratios) and every
   weight of the final checkpoint (two updates per step, so old log-probs and the PPO ratio are used);
 - metrics.jsonl holds the RL metrics, reward.png is written, weight versions count optimizer steps;
@@ -109,13 +109,8 @@ def _reward_fns_on_path(monkeypatch):
 def test_resumed_run_equals_the_uninterrupted_one(tmp_path):
     quiet = Console(file=open(tmp_path / "log.txt", "w"))
     straight = run_rl(_config(tmp_path, "straight"), console=quiet)
-    cut = _config(tmp_path, "cut")
-    first = run_rl(cut, console=quiet, until_step=4)
-    assert first.step == 4 and first.checkpoint.name == "step-4"
-    second = run_rl(cut, resume="auto", console=quiet)
-    assert second.resumed_from.name == "step-4" and second.step == 8
-    a, b = _rows(tmp_path / "straight"), _rows(tmp_path / "cut")
-    assert [r["step"] for r in a] == [1, 2, 3, 4] and a == b
+    a = _rows(tmp_path / "straight")
+    assert [r["step"] for r in a] == [1, 2, 3, 4]
     assert [r["weight_version"] for r in a] == [2, 4, 6, 8]
     for key in ("reward_mean", "reward_std", "pass_at_1", "zero_std_group_frac", "response_len_mean",
                 "response_len_max", "response_clipped_frac", "entropy", "clip_frac_low", "clip_frac_high",
@@ -123,17 +118,16 @@ def test_resumed_run_equals_the_uninterrupted_one(tmp_path):
                 "trainer_tokens"):
         assert all(r.get(key) is not None for r in a), key
     assert any(r["ratio_abs_dev"] > 0 for r in a)  # the second update of a step sees a ratio != 1
-    wa, wb = _weights(straight.checkpoint), _weights(second.checkpoint)
-    assert wa.keys() == wb.keys() and wa
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    first_w = _weights(first.checkpoint)
-    assert any(not torch.equal(first_w[k], wa[k]) for k in wa)  # it did train after the resume
+    wa = _weights(straight.checkpoint)
+    assert wa
     assert (tmp_path / "straight" / "reward.png").stat().st_size > 1000
     banner = " ".join((tmp_path / "log.txt").read_text().split())
     assert "rollout precision fp32 as the trainer (rollout.dtype = 'train'; train.dtype = 'fp32'" in banner
 
     # SIGTERM (a preemption) arriving during RL step 2: that step finishes, a checkpoint is saved, the
     # continue command printed; resuming gives the uninterrupted run's metrics and weights exactly
+    # (this is the stop-and-resume check: a second one stopped by ``until_step`` cost ~6 s and
+    # went through the same save and resume)
     import signal
 
     from xt.cli import rl as rl_cmd
@@ -158,7 +152,9 @@ def test_resumed_run_equals_the_uninterrupted_one(tmp_path):
     assert again.resumed_from.name == "step-4" and again.step == 8 and again.interrupted is None
     assert _rows(tmp_path / "sig") == a
     ws = _weights(again.checkpoint)
-    assert all(torch.equal(wa[k], ws[k]) for k in wa)
+    assert ws.keys() == wa.keys() and all(torch.equal(wa[k], ws[k]) for k in wa)
+    stopped_w = _weights(stopped.checkpoint)
+    assert any(not torch.equal(stopped_w[k], wa[k]) for k in wa)  # it did train after the resume
 
 
 def test_moe_run_with_routing_replay_logs_the_agreement(tmp_path):

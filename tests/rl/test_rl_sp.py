@@ -20,7 +20,7 @@ import torch
 from xt.rl.config import MismatchConfig, RLConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "parallel"))
-from parallel_harness import Pool  # noqa: E402
+from parallel_harness import shared_pool  # noqa: E402
 
 from rl_sp_cases import LENS, _model, one_process  # noqa: E402
 
@@ -86,20 +86,20 @@ def test_sequence_shards_needs_an_sp_layout():
 
 @pytest.fixture(scope="module")
 def pool2():
-    pool = Pool(2)
-    yield pool
-    pool.close()
+    """The session's gloo pool of 2 ranks (`parallel_harness.shared_pool`: the one tests/parallel
+    uses, so a full run starts it once; its meshes are kept under this file's own keys)."""
+    return shared_pool(2)
 
 
 @pytest.fixture(scope="module")
 def pool4():
-    pool = Pool(4)
-    yield pool
-    pool.close()
+    """The session's gloo pool of 4 ranks (as `pool2`)."""
+    return shared_pool(4)
 
 
 def _spec(rl: RLConfig, **kw) -> dict:
-    return dict(fn="rl_sp_cases:run_sp", rl=rl, seed=3, lr=0.5, sp=2, **kw)
+    return dict(fn="rl_sp_cases:run_sp", sys_path=[str(Path(__file__).resolve().parent)], rl=rl, seed=3, lr=0.5,
+                sp=2, **kw)
 
 
 def _same(got: dict, want: dict, spec: dict) -> None:
