@@ -1,7 +1,8 @@
 """`xt train` under torchrun (gloo, CPU): the distributed layouts follow the single-process curve.
 
 World 2 with EP 2 (experts split over the two data-parallel ranks) and world 2 with SP 2 (one
-sequence split over both ranks), each against one process that sees the same global batch. The EP
+sequence split over both ranks), each against one process that sees the same global batch (that
+one in this process: no interpreter start-up). The EP
 case starts both runs from an HF folder (``model.init_from``: on two ranks each reads only its rows)
 and compares their HF exports too (streamed: each rank writes its files).
 fp32 and router aux loss off, so the loss is exactly split-invariant (the per-micro-batch aux loss
@@ -17,17 +18,22 @@ from pathlib import Path
 
 import pytest
 
+from cli_helpers import xt_invoke
+
 pytestmark = pytest.mark.dist
 
 
 def _run(args: list[str], nproc: int, tmp: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCHELASTIC_ERROR_FILE": str(tmp / "elastic.json")}
+    """`xt train ARGS`: on one process in this process (`xt_invoke`: no process group at world
+    size 1 without FSDP2 options), else under torchrun with `nproc` ranks."""
     if nproc == 1:
-        cmd = [sys.executable, "-m", "xt.cli.main", "train", *args]
+        assert "WORLD_SIZE" not in os.environ
+        r = xt_invoke("train", *args)
     else:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCHELASTIC_ERROR_FILE": str(tmp / "elastic.json")}
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                "-m", "xt.cli.main", "train", *args]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
 
