@@ -40,6 +40,41 @@ def xt_invoke(*args: str, env: dict[str, str | None] | None = None) -> subproces
     return subprocess.CompletedProcess(["xt", *args], r.exit_code, r.stdout, r.stderr)
 
 
+_RUNS = r"""
+import json, sys
+from click.testing import CliRunner
+from xt.cli.main import cli
+done = []
+for args in json.loads(sys.argv[1]):
+    r = CliRunner().invoke(cli, args, prog_name="xt", catch_exceptions=False)
+    done.append([r.exit_code, r.stdout, r.stderr])
+sys.stdout.write("\n" + json.dumps(done))
+"""
+
+
+def xt_runs(commands: list[list[str]], env: dict[str, str] | None = None,
+            timeout: int = 600) -> list[subprocess.CompletedProcess]:
+    """Run the `xt` commands `commands` one after the other in one fresh interpreter: a subprocess
+    (`env` applies before torch starts, and a process group one creates stays there), one start-up
+    for all. XT_DEBUG and the torchrun variables unset.
+
+    Returns:
+        One `CompletedProcess` per command (exit status, stdout, stderr), as `xt_invoke` gives.
+
+    Raises:
+        AssertionError: the interpreter failed (an exception a command did not turn into an exit
+            status: its traceback is the message).
+    """
+    import json
+    drop = ("XT_DEBUG", "RANK", "WORLD_SIZE", "LOCAL_RANK")
+    full_env = {**{k: v for k, v in os.environ.items() if k not in drop}, **(env or {})}
+    r = subprocess.run([sys.executable, "-c", _RUNS, json.dumps(commands)], capture_output=True, text=True,
+                       timeout=timeout, env=full_env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return [subprocess.CompletedProcess(["xt", *c], code, out, err)
+            for c, (code, out, err) in zip(commands, json.loads(r.stdout.splitlines()[-1]))]
+
+
 def set_args(items: list[str]) -> list[str]:
     """``["a=1", "b=2"]`` -> ``["--set", "a=1", "--set", "b=2"]``."""
     return [a for item in items for a in ("--set", item)]

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from cli_helpers import xt_invoke
 
 HERE = Path(__file__).resolve().parent
-COMMON = ["train.steps=2", "checkpoint.every_steps=0", "sample.max_new_tokens=0"]
+COMMON = ["train.steps=2", "checkpoint.every_steps=0", "checkpoint.save_final=false", "sample.max_new_tokens=0"]
 
 
 def _env() -> dict:
