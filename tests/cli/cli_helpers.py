@@ -45,18 +45,19 @@ import json, sys
 from click.testing import CliRunner
 from xt.cli.main import cli
 done = []
-for args in json.loads(sys.argv[1]):
-    r = CliRunner().invoke(cli, args, prog_name="xt", catch_exceptions=False)
+for args, env in json.loads(sys.argv[1]):
+    r = CliRunner().invoke(cli, args, env=env, prog_name="xt", catch_exceptions=False)
     done.append([r.exit_code, r.stdout, r.stderr])
 sys.stdout.write("\n" + json.dumps(done))
 """
 
 
-def xt_runs(commands: list[list[str]], env: dict[str, str] | None = None,
-            timeout: int = 600) -> list[subprocess.CompletedProcess]:
+def xt_runs(commands: list[list[str]], env: dict[str, str] | None = None, timeout: int = 600,
+            each_env: list[dict[str, str | None]] | None = None) -> list[subprocess.CompletedProcess]:
     """Run the `xt` commands `commands` one after the other in one fresh interpreter: a subprocess
     (`env` applies before torch starts, and a process group one creates stays there), one start-up
-    for all. XT_DEBUG and the torchrun variables unset.
+    for all. XT_DEBUG and the torchrun variables unset; `each_env[i]`, if given, is set (None:
+    unset) for command i only, as it runs (not for what was read at import).
 
     Returns:
         One `CompletedProcess` per command (exit status, stdout, stderr), as `xt_invoke` gives.
@@ -68,7 +69,8 @@ def xt_runs(commands: list[list[str]], env: dict[str, str] | None = None,
     import json
     drop = ("XT_DEBUG", "RANK", "WORLD_SIZE", "LOCAL_RANK")
     full_env = {**{k: v for k, v in os.environ.items() if k not in drop}, **(env or {})}
-    r = subprocess.run([sys.executable, "-c", _RUNS, json.dumps(commands)], capture_output=True, text=True,
+    jobs = list(zip(commands, each_env or [{}] * len(commands), strict=True))
+    r = subprocess.run([sys.executable, "-c", _RUNS, json.dumps(jobs)], capture_output=True, text=True,
                        timeout=timeout, env=full_env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return [subprocess.CompletedProcess(["xt", *c], code, out, err)

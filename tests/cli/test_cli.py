@@ -139,9 +139,9 @@ def test_chat_sft_example_trains_on_assistant_tokens_only(tiny_run: Path, tmp_pa
 
 def test_nonfinite_grad_skip_is_reported(tiny_run: Path, tmp_path: Path):
     """`train.nonfinite_grad = 'skip'` from the command line: an LR that blows the weights up gives
-    NaN gradients from step 2 on; the run goes on, counts the skips and says so."""
+    NaN gradients from step 2 on; the run goes on (3 steps: two skips), counts the skips and says so."""
     run = tmp_path / "nan"
-    r = CliRunner().invoke(cli, ["train", str(tiny_run), "--set", f"train.out_dir='{run}'",
+    r = CliRunner().invoke(cli, ["train", str(tiny_run), "--set", f"train.out_dir='{run}'", "--set", "train.steps=3",
                                  "--set", "train.nonfinite_grad='skip'", "--set", "optim.lr=1e30",
                                  "--set", "sample.max_new_tokens=0", "--set", "checkpoint.hf_export=false",
                                  "--set", "checkpoint.save_final=false"])
