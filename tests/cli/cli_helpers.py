@@ -40,16 +40,8 @@ def xt_invoke(*args: str, env: dict[str, str | None] | None = None) -> subproces
     return subprocess.CompletedProcess(["xt", *args], r.exit_code, r.stdout, r.stderr)
 
 
-_RUNS = r"""
-import json, sys
-from click.testing import CliRunner
-from xt.cli.main import cli
-done = []
-for args, env in json.loads(sys.argv[1]):
-    r = CliRunner().invoke(cli, args, env=env, prog_name="xt", catch_exceptions=False)
-    done.append([r.exit_code, r.stdout, r.stderr])
-sys.stdout.write("\n" + json.dumps(done))
-"""
+#: runs several `xt` commands in one interpreter (`xt_runs`, tests/cli/test_torchrun.py)
+XT_COMMANDS = Path(__file__).resolve().with_name("xt_commands.py")
 
 
 def xt_runs(commands: list[list[str]], env: dict[str, str] | None = None, timeout: int = 600,
@@ -70,7 +62,7 @@ def xt_runs(commands: list[list[str]], env: dict[str, str] | None = None, timeou
     drop = ("XT_DEBUG", "RANK", "WORLD_SIZE", "LOCAL_RANK")
     full_env = {**{k: v for k, v in os.environ.items() if k not in drop}, **(env or {})}
     jobs = list(zip(commands, each_env or [{}] * len(commands), strict=True))
-    r = subprocess.run([sys.executable, "-c", _RUNS, json.dumps(jobs)], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, str(XT_COMMANDS), json.dumps(jobs)], capture_output=True, text=True,
                        timeout=timeout, env=full_env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return [subprocess.CompletedProcess(["xt", *c], code, out, err)
