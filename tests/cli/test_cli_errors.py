@@ -4,10 +4,9 @@ Each case runs `xt train` on the tiny config of conftest.py (`tiny_run`) with on
 checks the exit status, the message (key, file and line where they apply) and that no Python
 traceback is printed. `--debug` / `XT_DEBUG=1` do print it. Most cases run the command in this
 process (`xt_invoke`: the same click command and error handling, without ~3-5 s of interpreter
-and torch start-up each); the real entry point in a subprocess (`xt_run`) is kept where the
-process is what is tested: the unknown-tokenizer cases (the hub environment is read at import:
-`xt_runs`, both in one interpreter),
-`--debug`'s printed traceback and Ctrl-C.
+and torch start-up each); a subprocess is kept where the process is what is tested: the
+unknown-tokenizer cases (the hub environment is read at import; `xt_runs`, both in one
+interpreter), `--debug`'s printed traceback (`xt_run`, the real entry point) and Ctrl-C.
 """
 from __future__ import annotations
 
