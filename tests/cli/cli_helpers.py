@@ -1,4 +1,5 @@
-"""Helpers shared by the `xt` subprocess tests: run the command, pass `--set` items, wait for a file."""
+"""Helpers shared by the `xt` command tests: run the command (in a subprocess or in this process),
+pass `--set` items, wait for a file."""
 from __future__ import annotations
 
 import json
@@ -19,6 +20,53 @@ def xt_run(*args: str, env: dict[str, str] | None = None, timeout: int = 180) ->
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "xt.cli.main", *args], capture_output=True, text=True,
                           timeout=timeout, env=full_env)
+
+
+def xt_invoke(*args: str, env: dict[str, str | None] | None = None) -> subprocess.CompletedProcess:
+    """Run `xt ARGS` in this process through click's `CliRunner` (no interpreter start-up: ~3-5 s
+    less than `xt_run`), XT_DEBUG unset unless `env` sets it (a None value unsets a variable).
+
+    Returns what `xt_run` returns: a `CompletedProcess` with the exit status as ``returncode`` and
+    the command's stdout and stderr as text. An exception that the command does not turn into an
+    exit status (a bug, or any error under ``--debug``) propagates: the test fails with it, as
+    the subprocess would have shown a traceback.
+    """
+    from click.testing import CliRunner
+
+    from xt.cli.main import cli
+    # `xt train` sets PYTORCH_CUDA_ALLOC_CONF when unset: listed here, CliRunner restores it after
+    keep = {"XT_DEBUG": None, "PYTORCH_CUDA_ALLOC_CONF": os.environ.get("PYTORCH_CUDA_ALLOC_CONF")}
+    r = CliRunner().invoke(cli, list(args), env={**keep, **(env or {})}, prog_name="xt", catch_exceptions=False)
+    return subprocess.CompletedProcess(["xt", *args], r.exit_code, r.stdout, r.stderr)
+
+
+#: runs several `xt` commands in one interpreter (`xt_runs`, tests/cli/test_torchrun.py)
+XT_COMMANDS = Path(__file__).resolve().with_name("xt_commands.py")
+
+
+def xt_runs(commands: list[list[str]], env: dict[str, str] | None = None, timeout: int = 600,
+            each_env: list[dict[str, str | None]] | None = None) -> list[subprocess.CompletedProcess]:
+    """Run the `xt` commands `commands` one after the other in one fresh interpreter: a subprocess
+    (`env` applies before torch starts, and a process group one creates stays there), one start-up
+    for all. XT_DEBUG and the torchrun variables unset; `each_env[i]`, if given, is set (None:
+    unset) for command i only, as it runs (not for what was read at import).
+
+    Returns:
+        One `CompletedProcess` per command (exit status, stdout, stderr), as `xt_invoke` gives.
+
+    Raises:
+        AssertionError: the interpreter failed (an exception a command did not turn into an exit
+            status: its traceback is the message).
+    """
+    import json
+    drop = ("XT_DEBUG", "RANK", "WORLD_SIZE", "LOCAL_RANK")
+    full_env = {**{k: v for k, v in os.environ.items() if k not in drop}, **(env or {})}
+    jobs = list(zip(commands, each_env or [{}] * len(commands), strict=True))
+    r = subprocess.run([sys.executable, str(XT_COMMANDS), json.dumps(jobs)], capture_output=True, text=True,
+                       timeout=timeout, env=full_env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return [subprocess.CompletedProcess(["xt", *c], code, out, err)
+            for c, (code, out, err) in zip(commands, json.loads(r.stdout.splitlines()[-1]))]
 
 
 def set_args(items: list[str]) -> list[str]:

@@ -63,12 +63,12 @@ def test_train_export_resume_convert(tiny_run: Path, tmp_path: Path):
     assert (got - ref).norm() / ref.norm() < 1e-5
 
     # A run killed after step 2 and resumed with --resume auto repeats steps 3-4 exactly.
-    killed = tmp_path / "killed"
-    shutil.copytree(run, killed)
-    shutil.rmtree(killed / "checkpoints" / "step-4")
-    shutil.rmtree(killed / "hf")
+    killed = tmp_path / "killed"  # the run folder as it was after step 2 (no step-4, no export)
+    shutil.copytree(run, killed, ignore=lambda d, names: [n for n in names if n in ("step-4", "hf")])
+    assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == ["step-2"]
     r = CliRunner().invoke(cli, ["train", str(tiny_run), "--set", f"train.out_dir='{killed}'",
-                                 "--set", "checkpoint.hf_export=false", "--resume", "auto"])
+                                 "--set", "checkpoint.hf_export=false", "--set", "checkpoint.every_steps=0",
+                                 "--set", "checkpoint.save_final=false", "--resume", "auto"])
     assert r.exit_code == 0, r.output
     resumed = [json.loads(l) for l in (killed / "metrics.jsonl").read_text().splitlines()]
     by_step = {r["step"]: r["loss"] for r in resumed}  # the last record of each step wins
@@ -127,7 +127,7 @@ def test_chat_sft_example_trains_on_assistant_tokens_only(tiny_run: Path, tmp_pa
     sets = [f"data.{k}={v!r}".replace("'", '"') for k, v in data.items() if k != "paths"]
     sets += ["data.paths=[]", "data.tokens_per_micro_batch=256", "data.max_seq_len=256", "data.max_documents=30",
              f"train.out_dir='{out}'", "train.steps=2", "train.micro_batches_per_step=1",
-             "checkpoint.hf_export=false"]
+             "checkpoint.hf_export=false", "checkpoint.save_final=false"]
     run_train(tiny_run, sets)
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     ref = iter(build_loader(DataConfig(source="chitchat", mode="chat", tokenizer="qwen3", tokens_per_micro_batch=256,
@@ -139,11 +139,12 @@ def test_chat_sft_example_trains_on_assistant_tokens_only(tiny_run: Path, tmp_pa
 
 def test_nonfinite_grad_skip_is_reported(tiny_run: Path, tmp_path: Path):
     """`train.nonfinite_grad = 'skip'` from the command line: an LR that blows the weights up gives
-    NaN gradients from step 2 on; the run goes on, counts the skips and says so."""
+    NaN gradients from step 2 on; the run goes on (3 steps: two skips), counts the skips and says so."""
     run = tmp_path / "nan"
-    r = CliRunner().invoke(cli, ["train", str(tiny_run), "--set", f"train.out_dir='{run}'",
+    r = CliRunner().invoke(cli, ["train", str(tiny_run), "--set", f"train.out_dir='{run}'", "--set", "train.steps=3",
                                  "--set", "train.nonfinite_grad='skip'", "--set", "optim.lr=1e30",
-                                 "--set", "sample.max_new_tokens=0", "--set", "checkpoint.hf_export=false"])
+                                 "--set", "sample.max_new_tokens=0", "--set", "checkpoint.hf_export=false",
+                                 "--set", "checkpoint.save_final=false"])
     assert r.exit_code == 0, r.output
     rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["skipped_steps"] == 0 and rows[-1]["skipped_steps"] >= 1

@@ -1,9 +1,12 @@
 """User mistakes end with one `error: ...` line and a non-zero exit, never a traceback.
 
-Each case runs `xt train` as a subprocess on the tiny config of conftest.py (`tiny_run`) with one
-mistake and checks the exit status, the message (key, file and line where they apply) and that
-no Python traceback is printed. `--debug` / `XT_DEBUG=1` do print it. Cases that fail before any
-model is built take ~2 s each.
+Each case runs `xt train` on the tiny config of conftest.py (`tiny_run`) with one mistake and
+checks the exit status, the message (key, file and line where they apply) and that no Python
+traceback is printed. `--debug` / `XT_DEBUG=1` do print it. Most cases run the command in this
+process (`xt_invoke`: the same click command and error handling, without ~3-5 s of interpreter
+and torch start-up each); a subprocess is kept where the process is what is tested: the
+unknown-tokenizer cases (the hub environment is read at import; `xt_runs`, both in one
+interpreter), `--debug`'s printed traceback (`xt_run`, the real entry point) and Ctrl-C.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from rich.console import Console
 
 from xt.cli.main import cli
 
-from cli_helpers import QUICK, set_args as _sets, signal_mid_run, xt_run as _xt
+from cli_helpers import QUICK, set_args as _sets, signal_mid_run, xt_invoke as _xt, xt_run, xt_runs
 
 
 def _user_error(r: subprocess.CompletedProcess, *needles: str) -> str:
@@ -147,10 +150,11 @@ def test_resume_path_that_is_not_a_checkpoint(tiny_run: Path, tmp_path: Path, ta
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_75(tiny_run: Path, tmp_path: Path):
     """SIGINT mid-run: the step under way finishes and is checkpointed, exit 75 (not 130), no
-    traceback, the command to continue is printed, and `--resume auto` continues from it."""
-    sets = _sets(QUICK + ["train.steps=100000", "checkpoint.every_steps=1"])
+    traceback, the command to continue is printed, and `--resume auto` continues from it (in this
+    process: the signal needs the subprocess, the resume does not). One micro-batch a step."""
+    sets = _sets(QUICK + ["train.steps=100000", "checkpoint.every_steps=1", "train.micro_batches_per_step=1"])
     code, out, err = signal_mid_run(["train", str(tiny_run), *sets],
-                                    tmp_path / "run" / "checkpoints" / "step-2" / "meta.json", signal.SIGINT)
+                                    tmp_path / "run" / "checkpoints" / "step-1" / "meta.json", signal.SIGINT)
     assert code == 75, out + err
     assert "Traceback" not in out + err, out + err
     from xt.core.checkpoint import latest_checkpoint
@@ -160,7 +164,9 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_75(tiny_run: Path, tmp_path: Path):
     assert rows[-1]["step"] == step  # the last finished step is the one checkpointed
     assert f"stopped by SIGINT after step {step} of 100000; checkpoint {last}" in out, out
     assert "continue with: xt train" in out and "--resume auto" in out
-    r = _xt("train", str(tiny_run), "--resume", "auto", *_sets(QUICK + [f"train.steps={step + 1}"]))
+    r = _xt("train", str(tiny_run), "--resume", "auto",
+            *_sets(QUICK + [f"train.steps={step + 1}", "train.micro_batches_per_step=1", "checkpoint.every_steps=0",
+                            "checkpoint.save_final=false"]))
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"resumed from {last} at step {step}" in r.stdout
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -178,11 +184,19 @@ def test_checkpoint_of_another_model_shape_is_refused(tiny_run: Path, tmp_path: 
 
 @pytest.mark.parametrize("how", ["flag", "env"])
 def test_debug_shows_the_traceback(tiny_run: Path, how):
-    args = ["--debug", "train"] if how == "flag" else ["train"]
-    r = _xt(*args, str(tiny_run), "--set", "model.config.num_experts_per_tok=9",
-            env={"XT_DEBUG": "1"} if how == "env" else None)
-    assert r.returncode != 0
-    assert "Traceback" in r.stderr and "ModelConfigError" in r.stderr and "num_experts_per_tok" in r.stderr
+    """``--debug``: the real entry point prints the traceback (a subprocess); ``XT_DEBUG=1``: the
+    error propagates out of the command (in this process), and its traceback is the one printed."""
+    args = (str(tiny_run), "--set", "model.config.num_experts_per_tok=9")
+    if how == "flag":
+        r = xt_run("--debug", "train", *args)
+        assert r.returncode != 0
+        stderr = r.stderr
+    else:
+        import traceback
+        with pytest.raises(Exception) as e:
+            _xt("train", *args, env={"XT_DEBUG": "1"})
+        stderr = "".join(traceback.format_exception(e.value))
+    assert "Traceback" in stderr and "ModelConfigError" in stderr and "num_experts_per_tok" in stderr
 
 
 def test_help_documents_debug():
@@ -228,14 +242,18 @@ def test_missing_files_are_one_error_line(tmp_path: Path):
     _user_error(_xt("convert", str(tmp_path / "nope_src"), str(tmp_path / "dst")), "nope_src", "does not exist")
 
 
-@pytest.mark.parametrize("name, env, why", [
-    ("qwen2", {}, "not in the local hub cache"),
-    ("someone/no-such-tokenizer", {"HF_HUB_OFFLINE": "1"}, "the hub is switched off")])
-def test_unknown_tokenizer_fails_at_once_listing_the_built_ins(tiny_run: Path, tmp_path: Path, name, env, why):
+CASES = [("qwen2", {"HF_HUB_OFFLINE": None}, "not in the local hub cache"),
+         ("someone/no-such-tokenizer", {"HF_HUB_OFFLINE": "1"}, "the hub is switched off")]
+
+
+def test_unknown_tokenizer_fails_at_once_listing_the_built_ins(tiny_run: Path, tmp_path: Path):
     """Not built-in, not a folder, not in the hub cache: one error line naming the key, the value
-    and the built-in names, without asking the hub (before: 51 s of retries, then a traceback)."""
-    env = {**env, "HF_HOME": str(tmp_path / "empty_hf_home")}
+    and the built-in names, without asking the hub (before: 51 s of retries, then a traceback).
+    Both cases in one subprocess with an empty HF_HOME (read at import); HF_HUB_OFFLINE per case
+    (read as the tokenizer is looked up). Both within 30 s, interpreter start-up included."""
     t0 = time.monotonic()
-    r = _xt("train", str(tiny_run), "--set", f"data.tokenizer='{name}'", env=env)
-    line = _user_error(r, "data.tokenizer", repr(name), "llama3, qwen3", why, "--set")
-    assert time.monotonic() - t0 < 30, line
+    done = xt_runs([["train", str(tiny_run), "--set", f"data.tokenizer='{name}'"] for name, _, _ in CASES],
+                   env={"HF_HOME": str(tmp_path / "empty_hf_home")}, each_env=[env for _, env, _ in CASES])
+    lines = [_user_error(r, "data.tokenizer", repr(name), "llama3, qwen3", why, "--set")
+             for r, (name, _, why) in zip(done, CASES)]
+    assert time.monotonic() - t0 < 30, lines

@@ -1,9 +1,9 @@
 """Assembly as a library: a run built from config sections without xt.cli trains like `xt train` on
 the same config, and its HF export loads in transformers with the trained model's logits.
 
-The library side is `library_run.py` (xt.cli blocked in its process); `xt train` runs as a
-subprocess too, since the FSDP2 case creates a world-size-1 process group (as
-test_cli_single_process.py does). ``fsdp1`` takes the export path that gathers the parameters
+The library side is `library_run.py` (xt.cli blocked in its process); `xt train` runs in this
+process (`xt_invoke`), except in the FSDP2 case, which creates a world-size-1 process group that
+would outlive the run (there a subprocess, as test_cli_single_process.py does). ``fsdp1`` takes the export path that gathers the parameters
 (`xt.parallel.exporter` under a `ParallelDistContext`), with the tiny model's tied embeddings.
 """
 from __future__ import annotations
@@ -18,12 +18,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from cli_helpers import xt_invoke
+
 HERE = Path(__file__).resolve().parent
-COMMON = ["train.steps=2", "checkpoint.every_steps=0", "sample.max_new_tokens=0"]
+COMMON = ["train.steps=2", "checkpoint.every_steps=0", "checkpoint.save_final=false", "sample.max_new_tokens=0"]
 
 
 def _env() -> dict:
-    return {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    """This environment without the torchrun variables, and with this process's torch thread count
+    (a conftest may have lowered it): the in-process `xt train` must compute as the library run."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    return {**env, "OMP_NUM_THREADS": str(torch.get_num_threads())}
 
 
 def _rows(out: Path) -> list[dict]:
@@ -41,8 +46,12 @@ def test_library_run_trains_and_exports_like_xt_train(tiny_run: Path, tmp_path: 
                         *sets, f"train.out_dir='{lib}'"], capture_output=True, text=True, env=_env(), timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     args = [a for s in sets + [f"train.out_dir='{cli}'"] for a in ("--set", s)]
-    r = subprocess.run([sys.executable, "-m", "xt.cli.main", "train", str(tiny_run), *args],
-                       capture_output=True, text=True, env=_env(), timeout=300)
+    if layout:
+        r = subprocess.run([sys.executable, "-m", "xt.cli.main", "train", str(tiny_run), *args],
+                           capture_output=True, text=True, env=_env(), timeout=300)
+    else:
+        assert "WORLD_SIZE" not in os.environ
+        r = xt_invoke("train", str(tiny_run), *args)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     if layout:
         assert "FSDP2 at world size 1" in r.stdout

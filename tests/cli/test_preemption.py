@@ -34,10 +34,12 @@ def test_sigterm_then_resume_auto_equals_an_uninterrupted_run(tiny_run: Path, tm
 
     from xt.cli.train import run_train  # the rest in this process: the same code, no interpreter start-up
     out = io.StringIO()
-    run_train(tiny_run, CONSTANT + [f"train.steps={n + 2}"], resume="auto", console=Console(file=out, width=300))
+    run_train(tiny_run, CONSTANT + [f"train.steps={n + 2}", "checkpoint.save_final=false"], resume="auto",
+              console=Console(file=out, width=300))
     assert f"resumed from {ckpt} at step {n}" in out.getvalue()
     ref, out = tmp_path / "ref", io.StringIO()
-    run_train(tiny_run, CONSTANT + [f"train.steps={n + 2}", f"train.out_dir='{ref}'"], resume="auto",
+    run_train(tiny_run, CONSTANT + [f"train.steps={n + 2}", f"train.out_dir='{ref}'", "checkpoint.save_final=false"],
+              resume="auto",
               console=Console(file=out, width=300))
     assert f"resume auto: no complete checkpoint in {ref / 'checkpoints'}; starting a fresh run at step 1" in out.getvalue()
     got = {row["step"]: row["loss"] for row in metric_rows(run)}  # the last record of a step wins
