@@ -116,6 +116,7 @@ def test_missing_ray_is_one_config_error(monkeypatch):
 def _receiver(address, prefix, rank, world, die_after_buckets, seed, out):
     """A weight-sync member of rank >= 1 (a forked process): receive the plan's buckets into a model
     of other weights and report the outcome; or leave after ``die_after_buckets`` buckets (os._exit)."""
+    import io
     import os
     import time
 
@@ -133,7 +134,9 @@ def _receiver(address, prefix, rank, world, die_after_buckets, seed, out):
     except RuntimeError as e:
         out.put(("failed", time.perf_counter() - t0, str(e)[:200]))
         return
-    out.put(("ok", time.perf_counter() - t0, {k: v.clone() for k, v in model.state_dict().items()}))
+    buf = io.BytesIO()  # bytes, not tensors: a queued tensor is shared by a file descriptor that dies with us
+    torch.save(model.state_dict(), buf)
+    out.put(("ok", time.perf_counter() - t0, buf.getvalue()))
 
 
 def test_a_member_dying_mid_broadcast_fails_the_others_at_once_and_a_new_group_works():
@@ -142,6 +145,7 @@ def test_a_member_dying_mid_broadcast_fails_the_others_at_once_and_a_new_group_w
     other receiver, blocked in the same broadcast, fails too: both within seconds, not at the 60 s
     timeout. A new group (new prefix, a fresh receiver) then moves every weight bit for bit."""
     import datetime
+    import io
     import multiprocessing as mp
     import time
 
@@ -168,7 +172,8 @@ def test_a_member_dying_mid_broadcast_fails_the_others_at_once_and_a_new_group_w
         t0 = time.perf_counter()
         if dying is None:
             sent = broadcast_weights(group, model, 2048, plan)
-            status, _, state = queues[0].get(timeout=60)
+            status, _, raw = queues[0].get(timeout=60)
+            state = torch.load(io.BytesIO(raw))
             assert status == "ok" and sent == sum(t.numel() * t.element_size() for t in model.state_dict().values())
             assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
             assert queues[1].get(timeout=60)[0] == "ok"
